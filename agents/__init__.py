@@ -1,0 +1,1 @@
+"""dlzoo.agents: the engineer and master agents (deterministic, offline)."""

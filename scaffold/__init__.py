@@ -1,0 +1,1 @@
+"""dlzoo.scaffold: project generation."""

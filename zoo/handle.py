@@ -1,0 +1,186 @@
+"""One handle for every framework: numpy in, numpy out, canonical names and layouts.
+
+Each framework package ``dlzoo.zoo.<framework>`` is a *backend*: a module with the functions
+below. The handle holds the framework's own object (``.native``) and routes through them, so
+conversion, conformance, the CLI and the agents work the same for every framework.
+
+Backend contract (module-level functions of ``dlzoo.zoo.<framework>``):
+
+    build(arch, config, *, seed, compute_dtype) -> native
+    state_dict(arch, config, native) -> dict[str, np.ndarray]          canonical, float32
+    load_state_dict(arch, config, native, tensors) -> native           tensors already validated
+    apply(arch, config, native, inputs, *, train, seed) -> (outputs, native)
+    vjp(arch, config, native, inputs, cotangents, *, train, seed) -> dict[str, np.ndarray]
+    adamw_step(arch, config, native, inputs, cotangents, *, lr, betas, eps, weight_decay, seed) -> native
+
+``apply`` returns the native object again because functional frameworks (equinox, haiku, and
+batch-norm state in general) hand back updated state in train mode. ``vjp`` returns the
+gradients of ``sum_k sum(outputs[k] * cotangents[k])`` for every trainable canonical tensor;
+``adamw_step`` takes one step of the framework's own AdamW on that same scalar.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from typing import Any
+
+import numpy as np
+
+from . import weights as _weights
+from .configs import ZooError, check_arch, get_config
+
+FRAMEWORKS: tuple[str, ...] = ("torch", "flax", "equinox", "haiku", "keras")
+# What each backend needs importable; used to list installed frameworks without importing them.
+_REQUIRES = {"torch": ("torch",), "flax": ("flax", "optax"), "equinox": ("equinox", "optax"),
+             "haiku": ("haiku", "optax"), "keras": ("keras",)}
+
+# Inputs each architecture accepts, and which of them are required.
+INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "bert": (("input_ids",), ("input_ids", "token_type_ids", "attention_mask")),
+    "gpt": (("input_ids",), ("input_ids",)),
+    "vit": (("pixel_values",), ("pixel_values",)),
+    "resnet": (("pixel_values",), ("pixel_values",)),
+}
+
+
+def check_framework(framework: str) -> str:
+    if framework not in FRAMEWORKS:
+        raise ZooError(f"unknown framework {framework!r}; expected one of: {', '.join(FRAMEWORKS)}")
+    return framework
+
+
+def installed_frameworks() -> list[str]:
+    """Frameworks whose packages are importable, found without importing them."""
+    return [f for f in FRAMEWORKS if all(importlib.util.find_spec(m) for m in _REQUIRES[f])
+            and _backend_exists(f)]
+
+
+def _backend_exists(framework: str) -> bool:
+    return importlib.util.find_spec(f"{__package__}.{framework}") is not None
+
+
+def backend(framework: str):
+    check_framework(framework)
+    missing = [m for m in _REQUIRES[framework] if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ZooError(f"framework {framework!r} needs {', '.join(missing)}, which is not installed; "
+                       f"install it with: pip install 'dlzoo[{framework}]'")
+    if not _backend_exists(framework):
+        raise ZooError(f"framework {framework!r} has no dlzoo implementation in this version; "
+                       f"available: {', '.join(installed_frameworks())}")
+    return importlib.import_module(f"{__package__}.{framework}")
+
+
+def _check_inputs(arch: str, config, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    required, allowed = INPUTS[arch]
+    if not isinstance(inputs, dict):
+        raise ZooError(f"{arch} inputs must be a dict with keys {', '.join(allowed)}, got {type(inputs).__name__}")
+    missing = [k for k in required if k not in inputs]
+    unknown = [k for k in inputs if k not in allowed]
+    if missing or unknown:
+        raise ZooError(f"{arch} inputs: expected keys {', '.join(allowed)} "
+                       f"(required: {', '.join(required)}); missing {missing or 'none'}, unknown {unknown or 'none'}")
+    out = {}
+    for key, value in inputs.items():
+        value = np.asarray(value)
+        if key == "pixel_values":
+            want = (config.image_size, config.image_size) if arch == "vit" else None
+            if value.ndim != 4 or value.shape[-1] != config.num_channels or (want and value.shape[1:3] != want):
+                size = f"{want[0]}, {want[1]}" if want else "H, W"
+                raise ZooError(f"{arch} pixel_values must be NHWC [B, {size}, {config.num_channels}], "
+                               f"got shape {list(value.shape)}")
+            out[key] = value.astype(np.float32)
+        else:
+            if value.ndim != 2 or not np.issubdtype(value.dtype, np.integer):
+                raise ZooError(f"{arch} {key} must be an integer array [B, T], got {value.dtype} {list(value.shape)}")
+            limit = config.context_length if arch == "gpt" else getattr(config, "max_positions", None)
+            if limit is not None and value.shape[1] > limit:
+                raise ZooError(f"{arch} {key} has {value.shape[1]} positions; the model supports at most {limit}")
+            if key == "input_ids" and (value.min(initial=0) < 0 or value.max(initial=0) >= config.vocab_size):
+                raise ZooError(f"{arch} input_ids must be in [0, {config.vocab_size}), "
+                               f"got values in [{value.min()}, {value.max()}]")
+            out[key] = value.astype(np.int32)
+    shapes = {k: v.shape for k, v in out.items() if k != "pixel_values"}
+    if len(set(shapes.values())) > 1:
+        raise ZooError(f"{arch} inputs must share one [B, T] shape, got {shapes}")
+    return out
+
+
+class Handle:
+    """A model in one framework, seen through canonical numpy tensors.
+
+    ``native`` is the framework's own object: a torch ``nn.Module``, an ``nnx.Module``, an
+    equinox ``(module, state)`` pair, a haiku ``(transformed, params, state)`` triple, or a
+    ``keras.Model``.
+    """
+
+    def __init__(self, arch: str, framework: str, config, native, *, compute_dtype: str = "float32"):
+        self.arch, self.framework, self.config = arch, framework, config
+        self.native = native
+        self.compute_dtype = compute_dtype
+        self._backend = backend(framework)
+
+    def __repr__(self) -> str:
+        return f"Handle(arch={self.arch!r}, framework={self.framework!r}, config={self.config})"
+
+    def apply(self, inputs: dict[str, np.ndarray], train: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+        inputs = _check_inputs(self.arch, self.config, inputs)
+        outputs, self.native = self._backend.apply(self.arch, self.config, self.native, inputs,
+                                                   train=train, seed=seed)
+        return {k: np.asarray(v) for k, v in outputs.items()}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return self._backend.state_dict(self.arch, self.config, self.native)
+
+    def load_state_dict(self, tensors: dict[str, np.ndarray]) -> "Handle":
+        tensors = _weights.validate(self.arch, self.config, tensors)
+        self.native = self._backend.load_state_dict(self.arch, self.config, self.native, tensors)
+        return self
+
+    def save(self, path: str | os.PathLike):
+        return _weights.save(path, self.arch, self.config, self.state_dict())
+
+    def vjp(self, inputs, cotangents, train: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+        inputs = _check_inputs(self.arch, self.config, inputs)
+        return self._backend.vjp(self.arch, self.config, self.native, inputs, cotangents,
+                                 train=train, seed=seed)
+
+    def adamw_step(self, inputs, cotangents, *, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                   weight_decay: float = 0.01, seed: int = 0) -> "Handle":
+        inputs = _check_inputs(self.arch, self.config, inputs)
+        self.native = self._backend.adamw_step(self.arch, self.config, self.native, inputs, cotangents,
+                                               lr=lr, betas=tuple(betas), eps=eps,
+                                               weight_decay=weight_decay, seed=seed)
+        return self
+
+    @property
+    def num_params(self) -> int:
+        return _weights.count_params(self.arch, self.config)
+
+
+def load(arch: str, framework: str = "torch", config: Any = "tiny", weights: Any = None, seed: int = 0,
+         compute_dtype: str = "float32", **overrides: Any) -> Handle:
+    """Build ``arch`` in ``framework``; optionally load canonical weights (a path or a dict).
+
+    With a path and ``config`` left at its default, the file's own config is used.
+    """
+    check_arch(arch)
+    check_framework(framework)
+    if compute_dtype not in ("float32", "bfloat16"):
+        raise ZooError(f"compute_dtype must be 'float32' or 'bfloat16', got {compute_dtype!r}")
+    tensors = None
+    if isinstance(weights, (str, os.PathLike)):
+        explicit = None if (isinstance(config, str) and config == "tiny" and not overrides) else get_config(arch, config, **overrides)
+        _, config, tensors = _weights.load(weights, arch=arch, config=explicit)
+    else:
+        config = get_config(arch, config, **overrides)
+        if weights is not None:
+            tensors = _weights.validate(arch, config, weights)
+    module = backend(framework)
+    native = module.build(arch, config, seed=seed, compute_dtype=compute_dtype)
+    handle = Handle(arch, framework, config, native, compute_dtype=compute_dtype)
+    if tensors is not None:
+        handle.native = module.load_state_dict(arch, config, native, tensors)
+    return handle
