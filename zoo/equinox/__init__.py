@@ -1,0 +1,132 @@
+"""Equinox backend of dlzoo: the six functions of the backend contract (see zoo/handle.py).
+
+``native`` is ``(module, state)``: an ``eqx.Module`` and its ``eqx.nn.State`` (batch-norm
+running statistics for ResNet, empty otherwise), as ``eqx.nn.make_with_state`` returns them.
+Models map one example; here they are ``jax.vmap``-ed over the batch (axis name ``"batch"``,
+which batch norm reduces over) with one dropout key per row. A module's pytree path is its
+canonical tensor name, so conversion is a walk over the tree: no renaming table.
+
+apply / vjp / adamw_step are ``eqx.filter_jit``-compiled; filter_jit caches on the static part
+of its arguments (arch, config and dtype in the module's static fields, train flag, optimizer
+hyperparameters) and on array shapes, so repeated calls with the same shapes do not recompile.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..configs import ZooError
+from .bert import Bert
+from .gpt import GPT
+from .layers import BatchNorm
+from .resnet import ResNet
+from .vit import ViT
+
+MODELS = {"bert": Bert, "gpt": GPT, "resnet": ResNet, "vit": ViT}
+
+__all__ = ["MODELS", "Bert", "GPT", "ResNet", "ViT", "adamw_step", "apply", "build",
+           "load_state_dict", "state_dict", "vjp"]
+
+
+def _name(path) -> str:
+    """A pytree key path as a canonical name: (.blocks, [0], .attn) -> "blocks.0.attn"."""
+    return ".".join(str(getattr(k, "name", getattr(k, "idx", getattr(k, "key", k)))) for k in path)
+
+
+def _batch_norms(module) -> list[tuple[str, BatchNorm]]:
+    leaves = jax.tree_util.tree_leaves_with_path(module, is_leaf=lambda x: isinstance(x, BatchNorm))
+    return [(_name(path), leaf) for path, leaf in leaves if isinstance(leaf, BatchNorm)]
+
+
+def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32"):
+    return eqx.nn.make_with_state(MODELS[arch])(config, key=jax.random.key(seed), dtype=compute_dtype)
+
+
+def state_dict(arch: str, config, native) -> dict[str, np.ndarray]:
+    module, state = native
+    tensors = {_name(path): np.array(leaf, dtype=np.float32)
+               for path, leaf in jax.tree_util.tree_leaves_with_path(module) if eqx.is_array(leaf)}
+    for name, bn in _batch_norms(module):
+        mean, var = state.get(bn.state_index)
+        tensors[f"{name}.mean"] = np.array(mean, dtype=np.float32)
+        tensors[f"{name}.var"] = np.array(var, dtype=np.float32)
+    return tensors
+
+
+def load_state_dict(arch: str, config, native, tensors: dict[str, np.ndarray]):
+    module, state = native
+    module = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.asarray(tensors[_name(path)]) if eqx.is_array(leaf) else leaf, module)
+    for name, bn in _batch_norms(module):
+        state = state.set(bn.state_index, (jnp.asarray(tensors[f"{name}.mean"]),
+                                           jnp.asarray(tensors[f"{name}.var"])))
+    return module, state
+
+
+def _forward(arch: str, module, state, inputs: dict, key, inference: bool):
+    """The batched model: one vmap over rows, each with its own dropout key."""
+    batch = next(iter(inputs.values())).shape[0]
+    keys = jax.random.split(key, batch)
+    if arch == "resnet":
+        def one(x, k):
+            return module(x, state, key=k, inference=inference)
+        # The new running statistics are batch means (pmean over "batch"): unbatched outputs.
+        return jax.vmap(one, axis_name="batch", out_axes=(0, None))(inputs["pixel_values"], keys)
+    return jax.vmap(lambda example, k: module(**example, key=k, inference=inference))(inputs, keys), state
+
+
+@eqx.filter_jit
+def _apply(arch, module, state, inputs, key, inference):
+    return _forward(arch, module, state, inputs, key, inference)
+
+
+def _objective(module, arch, state, inputs, cotangents, key, inference):
+    outputs, _ = _forward(arch, module, state, inputs, key, inference)
+    unknown = sorted(set(cotangents) - set(outputs))
+    if unknown:
+        raise ZooError(f"cotangents {unknown} name no {arch} output; expected keys among {sorted(outputs)}")
+    return sum(jnp.sum(outputs[k] * cotangents[k]) for k in cotangents)
+
+
+@eqx.filter_jit
+def _grads(arch, module, state, inputs, cotangents, key, inference):
+    return eqx.filter_grad(_objective)(module, arch, state, inputs, cotangents, key, inference)
+
+
+@eqx.filter_jit
+def _adamw(arch, module, state, inputs, cotangents, key, lr, b1, b2, eps, weight_decay):
+    grads = eqx.filter_grad(_objective)(module, arch, state, inputs, cotangents, key, True)
+    params = eqx.filter(module, eqx.is_inexact_array)
+    # eps_root=0 (optax's default) makes optax.adamw step exactly as torch.optim.AdamW does.
+    optimizer = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)  # theory: adamw
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    return eqx.apply_updates(module, updates)
+
+
+def apply(arch: str, config, native, inputs: dict[str, np.ndarray], *, train: bool = False, seed: int = 0):
+    module, state = native
+    outputs, state = _apply(arch, module, state, inputs, jax.random.key(seed), not train)
+    return {k: np.asarray(v) for k, v in outputs.items()}, (module, state)
+
+
+def vjp(arch: str, config, native, inputs, cotangents, *, train: bool = False, seed: int = 0):
+    module, state = native
+    cotangents = {k: np.asarray(v, dtype=np.float32) for k, v in cotangents.items()}
+    grads = _grads(arch, module, state, inputs, cotangents, jax.random.key(seed), not train)
+    return {_name(path): np.array(g, dtype=np.float32)
+            for path, g in jax.tree_util.tree_leaves_with_path(grads) if eqx.is_array(g)}
+
+
+def adamw_step(arch: str, config, native, inputs, cotangents, *, lr: float, betas, eps: float,
+               weight_decay: float, seed: int = 0):
+    """One optax.adamw step from a fresh optimizer state, in inference mode (no dropout, running
+    batch-norm statistics), so the step is deterministic and comparable across frameworks."""
+    module, state = native
+    cotangents = {k: np.asarray(v, dtype=np.float32) for k, v in cotangents.items()}
+    module = _adamw(arch, module, state, inputs, cotangents, jax.random.key(seed),
+                    float(lr), float(betas[0]), float(betas[1]), float(eps), float(weight_decay))
+    return module, state

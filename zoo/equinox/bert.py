@@ -1,0 +1,203 @@
+"""BERT in Equinox: a post-LN transformer encoder with optional pooler, masked-LM head (decoder
+tied to the word embedding) and sequence classifier.
+
+Paper: Devlin et al., 2019, "BERT: Pre-training of Deep Bidirectional Transformers for Language
+Understanding".
+
+Args (``BertConfig``): vocab_size, max_positions, type_vocab_size, hidden_size, num_layers,
+num_heads, mlp_dim, layer_norm_eps, dropout, attention_dropout, pooler, mlm_head, num_labels.
+``dtype="bfloat16"`` runs activations and matmuls in bfloat16; parameters stay float32.
+
+The model maps ONE sequence, as Equinox layers do; ``jax.vmap`` it over the batch. Example::
+
+    import jax, jax.numpy as jnp
+    from dlzoo.zoo.configs import get_config
+    from dlzoo.zoo.equinox.bert import Bert
+
+    model = Bert(get_config("bert", "tiny", mlm_head=True), key=jax.random.key(0))
+    ids = jnp.ones((2, 16), dtype=jnp.int32)
+    mask = jnp.ones((2, 16), dtype=jnp.int32).at[1, 8:].set(0)           # row 1 is padded
+    out = jax.vmap(lambda i, m: model(i, attention_mask=m))(ids, mask)
+    out["last_hidden_state"].shape, out["mlm_logits"].shape             # (2, 16, 128), (2, 16, 30522)
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from ..configs import BertConfig
+from .layers import Dense, Embedding, LayerNorm, attention, cast_floating, split_key, truncated_normal
+
+_INIT = truncated_normal(0.02)  # theory: initialization
+
+
+class Embeddings(eqx.Module):
+    word: Embedding
+    position: Embedding
+    token_type: Embedding
+    ln: LayerNorm
+    drop: eqx.nn.Dropout
+
+    def __init__(self, config: BertConfig, *, key: PRNGKeyArray):
+        k1, k2, k3 = jax.random.split(key, 3)
+        d = config.hidden_size
+        self.word = Embedding(config.vocab_size, d, init=_INIT, key=k1)
+        self.position = Embedding(config.max_positions, d, init=_INIT, key=k2)  # theory: position-embeddings
+        self.token_type = Embedding(config.type_vocab_size, d, init=_INIT, key=k3)
+        self.ln = LayerNorm(d, eps=config.layer_norm_eps)
+        self.drop = eqx.nn.Dropout(config.dropout)
+
+    def __call__(self, input_ids: Int[Array, " T"], token_type_ids: Int[Array, " T"], *,
+                 key: PRNGKeyArray | None, inference: bool) -> Float[Array, "T D"]:
+        positions = jnp.arange(input_ids.shape[0])
+        x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)
+        return self.drop(self.ln(x), key=key, inference=inference)
+
+
+class Attention(eqx.Module):
+    qkv: Dense
+    out: Dense
+    attn_drop: eqx.nn.Dropout
+    resid_drop: eqx.nn.Dropout
+    num_heads: int = eqx.field(static=True)
+
+    def __init__(self, config: BertConfig, *, key: PRNGKeyArray):
+        d = config.hidden_size
+        k1, k2 = jax.random.split(key)
+        self.qkv = Dense(d, 3 * d, init=_INIT, key=k1)  # fused: columns q | k | v
+        self.out = Dense(d, d, init=_INIT, key=k2)
+        self.attn_drop = eqx.nn.Dropout(config.attention_dropout)
+        self.resid_drop = eqx.nn.Dropout(config.dropout)
+        self.num_heads = config.num_heads
+
+    def __call__(self, x: Float[Array, "T D"], bias: Float[Array, "1 1 T"], *,
+                 key: PRNGKeyArray | None, inference: bool) -> Float[Array, "T D"]:
+        k_attn, k_resid = split_key(key, 2)
+        T, D = x.shape
+        # theory: multi-head-attention
+        q, k, v = (t.reshape(T, self.num_heads, D // self.num_heads)
+                   for t in jnp.split(self.qkv(x), 3, axis=-1))  # (T, N, H), heads contiguous
+        # theory: scaled-dot-product-attention
+        y = attention(q, k, v, bias=bias, dropout=self.attn_drop, key=k_attn, inference=inference)
+        return self.resid_drop(self.out(y.reshape(T, D)), key=k_resid, inference=inference)
+
+
+class MLP(eqx.Module):
+    fc: Dense
+    out: Dense
+    drop: eqx.nn.Dropout
+
+    def __init__(self, config: BertConfig, *, key: PRNGKeyArray):
+        k1, k2 = jax.random.split(key)
+        self.fc = Dense(config.hidden_size, config.mlp_dim, init=_INIT, key=k1)
+        self.out = Dense(config.mlp_dim, config.hidden_size, init=_INIT, key=k2)
+        self.drop = eqx.nn.Dropout(config.dropout)
+
+    def __call__(self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None,
+                 inference: bool) -> Float[Array, "T D"]:
+        h = jax.nn.gelu(self.fc(x), approximate=False)  # theory: gelu
+        return self.drop(self.out(h), key=key, inference=inference)
+
+
+class Block(eqx.Module):
+    attn: Attention
+    ln1: LayerNorm
+    mlp: MLP
+    ln2: LayerNorm
+
+    def __init__(self, config: BertConfig, *, key: PRNGKeyArray):
+        k1, k2 = jax.random.split(key)
+        self.attn = Attention(config, key=k1)
+        self.ln1 = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MLP(config, key=k2)
+        self.ln2 = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def __call__(self, x: Float[Array, "T D"], bias: Float[Array, "1 1 T"], *,
+                 key: PRNGKeyArray | None, inference: bool) -> Float[Array, "T D"]:
+        k1, k2 = split_key(key, 2)
+        # theory: pre-ln-vs-post-ln
+        x = self.ln1(x + self.attn(x, bias, key=k1, inference=inference))  # theory: residual-connections
+        x = self.ln2(x + self.mlp(x, key=k2, inference=inference))
+        return x
+
+
+class MLMHead(eqx.Module):
+    transform: Dense
+    ln: LayerNorm
+    bias: Float[Array, " V"]
+
+    def __init__(self, config: BertConfig, *, key: PRNGKeyArray):
+        self.transform = Dense(config.hidden_size, config.hidden_size, init=_INIT, key=key)
+        self.ln = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = jnp.zeros((config.vocab_size,))
+
+    def __call__(self, x: Float[Array, "T D"], word: Float[Array, "V D"]) -> Float[Array, "T V"]:
+        x = self.ln(jax.nn.gelu(self.transform(x), approximate=False))
+        return x @ word.T + self.bias  # theory: weight-tying
+
+
+class Bert(eqx.Module):
+    embeddings: Embeddings
+    blocks: list[Block]
+    pooler: Dense | None
+    mlm: MLMHead | None
+    drop: eqx.nn.Dropout
+    classifier: Dense | None
+    config: BertConfig = eqx.field(static=True)
+    dtype: str = eqx.field(static=True)
+
+    def __init__(self, config: BertConfig, *, key: PRNGKeyArray, dtype: str = "float32"):
+        keys = jax.random.split(key, config.num_layers + 4)
+        d = config.hidden_size
+        self.embeddings = Embeddings(config, key=keys[0])
+        self.blocks = [Block(config, key=k) for k in keys[4:]]
+        self.pooler = Dense(d, d, init=_INIT, key=keys[1]) if config.pooler else None
+        self.mlm = MLMHead(config, key=keys[2]) if config.mlm_head else None
+        self.drop = eqx.nn.Dropout(config.dropout)
+        self.classifier = Dense(d, config.num_labels, init=_INIT, key=keys[3]) if config.num_labels else None
+        self.config, self.dtype = config, dtype
+
+    def forward_features(self, input_ids: Int[Array, " T"], token_type_ids: Int[Array, " T"] | None = None,
+                         attention_mask: Int[Array, " T"] | None = None, *, key: PRNGKeyArray | None = None,
+                         inference: bool = True) -> Float[Array, "T D"]:
+        keys = split_key(key, len(self.blocks) + 1)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        dtype = self.embeddings.word.embedding.dtype
+        # Padding keys get the most negative finite value: -inf would give NaN on padded rows.
+        bias = (1 - attention_mask.astype(dtype))[None, None, :] * jnp.finfo(dtype).min  # theory: attention-mask
+        x = self.embeddings(input_ids, token_type_ids, key=keys[0], inference=inference)
+        for block, k in zip(self.blocks, keys[1:]):
+            x = block(x, bias, key=k, inference=inference)
+        return x
+
+    def forward_head(self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None = None,
+                     inference: bool = True) -> dict[str, Float[Array, "..."]]:
+        outputs = {"last_hidden_state": x}
+        if self.pooler is not None:
+            # theory: cls-pooling
+            pooled = jnp.tanh(self.pooler(x[0]))
+            outputs["pooler_output"] = pooled
+            if self.classifier is not None:
+                outputs["logits"] = self.classifier(self.drop(pooled, key=key, inference=inference))
+        if self.mlm is not None:
+            outputs["mlm_logits"] = self.mlm(x, self.embeddings.word.embedding)  # theory: masked-lm
+        return outputs
+
+    def __call__(self, input_ids: Int[Array, " T"], token_type_ids: Int[Array, " T"] | None = None,
+                 attention_mask: Int[Array, " T"] | None = None, *, key: PRNGKeyArray | None = None,
+                 inference: bool = True) -> dict[str, Float[Array, "..."]]:
+        """``input_ids`` (T,), optional ``token_type_ids`` (T,) (zeros) and ``attention_mask``
+        (T,) (ones; 0 marks padding) -> dict of float32 outputs (see the module docstring)."""
+        k_features, k_head = split_key(key, 2)
+        # theory: mixed-precision
+        model = cast_floating(self, self.dtype)
+        x = model.forward_features(input_ids, token_type_ids, attention_mask, key=k_features,
+                                   inference=inference)
+        outputs = model.forward_head(x, key=k_head, inference=inference)
+        return {k: v.astype(jnp.float32) for k, v in outputs.items()}

@@ -1,0 +1,173 @@
+"""Leaf layers shared by the Equinox models: canonical parameter names and layouts.
+
+Every layer works on ONE example (no batch axis), as Equinox layers do; models are mapped over
+the batch with ``jax.vmap``. Parameter names are the canonical leaves of dlzoo's weight format
+(dense ``kernel`` [in, out] + ``bias``, layer norm ``scale``/``bias``, ``embedding``, conv
+``kernel`` HWIO, batch norm ``scale``/``bias`` + running ``mean``/``var`` in ``eqx.nn.State``),
+so a model's pytree path *is* its canonical name: ``blocks.0.attn.qkv.kernel``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+Init = Callable[[PRNGKeyArray, tuple[int, ...]], Array]
+
+# jax.random.truncated_normal(-2, 2) has std 0.8796; divide it out so `std` means the std.
+_TRUNCATED_STD = 0.87962566103423978
+
+
+def normal(std: float) -> Init:
+    return lambda key, shape: std * jax.random.normal(key, shape)
+
+
+def truncated_normal(std: float) -> Init:
+    return lambda key, shape: std / _TRUNCATED_STD * jax.random.truncated_normal(key, -2.0, 2.0, shape)
+
+
+def kaiming_normal_fan_out(key: PRNGKeyArray, shape: tuple[int, ...]) -> Array:
+    """He et al. (2015) for ReLU, fan-out mode as torchvision's ResNet; HWIO kernels."""
+    fan_out = math.prod(shape[:-2]) * shape[-1]
+    return math.sqrt(2.0 / fan_out) * jax.random.normal(key, shape)
+
+
+def uniform_fan_in(key: PRNGKeyArray, shape: tuple[int, ...]) -> Array:
+    """torch.nn.Linear's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)); used for ResNet's head."""
+    bound = 1.0 / math.sqrt(shape[0])
+    return jax.random.uniform(key, shape, minval=-bound, maxval=bound)
+
+
+def split_key(key: PRNGKeyArray | None, n: int) -> list[PRNGKeyArray | None]:
+    """n independent keys, or n Nones in inference (dropout then needs no randomness)."""
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+def cast_floating(tree, dtype: str):
+    """Cast every floating array of a pytree (the parameters) to the compute dtype."""
+    return jax.tree.map(lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, tree)
+
+
+class Dense(eqx.Module):
+    kernel: Float[Array, "n_in n_out"]
+    bias: Float[Array, " n_out"] | None
+
+    def __init__(self, n_in: int, n_out: int, *, init: Init, use_bias: bool = True, key: PRNGKeyArray):
+        self.kernel = init(key, (n_in, n_out))
+        self.bias = jnp.zeros((n_out,)) if use_bias else None
+
+    def __call__(self, x: Float[Array, "... n_in"]) -> Float[Array, "... n_out"]:
+        x = x @ self.kernel
+        return x if self.bias is None else x + self.bias
+
+
+class LayerNorm(eqx.Module):
+    scale: Float[Array, " dim"]
+    bias: Float[Array, " dim"]
+    eps: float = eqx.field(static=True)
+
+    def __init__(self, dim: int, *, eps: float):
+        self.scale, self.bias, self.eps = jnp.ones((dim,)), jnp.zeros((dim,)), eps
+
+    def __call__(self, x: Float[Array, "... dim"]) -> Float[Array, "... dim"]:
+        # Statistics in float32 even under bfloat16 compute: the variance of a bf16 vector is noisy.
+        h = x.astype(jnp.float32)
+        mean = h.mean(-1, keepdims=True)
+        var = jnp.square(h - mean).mean(-1, keepdims=True)
+        h = (h - mean) * jax.lax.rsqrt(var + self.eps)
+        return (h * self.scale.astype(jnp.float32) + self.bias.astype(jnp.float32)).astype(x.dtype)
+
+
+class Embedding(eqx.Module):
+    embedding: Float[Array, "rows dim"]
+
+    def __init__(self, rows: int, dim: int, *, init: Init, key: PRNGKeyArray):
+        self.embedding = init(key, (rows, dim))
+
+    def __call__(self, ids: Int[Array, "*shape"]) -> Float[Array, "*shape dim"]:
+        return self.embedding[ids]
+
+
+class Conv2d(eqx.Module):
+    """Channels-last convolution (eqx.nn.Conv2d is channels-first) with explicit symmetric
+    padding: "SAME" pads bottom/right more on strided convs, torch pads both sides alike."""
+
+    kernel: Float[Array, "kh kw c_in c_out"]
+    bias: Float[Array, " c_out"] | None
+    stride: int = eqx.field(static=True)
+    padding: int = eqx.field(static=True)
+
+    def __init__(self, c_in: int, c_out: int, size: int, *, stride: int = 1, padding: int = 0,
+                 use_bias: bool = False, init: Init = kaiming_normal_fan_out, key: PRNGKeyArray):
+        self.kernel = init(key, (size, size, c_in, c_out))
+        self.bias = jnp.zeros((c_out,)) if use_bias else None
+        self.stride, self.padding = stride, padding
+
+    def __call__(self, x: Float[Array, "H W c_in"]) -> Float[Array, "h w c_out"]:
+        p = self.padding
+        y = jax.lax.conv_general_dilated(x[None], self.kernel, (self.stride, self.stride),
+                                         ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+        return y if self.bias is None else y + self.bias
+
+
+class BatchNorm(eqx.Module):
+    """Batch norm over (batch, H, W) with running statistics in ``eqx.nn.State``.
+
+    Written here rather than using eqx.nn.BatchNorm because PyTorch (and so every dlzoo
+    framework) normalises with the biased batch variance but updates the running variance with
+    the unbiased one, var * n / (n - 1); eqx.nn.BatchNorm stores the biased one. Call it under
+    ``jax.vmap(..., axis_name=axis_name)`` in training: the batch statistics are means across
+    that axis. ``momentum`` is Equinox's convention, the weight of the OLD running statistic.
+    """
+
+    scale: Float[Array, " C"]
+    bias: Float[Array, " C"]
+    state_index: eqx.nn.StateIndex
+    momentum: float = eqx.field(static=True)
+    eps: float = eqx.field(static=True)
+    axis_name: str = eqx.field(static=True)
+
+    def __init__(self, channels: int, *, momentum: float, eps: float, axis_name: str = "batch"):
+        self.scale, self.bias = jnp.ones((channels,)), jnp.zeros((channels,))
+        self.state_index = eqx.nn.StateIndex((jnp.zeros((channels,)), jnp.ones((channels,))))
+        self.momentum, self.eps, self.axis_name = momentum, eps, axis_name
+
+    def __call__(self, x: Float[Array, "*spatial C"], state: eqx.nn.State, *,
+                 inference: bool) -> tuple[Float[Array, "*spatial C"], eqx.nn.State]:
+        h = x.astype(jnp.float32)
+        if inference:
+            mean, var = state.get(self.state_index)
+        else:
+            axes = tuple(range(x.ndim - 1))
+            mean = jax.lax.pmean(h.mean(axes), self.axis_name)
+            var = jax.lax.pmean(jnp.square(h - mean).mean(axes), self.axis_name)  # biased
+            n = jax.lax.psum(1, self.axis_name) * math.prod(x.shape[:-1])
+            running_mean, running_var = state.get(self.state_index)
+            m = self.momentum
+            state = state.set(self.state_index, (m * running_mean + (1 - m) * mean,
+                                                 m * running_var + (1 - m) * var * n / (n - 1)))
+        h = (h - mean) * jax.lax.rsqrt(var + self.eps)
+        return (h * self.scale.astype(jnp.float32) + self.bias.astype(jnp.float32)).astype(x.dtype), state
+
+
+def attention(q: Float[Array, "T N H"], k: Float[Array, "S N H"], v: Float[Array, "S N H"], *,
+              bias: Float[Array, "1 1 S"] | None = None, is_causal: bool = False,
+              dropout: eqx.nn.Dropout, key: PRNGKeyArray | None, inference: bool) -> Float[Array, "T N H"]:
+    """Fused softmax(q k^T / sqrt(H) + bias) v; spelled out only when attention dropout is on,
+    which jax.nn.dot_product_attention does not offer."""
+    if inference or dropout.p == 0:
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=is_causal)
+    logits = jnp.einsum("tnh,snh->nts", q, k) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        logits = logits + bias
+    if is_causal:
+        causal = jnp.tril(jnp.ones((q.shape[0], k.shape[0]), dtype=bool))
+        logits = jnp.where(causal, logits, jnp.finfo(logits.dtype).min)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+    probs = dropout(probs, key=key, inference=False)
+    return jnp.einsum("nts,snh->tnh", probs, v)

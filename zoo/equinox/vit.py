@@ -1,0 +1,147 @@
+"""Vision Transformer in Equinox: patch embedding, [CLS] token, learned position embeddings,
+pre-LN transformer encoder, classification head on the [CLS] token.
+
+Paper: Dosovitskiy et al., 2021, "An Image is Worth 16x16 Words: Transformers for Image
+Recognition at Scale".
+
+Args (``ViTConfig``): image_size, patch_size, num_channels, hidden_size, num_layers, num_heads,
+mlp_dim, num_classes, layer_norm_eps, dropout, attention_dropout. ``dtype="bfloat16"`` runs
+activations and matmuls in bfloat16; parameters stay float32.
+
+The model maps ONE channels-last image (H, W, C), as Equinox layers do; ``jax.vmap`` it over
+the batch. Example::
+
+    import jax, jax.numpy as jnp
+    from dlzoo.zoo.configs import get_config
+    from dlzoo.zoo.equinox.vit import ViT
+
+    model = ViT(get_config("vit", "tiny"), key=jax.random.key(0))
+    images = jnp.zeros((2, 32, 32, 3))                                    # NHWC
+    logits = jax.vmap(lambda x: model(x)["logits"])(images)               # (2, 10)
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ..configs import ViTConfig
+from .layers import Conv2d, Dense, LayerNorm, attention, cast_floating, split_key, truncated_normal
+
+_INIT = truncated_normal(0.02)  # theory: initialization
+
+
+class Attention(eqx.Module):
+    qkv: Dense
+    out: Dense
+    attn_drop: eqx.nn.Dropout
+    resid_drop: eqx.nn.Dropout
+    num_heads: int = eqx.field(static=True)
+
+    def __init__(self, config: ViTConfig, *, key: PRNGKeyArray):
+        d = config.hidden_size
+        k1, k2 = jax.random.split(key)
+        self.qkv = Dense(d, 3 * d, init=_INIT, key=k1)  # fused: columns q | k | v
+        self.out = Dense(d, d, init=_INIT, key=k2)
+        self.attn_drop = eqx.nn.Dropout(config.attention_dropout)
+        self.resid_drop = eqx.nn.Dropout(config.dropout)
+        self.num_heads = config.num_heads
+
+    def __call__(self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None,
+                 inference: bool) -> Float[Array, "T D"]:
+        k_attn, k_resid = split_key(key, 2)
+        T, D = x.shape
+        # theory: multi-head-attention
+        q, k, v = (t.reshape(T, self.num_heads, D // self.num_heads)
+                   for t in jnp.split(self.qkv(x), 3, axis=-1))  # (T, N, H), heads contiguous
+        # theory: scaled-dot-product-attention
+        y = attention(q, k, v, dropout=self.attn_drop, key=k_attn, inference=inference)
+        return self.resid_drop(self.out(y.reshape(T, D)), key=k_resid, inference=inference)
+
+
+class MLP(eqx.Module):
+    fc: Dense
+    out: Dense
+    drop: eqx.nn.Dropout
+
+    def __init__(self, config: ViTConfig, *, key: PRNGKeyArray):
+        k1, k2 = jax.random.split(key)
+        self.fc = Dense(config.hidden_size, config.mlp_dim, init=_INIT, key=k1)
+        self.out = Dense(config.mlp_dim, config.hidden_size, init=_INIT, key=k2)
+        self.drop = eqx.nn.Dropout(config.dropout)
+
+    def __call__(self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None,
+                 inference: bool) -> Float[Array, "T D"]:
+        h = jax.nn.gelu(self.fc(x), approximate=False)  # theory: gelu
+        return self.drop(self.out(h), key=key, inference=inference)
+
+
+class Block(eqx.Module):
+    ln1: LayerNorm
+    attn: Attention
+    ln2: LayerNorm
+    mlp: MLP
+
+    def __init__(self, config: ViTConfig, *, key: PRNGKeyArray):
+        k1, k2 = jax.random.split(key)
+        self.ln1 = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attn = Attention(config, key=k1)
+        self.ln2 = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MLP(config, key=k2)
+
+    def __call__(self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None,
+                 inference: bool) -> Float[Array, "T D"]:
+        k1, k2 = split_key(key, 2)
+        # theory: pre-ln-vs-post-ln
+        x = x + self.attn(self.ln1(x), key=k1, inference=inference)  # theory: residual-connections
+        x = x + self.mlp(self.ln2(x), key=k2, inference=inference)
+        return x
+
+
+class ViT(eqx.Module):
+    patch_embed: Conv2d
+    cls_token: Float[Array, "1 1 D"]
+    pos_embed: Float[Array, "1 P D"]
+    drop: eqx.nn.Dropout
+    blocks: list[Block]
+    ln_f: LayerNorm
+    head: Dense
+    config: ViTConfig = eqx.field(static=True)
+    dtype: str = eqx.field(static=True)
+
+    def __init__(self, config: ViTConfig, *, key: PRNGKeyArray, dtype: str = "float32"):
+        keys = jax.random.split(key, config.num_layers + 4)
+        d, p = config.hidden_size, config.patch_size
+        # theory: patch-embedding
+        self.patch_embed = Conv2d(config.num_channels, d, p, stride=p, use_bias=True, init=_INIT, key=keys[0])
+        self.cls_token = _INIT(keys[1], (1, 1, d))
+        self.pos_embed = _INIT(keys[2], (1, config.num_patches + 1, d))  # theory: position-embeddings
+        self.drop = eqx.nn.Dropout(config.dropout)
+        self.blocks = [Block(config, key=k) for k in keys[4:]]
+        self.ln_f = LayerNorm(d, eps=config.layer_norm_eps)  # theory: layer-norm
+        self.head = Dense(d, config.num_classes, init=_INIT, key=keys[3])
+        self.config, self.dtype = config, dtype
+
+    def forward_features(self, pixel_values: Float[Array, "H W C"], *, key: PRNGKeyArray | None = None,
+                         inference: bool = True) -> Float[Array, "P D"]:
+        keys = split_key(key, len(self.blocks) + 1)
+        x = self.patch_embed(pixel_values)  # (H/p, W/p, D)
+        x = x.reshape(-1, x.shape[-1])  # (N, D), patches in row-major order
+        x = jnp.concatenate([self.cls_token[0], x]) + self.pos_embed[0]  # (N + 1, D)
+        x = self.drop(x, key=keys[0], inference=inference)
+        for block, k in zip(self.blocks, keys[1:]):
+            x = block(x, key=k, inference=inference)
+        return self.ln_f(x)
+
+    def forward_head(self, x: Float[Array, "P D"]) -> Float[Array, " classes"]:
+        return self.head(x[0])  # theory: cls-pooling
+
+    def __call__(self, pixel_values: Float[Array, "H W C"], *, key: PRNGKeyArray | None = None,
+                 inference: bool = True) -> dict[str, Float[Array, "..."]]:
+        """``pixel_values`` (H, W, C) -> {"logits": (num_classes,)} float32."""
+        # theory: mixed-precision
+        model = cast_floating(self, self.dtype)
+        x = model.forward_features(pixel_values.astype(self.dtype), key=key, inference=inference)
+        return {"logits": model.forward_head(x).astype(jnp.float32)}
