@@ -1,0 +1,90 @@
+"""Every framework against the reference implementations in `transformers`."""
+
+import numpy as np
+import pytest
+
+from dlzoo.zoo import hub
+
+from .harness import (CASES, FRAMEWORKS, GRAD_RTOL, _torch_in, assert_grads_close,
+                      assert_outputs_close, cotangents, framework_id)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS, ids=framework_id)
+@pytest.mark.parametrize("case", list(CASES))
+def test_forward_matches_transformers(case, framework, references, handle):
+    _, model = references(case)
+    inputs = CASES[case].inputs(0)
+    want = CASES[case].reference(model, inputs)
+    got = handle(case, framework).apply(inputs)
+    assert_outputs_close(got, want, what=f"{framework} {case}")
+
+
+def _hf_outputs(case, model, inputs):
+    """The reference outputs as differentiable torch tensors (same names as the handle's)."""
+    tin = _torch_in(inputs)
+    if CASES[case].arch == "bert":
+        out = model.bert(**tin)
+        result = {"last_hidden_state": out.last_hidden_state, "pooler_output": out.pooler_output}
+        if hasattr(model, "cls"):
+            result["mlm_logits"] = model.cls.predictions(out.last_hidden_state)
+        else:
+            result["logits"] = model.classifier(out.pooler_output)
+        return result
+    return {"logits": model(**tin).logits}
+
+
+def _hf_grads_canonical(case, folder, model, inputs, cots, train=False):
+    """Gradients of sum(outputs * cotangents) in transformers, mapped to canonical names by the
+    same rules that import checkpoints (buffers ride along so the mapping sees a full model)."""
+    import json
+    import torch
+
+    model.zero_grad()
+    model.train(train)
+    outputs = _hf_outputs(case, model, inputs)
+    loss = sum((outputs[k] * torch.from_numpy(cots[k])).sum() for k in outputs)
+    loss.backward()
+    model.eval()
+    published = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).numpy()
+                 for n, p in model.named_parameters()}
+    published.update({n: b.numpy() for n, b in model.named_buffers() if n not in published})
+    hf_config = json.loads((folder / "config.json").read_text())
+    _, _, grads, _ = hub.to_canonical(CASES[case].arch, hf_config, published)
+    return grads
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_torch_gradients_match_transformers(case, references, handle):
+    folder, model = references(case)
+    inputs = CASES[case].inputs(2)
+    h = handle(case, "torch")
+    cots = cotangents(h.apply(inputs))
+    trainable = {k for k, s in __import__("dlzoo").zoo.canonical_spec(h.arch, h.config).items() if s.trainable}
+    want = {k: v for k, v in _hf_grads_canonical(case, folder, model, inputs, cots).items() if k in trainable}
+    assert_grads_close(h.vjp(inputs, cots), want, GRAD_RTOL, what=f"torch {case}")
+
+
+@pytest.mark.parametrize("case", ["resnet", "resnet-basic"])
+def test_torch_batch_norm_train_mode_matches_transformers(case, references, handle):
+    """Train mode: outputs use batch statistics, and the running statistics written afterwards
+    (momentum, unbiased variance) equal transformers' for every batch norm."""
+    import copy
+    import json
+    import torch
+
+    folder, model = references(case)
+    model = copy.deepcopy(model).train()
+    inputs = CASES[case].inputs(3)
+    with torch.no_grad():
+        want = model(**_torch_in(inputs)).logits.numpy()
+    h = handle(case, "torch")
+    before = h.state_dict()
+    got = h.apply(inputs, train=True)["logits"]
+    assert_outputs_close({"logits": got}, {"logits": want}, what=f"torch {case} train")
+    hf_config = json.loads((folder / "config.json").read_text())
+    _, _, hf_after, _ = hub.to_canonical("resnet", hf_config, {n: t.numpy() for n, t in model.state_dict().items()})
+    ours = h.state_dict()
+    stats = [k for k in ours if k.endswith((".mean", ".var"))]
+    assert stats and all(not np.array_equal(ours[k], before[k]) for k in stats), "running statistics did not move"
+    for key in stats:
+        np.testing.assert_allclose(ours[key], hf_after[key], rtol=1e-5, atol=1e-6, err_msg=key)
