@@ -1,1 +1,190 @@
-"""PyTorch backend (in progress)."""
+"""PyTorch backend: the reference implementation every other framework is compared against.
+
+The six functions below are the backend contract of ``dlzoo.zoo.handle``. Models are plain
+``nn.Module`` s whose module names are the canonical names, so the canonical mapping is decided
+by module type alone: nn.Linear weight [out, in] -> ``kernel`` [in, out]; nn.Conv2d weight OIHW
+-> ``kernel`` HWIO; nn.LayerNorm weight -> ``scale``; nn.BatchNorm2d weight, bias, running_mean,
+running_var -> ``scale``, ``bias``, ``mean``, ``var``; nn.Embedding weight -> ``embedding``; any
+other parameter (``cls_token``, ``pos_embed``, ``mlm.bias``) keeps its name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..configs import ZooError
+from .bert import BERT
+from .gpt import GPT
+from .resnet import ResNet
+from .vit import ViT
+
+MODELS: dict[str, type[nn.Module]] = {"bert": BERT, "gpt": GPT, "resnet": ResNet, "vit": ViT}
+
+# The handle's compute dtype lives on the module: apply() takes no dtype, and torch's idiom for
+# mixed precision is autocast around an fp32 model rather than a model built in bf16.
+_DTYPE_ATTR = "dlzoo_compute_dtype"
+
+
+def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32") -> nn.Module:
+    """A model with weights drawn from ``seed``, in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    # nn.Linear & co. run their own default init from the global generator before ours replaces
+    # it; fork so that building a model leaves the caller's random state untouched.
+    with torch.random.fork_rng(devices=[]):
+        model = MODELS[arch](config, generator=generator)
+    setattr(model, _DTYPE_ATTR, compute_dtype)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- canonical mapping
+
+def _leaves(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, str]]:
+    """(canonical name, tensor, layout) of every canonical tensor; layout is "linear", "conv"
+    or "same". Tied weights (the GPT and MLM decoders) are no modules, so they appear once."""
+    for prefix, module in model.named_modules():
+        p = f"{prefix}." if prefix else ""
+        if isinstance(module, nn.Linear):
+            yield f"{p}kernel", module.weight, "linear"
+            if module.bias is not None:
+                yield f"{p}bias", module.bias, "same"
+        elif isinstance(module, nn.Conv2d):
+            yield f"{p}kernel", module.weight, "conv"
+            if module.bias is not None:
+                yield f"{p}bias", module.bias, "same"
+        elif isinstance(module, nn.LayerNorm):
+            yield f"{p}scale", module.weight, "same"
+            yield f"{p}bias", module.bias, "same"
+        elif isinstance(module, nn.BatchNorm2d):
+            yield f"{p}scale", module.weight, "same"
+            yield f"{p}bias", module.bias, "same"
+            yield f"{p}mean", module.running_mean, "same"
+            yield f"{p}var", module.running_var, "same"
+        elif isinstance(module, nn.Embedding):
+            yield f"{p}embedding", module.weight, "same"
+        else:
+            for name, param in module.named_parameters(recurse=False):
+                yield f"{p}{name}", param, "same"
+
+
+def _to_canonical(tensor: torch.Tensor, layout: str) -> np.ndarray:
+    t = tensor.detach().to("cpu", torch.float32)
+    if layout == "linear":
+        t = t.T                      # [out, in] -> [in, out]
+    elif layout == "conv":
+        t = t.permute(2, 3, 1, 0)    # OIHW -> HWIO
+    return np.array(t.numpy(), dtype=np.float32, order="C")  # a copy, never a view of the model
+
+
+def _from_canonical(array: np.ndarray, layout: str) -> torch.Tensor:
+    if layout == "linear":
+        array = array.T
+    elif layout == "conv":
+        array = array.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def state_dict(arch: str, config, native: nn.Module) -> dict[str, np.ndarray]:
+    return {name: _to_canonical(t, layout) for name, t, layout in _leaves(native)}
+
+
+@torch.no_grad()
+def load_state_dict(arch: str, config, native: nn.Module, tensors: dict[str, np.ndarray]) -> nn.Module:
+    leaves = {name: (t, layout) for name, t, layout in _leaves(native)}
+    if set(leaves) != set(tensors):
+        raise ZooError(f"the torch {arch} model does not match its config: missing "
+                       f"{sorted(set(tensors) - set(leaves))[:8]}, extra {sorted(set(leaves) - set(tensors))[:8]}; "
+                       "build it with dlzoo.zoo.load(arch, 'torch', config)")
+    for name, (t, layout) in leaves.items():
+        t.copy_(_from_canonical(tensors[name], layout))
+    return native
+
+
+# --------------------------------------------------------------------------- running the model
+
+def _torch_inputs(arch: str, inputs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in inputs.items():
+        t = torch.from_numpy(np.asarray(value))
+        if key == "pixel_values":
+            t = t.float().permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW, torch's layout
+        else:
+            t = t.long()
+        out[key] = t.to(device)
+    return out
+
+
+@contextlib.contextmanager
+def _mode(native: nn.Module, *, train: bool, seed: int):
+    """Train/eval mode, dropout randomness from ``seed`` and the compute dtype, for one call;
+    the module's previous mode and torch's global random state are restored afterwards."""
+    was_training = native.training
+    device = next(native.parameters()).device
+    bf16 = getattr(native, _DTYPE_ATTR, "float32") == "bfloat16"
+    native.train(train)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            # theory: mixed-precision
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                yield device
+    finally:
+        native.train(was_training)
+
+
+def apply(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarray], *, train: bool = False,
+          seed: int = 0) -> tuple[dict[str, np.ndarray], nn.Module]:
+    with _mode(native, train=train, seed=seed) as device, torch.no_grad():
+        outputs = native(**_torch_inputs(arch, inputs, device))
+    return {k: v.float().cpu().numpy() for k, v in outputs.items()}, native
+
+
+def _objective(native: nn.Module, arch: str, inputs, cotangents, device) -> torch.Tensor:
+    """sum_k sum(outputs[k] * cotangents[k]): its gradient is the vjp with those cotangents."""
+    outputs = native(**_torch_inputs(arch, inputs, device))
+    unknown = sorted(set(cotangents) - set(outputs))
+    if unknown:
+        raise ZooError(f"cotangents for {unknown} match no {arch} output; outputs are {sorted(outputs)}")
+    return sum((outputs[k].float() * torch.as_tensor(np.asarray(c, np.float32), device=device)).sum()
+               for k, c in cotangents.items())
+
+
+def vjp(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarray], cotangents: dict[str, np.ndarray],
+        *, train: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+    # A gradient is a question about the model, not a step: keep batch-norm running statistics.
+    buffers = {name: b.clone() for name, b in native.named_buffers()}
+    native.zero_grad(set_to_none=True)
+    try:
+        with _mode(native, train=train, seed=seed) as device:
+            loss = _objective(native, arch, inputs, cotangents, device)
+        loss.backward()
+        grads = {name: _to_canonical(t.grad if t.grad is not None else torch.zeros_like(t), layout)
+                 for name, t, layout in _leaves(native) if isinstance(t, nn.Parameter)}
+    finally:
+        native.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for name, b in native.named_buffers():
+                b.copy_(buffers[name])
+    return grads
+
+
+def adamw_step(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarray],
+               cotangents: dict[str, np.ndarray], *, lr: float, betas: tuple[float, float], eps: float,
+               weight_decay: float, seed: int = 0) -> nn.Module:
+    """One torch.optim.AdamW step (fresh state) on the vjp objective, in eval mode."""
+    # theory: adamw
+    optimizer = torch.optim.AdamW(native.parameters(), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    optimizer.zero_grad(set_to_none=True)
+    with _mode(native, train=False, seed=seed) as device:
+        loss = _objective(native, arch, inputs, cotangents, device)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return native
+
+
+__all__ = ["MODELS", "adamw_step", "apply", "build", "load_state_dict", "state_dict", "vjp"]

@@ -1,0 +1,174 @@
+"""BERT in PyTorch: a post-LN bidirectional transformer encoder, with an optional pooler,
+masked-LM head (decoder tied to the word embedding) and sequence classifier.
+
+Paper: Devlin et al., 2019, "BERT: Pre-training of Deep Bidirectional Transformers for Language
+Understanding".
+
+Args (``BertConfig``): vocab_size, max_positions, type_vocab_size, hidden_size, num_layers,
+num_heads, mlp_dim, layer_norm_eps, dropout (embedding, residual and classifier),
+attention_dropout, pooler, mlm_head, num_labels. ``generator`` (keyword) draws the initial
+weights without touching torch's global random state. Dropout follows ``model.train()`` /
+``model.eval()``.
+
+Example::
+
+    import torch
+    from dlzoo.zoo.configs import get_config
+    from dlzoo.zoo.torch.bert import BERT
+
+    config = get_config("bert", "tiny", mlm_head=True)
+    model = BERT(config, generator=torch.Generator().manual_seed(0)).eval()
+    ids = torch.randint(0, config.vocab_size, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.long)
+    out = model(ids, attention_mask=mask)
+    out["last_hidden_state"], out["pooler_output"], out["mlm_logits"]   # (2, 16, 128) (2, 128) (2, 16, 30522)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..configs import BertConfig
+from .layers import compute_dtype, init_linear_, truncated_normal_
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word = nn.Embedding(config.vocab_size, config.hidden_size)
+        # theory: position-embeddings
+        self.position = nn.Embedding(config.max_positions, config.hidden_size)
+        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # theory: layer-norm
+        self.drop = nn.Dropout(config.dropout)  # theory: dropout
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
+        x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)  # (B, T, C)
+        return self.drop(self.ln(x))
+
+
+class Attention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.qkv = nn.Linear(d, 3 * d)  # fused: output rows q | k | v
+        self.out = nn.Linear(d, d)
+        self.resid_drop = nn.Dropout(config.dropout)
+        self.num_heads, self.attention_dropout = config.num_heads, config.attention_dropout
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        # theory: multi-head-attention
+        q, k, v = (t.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
+                   for t in self.qkv(x).split(C, dim=-1))  # (B, N, T, H), heads contiguous
+        # theory: scaled-dot-product-attention
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias,  # theory: attention-mask
+                                           dropout_p=self.attention_dropout if self.training else 0.0)
+        return self.resid_drop(self.out(y.transpose(1, 2).reshape(B, T, C)))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.hidden_size, config.mlp_dim)
+        self.out = nn.Linear(config.mlp_dim, config.hidden_size)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # BERT uses the exact (erf) GELU, not GPT-2's tanh approximation.
+        h = F.gelu(self.fc(x), approximate="none")  # (B, T, F)  # theory: gelu
+        return self.drop(self.out(h))  # (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attn = Attention(config)
+        self.ln1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MLP(config)
+        self.ln2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
+        # theory: pre-ln-vs-post-ln
+        x = self.ln1(x + self.attn(x, attn_bias))  # theory: residual-connections
+        x = self.ln2(x + self.mlp(x))
+        return x
+
+
+class MLMHead(nn.Module):
+    """transform -> GELU -> layer norm -> decoder tied to the word embedding, plus its own bias."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.transform = nn.Linear(config.hidden_size, config.hidden_size)
+        self.ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x: torch.Tensor, word_embedding: torch.Tensor) -> torch.Tensor:
+        h = self.ln(F.gelu(self.transform(x), approximate="none"))  # (B, T, C)
+        # theory: weight-tying
+        return h @ word_embedding.T + self.bias  # (B, T, V)  # theory: masked-lm
+
+
+class BERT(nn.Module):
+    def __init__(self, config: BertConfig, *, generator: torch.Generator | None = None):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if config.pooler else None
+        self.mlm = MLMHead(config) if config.mlm_head else None
+        # transformers' BertForSequenceClassification drops out the pooled output first.
+        self.classifier_drop = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels else None
+        self.init_weights(generator)
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """Truncated normal(0.02) for every dense kernel and embedding, zero biases; layer norms
+        keep torch's scale 1, bias 0."""
+        # theory: initialization
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                init_linear_(module, 0.02, generator, truncated=True)
+            elif isinstance(module, nn.Embedding):
+                truncated_normal_(module.weight, 0.02, generator)
+        if self.mlm is not None:
+            nn.init.zeros_(self.mlm.bias)
+
+    def forward_features(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                         attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``input_ids`` (B, T) -> last hidden state (B, T, C). ``token_type_ids`` default to 0,
+        ``attention_mask`` (1 = attend, 0 = padding) to all ones."""
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, C)
+        attn_bias = None
+        if attention_mask is not None:
+            # A large finite negative of the compute dtype, not -inf: a fully padded row stays
+            # finite (uniform attention) instead of turning into NaN.
+            dtype = compute_dtype(x)
+            attn_bias = (1.0 - attention_mask.to(dtype))[:, None, None, :] * torch.finfo(dtype).min  # (B, 1, 1, T)
+        for block in self.blocks:
+            x = block(x, attn_bias)
+        return x
+
+    def forward_head(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {"last_hidden_state": x}
+        if self.pooler is not None:
+            # theory: cls-pooling
+            out["pooler_output"] = torch.tanh(self.pooler(x[:, 0]))  # (B, C)
+        if self.mlm is not None:
+            out["mlm_logits"] = self.mlm(x, self.embeddings.word.weight)  # (B, T, V)
+        if self.classifier is not None:
+            out["logits"] = self.classifier(self.classifier_drop(out["pooler_output"]))  # (B, num_labels)
+        return out
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """-> {"last_hidden_state": (B, T, C), "pooler_output": (B, C) if config.pooler,
+        "mlm_logits": (B, T, V) if config.mlm_head, "logits": (B, num_labels) if num_labels}."""
+        return self.forward_head(self.forward_features(input_ids, token_type_ids, attention_mask))

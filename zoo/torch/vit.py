@@ -1,0 +1,127 @@
+"""Vision Transformer in PyTorch: patches embedded by a strided conv, a [CLS] token and learned
+position embeddings, a pre-LN transformer encoder, and a linear head on the [CLS] token.
+
+Paper: Dosovitskiy et al., 2021, "An Image is Worth 16x16 Words: Transformers for Image
+Recognition at Scale".
+
+Args (``ViTConfig``): image_size, patch_size, num_channels, hidden_size, num_layers, num_heads,
+mlp_dim, num_classes, layer_norm_eps, dropout (embedding and residual), attention_dropout.
+``generator`` (keyword) draws the initial weights without touching torch's global random state.
+Images are NCHW, torch's layout. Dropout follows ``model.train()`` / ``model.eval()``.
+
+Example::
+
+    import torch
+    from dlzoo.zoo.configs import get_config
+    from dlzoo.zoo.torch.vit import ViT
+
+    model = ViT(get_config("vit", "tiny"), generator=torch.Generator().manual_seed(0)).eval()
+    images = torch.randn(2, 3, 32, 32)
+    logits = model(images)["logits"]                                      # (2, 10)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..configs import ViTConfig
+from .layers import init_linear_, truncated_normal_
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.qkv = nn.Linear(d, 3 * d)  # fused: output rows q | k | v
+        self.out = nn.Linear(d, d)
+        self.resid_drop = nn.Dropout(config.dropout)
+        self.num_heads, self.attention_dropout = config.num_heads, config.attention_dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        # theory: multi-head-attention
+        q, k, v = (t.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
+                   for t in self.qkv(x).split(C, dim=-1))  # (B, N, T, H), heads contiguous
+        # Bidirectional: every patch attends to every other patch and to [CLS].
+        # theory: scaled-dot-product-attention
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attention_dropout if self.training else 0.0)
+        return self.resid_drop(self.out(y.transpose(1, 2).reshape(B, T, C)))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.hidden_size, config.mlp_dim)
+        self.out = nn.Linear(config.mlp_dim, config.hidden_size)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # ViT (like BERT) uses the exact (erf) GELU.
+        h = F.gelu(self.fc(x), approximate="none")  # (B, T, F)  # theory: gelu
+        return self.drop(self.out(h))  # (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attn = Attention(config)
+        self.ln2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # theory: pre-ln-vs-post-ln
+        x = x + self.attn(self.ln1(x))  # theory: residual-connections
+        x = x + self.mlp(self.ln2(x))
+        return x
+
+
+class ViT(nn.Module):
+    def __init__(self, config: ViTConfig, *, generator: torch.Generator | None = None):
+        super().__init__()
+        self.config = config
+        d = config.hidden_size
+        # A conv whose stride is its size cuts the image into patches and projects each one.
+        # theory: patch-embedding
+        self.patch_embed = nn.Conv2d(config.num_channels, d, config.patch_size, stride=config.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        # theory: position-embeddings
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + 1, d))
+        self.drop = nn.Dropout(config.dropout)  # theory: dropout
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.ln_f = nn.LayerNorm(d, eps=config.layer_norm_eps)  # theory: layer-norm
+        self.head = nn.Linear(d, config.num_classes)
+        self.init_weights(generator)
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """Truncated normal(0.02) for the patch conv, dense kernels, [CLS] and position
+        embeddings; zero biases; layer norms keep torch's scale 1, bias 0."""
+        # theory: initialization
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                init_linear_(module, 0.02, generator, truncated=True)
+        truncated_normal_(self.patch_embed.weight, 0.02, generator)
+        nn.init.zeros_(self.patch_embed.bias)
+        truncated_normal_(self.cls_token, 0.02, generator)
+        truncated_normal_(self.pos_embed, 0.02, generator)
+
+    def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``pixel_values`` (B, C_in, H, W) -> hidden states (B, 1 + N, C) after ln_f."""
+        x = self.patch_embed(pixel_values)  # (B, C, H/P, W/P)
+        x = x.flatten(2).transpose(1, 2)  # (B, N, C), patches in row-major order
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, C)
+        x = self.drop(torch.cat([cls, x], dim=1) + self.pos_embed)  # (B, 1 + N, C)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        # theory: cls-pooling
+        return self.head(x[:, 0])  # (B, num_classes)
+
+    def forward(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``pixel_values`` (B, C_in, H, W) -> {"logits": (B, num_classes)}."""
+        return {"logits": self.forward_head(self.forward_features(pixel_values))}
