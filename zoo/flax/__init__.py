@@ -1,0 +1,153 @@
+"""Flax NNX backend: the dlzoo backend contract (see ``dlzoo/zoo/handle.py``) for ``nnx.Module`` models.
+
+``native`` is the ``nnx.Module`` itself. Its state paths are the canonical names already
+(``blocks.0.attn.qkv.kernel``, ``stages.1.blocks.0.downsample.bn.mean``), so converting to and
+from canonical tensors is a join of the path. The numerical entry points split the module into
+(graphdef, state) and run plain ``jax.jit`` functions over the state: the graphdef is a static
+argument, so jax caches one compilation per (arch, config, compute dtype, train, input shapes).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from ..configs import ZooError
+from .bert import Bert
+from .gpt import GPT
+from .resnet import ResNet
+from .vit import ViT
+
+MODELS = {"bert": Bert, "gpt": GPT, "resnet": ResNet, "vit": ViT}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+__all__ = ["MODELS", "Bert", "GPT", "ResNet", "ViT", "adamw_step", "apply", "build",
+           "load_state_dict", "state_dict", "vjp"]
+
+
+def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32") -> nnx.Module:
+    if compute_dtype not in DTYPES:
+        raise ZooError(f"compute_dtype must be one of {', '.join(DTYPES)}, got {compute_dtype!r}")
+    return MODELS[arch](config, dtype=DTYPES[compute_dtype], rngs=nnx.Rngs(params=seed))
+
+
+def _name(path: tuple) -> str:
+    return ".".join(str(part) for part in path)
+
+
+def state_dict(arch: str, config, native: nnx.Module) -> dict[str, np.ndarray]:
+    return {_name(path): np.array(variable.get_value(), dtype=np.float32)
+            for path, variable in nnx.to_flat_state(nnx.state(native))}
+
+
+def load_state_dict(arch: str, config, native: nnx.Module, tensors: dict[str, np.ndarray]) -> nnx.Module:
+    flat = nnx.to_flat_state(nnx.state(native))
+    names = {_name(path) for path, _ in flat}
+    missing, unexpected = sorted(names - set(tensors)), sorted(set(tensors) - names)
+    if missing or unexpected:
+        raise ZooError(f"flax {arch} model does not match the tensors: missing {missing[:8]}, "
+                       f"unexpected {unexpected[:8]}; build the model from the weights' config")
+    for path, variable in flat:
+        value = tensors[_name(path)]
+        if tuple(value.shape) != variable.get_value().shape:
+            raise ZooError(f"{_name(path)} has shape {list(value.shape)}, the model expects "
+                           f"{list(variable.get_value().shape)}; build the model from the weights' config")
+        variable.set_value(jnp.asarray(value, dtype=jnp.float32))
+    nnx.update(native, nnx.from_flat_state(flat))
+    return native
+
+
+# --- compiled entry points ---------------------------------------------------------------------
+
+def _call(model: nnx.Module, inputs: dict, train: bool, key: jax.Array) -> dict:
+    if isinstance(model, ResNet):  # no dropout, so no randomness
+        return model(**inputs, train=train)
+    return model(**inputs, train=train, rngs=nnx.Rngs(dropout=key))
+
+
+def _objective(graphdef, params, rest, inputs, cotangents, key, train):
+    model = nnx.merge(graphdef, params, rest)
+    outputs = _call(model, inputs, train, key)
+    return sum(jnp.sum(outputs[k] * cotangents[k]) for k in cotangents)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "train"))
+def _apply(graphdef, state, inputs, key, *, train):
+    model = nnx.merge(graphdef, state)
+    outputs = _call(model, inputs, train, key)
+    return outputs, nnx.state(model, nnx.BatchStat)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "train"))
+def _grads(graphdef, params, rest, inputs, cotangents, key, *, train):
+    return jax.grad(_objective, argnums=1)(graphdef, params, rest, inputs, cotangents, key, train)
+
+
+@partial(jax.jit, static_argnames=("graphdef",))
+def _adamw(graphdef, params, rest, inputs, cotangents, key, lr, b1, b2, eps, weight_decay):
+    grads = jax.grad(_objective, argnums=1)(graphdef, params, rest, inputs, cotangents, key, False)
+    # theory: adamw
+    optimizer = optax.adamw(lr, b1=b1, b2=b2, eps=eps, eps_root=0.0, weight_decay=weight_decay)
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    return optax.apply_updates(params, updates)
+
+
+def apply(arch: str, config, native: nnx.Module, inputs: dict[str, np.ndarray], *,
+          train: bool = False, seed: int = 0):
+    graphdef, state = nnx.split(native)
+    outputs, batch_stats = _apply(graphdef, state, inputs, jax.random.key(seed), train=train)
+    if train:
+        nnx.update(native, batch_stats)
+    return {k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()}, native
+
+
+def _output_shapes(arch: str, config, inputs: dict[str, np.ndarray]) -> dict[str, tuple]:
+    if arch in ("vit", "resnet"):
+        return {"logits": (len(inputs["pixel_values"]), config.num_classes)}
+    B, T = inputs["input_ids"].shape
+    if arch == "gpt":
+        return {"logits": (B, T, config.vocab_size)}
+    shapes = {"last_hidden_state": (B, T, config.hidden_size)}
+    if config.pooler:
+        shapes["pooler_output"] = (B, config.hidden_size)
+    if config.mlm_head:
+        shapes["mlm_logits"] = (B, T, config.vocab_size)
+    if config.num_labels:
+        shapes["logits"] = (B, config.num_labels)
+    return shapes
+
+
+def _cotangents(arch: str, config, inputs, cotangents) -> dict[str, jax.Array]:
+    expected = _output_shapes(arch, config, inputs)
+    for name, value in cotangents.items():
+        if name not in expected:
+            raise ZooError(f"cotangent {name!r} names no output of this {arch}; outputs: {', '.join(expected)}")
+        if tuple(np.shape(value)) != expected[name]:
+            raise ZooError(f"cotangent {name!r} has shape {list(np.shape(value))}, expected "
+                           f"{list(expected[name])} (the output's shape)")
+    return {k: jnp.asarray(v, dtype=jnp.float32) for k, v in cotangents.items()}
+
+
+def vjp(arch: str, config, native: nnx.Module, inputs, cotangents, *, train: bool = False,
+        seed: int = 0) -> dict[str, np.ndarray]:
+    cotangents = _cotangents(arch, config, inputs, cotangents)
+    graphdef, params, rest = nnx.split(native, nnx.Param, ...)
+    grads = _grads(graphdef, params, rest, inputs, cotangents, jax.random.key(seed), train=train)
+    return {_name(path): np.array(g.get_value(), dtype=np.float32) for path, g in nnx.to_flat_state(grads)}
+
+
+def adamw_step(arch: str, config, native: nnx.Module, inputs, cotangents, *, lr: float,
+               betas: tuple[float, float], eps: float, weight_decay: float, seed: int = 0) -> nnx.Module:
+    """One optax.adamw step (fresh state) on sum(outputs * cotangents), in eval mode."""
+    cotangents = _cotangents(arch, config, inputs, cotangents)
+    graphdef, params, rest = nnx.split(native, nnx.Param, ...)
+    f32 = partial(jnp.asarray, dtype=jnp.float32)
+    params = _adamw(graphdef, params, rest, inputs, cotangents, jax.random.key(seed),
+                    f32(lr), f32(betas[0]), f32(betas[1]), f32(eps), f32(weight_decay))
+    nnx.update(native, params)
+    return native
