@@ -69,7 +69,7 @@ def test_corrupt_truncated_and_foreign_files_fail_cleanly(tmp_path):
     (tmp_path / "garbage.safetensors").write_bytes(b"\x00not a safetensors file at all")
     header = json.dumps({"__metadata__": {"format": "pt"}}).encode()
     (tmp_path / "foreign.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
-    for name, fragment in [("truncated", "corrupt or truncated"), ("garbage", "not a readable safetensors"),
+    for name, fragment in [("truncated", "corrupt, truncated"), ("garbage", "corrupt, truncated or not a safetensors"),
                            ("foreign", "not a dlzoo canonical file"), ("missing", "no such file")]:
         with pytest.raises(WeightsError, match=fragment) as info:
             weights.load(tmp_path / f"{name}.safetensors")

@@ -226,7 +226,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         with safe_open(str(path), framework="np") as f:
             return dict(f.metadata() or {})
     except Exception as error:  # safetensors raises its own error types for corrupt headers
-        raise WeightsError(f"{path}: not a readable safetensors file ({_first_line(error)})") from None
+        raise WeightsError(f"{path}: corrupt, truncated or not a safetensors file ({_first_line(error)})") from None
 
 
 def load(path: str | os.PathLike, arch: str | None = None, config=None):
