@@ -1,0 +1,125 @@
+"""dm-haiku backend of dlzoo: the six functions of the backend contract (see zoo/handle.py).
+
+``native`` is ``(transformed, params, state)``: an ``hk.TransformedWithState`` whose ``apply``
+takes the model's named inputs and ``is_training``, its parameters ``{module_path: {leaf:
+array}}`` and its state (batch-norm running ``mean``/``var`` for ResNet, empty otherwise).
+Every model's modules are named after the canonical names, so conversion is one renaming rule,
+``layers.canonical_name``: ("vit/~/blocks_0/~/attn/~/qkv", "kernel") -> "blocks.0.attn.qkv.kernel".
+
+The transformed pair is built once per (arch, config, compute dtype), and its jit-compiled
+apply / gradient / AdamW step once per (transformed, train flag); jax.jit then caches on input
+shapes, so repeated calls with the same shapes do not recompile.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..configs import ZooError
+from . import bert, gpt, resnet, vit
+from .layers import canonical_name
+
+MODELS = {"bert": bert.transform, "gpt": gpt.transform, "resnet": resnet.transform, "vit": vit.transform}
+
+__all__ = ["MODELS", "adamw_step", "apply", "build", "canonical_name", "load_state_dict",
+           "state_dict", "vjp"]
+
+
+@functools.lru_cache(maxsize=None)
+def _transform(arch: str, config, compute_dtype: str) -> hk.TransformedWithState:
+    return MODELS[arch](config, dtype=compute_dtype)
+
+
+def _example_inputs(arch: str, config) -> dict[str, np.ndarray]:
+    """The smallest inputs that create every parameter (shapes depend on the config alone)."""
+    if arch in ("gpt", "bert"):
+        return {"input_ids": np.zeros((1, 1), np.int32)}
+    size = config.image_size if arch == "vit" else 32
+    return {"pixel_values": np.zeros((1, size, size, config.num_channels), np.float32)}
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(transformed: hk.TransformedWithState, kind: str, train: bool = False):
+    def forward(params, state, rng, inputs):
+        return transformed.apply(params, state, rng, **inputs, is_training=train)
+
+    def objective(params, state, rng, inputs, cotangents):
+        outputs, _ = forward(params, state, rng, inputs)
+        unknown = sorted(set(cotangents) - set(outputs))
+        if unknown:
+            raise ZooError(f"cotangents {unknown} name no output; expected keys among {sorted(outputs)}")
+        return sum(jnp.sum(outputs[k] * cotangents[k]) for k in cotangents)
+
+    def adamw(params, state, rng, inputs, cotangents, lr, b1, b2, eps, weight_decay):
+        grads = jax.grad(objective)(params, state, rng, inputs, cotangents)
+        # eps_root=0 (optax's default) makes optax.adamw step exactly as torch.optim.AdamW does.
+        optimizer = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)  # theory: adamw
+        updates, _ = optimizer.update(grads, optimizer.init(params), params)
+        return optax.apply_updates(params, updates)
+
+    functions = {"init": lambda rng, inputs: transformed.init(rng, **inputs), "apply": forward,
+                 "grad": jax.grad(objective), "adamw": adamw}
+    return jax.jit(functions[kind])
+
+
+def _to_canonical(tree) -> dict[str, np.ndarray]:
+    return {canonical_name(module, leaf): np.array(value, dtype=np.float32)
+            for module, leaves in tree.items() for leaf, value in leaves.items()}
+
+
+def _from_canonical(tree, tensors: dict[str, np.ndarray]):
+    return {module: {leaf: jnp.asarray(tensors[canonical_name(module, leaf)]) for leaf in leaves}
+            for module, leaves in tree.items()}
+
+
+def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32"):
+    transformed = _transform(arch, config, compute_dtype)
+    params, state = _compiled(transformed, "init")(jax.random.key(seed), _example_inputs(arch, config))
+    return transformed, params, state
+
+
+def state_dict(arch: str, config, native) -> dict[str, np.ndarray]:
+    _, params, state = native
+    return {**_to_canonical(params), **_to_canonical(state)}
+
+
+def load_state_dict(arch: str, config, native, tensors: dict[str, np.ndarray]):
+    transformed, params, state = native
+    return transformed, _from_canonical(params, tensors), _from_canonical(state, tensors)
+
+
+def apply(arch: str, config, native, inputs: dict[str, np.ndarray], *, train: bool = False, seed: int = 0):
+    """Outputs as numpy; in training the returned native carries the updated batch-norm state."""
+    transformed, params, state = native
+    outputs, new_state = _compiled(transformed, "apply", train)(params, state, jax.random.key(seed), inputs)
+    return {k: np.asarray(v) for k, v in outputs.items()}, (transformed, params, new_state)
+
+
+def _cotangents(cotangents) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, dtype=np.float32) for k, v in cotangents.items()}
+
+
+def vjp(arch: str, config, native, inputs, cotangents, *, train: bool = False, seed: int = 0):
+    """Gradients of sum_k sum(outputs[k] * cotangents[k]) w.r.t. the parameters (batch-norm
+    running statistics are state, not parameters, so they have none)."""
+    transformed, params, state = native
+    grads = _compiled(transformed, "grad", train)(params, state, jax.random.key(seed), inputs,
+                                                  _cotangents(cotangents))
+    return _to_canonical(grads)
+
+
+def adamw_step(arch: str, config, native, inputs, cotangents, *, lr: float, betas, eps: float,
+               weight_decay: float, seed: int = 0):
+    """One optax.adamw step from a fresh optimizer state, in eval mode (no dropout, running
+    batch-norm statistics), so the step is deterministic and comparable across frameworks."""
+    transformed, params, state = native
+    hyper = (np.float32(x) for x in (lr, betas[0], betas[1], eps, weight_decay))
+    params = _compiled(transformed, "adamw")(params, state, jax.random.key(seed), inputs,
+                                             _cotangents(cotangents), *hyper)
+    return transformed, params, state

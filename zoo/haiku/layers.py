@@ -1,0 +1,181 @@
+"""Leaf layers shared by the Haiku models: canonical parameter names and layouts.
+
+Haiku parameters live in a dict ``{module_path: {leaf: array}}``. These layers name their
+leaves after dlzoo's canonical weight format (dense ``kernel`` [in, out] + ``bias``, layer norm
+``scale``/``bias``, ``embedding``, conv ``kernel`` HWIO, batch norm ``scale``/``bias`` as
+parameters and ``mean``/``var`` as state), and the models name their modules after the canonical
+names, with ``_i`` for an index (Python identifiers cannot hold dots). The rule from a Haiku path
+to a canonical name is mechanical, see ``canonical_name``:
+
+    "gpt/~/blocks_0/attn/qkv", "kernel"  ->  "blocks.0.attn.qkv.kernel"
+
+(drop the root module, drop "~", turn a trailing ``_<digits>`` into ``.<digits>``).
+
+Mixed precision follows Haiku's custom-getter idiom (as ``jmp`` does): ``cast_params`` casts
+every parameter to the compute dtype as it is read, so the stored parameters stay float32.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+# jax.random.truncated_normal(-2, 2) has std 0.8796; divide it out so `std` means the std.
+_TRUNCATED_STD = 0.87962566103423978
+_INDEX = re.compile(r"_(\d+)$")
+
+
+def canonical_name(module_path: str, leaf: str) -> str:
+    """Haiku ("gpt/~/blocks_0/attn/qkv", "kernel") -> canonical "blocks.0.attn.qkv.kernel"."""
+    parts = [_INDEX.sub(r".\1", p) for p in module_path.split("/")[1:] if p != "~"]
+    return ".".join(parts + [leaf])
+
+
+def normal(std: float) -> hk.initializers.Initializer:
+    return hk.initializers.RandomNormal(stddev=std)
+
+
+def truncated_normal(std: float) -> hk.initializers.Initializer:
+    return hk.initializers.TruncatedNormal(stddev=std / _TRUNCATED_STD)
+
+
+# He et al. (2015) for ReLU, fan-out mode as torchvision's ResNet (untruncated normal).
+kaiming_normal_fan_out = hk.initializers.VarianceScaling(2.0, "fan_out", "normal")
+# torch.nn.Linear's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)); used for ResNet's head.
+uniform_fan_in = hk.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def cast_params(dtype: str) -> hk.custom_getter:
+    """A context in which every parameter is read in ``dtype`` (state is left alone)."""
+    def getter(next_getter, value, context):
+        return next_getter(value.astype(dtype) if jnp.issubdtype(value.dtype, jnp.floating) else value)
+    return hk.custom_getter(getter)
+
+
+def dropout(x: Array, rate: float, is_training: bool) -> Array:
+    """Inverted dropout with a key from ``hk.next_rng_key()``; the identity at inference."""
+    if not is_training or rate == 0.0:
+        return x
+    return hk.dropout(hk.next_rng_key(), rate, x)
+
+
+class Dense(hk.Module):
+    def __init__(self, n_out: int, *, init: hk.initializers.Initializer, use_bias: bool = True,
+                 bias_init: hk.initializers.Initializer = jnp.zeros, name: str):
+        super().__init__(name=name)
+        self.n_out, self.init, self.use_bias, self.bias_init = n_out, init, use_bias, bias_init
+
+    def __call__(self, x: Float[Array, "... n_in"]) -> Float[Array, "... n_out"]:
+        kernel = hk.get_parameter("kernel", (x.shape[-1], self.n_out), init=self.init)
+        y = x @ kernel.astype(x.dtype)
+        if self.use_bias:
+            y = y + hk.get_parameter("bias", (self.n_out,), init=self.bias_init).astype(x.dtype)
+        return y
+
+
+class LayerNorm(hk.Module):
+    def __init__(self, *, eps: float, name: str):
+        super().__init__(name=name)
+        self.eps = eps
+
+    def __call__(self, x: Float[Array, "... D"]) -> Float[Array, "... D"]:
+        dim = x.shape[-1]
+        scale = hk.get_parameter("scale", (dim,), init=jnp.ones)
+        bias = hk.get_parameter("bias", (dim,), init=jnp.zeros)
+        # Statistics in float32 even under bfloat16 compute: the variance of a bf16 vector is noisy.
+        h = x.astype(jnp.float32)
+        mean = h.mean(-1, keepdims=True)
+        var = jnp.square(h - mean).mean(-1, keepdims=True)
+        h = (h - mean) * jax.lax.rsqrt(var + self.eps)
+        return (h * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+class Embedding(hk.Module):
+    def __init__(self, rows: int, dim: int, *, init: hk.initializers.Initializer, name: str):
+        super().__init__(name=name)
+        self.rows, self.dim, self.init = rows, dim, init
+
+    @property
+    def embedding(self) -> Float[Array, "rows D"]:
+        return hk.get_parameter("embedding", (self.rows, self.dim), init=self.init)
+
+    def __call__(self, ids: Int[Array, "*shape"]) -> Float[Array, "*shape D"]:
+        return self.embedding[ids]
+
+
+class Conv2D(hk.Module):
+    """NHWC convolution with explicit symmetric padding: "SAME" pads bottom/right more on
+    strided convs (haiku's own nets/resnet.py does), torch pads both sides alike."""
+
+    def __init__(self, n_out: int, size: int, *, stride: int = 1, padding: int = 0,
+                 use_bias: bool = False, init: hk.initializers.Initializer = kaiming_normal_fan_out,
+                 name: str):
+        super().__init__(name=name)
+        self.n_out, self.size, self.stride, self.padding = n_out, size, stride, padding
+        self.use_bias, self.init = use_bias, init
+
+    def __call__(self, x: Float[Array, "B H W C_in"]) -> Float[Array, "B h w C_out"]:
+        kernel = hk.get_parameter("kernel", (self.size, self.size, x.shape[-1], self.n_out), init=self.init)
+        p = self.padding
+        y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (self.stride, self.stride),
+                                         ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if self.use_bias:
+            y = y + hk.get_parameter("bias", (self.n_out,), init=jnp.zeros).astype(x.dtype)
+        return y
+
+
+class BatchNorm(hk.Module):
+    """Batch norm over (B, H, W) with running ``mean``/``var`` in Haiku state.
+
+    Written here rather than using hk.BatchNorm because PyTorch (and so every dlzoo framework)
+    normalises with the biased batch variance but updates the running variance with the
+    unbiased one, var * n / (n - 1); hk.BatchNorm averages the biased one. ``decay_rate`` is
+    Haiku's convention, the weight of the OLD running statistic (1 - torch's momentum).
+    """
+
+    def __init__(self, *, decay_rate: float, eps: float, scale_init=jnp.ones, name: str):
+        super().__init__(name=name)
+        self.decay_rate, self.eps, self.scale_init = decay_rate, eps, scale_init
+
+    def __call__(self, x: Float[Array, "B H W C"], *, is_training: bool) -> Float[Array, "B H W C"]:
+        channels = x.shape[-1]
+        scale = hk.get_parameter("scale", (channels,), init=self.scale_init)
+        bias = hk.get_parameter("bias", (channels,), init=jnp.zeros)
+        running_mean = hk.get_state("mean", (channels,), init=jnp.zeros)
+        running_var = hk.get_state("var", (channels,), init=jnp.ones)
+        h = x.astype(jnp.float32)
+        if is_training:
+            axes = tuple(range(x.ndim - 1))
+            mean = h.mean(axes)
+            var = jnp.square(h - mean).mean(axes)  # biased: what normalises
+            n = math.prod(x.shape[:-1])
+            d = self.decay_rate
+            hk.set_state("mean", d * running_mean + (1 - d) * mean)
+            hk.set_state("var", d * running_var + (1 - d) * var * n / (n - 1))
+        else:
+            mean, var = running_mean, running_var
+        h = (h - mean) * jax.lax.rsqrt(var + self.eps)
+        return (h * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+def attention(q: Float[Array, "B T N H"], k: Float[Array, "B S N H"], v: Float[Array, "B S N H"], *,
+              bias: Float[Array, "B 1 1 S"] | None = None, is_causal: bool = False,
+              dropout_rate: float = 0.0, is_training: bool = False) -> Float[Array, "B T N H"]:
+    """Fused softmax(q k^T / sqrt(H) + bias) v; spelled out only when attention dropout is on,
+    which jax.nn.dot_product_attention does not offer."""
+    if not is_training or dropout_rate == 0.0:
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=is_causal)
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        logits = logits + bias
+    if is_causal:
+        causal = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), dtype=bool))
+        logits = jnp.where(causal, logits, jnp.finfo(logits.dtype).min)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+    probs = dropout(probs, dropout_rate, is_training)
+    return jnp.einsum("bnts,bsnh->btnh", probs, v)

@@ -1,0 +1,180 @@
+"""ResNet v1.5 in Haiku: a conv stem, stages of residual blocks (basic or bottleneck) with
+batch norm, global average pooling and a linear head.
+
+Papers: He et al., 2016, "Deep Residual Learning for Image Recognition"; v1.5 (stride on the
+3x3 conv of the bottleneck, as torchvision and transformers) from NVIDIA's DeepLearningExamples;
+zero-init of the last BN scale from Goyal et al., 2017, "Accurate, Large Minibatch SGD".
+
+Args (``ResNetConfig``): block ("basic" or "bottleneck"), depths and widths (per stage),
+stem_width, num_channels, num_classes, bn_eps, bn_momentum (torch's convention, the weight of
+the new batch; Haiku's ``decay_rate`` is 1 - bn_momentum), zero_init_residual.
+``dtype="bfloat16"`` runs activations and convs in bfloat16 while the parameters and batch-norm
+statistics stay float32. Images are NHWC. ``is_training=True`` normalises with batch statistics
+and writes the running ones to the returned state (``hk.transform_with_state``); otherwise the
+running statistics are used and the state comes back unchanged.
+
+Module paths map onto dlzoo's canonical names ("resnet/~/stages_1/~/blocks_0/~/downsample/~/bn"
++ "var" -> "stages.1.blocks.0.downsample.bn.var", see ``layers.canonical_name``). Example::
+
+    import jax, jax.numpy as jnp
+    from dlzoo.zoo.configs import get_config
+    from dlzoo.zoo.haiku.resnet import transform
+
+    model = transform(get_config("resnet", "tiny"))
+    images = jnp.zeros((2, 32, 32, 3))
+    params, state = model.init(jax.random.key(0), images)
+    out, _ = jax.jit(model.apply)(params, state, None, images)
+    out["logits"]                                                 # (2, 10)
+    out, state = model.apply(params, state, None, images, is_training=True)  # new running stats
+"""
+
+from __future__ import annotations
+
+import math
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ..configs import ResNetConfig
+from .layers import BatchNorm, Conv2D, Dense, cast_params, uniform_fan_in
+
+
+def conv(n_out: int, size: int, stride: int = 1, *, name: str) -> Conv2D:
+    # Symmetric padding k // 2 on both sides, never "SAME" (which pads bottom/right more when strided).
+    return Conv2D(n_out, size, stride=stride, padding=size // 2, name=name)
+
+
+def batch_norm(config: ResNetConfig, *, zero_init: bool = False, name: str) -> BatchNorm:
+    # theory: batch-norm
+    return BatchNorm(decay_rate=1.0 - config.bn_momentum, eps=config.bn_eps,
+                     scale_init=jnp.zeros if zero_init else jnp.ones, name=name)
+
+
+def layout(config: ResNetConfig) -> list[list[tuple[int, int, int, int]]]:
+    """Per stage, per block: (in_channels, inner width, out_channels, stride). The first block of
+    every stage but the first halves the resolution."""
+    stages, n_in = [], config.stem_width
+    for s, (depth, width) in enumerate(zip(config.depths, config.widths)):
+        n_out = width * config.expansion
+        stages.append([(n_in if b == 0 else n_out, width, n_out, 2 if (b == 0 and s > 0) else 1)
+                       for b in range(depth)])
+        n_in = n_out
+    return stages
+
+
+class Stem(hk.Module):
+    def __init__(self, config: ResNetConfig, *, name: str = "stem"):
+        super().__init__(name=name)
+        self.conv = Conv2D(config.stem_width, 7, stride=2, padding=3, name="conv")
+        self.bn = batch_norm(config, name="bn")
+
+    def __call__(self, x: Float[Array, "B H W C_in"], *, is_training: bool) -> Float[Array, "B h w C"]:
+        x = jax.nn.relu(self.bn(self.conv(x), is_training=is_training))  # (B, H/2, W/2, C)
+        # reduce_window pads with its init value, -inf, so padding never wins the max.
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+                                     ((0, 0), (1, 1), (1, 1), (0, 0)))  # (B, H/4, W/4, C)
+
+
+class Downsample(hk.Module):
+    """Projection shortcut: 1x1 conv (carrying the stride) + BN, where the shape changes."""
+
+    def __init__(self, config: ResNetConfig, n_out: int, stride: int, *, name: str = "downsample"):
+        super().__init__(name=name)
+        self.conv = conv(n_out, 1, stride, name="conv")
+        self.bn = batch_norm(config, name="bn")
+
+    def __call__(self, x: Float[Array, "B H W C_in"], *, is_training: bool) -> Float[Array, "B h w C_out"]:
+        return self.bn(self.conv(x), is_training=is_training)
+
+
+class BasicBlock(hk.Module):
+    """3x3 -> 3x3 (ResNet-18/34)."""
+
+    def __init__(self, config: ResNetConfig, n_in: int, width: int, n_out: int, stride: int, *, name: str):
+        super().__init__(name=name)
+        zero = config.zero_init_residual
+        self.conv1, self.bn1 = conv(width, 3, stride, name="conv1"), batch_norm(config, name="bn1")
+        self.conv2, self.bn2 = conv(n_out, 3, name="conv2"), batch_norm(config, zero_init=zero, name="bn2")
+        needs_projection = stride != 1 or n_in != n_out
+        self.downsample = Downsample(config, n_out, stride) if needs_projection else None
+
+    def __call__(self, x: Float[Array, "B H W C_in"], *, is_training: bool) -> Float[Array, "B h w C_out"]:
+        shortcut = x if self.downsample is None else self.downsample(x, is_training=is_training)  # (B, H', W', C_out)
+        h = jax.nn.relu(self.bn1(self.conv1(x), is_training=is_training))  # (B, H', W', width)
+        h = self.bn2(self.conv2(h), is_training=is_training)  # (B, H', W', C_out)
+        return jax.nn.relu(h + shortcut)  # theory: residual-connections
+
+
+class Bottleneck(hk.Module):
+    """1x1 reduce -> 3x3 (carrying the stride: v1.5) -> 1x1 expand (ResNet-50 and deeper)."""
+
+    def __init__(self, config: ResNetConfig, n_in: int, width: int, n_out: int, stride: int, *, name: str):
+        super().__init__(name=name)
+        zero = config.zero_init_residual
+        # theory: bottleneck-block
+        self.conv1, self.bn1 = conv(width, 1, name="conv1"), batch_norm(config, name="bn1")
+        self.conv2, self.bn2 = conv(width, 3, stride, name="conv2"), batch_norm(config, name="bn2")
+        self.conv3, self.bn3 = conv(n_out, 1, name="conv3"), batch_norm(config, zero_init=zero, name="bn3")
+        needs_projection = stride != 1 or n_in != n_out
+        self.downsample = Downsample(config, n_out, stride) if needs_projection else None
+
+    def __call__(self, x: Float[Array, "B H W C_in"], *, is_training: bool) -> Float[Array, "B h w C_out"]:
+        shortcut = x if self.downsample is None else self.downsample(x, is_training=is_training)  # (B, H', W', C_out)
+        h = jax.nn.relu(self.bn1(self.conv1(x), is_training=is_training))  # (B, H, W, width)
+        h = jax.nn.relu(self.bn2(self.conv2(h), is_training=is_training))  # (B, H', W', width)
+        h = self.bn3(self.conv3(h), is_training=is_training)  # (B, H', W', C_out)
+        return jax.nn.relu(h + shortcut)  # theory: residual-connections
+
+
+class Stage(hk.Module):
+    def __init__(self, config: ResNetConfig, blocks: list[tuple[int, int, int, int]], *, name: str):
+        super().__init__(name=name)
+        block = Bottleneck if config.block == "bottleneck" else BasicBlock
+        self.blocks = [block(config, *spec, name=f"blocks_{b}") for b, spec in enumerate(blocks)]
+
+    def __call__(self, x: Float[Array, "B H W C_in"], *, is_training: bool) -> Float[Array, "B h w C_out"]:
+        for block in self.blocks:
+            x = block(x, is_training=is_training)
+        return x
+
+
+class ResNet(hk.Module):
+    def __init__(self, config: ResNetConfig, *, dtype: str = "float32", name: str = "resnet"):
+        super().__init__(name=name)
+        self.config, self.dtype = config, dtype
+        self.stem = Stem(config)
+        self.stages = [Stage(config, blocks, name=f"stages_{s}") for s, blocks in enumerate(layout(config))]
+        # theory: initialization
+        # Convs: kaiming normal fan-out (layers.Conv2D's default); head: torch.nn.Linear's default.
+        bound = 1.0 / math.sqrt(config.out_widths[-1])
+        self.head = Dense(config.num_classes, init=uniform_fan_in,
+                          bias_init=hk.initializers.RandomUniform(-bound, bound), name="head")
+
+    def forward_features(self, pixel_values: Float[Array, "B H W C_in"], *,
+                         is_training: bool = False) -> Float[Array, "B h w C"]:
+        """``pixel_values`` (B, H, W, C_in) -> the last stage's feature map (B, H/32, W/32, C)
+        (H/2^(S+1) for S stages)."""
+        x = self.stem(pixel_values.astype(self.dtype), is_training=is_training)  # (B, H/4, W/4, stem_width)
+        for stage in self.stages:
+            x = stage(x, is_training=is_training)
+        return x
+
+    def forward_head(self, x: Float[Array, "B h w C"]) -> Float[Array, "B classes"]:
+        return self.head(x.mean(axis=(1, 2)))  # global average pool -> (B, num_classes)
+
+    def __call__(self, pixel_values: Float[Array, "B H W C_in"], *, is_training: bool = False) -> dict[str, Array]:
+        """``pixel_values`` (B, H, W, C_in) -> {"logits": (B, num_classes)} float32."""
+        # theory: mixed-precision
+        with cast_params(self.dtype):
+            logits = self.forward_head(self.forward_features(pixel_values, is_training=is_training))
+        return {"logits": logits.astype(jnp.float32)}
+
+
+def transform(config: ResNetConfig, *, dtype: str = "float32") -> hk.TransformedWithState:
+    """ResNet as Haiku's pure pair: ``init(rng, pixel_values)``, ``apply(params, state, rng,
+    pixel_values, is_training=False)``; the state holds every batch norm's running mean/var."""
+    def forward(pixel_values: Float[Array, "B H W C_in"], is_training: bool = False) -> dict[str, Array]:
+        return ResNet(config, dtype=dtype)(pixel_values, is_training=is_training)
+    return hk.transform_with_state(forward)
