@@ -33,34 +33,34 @@ def _hf_outputs(case, model, inputs):
     return {"logits": model(**tin).logits}
 
 
-def _hf_grads_canonical(case, folder, model, inputs, cots, train=False):
-    """Gradients of sum(outputs * cotangents) in transformers, mapped to canonical names by the
-    same rules that import checkpoints (buffers ride along so the mapping sees a full model)."""
-    import json
+def _hf_grads_canonical(case, model, inputs, cots, tmp_path):
+    """Gradients of sum(outputs * cotangents) in transformers, in canonical names: the gradients
+    are written into a copy of the model and saved with save_pretrained, so transformers' own
+    save-time naming and dlzoo's checkpoint import do the mapping (no second mapping to trust)."""
+    import copy
     import torch
 
+    model = copy.deepcopy(model)
     model.zero_grad()
-    model.train(train)
     outputs = _hf_outputs(case, model, inputs)
     loss = sum((outputs[k] * torch.from_numpy(cots[k])).sum() for k in outputs)
     loss.backward()
-    model.eval()
-    published = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).numpy()
-                 for n, p in model.named_parameters()}
-    published.update({n: b.numpy() for n, b in model.named_buffers() if n not in published})
-    hf_config = json.loads((folder / "config.json").read_text())
-    _, _, grads, _ = hub.to_canonical(CASES[case].arch, hf_config, published)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.grad if p.grad is not None else torch.zeros_like(p))
+    model.save_pretrained(tmp_path / "grads")
+    _, _, grads, _ = hub.load_checkpoint(tmp_path / "grads")
     return grads
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_torch_gradients_match_transformers(case, references, handle):
-    folder, model = references(case)
+def test_torch_gradients_match_transformers(case, references, handle, tmp_path):
+    _, model = references(case)
     inputs = CASES[case].inputs(2)
     h = handle(case, "torch")
     cots = cotangents(h.apply(inputs))
     trainable = {k for k, s in __import__("dlzoo").zoo.canonical_spec(h.arch, h.config).items() if s.trainable}
-    want = {k: v for k, v in _hf_grads_canonical(case, folder, model, inputs, cots).items() if k in trainable}
+    want = {k: v for k, v in _hf_grads_canonical(case, model, inputs, cots, tmp_path).items() if k in trainable}
     assert_grads_close(h.vjp(inputs, cots), want, GRAD_RTOL, what=f"torch {case}")
 
 
@@ -82,7 +82,7 @@ def test_torch_batch_norm_train_mode_matches_transformers(case, references, hand
     got = h.apply(inputs, train=True)["logits"]
     assert_outputs_close({"logits": got}, {"logits": want}, what=f"torch {case} train")
     hf_config = json.loads((folder / "config.json").read_text())
-    _, _, hf_after, _ = hub.to_canonical("resnet", hf_config, {n: t.numpy() for n, t in model.state_dict().items()})
+    _, hf_after, _ = hub.to_canonical("resnet", hf_config, {n: t.numpy() for n, t in model.state_dict().items()})
     ours = h.state_dict()
     stats = [k for k in ours if k.endswith((".mean", ".var"))]
     assert stats and all(not np.array_equal(ours[k], before[k]) for k in stats), "running statistics did not move"

@@ -39,7 +39,7 @@ MODEL_TYPES = {"bert": "bert", "gpt2": "gpt", "vit": "vit", "resnet": "resnet"}
 
 # Published tensors that are not parameters of the model: buffers, a tied copy, the
 # next-sentence head of BertForPreTraining and ViTModel's unused pooler.
-_IGNORED = re.compile(r"(^|\.)(attn\.bias|attn\.masked_bias|position_ids|num_batches_tracked)$"
+_IGNORED = re.compile(r"(^|\.)(attn\.bias|attn\.masked_bias|position_ids|token_type_ids|num_batches_tracked)$"
                       r"|^lm_head\.weight$|^cls\.predictions\.decoder\.(weight|bias)$"
                       r"|^cls\.seq_relationship\.|^pooler\.dense\.(weight|bias)$")
 
@@ -434,6 +434,10 @@ def _normalise(arch: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarra
     return out
 
 
+class _Missing(Exception):
+    pass
+
+
 def to_canonical(arch: str, hf: dict, tensors: dict[str, np.ndarray]):
     """(config, canonical tensors, ignored published names) from a published checkpoint."""
     check_arch(arch)
@@ -446,13 +450,16 @@ def to_canonical(arch: str, hf: dict, tensors: dict[str, np.ndarray]):
     def get(name: str) -> np.ndarray:
         if name not in tensors:
             missing.append(name)
-            return np.zeros(0, np.float32)
+            raise _Missing
         used.add(name)
         return np.asarray(tensors[name])
 
     canonical: dict[str, np.ndarray] = {}
     for rule in RULES[arch](config):
-        canonical.update(_to_canonical(rule, get, spec))
+        try:
+            canonical.update(_to_canonical(rule, get, spec))
+        except _Missing:
+            continue
     unexpected = sorted(n for n in tensors if n not in used and not _IGNORED.search(n))
     if missing or unexpected:
         parts = []
