@@ -165,8 +165,7 @@ def _to_published(rule: Rule, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]
         return {f"{p}.weight": t[f"{c}.scale"], f"{p}.bias": t[f"{c}.bias"]}
     if rule.kind == "bn":
         return {f"{p}.weight": t[f"{c}.scale"], f"{p}.bias": t[f"{c}.bias"],
-                f"{p}.running_mean": t[f"{c}.mean"], f"{p}.running_var": t[f"{c}.var"],
-                f"{p}.num_batches_tracked": np.zeros((), np.int64)}
+                f"{p}.running_mean": t[f"{c}.mean"], f"{p}.running_var": t[f"{c}.var"]}
     if rule.kind == "linear":
         return {f"{p}.weight": t[f"{c}.kernel"].T, f"{p}.bias": t[f"{c}.bias"]}
     if rule.kind == "conv1d":
@@ -373,7 +372,7 @@ def _read_bin(path: Path) -> dict[str, np.ndarray]:
                        f"({_first_line(error)}); dlzoo never executes pickled code") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    return {k: v.float().numpy() if v.is_floating_point() else v.numpy()
+    return {k: v.detach().float().numpy() if v.is_floating_point() else v.detach().numpy()
             for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 

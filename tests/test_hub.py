@@ -1,0 +1,215 @@
+"""Published checkpoints: every storage variant people have, loaded exactly, and exported back so
+that transformers loads it and gives the same outputs."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="published checkpoints are written by transformers, which needs torch")
+transformers = pytest.importorskip("transformers", reason="the reference checkpoints are built with transformers")
+
+from dlzoo.zoo import from_pretrained, hub, weights  # noqa: E402
+from dlzoo.zoo.reference import sample_inputs, transformers_model, transformers_outputs  # noqa: E402
+
+
+def _gpt2(n_layer=2):
+    config = transformers.GPT2Config(vocab_size=61, n_embd=16, n_layer=n_layer, n_head=2, n_positions=32,
+                                     bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def _bert():
+    config = transformers.BertConfig(vocab_size=61, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=24, max_position_embeddings=32)
+    torch.manual_seed(0)
+    return transformers.BertForPreTraining(config).eval()
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=torch.from_numpy(ids.astype(np.int64))).logits.numpy()
+
+
+IDS = np.random.default_rng(0).integers(0, 61, (2, 9)).astype(np.int32)
+
+
+def _write_config(model, folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.to_json_file(folder / "config.json")
+
+
+def test_half_precision_storage_is_upcast(tmp_path):
+    model = _gpt2()
+    model.half().save_pretrained(tmp_path / "fp16")
+    _, tensors = hub.read_checkpoint(tmp_path / "fp16", upcast=False)
+    assert tensors["transformer.wte.weight"].dtype == np.float16
+    handle = from_pretrained(tmp_path / "fp16", framework="torch")
+    assert handle.state_dict()["wte.embedding"].dtype == np.float32
+    np.testing.assert_allclose(handle.apply({"input_ids": IDS})["logits"], _logits(model.float(), IDS), atol=1e-5)
+
+
+def test_bfloat16_storage_is_upcast_exactly(tmp_path):
+    model = _gpt2()
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    _, _, tensors, _ = hub.load_checkpoint(tmp_path / "bf16")
+    want = model.transformer.wte.weight.float().detach().numpy()
+    assert np.array_equal(tensors["wte.embedding"], want)
+
+
+def test_sharded_safetensors_with_an_index(tmp_path):
+    model = _gpt2()
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    files = os.listdir(tmp_path / "sharded")
+    assert "model.safetensors.index.json" in files and sum(f.endswith(".safetensors") for f in files) > 1
+    handle = from_pretrained(tmp_path / "sharded")
+    np.testing.assert_allclose(handle.apply({"input_ids": IDS})["logits"], _logits(model, IDS), atol=1e-5)
+
+
+def test_pytorch_model_bin_with_legacy_names_and_buffers(tmp_path):
+    """The original GPT-2 upload: pytorch_model.bin, no 'transformer.' prefix, causal-mask buffers."""
+    model = _gpt2()
+    state = {k.removeprefix("transformer."): v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    for i in range(2):
+        state[f"h.{i}.attn.bias"] = torch.tril(torch.ones(32, 32)).view(1, 1, 32, 32)
+        state[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    folder = tmp_path / "bin"
+    _write_config(model, folder)
+    torch.save(state, folder / "pytorch_model.bin")
+    arch, _, _, ignored = hub.load_checkpoint(folder)
+    assert arch == "gpt" and "h.0.attn.bias" in ignored and "h.1.attn.masked_bias" in ignored
+    handle = from_pretrained(folder)
+    np.testing.assert_allclose(handle.apply({"input_ids": IDS})["logits"], _logits(model, IDS), atol=1e-5)
+
+
+def test_bert_tf_era_names_and_heads_are_detected(tmp_path):
+    """bert-base-uncased's first upload: LayerNorm.gamma/beta, MLM and next-sentence heads."""
+    model = _bert()
+    state = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+             for k, v in model.state_dict().items()}
+    state["cls.predictions.decoder.weight"] = model.bert.embeddings.word_embeddings.weight
+    folder = tmp_path / "bert"
+    _write_config(model, folder)
+    torch.save(state, folder / "pytorch_model.bin")
+    arch, config, _, ignored = hub.load_checkpoint(folder)
+    assert arch == "bert" and config.pooler and config.mlm_head and config.num_labels == 0
+    assert "cls.seq_relationship.weight" in ignored
+    inputs = sample_inputs("bert", config)
+    got = from_pretrained(folder).apply(inputs)
+    want = transformers_outputs("bert", model, inputs)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=key)
+
+
+def test_pickles_are_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    folder = tmp_path / "evil"
+    _write_config(_gpt2(), folder)
+    with open(folder / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"wte.weight": Payload()}, f)
+    with pytest.raises(hub.HubError, match="weights_only=True"):
+        hub.load_checkpoint(folder)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("problem,fragment", [
+    ("no-config", "no config.json"), ("no-weights", "no weights"), ("bad-type", "model_type 'llama'"),
+    ("missing-tensor", "missing 1: h.1.mlp.c_fc.weight"), ("missing-shard", "shard"),
+])
+def test_broken_checkpoints_fail_in_one_line(tmp_path, problem, fragment):
+    model = _gpt2()
+    folder = tmp_path / problem
+    model.save_pretrained(folder, max_shard_size="20KB" if problem == "missing-shard" else "10GB")
+    if problem == "no-config":
+        (folder / "config.json").unlink()
+    elif problem == "no-weights":
+        for f in folder.glob("*.safetensors"):
+            f.unlink()
+    elif problem == "bad-type":
+        data = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**data, "model_type": "llama"}))
+    elif problem == "missing-tensor":
+        from safetensors.numpy import load_file, save_file
+        tensors = load_file(folder / "model.safetensors")
+        tensors.pop("transformer.h.1.mlp.c_fc.weight")
+        save_file(tensors, folder / "model.safetensors")
+    else:
+        sorted(folder.glob("model-*.safetensors"))[-1].unlink()
+    with pytest.raises(hub.HubError, match=fragment) as info:
+        hub.load_checkpoint(folder)
+    assert "\n" not in str(info.value)
+
+
+def _offline_env(tmp_path):
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"),
+            "HF_HUB_CACHE": str(tmp_path / "hf-home" / "hub")}
+
+
+def _seed_hub_cache(tmp_path, repo_id, model):
+    """Lay a checkpoint out exactly as huggingface_hub caches a download (blobs, snapshots, refs)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf-home" / "hub" / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    model.save_pretrained(snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_hub_ids_resolve_through_huggingface_hub(tmp_path):
+    model = _gpt2()
+    _seed_hub_cache(tmp_path, "someone/tiny-gpt2", model)
+    code = ("import numpy as np, sys; from dlzoo.zoo import from_pretrained; "
+            "h = from_pretrained('someone/tiny-gpt2'); "
+            f"np.save(sys.argv[1], h.apply({{'input_ids': np.array({IDS.tolist()}, np.int32)}})['logits'])")
+    out = tmp_path / "logits.npy"
+    subprocess.run([sys.executable, "-c", code, str(out)], env=_offline_env(tmp_path), check=True)
+    np.testing.assert_allclose(np.load(out), _logits(model, IDS), atol=1e-5)
+
+
+def test_unknown_hub_id_offline_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "dlzoo.cli", "convert", "nobody/nothing", str(tmp_path / "x.safetensors")],
+                            env=_offline_env(tmp_path), capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "could not download 'nobody/nothing'" in result.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("arch,preset", [("bert", "tiny"), ("gpt", "tiny"), ("vit", "tiny"), ("resnet", "tiny")])
+def test_export_loads_in_transformers_with_the_same_outputs(tmp_path, arch, preset):
+    from dlzoo.zoo import load
+
+    overrides = {"mlm_head": True, "num_labels": 0, "vocab_size": 500} if arch == "bert" else {}
+    handle = load(arch, "torch", config=preset, seed=4, **overrides)
+    folder = hub.export(arch, handle.config, handle.state_dict(), tmp_path / "published")
+    assert sorted(os.listdir(folder)) == ["config.json", "model.safetensors"]
+    model = transformers_model(arch, handle.config, handle.state_dict())
+    inputs = sample_inputs(arch, handle.config)
+    want = transformers_outputs(arch, model, inputs)
+    got = handle.apply(inputs)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=key)
+    # and back: published -> canonical is the identity on these weights
+    _, config, tensors, _ = hub.load_checkpoint(folder)
+    assert config == handle.config
+    assert all(np.array_equal(tensors[k], v) for k, v in handle.state_dict().items())
+
+
+def test_export_refuses_to_overwrite(tmp_path):
+    from dlzoo.zoo import load
+    handle = load("gpt", "torch")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(hub.HubError, match="not an empty folder"):
+        hub.export("gpt", handle.config, handle.state_dict(), tmp_path / "taken")
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
