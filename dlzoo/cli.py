@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dlzoo.agents.cli import register as _register_master
 from dlzoo.zoo.configs import ARCHS, ALIASES, PRESETS, ZooError, check_arch, get_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -167,6 +168,9 @@ def _print_verify(report: dict) -> None:
         console.print(f"[dim]{note}[/dim]")
     console.print("[green]all within tolerance[/green]" if report["passed"]
                   else f"[red]some pairs exceed tolerance {report['tol']:g}[/red]")
+
+
+_register_master(app)
 
 
 def main() -> None:
