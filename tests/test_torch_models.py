@@ -169,7 +169,8 @@ def test_gpt_init_scales_residual_projections():
 
 @pytest.mark.parametrize("arch", ["bert", "vit"])
 def test_truncated_normal_init(arch):
-    config = get_config(arch, "tiny", hidden_size=256, num_heads=4, mlp_dim=1024)
+    config = get_config(arch, "tiny", hidden_size=256, num_heads=4, mlp_dim=1024,
+                        **({"vocab_size": 512} if arch == "bert" else {}))
     model = build(arch, config, seed=0)
     w = torch.cat([b.mlp.fc.weight.flatten() for b in model.blocks])
     assert w.std().item() == pytest.approx(0.02, rel=0.02)
