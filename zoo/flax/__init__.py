@@ -71,7 +71,9 @@ def _call(model: nnx.Module, inputs: dict, train: bool, key: jax.Array) -> dict:
 
 
 def _objective(graphdef, params, rest, inputs, cotangents, key, train):
-    model = nnx.merge(graphdef, params, rest)
+    # copy: train-mode batch norm writes its statistics, and the variables passed in belong to
+    # the enclosing jit trace, not to grad's.
+    model = nnx.merge(graphdef, params, rest, copy=True)
     outputs = _call(model, inputs, train, key)
     return sum(jnp.sum(outputs[k] * cotangents[k]) for k in cotangents)
 
