@@ -59,6 +59,7 @@ def state_dict(arch: str, config, native) -> dict[str, np.ndarray]:
 
 def load_state_dict(arch: str, config, native, tensors: dict[str, np.ndarray]):
     module, state = native
+    state = jax.tree.map(lambda x: x, state)  # a copy: State.set invalidates the object it is called on
     module = jax.tree_util.tree_map_with_path(
         lambda path, leaf: jnp.asarray(tensors[_name(path)]) if eqx.is_array(leaf) else leaf, module)
     for name, bn in _batch_norms(module):
@@ -72,10 +73,11 @@ def _forward(arch: str, module, state, inputs: dict, key, inference: bool):
     batch = next(iter(inputs.values())).shape[0]
     keys = jax.random.split(key, batch)
     if arch == "resnet":
-        def one(x, k):
-            return module(x, state, key=k, inference=inference)
+        def one(x, s, k):
+            return module(x, s, key=k, inference=inference)
         # The new running statistics are batch means (pmean over "batch"): unbatched outputs.
-        return jax.vmap(one, axis_name="batch", out_axes=(0, None))(inputs["pixel_values"], keys)
+        return jax.vmap(one, axis_name="batch", in_axes=(0, None, 0),
+                        out_axes=(0, None))(inputs["pixel_values"], state, keys)
     return jax.vmap(lambda example, k: module(**example, key=k, inference=inference))(inputs, keys), state
 
 

@@ -19,9 +19,10 @@ batch-norm running statistics. Training needs the batch: ``jax.vmap`` it with
 
     model, state = eqx.nn.make_with_state(ResNet)(get_config("resnet", "tiny"), key=jax.random.key(0))
     images = jnp.zeros((4, 32, 32, 3))                                    # NHWC
-    train = jax.vmap(lambda x: model(x, state, inference=False), axis_name="batch", out_axes=(0, None))
-    outputs, state = train(images)                                        # state: new running stats
-    outputs, _ = jax.vmap(lambda x: model(x, state), out_axes=(0, None))(images)   # (4, 10) logits
+    train = jax.vmap(lambda x, s: model(x, s, inference=False), axis_name="batch",
+                     in_axes=(0, None), out_axes=(0, None))
+    outputs, state = train(images, state)                   # state: the new running statistics
+    outputs, _ = jax.vmap(model, in_axes=(0, None), out_axes=(0, None))(images, state)  # (4, 10)
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Stem(eqx.Module):
         x, state = self.bn(self.conv(x), state, inference=inference)
         x = jax.nn.relu(x)
         # Explicit padding 1 filled with -inf: "SAME" would pad bottom/right only.
-        x = jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (3, 3, 1), (2, 2, 1),
+        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (3, 3, 1), (2, 2, 1),
                                   ((1, 1), (1, 1), (0, 0)))
         return x, state
 

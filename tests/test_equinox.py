@@ -1,0 +1,230 @@
+"""The Equinox backend's native API: single-example modules mapped with jax.vmap, filter_jit,
+batch-norm running statistics in eqx.nn.State, explicit `inference` flag and dropout `key`.
+
+Numerics against transformers and the other frameworks live in conformance/.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+eqx = pytest.importorskip("equinox")
+pytest.importorskip("optax")
+
+import jax.numpy as jnp  # noqa: E402
+
+from dlzoo.zoo import canonical_spec, load  # noqa: E402
+from dlzoo.zoo import equinox as backend  # noqa: E402
+from dlzoo.zoo.configs import BertConfig, GPTConfig, ResNetConfig, ViTConfig  # noqa: E402
+
+CONFIGS = {
+    "gpt": GPTConfig(vocab_size=64, context_length=16, hidden_size=32, num_layers=1, num_heads=4,
+                     mlp_dim=64, dropout=0.1, attention_dropout=0.1),
+    "bert": BertConfig(vocab_size=64, max_positions=16, hidden_size=32, num_layers=1, num_heads=4,
+                       mlp_dim=64, mlm_head=True, num_labels=3),
+    "vit": ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_layers=1, num_heads=4, mlp_dim=64,
+                     num_classes=5, dropout=0.1),
+    "resnet": ResNetConfig(depths=(1, 1), widths=(4, 8), stem_width=8, num_classes=5),
+}
+BATCH, LENGTH, SIZE = 3, 8, 16
+ARCHS = list(CONFIGS)
+
+
+def _inputs(arch: str, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    config = CONFIGS[arch]
+    if arch in ("gpt", "bert"):
+        inputs = {"input_ids": rng.integers(0, config.vocab_size, (BATCH, LENGTH)).astype(np.int32)}
+        if arch == "bert":
+            mask = np.ones((BATCH, LENGTH), np.int32)
+            mask[1, 5:] = 0
+            inputs["attention_mask"] = mask
+            inputs["token_type_ids"] = (np.arange(LENGTH) >= 4).astype(np.int32)[None].repeat(BATCH, 0)
+        return inputs
+    size = config.image_size if arch == "vit" else SIZE
+    return {"pixel_values": rng.standard_normal((BATCH, size, size, 3)).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def natives():
+    return {arch: backend.build(arch, config, seed=0) for arch, config in CONFIGS.items()}
+
+
+def _call(arch, module, state, example: dict, **kwargs):
+    """One example through the native module; outputs only."""
+    if arch == "resnet":
+        return module(example["pixel_values"], state, **kwargs)[0]
+    return module(**example, **kwargs)
+
+
+def _batched(arch, module, state, inputs: dict, **kwargs):
+    return jax.vmap(lambda example: _call(arch, module, state, example, **kwargs))(inputs)
+
+
+EXPECTED_SHAPES = {
+    "gpt": {"logits": (BATCH, LENGTH, 64)},
+    "bert": {"last_hidden_state": (BATCH, LENGTH, 32), "pooler_output": (BATCH, 32),
+             "mlm_logits": (BATCH, LENGTH, 64), "logits": (BATCH, 3)},
+    "vit": {"logits": (BATCH, 5)},
+    "resnet": {"logits": (BATCH, 5)},
+}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shapes_and_canonical_names(arch, natives):
+    module, state = natives[arch]
+    outputs = _batched(arch, module, state, _inputs(arch))
+    assert {k: v.shape for k, v in outputs.items()} == EXPECTED_SHAPES[arch]
+    assert all(v.dtype == jnp.float32 for v in outputs.values())
+    # The pytree path of every array is its canonical name, with the canonical shape.
+    tensors = backend.state_dict(arch, CONFIGS[arch], natives[arch])
+    spec = canonical_spec(arch, CONFIGS[arch])
+    assert sorted(tensors) == sorted(spec)
+    assert {k: v.shape for k, v in tensors.items()} == {k: s.shape for k, s in spec.items()}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_canonical_round_trip_is_bit_exact(arch, natives):
+    config = CONFIGS[arch]
+    rng = np.random.default_rng(1)
+    tensors = {k: rng.standard_normal(v.shape).astype(np.float32)
+               for k, v in backend.state_dict(arch, config, natives[arch]).items()}
+    if arch == "resnet":
+        tensors = {k: np.abs(v) if k.endswith(".var") else v for k, v in tensors.items()}
+    native = backend.load_state_dict(arch, config, backend.build(arch, config, seed=5), tensors)
+    back = backend.state_dict(arch, config, native)
+    assert sorted(back) == sorted(tensors)
+    for name, value in tensors.items():
+        assert np.array_equal(back[name], value), name
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_filter_jit_matches_eager(arch, natives):
+    module, state = natives[arch]
+    inputs = _inputs(arch)
+    eager = _batched(arch, module, state, inputs)
+    traces = []
+
+    @eqx.filter_jit
+    def jitted(module, inputs):
+        traces.append(1)
+        return _batched(arch, module, state, inputs)
+
+    first = jitted(module, inputs)
+    second = jitted(module, _inputs(arch, seed=1))  # same shapes, new values: no retrace
+    assert len(traces) == 1
+    for key in eager:
+        np.testing.assert_allclose(first[key], eager[key], atol=1e-5, rtol=1e-5)
+    assert not np.allclose(second[next(iter(second))], first[next(iter(first))])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_vmap_equals_per_example_calls(arch, natives):
+    module, state = natives[arch]
+    inputs = _inputs(arch)
+    batched = _batched(arch, module, state, inputs)
+    for row in range(BATCH):
+        single = _call(arch, module, state, {k: v[row] for k, v in inputs.items()})
+        for key in batched:
+            np.testing.assert_allclose(batched[key][row], single[key], atol=1e-5, rtol=1e-5,
+                                       err_msg=f"{arch} {key} row {row}")
+
+
+def test_backend_apply_does_not_recompile(natives, monkeypatch):
+    traces = []
+    forward = backend._forward
+    monkeypatch.setattr(backend, "_forward", lambda *a, **k: traces.append(1) or forward(*a, **k))
+    handle = load("gpt", "equinox", CONFIGS["gpt"], seed=0)
+    handle.apply(_inputs("gpt", seed=0))
+    traces.clear()
+    handle.apply(_inputs("gpt", seed=1))
+    handle.apply(_inputs("gpt", seed=2))
+    assert traces == []
+
+
+def test_batch_norm_state_changes_only_in_train_mode(natives):
+    module, state = natives["resnet"]
+    images = jnp.asarray(_inputs("resnet")["pixel_values"])
+
+    def run(inference):
+        # state goes in as an argument (in_axes None): State.set invalidates the object it was
+        # called on, so a closed-over state would be unusable afterwards.
+        return jax.vmap(lambda x, s: module(x, s, inference=inference), axis_name="batch",
+                        in_axes=(0, None), out_axes=(0, None))(images, state)[1]
+
+    bn = module.stem.bn
+    mean0, var0 = state.get(bn.state_index)
+    mean_eval, var_eval = run(inference=True).get(bn.state_index)
+    assert np.array_equal(mean_eval, mean0) and np.array_equal(var_eval, var0)
+
+    mean_train, var_train = run(inference=False).get(bn.state_index)
+    # torch's convention: momentum weights the new batch; running var from the UNBIASED variance.
+    h = np.asarray(jax.vmap(module.stem.conv)(images), np.float64).reshape(-1, bn.scale.shape[0])
+    m = CONFIGS["resnet"].bn_momentum
+    np.testing.assert_allclose(mean_train, (1 - m) * np.asarray(mean0) + m * h.mean(0), atol=1e-6)
+    np.testing.assert_allclose(var_train, (1 - m) * np.asarray(var0) + m * h.var(0, ddof=1), rtol=1e-5)
+
+    # The handle returns the updated state only when train=True.
+    handle = load("resnet", "equinox", CONFIGS["resnet"], seed=0)
+    before = handle.state_dict()
+    handle.apply(_inputs("resnet"), train=False)
+    assert all(np.array_equal(v, before[k]) for k, v in handle.state_dict().items())
+    handle.apply(_inputs("resnet"), train=True)
+    after = handle.state_dict()
+    assert not np.array_equal(after["stem.bn.mean"], before["stem.bn.mean"])
+    assert np.array_equal(after["stem.conv.kernel"], before["stem.conv.kernel"])
+
+
+@pytest.mark.parametrize("arch", ["gpt", "vit"])
+def test_dropout_only_when_not_inference(arch, natives):
+    module, state = natives[arch]
+    example = {k: v[0] for k, v in _inputs(arch).items()}
+    k1, k2 = jax.random.split(jax.random.key(0))
+    clean = _call(arch, module, state, example)["logits"]
+    # inference=True ignores the key entirely.
+    np.testing.assert_array_equal(_call(arch, module, state, example, key=k1)["logits"], clean)
+    noisy1 = _call(arch, module, state, example, key=k1, inference=False)["logits"]
+    noisy1_again = _call(arch, module, state, example, key=k1, inference=False)["logits"]
+    noisy2 = _call(arch, module, state, example, key=k2, inference=False)["logits"]
+    np.testing.assert_array_equal(noisy1, noisy1_again)  # randomness comes from the key only
+    assert not np.allclose(noisy1, clean) and not np.allclose(noisy1, noisy2)
+    with pytest.raises(RuntimeError, match="key"):
+        _call(arch, module, state, example, inference=False)
+
+
+@pytest.mark.parametrize("arch", ["gpt", "resnet"])
+def test_bfloat16_compute_keeps_float32_parameters_and_outputs(arch, natives):
+    config = CONFIGS[arch]
+    fp32 = natives[arch]
+    module, state = backend.load_state_dict(arch, config, backend.build(arch, config, seed=0, compute_dtype="bfloat16"),
+                                            backend.state_dict(arch, config, fp32))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(eqx.filter(module, eqx.is_array)))
+    inputs = _inputs(arch)
+    low = _batched(arch, module, state, inputs)["logits"]
+    high = _batched(arch, *fp32, inputs)["logits"]
+    assert low.dtype == jnp.float32
+    scale = max(1.0, float(np.abs(high).max()))
+    assert float(np.abs(low - high).max()) <= 5e-2 * scale
+    assert not np.array_equal(low, high)  # bfloat16 really ran
+
+
+def test_vjp_and_adamw_step_cover_every_trainable_tensor(natives):
+    arch, config = "resnet", CONFIGS["resnet"]
+    inputs = _inputs(arch)
+    outputs, native = backend.apply(arch, config, natives[arch], inputs, train=False)
+    cot = {"logits": np.random.default_rng(0).standard_normal(outputs["logits"].shape).astype(np.float32)}
+    # adamw_step runs in inference mode (running statistics), so its gradients are these.
+    grads = backend.vjp(arch, config, native, inputs, cot, train=False)
+    spec = canonical_spec(arch, config)
+    assert sorted(grads) == sorted(k for k, s in spec.items() if s.trainable)
+    stepped = backend.adamw_step(arch, config, native, inputs, cot, lr=1e-2, betas=(0.9, 0.999),
+                                 eps=1e-8, weight_decay=0.0)
+    before, after = backend.state_dict(arch, config, native), backend.state_dict(arch, config, stepped)
+    # A first Adam step moves each parameter by ~lr * sign(grad); statistics stay put.
+    kernel = "stem.conv.kernel"
+    moved = after[kernel] - before[kernel]
+    nonzero = np.abs(grads[kernel]) > 1e-4  # where eps=1e-8 is negligible
+    np.testing.assert_allclose(moved[nonzero], -1e-2 * np.sign(grads[kernel][nonzero]), rtol=1e-3)
+    assert np.array_equal(after["stem.bn.var"], before["stem.bn.var"])
