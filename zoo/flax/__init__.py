@@ -18,15 +18,15 @@ import optax
 from flax import nnx
 
 from ..configs import ZooError
-from .bert import Bert
+from .bert import BERT
 from .gpt import GPT
 from .resnet import ResNet
 from .vit import ViT
 
-MODELS = {"bert": Bert, "gpt": GPT, "resnet": ResNet, "vit": ViT}
+MODELS = {"bert": BERT, "gpt": GPT, "resnet": ResNet, "vit": ViT}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
-__all__ = ["MODELS", "Bert", "GPT", "ResNet", "ViT", "adamw_step", "apply", "build",
+__all__ = ["MODELS", "BERT", "GPT", "ResNet", "ViT", "adamw_step", "apply", "build",
            "load_state_dict", "state_dict", "vjp"]
 
 

@@ -1,29 +1,30 @@
-"""BERT in Flax NNX: a post-LN bidirectional transformer encoder with optional pooler, MLM head
-and sequence classifier.
+"""BERT in Flax NNX: a post-LN bidirectional transformer encoder, with an optional pooler,
+masked-LM head (decoder tied to the word embedding) and sequence classifier.
 
 Paper: Devlin et al., 2019, "BERT: Pre-training of Deep Bidirectional Transformers for Language
-Understanding". Numerically identical to transformers' BertModel / BertForMaskedLM (exact GELU,
-layer-norm epsilon from the config, padding mask as an additive finfo.min bias).
+Understanding".
 
-Args:
-    config: a ``BertConfig`` (``get_config("bert", "base")`` is BERT-base).
-    dtype: compute dtype of activations and matmuls (``jnp.bfloat16`` for mixed precision);
-        parameters stay float32 and the outputs are returned in float32.
-    rngs: ``nnx.Rngs`` for parameter initialisation.
+Args (``BertConfig``): vocab_size, max_positions, type_vocab_size, hidden_size, num_layers,
+num_heads, mlp_dim, layer_norm_eps, dropout (embedding, residual and classifier),
+attention_dropout, pooler, mlm_head, num_labels. Keywords: ``rngs`` (``nnx.Rngs``) draws the
+initial weights; ``dtype`` is the compute dtype (``jnp.bfloat16`` for mixed precision:
+parameters stay float32, outputs are returned in float32). At call time ``train=True`` turns
+dropout on, drawing from the ``rngs`` passed to the call.
 
-Call: ``model(input_ids, token_type_ids=None, attention_mask=None, train=False, rngs=None)``
--> ``{"last_hidden_state": [B, T, D], "pooler_output": [B, D], "mlm_logits": [B, T, V],
-"logits": [B, num_labels]}`` (the last three when the config has them). ``token_type_ids``
-default to zeros and ``attention_mask`` (1 = real token, 0 = padding) to ones.
+Example::
 
-Example:
-    >>> import jax.numpy as jnp
-    >>> from flax import nnx
-    >>> from dlzoo.zoo.configs import get_config
-    >>> from dlzoo.zoo.flax.bert import Bert
-    >>> model = Bert(get_config("bert", "tiny", mlm_head=True), rngs=nnx.Rngs(0))
-    >>> model(jnp.zeros((2, 8), jnp.int32))["mlm_logits"].shape
-    (2, 8, 30522)
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from dlzoo.zoo.configs import get_config
+    from dlzoo.zoo.flax.bert import BERT
+
+    config = get_config("bert", "tiny", mlm_head=True)
+    model = BERT(config, rngs=nnx.Rngs(0))
+    ids = jax.random.randint(jax.random.key(0), (2, 16), 0, config.vocab_size)
+    mask = jnp.ones((2, 16), jnp.int32)
+    out = model(ids, attention_mask=mask)
+    out["last_hidden_state"], out["pooler_output"], out["mlm_logits"]   # (2, 16, 128) (2, 128) (2, 16, 30522)
 """
 
 from __future__ import annotations
@@ -34,15 +35,10 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from ..configs import BertConfig, ZooError
-from .layers import attention
+from .layers import attention, layer_norm, truncated_normal
 
 # theory: initialization
-INIT = nnx.initializers.truncated_normal(0.02)
-
-
-def _layer_norm(config: BertConfig, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps, use_fast_variance=False,
-                         dtype=dtype, rngs=rngs)
+INIT = truncated_normal(0.02)  # every dense kernel and embedding; biases 0, layer norms 1 and 0
 
 
 class Embeddings(nnx.Module):
@@ -52,81 +48,81 @@ class Embeddings(nnx.Module):
         # theory: position-embeddings
         self.position = nnx.Embed(config.max_positions, d, embedding_init=INIT, dtype=dtype, rngs=rngs)
         self.token_type = nnx.Embed(config.type_vocab_size, d, embedding_init=INIT, dtype=dtype, rngs=rngs)
-        self.ln = _layer_norm(config, dtype, rngs)
-        self.dropout = nnx.Dropout(config.dropout)
+        self.ln = layer_norm(d, config.layer_norm_eps, dtype=dtype, rngs=rngs)  # theory: layer-norm
+        self.drop = nnx.Dropout(config.dropout)  # theory: dropout
 
     def __call__(self, input_ids: Int[Array, "B T"], token_type_ids: Int[Array, "B T"], *,
-                 train: bool, rngs: nnx.Rngs | None) -> Float[Array, "B T D"]:
-        T = input_ids.shape[1]
-        x = self.word(input_ids) + self.position(jnp.arange(T)) + self.token_type(token_type_ids)
-        return self.dropout(self.ln(x), deterministic=not train, rngs=rngs)
+                 train: bool, rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
+        positions = jnp.arange(input_ids.shape[1])  # [T]
+        x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)  # [B, T, C]
+        return self.drop(self.ln(x), deterministic=not train, rngs=rngs)
 
 
-class SelfAttention(nnx.Module):
+class Attention(nnx.Module):
     def __init__(self, config: BertConfig, *, dtype, rngs: nnx.Rngs):
         d = config.hidden_size
-        # theory: multi-head-attention
-        self.qkv = nnx.Linear(d, 3 * d, kernel_init=INIT, dtype=dtype, rngs=rngs)
+        self.qkv = nnx.Linear(d, 3 * d, kernel_init=INIT, dtype=dtype, rngs=rngs)  # fused: columns q | k | v
         self.out = nnx.Linear(d, d, kernel_init=INIT, dtype=dtype, rngs=rngs)
-        self.resid_dropout = nnx.Dropout(config.dropout)
-        self.num_heads = config.num_heads
-        self.attention_dropout = config.attention_dropout
+        self.resid_drop = nnx.Dropout(config.dropout)
+        self.num_heads, self.attention_dropout = config.num_heads, config.attention_dropout
 
-    def __call__(self, x: Float[Array, "B T D"], mask_bias: Float[Array, "B 1 1 T"], *,
-                 train: bool, rngs: nnx.Rngs | None) -> Float[Array, "B T D"]:
-        B, T, D = x.shape
-        q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
-        # Heads are contiguous column blocks of q, k and v: [B, T, D] -> [B, T, N, H].
-        q, k, v = (t.reshape(B, T, self.num_heads, D // self.num_heads) for t in (q, k, v))
-        y = attention(q, k, v, bias=mask_bias,
+    def __call__(self, x: Float[Array, "B T C"], attn_bias: Float[Array, "B 1 1 T"] | None, *,
+                 train: bool, rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
+        B, T, C = x.shape
+        # theory: multi-head-attention
+        q, k, v = (t.reshape(B, T, self.num_heads, C // self.num_heads)
+                   for t in jnp.split(self.qkv(x), 3, axis=-1))  # [B, T, N, H], heads contiguous
+        # theory: scaled-dot-product-attention
+        y = attention(q, k, v, bias=attn_bias,  # theory: attention-mask
                       dropout_rate=self.attention_dropout if train else 0.0, rngs=rngs)
-        y = y.reshape(B, T, D)
-        return self.resid_dropout(self.out(y), deterministic=not train, rngs=rngs)
+        return self.resid_drop(self.out(y.reshape(B, T, C)), deterministic=not train, rngs=rngs)
 
 
 class MLP(nnx.Module):
     def __init__(self, config: BertConfig, *, dtype, rngs: nnx.Rngs):
         self.fc = nnx.Linear(config.hidden_size, config.mlp_dim, kernel_init=INIT, dtype=dtype, rngs=rngs)
         self.out = nnx.Linear(config.mlp_dim, config.hidden_size, kernel_init=INIT, dtype=dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(config.dropout)
+        self.drop = nnx.Dropout(config.dropout)
 
-    def __call__(self, x: Float[Array, "B T D"], *, train: bool,
-                 rngs: nnx.Rngs | None) -> Float[Array, "B T D"]:
-        # BERT uses the exact erf GELU; jax's default is the tanh approximation.
-        x = jax.nn.gelu(self.fc(x), approximate=False)  # theory: gelu
-        return self.dropout(self.out(x), deterministic=not train, rngs=rngs)
+    def __call__(self, x: Float[Array, "B T C"], *, train: bool,
+                 rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
+        # BERT uses the exact (erf) GELU, not GPT-2's tanh approximation (jax's default).
+        h = jax.nn.gelu(self.fc(x), approximate=False)  # [B, T, F]  # theory: gelu
+        return self.drop(self.out(h), deterministic=not train, rngs=rngs)
 
 
 class Block(nnx.Module):
     def __init__(self, config: BertConfig, *, dtype, rngs: nnx.Rngs):
-        self.attn = SelfAttention(config, dtype=dtype, rngs=rngs)
-        self.ln1 = _layer_norm(config, dtype, rngs)
+        self.attn = Attention(config, dtype=dtype, rngs=rngs)
+        self.ln1 = layer_norm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
         self.mlp = MLP(config, dtype=dtype, rngs=rngs)
-        self.ln2 = _layer_norm(config, dtype, rngs)
+        self.ln2 = layer_norm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: Float[Array, "B T D"], mask_bias: Float[Array, "B 1 1 T"], *,
-                 train: bool, rngs: nnx.Rngs | None) -> Float[Array, "B T D"]:
+    def __call__(self, x: Float[Array, "B T C"], attn_bias: Float[Array, "B 1 1 T"] | None, *,
+                 train: bool, rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
         # theory: pre-ln-vs-post-ln
-        x = self.ln1(x + self.attn(x, mask_bias, train=train, rngs=rngs))  # theory: residual-connections
+        x = self.ln1(x + self.attn(x, attn_bias, train=train, rngs=rngs))  # theory: residual-connections
         x = self.ln2(x + self.mlp(x, train=train, rngs=rngs))
         return x
 
 
 class MLMHead(nnx.Module):
+    """transform -> GELU -> layer norm -> decoder tied to the word embedding, plus its own bias."""
+
     def __init__(self, config: BertConfig, *, dtype, rngs: nnx.Rngs):
-        self.transform = nnx.Linear(config.hidden_size, config.hidden_size, kernel_init=INIT,
-                                    dtype=dtype, rngs=rngs)
-        self.ln = _layer_norm(config, dtype, rngs)
+        d = config.hidden_size
+        self.transform = nnx.Linear(d, d, kernel_init=INIT, dtype=dtype, rngs=rngs)
+        self.ln = layer_norm(d, config.layer_norm_eps, dtype=dtype, rngs=rngs)
         self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
-        self.dtype = dtype
 
-    def __call__(self, x: Float[Array, "B T D"], word: nnx.Embed) -> Float[Array, "B T V"]:
-        x = self.ln(jax.nn.gelu(self.transform(x), approximate=False))
+    def __call__(self, x: Float[Array, "B T C"], word: nnx.Embed) -> Float[Array, "B T V"]:
+        h = self.ln(jax.nn.gelu(self.transform(x), approximate=False))  # [B, T, C]
         # theory: weight-tying
-        return word.attend(x) + self.bias[...].astype(self.dtype)  # theory: masked-lm
+        logits = word.attend(h)  # h @ word.embedding.T, in the compute dtype
+        return logits + self.bias[...].astype(logits.dtype)  # [B, T, V]  # theory: masked-lm
 
 
-class Bert(nnx.Module):
+class BERT(nnx.Module):
     def __init__(self, config: BertConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         d = config.hidden_size
         self.config, self.dtype = config, dtype
@@ -134,46 +130,51 @@ class Bert(nnx.Module):
         self.blocks = nnx.List([Block(config, dtype=dtype, rngs=rngs) for _ in range(config.num_layers)])
         self.pooler = nnx.Linear(d, d, kernel_init=INIT, dtype=dtype, rngs=rngs) if config.pooler else None
         self.mlm = MLMHead(config, dtype=dtype, rngs=rngs) if config.mlm_head else None
-        if config.num_labels:
-            self.classifier_dropout = nnx.Dropout(config.dropout)
-            self.classifier = nnx.Linear(d, config.num_labels, kernel_init=INIT, dtype=dtype, rngs=rngs)
+        # transformers' BertForSequenceClassification drops out the pooled output first.
+        self.classifier_drop = nnx.Dropout(config.dropout)
+        self.classifier = (nnx.Linear(d, config.num_labels, kernel_init=INIT, dtype=dtype, rngs=rngs)
+                           if config.num_labels else None)
 
     def forward_features(self, input_ids: Int[Array, "B T"], token_type_ids: Int[Array, "B T"] | None = None,
                          attention_mask: Int[Array, "B T"] | None = None, *, train: bool = False,
-                         rngs: nnx.Rngs | None = None) -> Float[Array, "B T D"]:
-        T = input_ids.shape[1]
-        if T > self.config.max_positions:
-            raise ZooError(f"sequence of length {T} is longer than max_positions "
-                           f"{self.config.max_positions}; truncate the input")
+                         rngs: nnx.Rngs | None = None) -> Float[Array, "B T C"]:
+        """``input_ids`` [B, T] -> last hidden state [B, T, C]. ``token_type_ids`` default to 0,
+        ``attention_mask`` (1 = attend, 0 = padding) to all ones."""
+        if input_ids.shape[1] > self.config.max_positions:
+            raise ZooError(f"BERT input has {input_ids.shape[1]} positions, more than max_positions "
+                           f"{self.config.max_positions}; truncate the sequence")
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
-        # theory: attention-mask
-        # Padding keys get the most negative finite value of the compute dtype (transformers'
-        # convention): softmax gives them weight 0 without the NaNs -inf brings to empty rows.
-        mask = attention_mask.astype(self.dtype)[:, None, None, :]
-        mask_bias = (1.0 - mask) * jnp.finfo(self.dtype).min
-        x = self.embeddings(input_ids, token_type_ids, train=train, rngs=rngs)
+        x = self.embeddings(input_ids, token_type_ids, train=train, rngs=rngs)  # [B, T, C]
+        attn_bias = None
+        if attention_mask is not None:
+            # A large finite negative of the compute dtype, not -inf: a fully padded row stays
+            # finite (uniform attention) instead of turning into NaN.
+            mask = attention_mask.astype(self.dtype)
+            attn_bias = (1.0 - mask)[:, None, None, :] * jnp.finfo(self.dtype).min  # [B, 1, 1, T]
         for block in self.blocks:
-            x = block(x, mask_bias, train=train, rngs=rngs)
+            x = block(x, attn_bias, train=train, rngs=rngs)
         return x
 
-    def forward_head(self, x: Float[Array, "B T D"], *, train: bool = False,
-                     rngs: nnx.Rngs | None = None) -> dict[str, Float[Array, "..."]]:
-        outputs = {"last_hidden_state": x.astype(jnp.float32)}
+    def forward_head(self, x: Float[Array, "B T C"], *, train: bool = False,
+                     rngs: nnx.Rngs | None = None) -> dict[str, Array]:
+        out = {"last_hidden_state": x}
         if self.pooler is not None:
-            pooled = jnp.tanh(self.pooler(x[:, 0]))  # theory: cls-pooling
-            outputs["pooler_output"] = pooled.astype(jnp.float32)
-            if self.config.num_labels:
-                pooled = self.classifier_dropout(pooled, deterministic=not train, rngs=rngs)
-                outputs["logits"] = self.classifier(pooled).astype(jnp.float32)
+            # theory: cls-pooling
+            out["pooler_output"] = jnp.tanh(self.pooler(x[:, 0]))  # [B, C]
         if self.mlm is not None:
-            outputs["mlm_logits"] = self.mlm(x, self.embeddings.word).astype(jnp.float32)
-        return outputs
+            out["mlm_logits"] = self.mlm(x, self.embeddings.word)  # [B, T, V]
+        if self.classifier is not None:
+            pooled = self.classifier_drop(out["pooler_output"], deterministic=not train, rngs=rngs)
+            out["logits"] = self.classifier(pooled)  # [B, num_labels]
+        return out
 
     def __call__(self, input_ids: Int[Array, "B T"], token_type_ids: Int[Array, "B T"] | None = None,
                  attention_mask: Int[Array, "B T"] | None = None, *, train: bool = False,
                  rngs: nnx.Rngs | None = None) -> dict[str, Float[Array, "..."]]:
+        """-> {"last_hidden_state": [B, T, C], "pooler_output": [B, C] if config.pooler,
+        "mlm_logits": [B, T, V] if config.mlm_head, "logits": [B, num_labels] if num_labels},
+        float32 whatever the compute dtype."""
         x = self.forward_features(input_ids, token_type_ids, attention_mask, train=train, rngs=rngs)
-        return self.forward_head(x, train=train, rngs=rngs)
+        out = self.forward_head(x, train=train, rngs=rngs)
+        return {k: v.astype(jnp.float32) for k, v in out.items()}

@@ -1,8 +1,10 @@
-"""Small layers the Flax NNX models share: attention with dropout, and a PyTorch-exact BatchNorm.
+"""Pieces shared by the Flax NNX models: initialisers, layer norm, attention with dropout, and
+a batch norm whose running statistics match PyTorch's.
 
-Everything else (Linear, LayerNorm, Embed, Conv, Dropout) is flax's own ``nnx`` layer, whose
-parameter names (``kernel`` [in, out], ``bias``, ``scale``, ``embedding``, conv ``kernel`` HWIO)
-are already dlzoo's canonical leaf names.
+The leaf layers are flax's own (nnx.Linear, nnx.LayerNorm, nnx.Embed, nnx.Conv, nnx.Dropout),
+whose variable names (``kernel`` [in, out], ``bias``, ``scale``, ``embedding``, conv ``kernel``
+HWIO) are already the canonical leaf names of dlzoo's weight format; the models name the modules
+after the canonical paths (``blocks.0.attn.qkv``), so the state path *is* the canonical name.
 """
 
 from __future__ import annotations
@@ -15,6 +17,31 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from ..configs import ZooError
+
+# A normal truncated at +-2 standard deviations has std 0.8796 of the untruncated one; jax's
+# truncated_normal(s) draws the untruncated std s, so divide it out: `std` means the std (the
+# same distribution as the torch backend's).
+_TRUNCATED_STD = 0.87962566103423978
+
+
+def normal(std: float) -> nnx.Initializer:
+    return nnx.initializers.normal(std)
+
+
+def truncated_normal(std: float) -> nnx.Initializer:
+    return nnx.initializers.truncated_normal(std / _TRUNCATED_STD, lower=-2.0, upper=2.0)
+
+
+def uniform_fan_in(fan_in: int) -> nnx.Initializer:
+    """torch.nn.Linear's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), for kernel and bias."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def layer_norm(dim: int, epsilon: float, *, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # epsilon always from the config (flax's default is 1e-6); the two-pass variance, as torch,
+    # rather than flax's default E[x^2] - E[x]^2, which loses digits when the mean is large.
+    return nnx.LayerNorm(dim, epsilon=epsilon, use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
 def attention(
@@ -31,11 +58,10 @@ def attention(
     ``dropout_rate > 0`` (pass ``dropout_rate=0.0`` outside training, as torch's SDPA takes
     ``dropout_p``). ``bias`` is additive (a large negative on masked keys)."""
     if dropout_rate == 0.0:
-        # theory: scaled-dot-product-attention
         return jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=is_causal)
     if rngs is None:
         raise ZooError("attention dropout is active (train=True) but no rngs were given; "
-                         "call the model with rngs=nnx.Rngs(dropout=seed)")
+                       "call the model with rngs=nnx.Rngs(dropout=seed)")
     # jax's fused kernel has no dropout, so the same computation is written out here; logits
     # and softmax stay in float32 as in the fused kernel.
     logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
@@ -45,9 +71,9 @@ def attention(
     if is_causal:
         t, s = logits.shape[-2:]
         future = jnp.tril(jnp.ones((t, s), dtype=bool))
-        logits = jnp.where(future, logits, jnp.finfo(jnp.float32).min)  # theory: causal-masking
+        logits = jnp.where(future, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    keep = jax.random.bernoulli(rngs.dropout(), 1.0 - dropout_rate, weights.shape)  # theory: dropout
+    keep = jax.random.bernoulli(rngs.dropout(), 1.0 - dropout_rate, weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0).astype(v.dtype)
     return jnp.einsum("bnts,bsnh->btnh", weights, v)
 
@@ -64,11 +90,11 @@ class BatchNorm(nnx.Module):
         momentum: weight of the OLD running statistic (flax's convention, torch's 1 - momentum).
         epsilon: added to the variance before the square root.
         dtype: dtype of the output; statistics are always computed in float32.
-        rngs: unused (batch norm has no random initialisation); kept for the nnx signature.
+
+    No ``rngs``: nothing here is drawn at random (scale 1, bias 0, mean 0, var 1).
     """
 
-    def __init__(self, num_features: int, *, momentum: float, epsilon: float,
-                 dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+    def __init__(self, num_features: int, *, momentum: float, epsilon: float, dtype=jnp.float32):
         self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
         self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
         self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
@@ -78,7 +104,6 @@ class BatchNorm(nnx.Module):
     def __call__(self, x: Float[Array, "B H W C"], *, train: bool) -> Float[Array, "B H W C"]:
         x32 = x.astype(jnp.float32)
         if train:
-            # theory: batch-norm
             mean = x32.mean(axis=(0, 1, 2))
             var = jnp.square(x32 - mean).mean(axis=(0, 1, 2))  # biased: used to normalise
             n = x.shape[0] * x.shape[1] * x.shape[2]

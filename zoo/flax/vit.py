@@ -1,26 +1,26 @@
-"""Vision Transformer in Flax NNX: patch embedding, [CLS] token, pre-LN encoder, linear head.
+"""Vision Transformer in Flax NNX: patches embedded by a strided conv, a [CLS] token and learned
+position embeddings, a pre-LN transformer encoder, and a linear head on the [CLS] token.
 
 Paper: Dosovitskiy et al., 2021, "An Image is Worth 16x16 Words: Transformers for Image
-Recognition at Scale". Numerically identical to transformers' ViTForImageClassification (exact
-GELU, layer-norm epsilon from the config, head on the final [CLS] token).
+Recognition at Scale".
 
-Args:
-    config: a ``ViTConfig`` (``get_config("vit", "B/16")`` is ViT-B/16).
-    dtype: compute dtype of activations and matmuls (``jnp.bfloat16`` for mixed precision);
-        parameters stay float32 and the logits are returned in float32.
-    rngs: ``nnx.Rngs`` for parameter initialisation.
+Args (``ViTConfig``): image_size, patch_size, num_channels, hidden_size, num_layers, num_heads,
+mlp_dim, num_classes, layer_norm_eps, dropout (embedding and residual), attention_dropout.
+Keywords: ``rngs`` (``nnx.Rngs``) draws the initial weights; ``dtype`` is the compute dtype
+(``jnp.bfloat16`` for mixed precision: parameters stay float32, logits are returned in float32).
+Images are NHWC, JAX's layout. At call time ``train=True`` turns dropout on, drawing from the
+``rngs`` passed to the call.
 
-Call: ``model(pixel_values, train=False, rngs=None) -> {"logits": [B, num_classes]}`` with
-``pixel_values`` NHWC [B, H, W, C].
+Example::
 
-Example:
-    >>> import jax.numpy as jnp
-    >>> from flax import nnx
-    >>> from dlzoo.zoo.configs import get_config
-    >>> from dlzoo.zoo.flax.vit import ViT
-    >>> model = ViT(get_config("vit", "tiny"), rngs=nnx.Rngs(0))
-    >>> model(jnp.zeros((2, 32, 32, 3)))["logits"].shape
-    (2, 10)
+    import jax
+    from flax import nnx
+    from dlzoo.zoo.configs import get_config
+    from dlzoo.zoo.flax.vit import ViT
+
+    model = ViT(get_config("vit", "tiny"), rngs=nnx.Rngs(0))
+    images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    logits = model(images)["logits"]                                      # (2, 10)
 """
 
 from __future__ import annotations
@@ -31,60 +31,54 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from ..configs import ViTConfig, ZooError
-from .layers import attention
+from .layers import attention, layer_norm, truncated_normal
 
 # theory: initialization
-INIT = nnx.initializers.truncated_normal(0.02)
+INIT = truncated_normal(0.02)  # patch conv, dense kernels, [CLS] and position embeddings; biases 0
 
 
-def _layer_norm(config: ViTConfig, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps, use_fast_variance=False,
-                         dtype=dtype, rngs=rngs)
-
-
-class SelfAttention(nnx.Module):
+class Attention(nnx.Module):
     def __init__(self, config: ViTConfig, *, dtype, rngs: nnx.Rngs):
         d = config.hidden_size
-        # theory: multi-head-attention
-        self.qkv = nnx.Linear(d, 3 * d, kernel_init=INIT, dtype=dtype, rngs=rngs)
+        self.qkv = nnx.Linear(d, 3 * d, kernel_init=INIT, dtype=dtype, rngs=rngs)  # fused: columns q | k | v
         self.out = nnx.Linear(d, d, kernel_init=INIT, dtype=dtype, rngs=rngs)
-        self.resid_dropout = nnx.Dropout(config.dropout)
-        self.num_heads = config.num_heads
-        self.attention_dropout = config.attention_dropout
+        self.resid_drop = nnx.Dropout(config.dropout)
+        self.num_heads, self.attention_dropout = config.num_heads, config.attention_dropout
 
-    def __call__(self, x: Float[Array, "B T D"], *, train: bool,
-                 rngs: nnx.Rngs | None) -> Float[Array, "B T D"]:
-        B, T, D = x.shape
-        q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
-        # Heads are contiguous column blocks of q, k and v: [B, T, D] -> [B, T, N, H].
-        q, k, v = (t.reshape(B, T, self.num_heads, D // self.num_heads) for t in (q, k, v))
+    def __call__(self, x: Float[Array, "B T C"], *, train: bool,
+                 rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
+        B, T, C = x.shape
+        # theory: multi-head-attention
+        q, k, v = (t.reshape(B, T, self.num_heads, C // self.num_heads)
+                   for t in jnp.split(self.qkv(x), 3, axis=-1))  # [B, T, N, H], heads contiguous
+        # Bidirectional: every patch attends to every other patch and to [CLS].
+        # theory: scaled-dot-product-attention
         y = attention(q, k, v, dropout_rate=self.attention_dropout if train else 0.0, rngs=rngs)
-        y = y.reshape(B, T, D)
-        return self.resid_dropout(self.out(y), deterministic=not train, rngs=rngs)
+        return self.resid_drop(self.out(y.reshape(B, T, C)), deterministic=not train, rngs=rngs)
 
 
 class MLP(nnx.Module):
     def __init__(self, config: ViTConfig, *, dtype, rngs: nnx.Rngs):
         self.fc = nnx.Linear(config.hidden_size, config.mlp_dim, kernel_init=INIT, dtype=dtype, rngs=rngs)
         self.out = nnx.Linear(config.mlp_dim, config.hidden_size, kernel_init=INIT, dtype=dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(config.dropout)
+        self.drop = nnx.Dropout(config.dropout)
 
-    def __call__(self, x: Float[Array, "B T D"], *, train: bool,
-                 rngs: nnx.Rngs | None) -> Float[Array, "B T D"]:
-        # HF/google ViT uses the exact erf GELU; jax's default is the tanh approximation.
-        x = jax.nn.gelu(self.fc(x), approximate=False)  # theory: gelu
-        return self.dropout(self.out(x), deterministic=not train, rngs=rngs)
+    def __call__(self, x: Float[Array, "B T C"], *, train: bool,
+                 rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
+        # ViT uses the exact (erf) GELU, not the tanh approximation (jax's default).
+        h = jax.nn.gelu(self.fc(x), approximate=False)  # [B, T, F]  # theory: gelu
+        return self.drop(self.out(h), deterministic=not train, rngs=rngs)
 
 
 class Block(nnx.Module):
     def __init__(self, config: ViTConfig, *, dtype, rngs: nnx.Rngs):
-        self.ln1 = _layer_norm(config, dtype, rngs)
-        self.attn = SelfAttention(config, dtype=dtype, rngs=rngs)
-        self.ln2 = _layer_norm(config, dtype, rngs)
+        self.ln1 = layer_norm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
+        self.attn = Attention(config, dtype=dtype, rngs=rngs)
+        self.ln2 = layer_norm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
         self.mlp = MLP(config, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: Float[Array, "B T D"], *, train: bool,
-                 rngs: nnx.Rngs | None) -> Float[Array, "B T D"]:
+    def __call__(self, x: Float[Array, "B T C"], *, train: bool,
+                 rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
         # theory: pre-ln-vs-post-ln
         x = x + self.attn(self.ln1(x), train=train, rngs=rngs)  # theory: residual-connections
         x = x + self.mlp(self.ln2(x), train=train, rngs=rngs)
@@ -93,39 +87,43 @@ class Block(nnx.Module):
 
 class ViT(nnx.Module):
     def __init__(self, config: ViTConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        d, p = config.hidden_size, config.patch_size
         self.config, self.dtype = config, dtype
+        d, p = config.hidden_size, config.patch_size
+        # A conv whose stride is its size cuts the image into patches and projects each one.
         # theory: patch-embedding
-        # A conv whose stride equals its kernel is a linear map of each non-overlapping patch.
         self.patch_embed = nnx.Conv(config.num_channels, d, kernel_size=(p, p), strides=(p, p),
-                                    padding="VALID", kernel_init=INIT, dtype=dtype, rngs=rngs)
+                                    padding=((0, 0), (0, 0)), kernel_init=INIT, dtype=dtype, rngs=rngs)
         self.cls_token = nnx.Param(INIT(rngs.params(), (1, 1, d), jnp.float32))
         # theory: position-embeddings
         self.pos_embed = nnx.Param(INIT(rngs.params(), (1, config.num_patches + 1, d), jnp.float32))
-        self.dropout = nnx.Dropout(config.dropout)
+        self.drop = nnx.Dropout(config.dropout)  # theory: dropout
         self.blocks = nnx.List([Block(config, dtype=dtype, rngs=rngs) for _ in range(config.num_layers)])
-        self.ln_f = _layer_norm(config, dtype, rngs)
+        self.ln_f = layer_norm(d, config.layer_norm_eps, dtype=dtype, rngs=rngs)  # theory: layer-norm
         self.head = nnx.Linear(d, config.num_classes, kernel_init=INIT, dtype=dtype, rngs=rngs)
 
-    def forward_features(self, pixel_values: Float[Array, "B H W C"], *, train: bool = False,
-                         rngs: nnx.Rngs | None = None) -> Float[Array, "B N+1 D"]:
+    def forward_features(self, pixel_values: Float[Array, "B H W C_in"], *, train: bool = False,
+                         rngs: nnx.Rngs | None = None) -> Float[Array, "B T C"]:
+        """``pixel_values`` [B, H, W, C_in] -> hidden states [B, 1 + N, C] after ln_f."""
         size, channels = self.config.image_size, self.config.num_channels
-        if pixel_values.shape[1:] != (size, size, channels):
+        if tuple(pixel_values.shape[1:]) != (size, size, channels):
             raise ZooError(f"ViT expects NHWC images [B, {size}, {size}, {channels}], got "
-                           f"{list(pixel_values.shape)}; resize the images or change image_size")
-        x = self.patch_embed(pixel_values.astype(self.dtype))  # [B, H/p, W/p, D]
-        B, h, w, D = x.shape
-        x = x.reshape(B, h * w, D)  # patches in row-major order, as torch's flatten(2) of NCHW
-        cls = jnp.broadcast_to(self.cls_token[...].astype(self.dtype), (B, 1, D))
-        x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(self.dtype)
-        x = self.dropout(x, deterministic=not train, rngs=rngs)
+                           f"{list(pixel_values.shape)}; resize the images or build with another image_size")
+        x = self.patch_embed(pixel_values.astype(self.dtype))  # [B, H/P, W/P, C]
+        B, h, w, C = x.shape
+        x = x.reshape(B, h * w, C)  # [B, N, C], patches in row-major order
+        cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (B, 1, C))  # [B, 1, C]
+        x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)  # [B, 1 + N, C]
+        x = self.drop(x, deterministic=not train, rngs=rngs)
         for block in self.blocks:
             x = block(x, train=train, rngs=rngs)
         return self.ln_f(x)
 
-    def forward_head(self, x: Float[Array, "B N+1 D"]) -> dict[str, Float[Array, "B K"]]:
-        return {"logits": self.head(x[:, 0]).astype(jnp.float32)}  # theory: cls-pooling
+    def forward_head(self, x: Float[Array, "B T C"]) -> Float[Array, "B K"]:
+        # theory: cls-pooling
+        return self.head(x[:, 0])  # [B, num_classes]
 
-    def __call__(self, pixel_values: Float[Array, "B H W C"], *, train: bool = False,
+    def __call__(self, pixel_values: Float[Array, "B H W C_in"], *, train: bool = False,
                  rngs: nnx.Rngs | None = None) -> dict[str, Float[Array, "B K"]]:
-        return self.forward_head(self.forward_features(pixel_values, train=train, rngs=rngs))
+        """``pixel_values`` [B, H, W, C_in] -> {"logits": [B, num_classes]} (float32)."""
+        logits = self.forward_head(self.forward_features(pixel_values, train=train, rngs=rngs))
+        return {"logits": logits.astype(jnp.float32)}
