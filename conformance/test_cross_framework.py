@@ -15,7 +15,7 @@ RESNETS = ["resnet", "resnet-basic"]
 
 @pytest.mark.parametrize("framework", OTHER_FRAMEWORKS, ids=framework_id)
 @pytest.mark.parametrize("case", list(CASES))
-def test_forward_matches_torch(case, framework, handle):
+def test_forward_agrees_across_frameworks(case, framework, handle):
     inputs = CASES[case].inputs(4)
     want = handle(case, "torch").apply(inputs)
     assert_outputs_close(handle(case, framework).apply(inputs), want, what=f"{framework} {case}")
@@ -23,7 +23,7 @@ def test_forward_matches_torch(case, framework, handle):
 
 @pytest.mark.parametrize("framework", OTHER_FRAMEWORKS, ids=framework_id)
 @pytest.mark.parametrize("case", list(CASES))
-def test_gradients_match_torch(case, framework, handle):
+def test_gradients_agree_across_frameworks(case, framework, handle):
     inputs = CASES[case].inputs(5)
     reference = handle(case, "torch")
     cots = cotangents(reference.apply(inputs))
@@ -35,7 +35,7 @@ def test_gradients_match_torch(case, framework, handle):
 
 @pytest.mark.parametrize("framework", OTHER_FRAMEWORKS, ids=framework_id)
 @pytest.mark.parametrize("case", RESNETS)
-def test_train_mode_gradients_match_torch(case, framework, handle):
+def test_train_mode_gradients_agree_across_frameworks(case, framework, handle):
     """Gradients through batch statistics (train mode), not just the running ones."""
     inputs = CASES[case].inputs(6)
     reference = handle(case, "torch")
@@ -47,7 +47,7 @@ def test_train_mode_gradients_match_torch(case, framework, handle):
 
 @pytest.mark.parametrize("framework", OTHER_FRAMEWORKS, ids=framework_id)
 @pytest.mark.parametrize("case", RESNETS)
-def test_batch_norm_train_mode_matches_torch(case, framework, handle):
+def test_batch_norm_train_mode_agrees_across_frameworks(case, framework, handle):
     """Outputs from batch statistics, then the running statistics written (momentum convention
     translated per framework, unbiased variance), over two consecutive training batches."""
     reference, other = handle(case, "torch"), handle(case, framework)
@@ -62,7 +62,7 @@ def test_batch_norm_train_mode_matches_torch(case, framework, handle):
 
 @pytest.mark.parametrize("framework", OTHER_FRAMEWORKS, ids=framework_id)
 @pytest.mark.parametrize("case", ["bert", "gpt", "vit", "resnet"])
-def test_adamw_step_matches_torch(case, framework, handle):
+def test_adamw_step_agrees_across_frameworks(case, framework, handle):
     inputs = CASES[case].inputs(9)
     reference = handle(case, "torch")
     cots = cotangents(reference.apply(inputs))

@@ -137,11 +137,13 @@ def verify(arch: str = typer.Argument(..., help=f"One of: {', '.join(ARCHS)}."),
                                                      help="Canonical file, published folder or hub id."),
            tol: float = typer.Option(1e-5, help="Max abs diff allowed, relative to the output scale when > 1."),
            seed: int = typer.Option(0, help="Seed for random weights and inputs."),
+           frameworks: Optional[list[str]] = typer.Option(None, "--framework", "-f",
+                                                          help="Only these frameworks (repeatable); default: all installed."),
            as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Run the same weights in every installed framework and compare outputs against torch and transformers."""
     from dlzoo.verify import run_verify
 
-    report = run_verify(arch, preset=preset, weights=weights_src, tol=tol, seed=seed,
+    report = run_verify(arch, preset=preset, source=weights_src, tol=tol, seed=seed, frameworks=frameworks,
                         progress=None if as_json else err)
     if as_json:
         _print_json(report)

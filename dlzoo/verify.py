@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from dlzoo.zoo import hub, weights
-from dlzoo.zoo.configs import check_arch, get_config
-from dlzoo.zoo.handle import installed_frameworks, load
+from dlzoo.zoo.configs import ZooError, check_arch, get_config
+from dlzoo.zoo.handle import check_framework, installed_frameworks, load
 from dlzoo.zoo.reference import sample_inputs, transformers_model, transformers_outputs
 
 
@@ -46,15 +46,22 @@ def _compare(got: dict, want: dict, tol: float) -> tuple[dict, bool]:
     return diffs, passed and set(got) == set(want)
 
 
-def run_verify(arch: str, preset: str = "tiny", weights: str | None = None, tol: float = 1e-5,
-               seed: int = 0, progress=None) -> dict:
+def run_verify(arch: str, preset: str = "tiny", source: str | None = None, tol: float = 1e-5,
+               seed: int = 0, frameworks: list[str] | None = None, progress=None) -> dict:
     check_arch(arch)
-    frameworks = installed_frameworks()
+    installed = installed_frameworks()
+    if frameworks:
+        for framework in frameworks:
+            check_framework(framework)
+        absent = [f for f in frameworks if f not in installed]
+        if absent:
+            raise ZooError(f"not installed: {', '.join(absent)}; installed frameworks: {', '.join(installed) or 'none'}")
+    frameworks = list(frameworks or installed)
     if not frameworks:
-        raise hub.HubError("no framework is installed; install one, e.g. pip install 'dlzoo[torch]'")
-    config, tensors, source = _weights(arch, preset, weights, seed, frameworks)
+        raise ZooError("no framework is installed; install one, e.g. pip install 'dlzoo[torch]'")
+    config, tensors, described = _weights(arch, preset, source, seed, frameworks)
     inputs = sample_inputs(arch, config, seed=seed)
-    outputs, labels, notes = {}, {}, [f"weights: {source}"]
+    outputs, labels, notes = {}, {}, [f"weights: {described}"]
     for framework in frameworks:
         if progress is not None:
             progress.print(f"running {arch} in {framework} ...", highlight=False)
@@ -65,7 +72,7 @@ def run_verify(arch: str, preset: str = "tiny", weights: str | None = None, tol:
     reference = "torch" if "torch" in outputs else None
     if reference is None:
         notes.append("torch is not installed: frameworks are compared with each other only through transformers")
-    has_transformers = importlib.util.find_spec("transformers") is not None and "torch" in frameworks
+    has_transformers = importlib.util.find_spec("transformers") is not None and "torch" in installed
     hf_outputs = None
     if has_transformers:
         if progress is not None:

@@ -40,6 +40,8 @@ def transformers_model(arch: str, config, tensors: dict[str, np.ndarray]):
     """A transformers model (eval mode) holding exactly these canonical weights."""
     import transformers
 
+    transformers.logging.set_verbosity_error()  # its load report would drown the comparison
+    transformers.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         folder = hub.export(arch, config, tensors, f"{tmp}/model")
         name = _CLASSES.get(arch) or _bert_class(config)
