@@ -31,7 +31,8 @@ SEVERITIES = ("low", "medium", "high")
 SPIKE_Z = 6.0                # modified z-score of a value against its trailing window
 SPIKE_MIN_EXCESS = 0.10      # ... and at least 10% above the window's median
 GRAD_SPIKE_RATIO = 5.0       # a gradient-norm spike is also >= 5x the trailing median
-DIVERGENCE_RISE = 0.25       # smoothed loss above its running best by 25% of max(|best|, progress)
+DIVERGENCE_RISE = 0.25       # smoothed loss above its running best by 25% of |best|
+DIVERGENCE_PROGRESS = 0.05   # ... plus 5% of the progress made so far
 NO_PROGRESS = 0.05           # < 5% relative improvement from the first to the last tenth
 NOISY = 0.10                 # robust std of step-to-step changes / loss level
 PLATEAU_FLAT = 0.01          # < 1% change across a segment
@@ -100,17 +101,24 @@ def _nanmedian(windows: np.ndarray) -> np.ndarray:
 
 
 def _robust_z(values: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Modified z-score of each value against the w values before it (Iglewicz and Hoaglin's
-    0.6745 (x - median) / MAD), and that median; NaN where there are fewer than w/2 past values."""
+    """Robust z-score of each value against the w values before it, and the window's level.
+
+    The level is the median of the last five values of the window; the noise scale is the
+    median absolute deviation of the window's step-to-step changes (1.4826 MAD / sqrt 2, a
+    Gaussian-consistent estimate of the noise std that a smooth trend does not inflate). This is
+    Iglewicz and Hoaglin's modified z-score made robust to the trend of a training curve. NaN
+    where there are fewer than max(10, w/2) past values."""
     values = np.asarray(values, dtype=float)
     windows = _past_windows(np.where(np.isfinite(values), values, np.nan), w, include_current=False)
-    enough = np.isfinite(windows).sum(axis=1) >= max(5, w // 2)
-    med = _nanmedian(windows)
-    mad = _nanmedian(np.abs(windows - med[:, None]))
-    mad = np.maximum(np.nan_to_num(mad), np.maximum(1e-3 * np.abs(np.nan_to_num(med)), 1e-12))  # a flat window must not make every wiggle a spike
-    ok = enough & np.isfinite(values)
-    z = np.where(ok, 0.6745 * (values - med) / mad, np.nan)
-    return z, np.where(ok, med, np.nan)
+    enough = np.isfinite(windows).sum(axis=1) >= max(10, w // 2)
+    level = _nanmedian(windows[:, -5:])
+    diffs = np.diff(windows, axis=1)
+    mad = _nanmedian(np.abs(diffs - _nanmedian(diffs)[:, None]))
+    scale = 1.4826 * np.nan_to_num(mad) / math.sqrt(2)
+    scale = np.maximum(scale, np.maximum(1.4826e-3 * np.abs(np.nan_to_num(level)), 1e-12))  # flat windows
+    ok = enough & np.isfinite(values) & np.isfinite(level)
+    z = np.where(ok, (values - level) / scale, np.nan)
+    return z, np.where(ok, level, np.nan)
 
 
 def _rolling_median(values: np.ndarray, w: int) -> np.ndarray:
@@ -229,10 +237,16 @@ def _divergence(ctx: _Context) -> list[Finding]:
     loss = ctx.loss[:ctx.usable]
     if len(loss) < 10:
         return []
-    smooth = _rolling_median(loss, max(5, ctx.w // 2))
+    k = max(5, ctx.w // 2)
+    smooth = _rolling_median(loss, k)
     best = np.minimum.accumulate(smooth)
     progress = np.maximum(smooth[0] - best, 0.0)
-    above = smooth - best > DIVERGENCE_RISE * np.maximum(np.abs(best), progress) + 1e-12
+    # The running best of a noisy median sits a few standard errors below the typical level;
+    # 4 standard errors of a k-point median (1.2533 sigma / sqrt k) keep noise from looking like a rise.
+    diffs = np.diff(loss)
+    sigma = 1.4826 * float(np.median(np.abs(diffs - np.median(diffs)))) / math.sqrt(2)
+    margin = 4 * 1.2533 * sigma / math.sqrt(k)
+    above = smooth - best > DIVERGENCE_RISE * np.abs(best) + DIVERGENCE_PROGRESS * progress + margin + 1e-12
     sustain = max(3, ctx.w // 2)
     findings, i = [], 0
     while i < len(loss):
@@ -245,6 +259,7 @@ def _divergence(ctx: _Context) -> list[Finding]:
         if j - i + 1 >= sustain or (j == len(loss) - 1 and j - i + 1 >= 3):
             start = int(np.argmin(smooth[:i + 1]))
             evidence = {"best_smoothed_loss": float(best[i]), "best_step": int(ctx.steps[start]),
+                        "onset_step": int(ctx.steps[i]),
                         "smoothed_loss_at_end": float(smooth[j]), "peak_smoothed_loss": float(smooth[i:j + 1].max()),
                         "rise": float(smooth[i:j + 1].max() - best[i])}
             if ctx.lr_at(i) is not None:
@@ -363,12 +378,17 @@ def _gradients(ctx: _Context) -> list[Finding]:
 
 def _no_progress(ctx: _Context, unstable: bool) -> list[Finding]:
     progress = ctx.progress()
-    if progress is None or progress >= NO_PROGRESS or unstable:
+    if progress is None or unstable:
         return []
     loss = ctx.loss[:ctx.usable]
     level = float(np.median(loss))
     diffs = np.diff(loss)
     noise = 1.4826 * float(np.median(np.abs(diffs - np.median(diffs)))) / max(abs(level), 1e-12)
+    # Two standard errors of the difference of two k-point medians: on a very noisy run a few
+    # percent of "progress" can be chance.
+    k = max(3, len(loss) // 10)
+    if progress >= NO_PROGRESS + 2 * 1.2533 * (noise / math.sqrt(2)) * math.sqrt(2 / k):
+        return []
     start, end = int(ctx.steps[0]), int(ctx.steps[ctx.usable - 1])
     evidence = {"relative_improvement": progress, "median_loss": level, "step_noise": noise}
     peak = ctx.peak_lr()
@@ -468,7 +488,7 @@ def _overfitting(ctx: _Context) -> list[Finding]:
     vs = np.array([v for _, v in pairs])
     best = int(np.argmin(vs))
     after = vs[best + 1:]
-    if len(after) < 2 or vs[-1] < (1 + OVERFIT_RISE) * vs[best] or np.any(after < (1 + OVERFIT_RISE / 2) * vs[best]):
+    if len(after) < 2 or vs[-1] < (1 + OVERFIT_RISE) * vs[best] or np.any(after[-2:] < (1 + OVERFIT_RISE / 2) * vs[best]):
         return []
 
     def train_near(step: int) -> float:
@@ -522,7 +542,7 @@ def _lr_too_high(ctx: _Context, unstable: list[Finding]) -> list[Finding]:
     if peak is None or not unstable:
         return []
     first = min(unstable, key=lambda f: f.start_step)
-    onset = int(np.searchsorted(ctx.steps, first.start_step))
+    onset = int(np.searchsorted(ctx.steps, first.evidence.get("onset_step", first.start_step)))
     lr_onset = ctx.lr_at(min(onset, ctx.n - 1)) or peak[0]
     warm = ctx.warmup_end()
     evidence = {"trigger": first.kind, "onset_step": first.start_step, "lr_at_onset": lr_onset, "peak_lr": peak[0]}

@@ -1,0 +1,268 @@
+"""diagnose on synthetic runs: healthy runs of many shapes give no findings; injected pathologies
+(hypothesis-drawn positions and magnitudes) are found at the right steps; bad files fail cleanly."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from typer.testing import CliRunner
+
+from dlzoo.agents.diagnose import KINDS, SEVERITIES, diagnose, plot, to_json
+from dlzoo.agents.metrics import MetricsError, MetricsLogger, parse_lines, read_metrics
+
+SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def healthy(n=400, L0=5.0, floor=0.3, tau=0.15, noise=0.02, warmup=0, g0=1.0, seed=0,
+            num_classes=None, evals=True, lr=1e-3, gap=0.05) -> list[dict]:
+    """A run that learns: loss decays towards floor*L0 at a speed set by the cumulative learning
+    rate (linear warmup, then cosine), with multiplicative noise; gradient norms log-normal
+    around a slowly decaying level; validation loss a constant gap above the trend."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    sched = np.where(t < warmup, (t + 1) / max(warmup, 1),
+                     0.5 * (1 + np.cos(np.pi * (t - warmup) / max(n - warmup, 1))))
+    sched = np.maximum(sched, 0.05)
+    trend = L0 * floor + L0 * (1 - floor) * np.exp(-np.cumsum(sched) / (tau * n))
+    loss = trend * (1 + noise * rng.standard_normal(n))
+    grad = g0 * (0.4 + 0.6 * np.exp(-t / n)) * np.exp(0.2 * rng.standard_normal(n))
+    lines = [{"type": "meta", "num_classes": num_classes}] if num_classes else []
+    lines += [{"type": "train", "step": int(i), "loss": float(loss[i]), "lr": float(lr * sched[i]),
+               "grad_norm": float(grad[i])} for i in range(n)]
+    if evals:
+        lines += [{"type": "eval", "step": int(i), "val_loss": float(trend[i] * (1 + gap) * (1 + 0.005 * rng.standard_normal()))}
+                  for i in range(n // 10, n, n // 10)]
+    return lines
+
+
+def run_of(lines):
+    return parse_lines([json.dumps(line) for line in lines])
+
+
+def train_index(lines, step):
+    return next(k for k, line in enumerate(lines) if line["type"] == "train" and line["step"] == step)
+
+
+def kinds(findings):
+    return [f.kind for f in findings]
+
+
+shapes = st.fixed_dictionaries({
+    "n": st.integers(60, 600), "L0": st.floats(0.5, 10.0), "floor": st.floats(0.02, 0.7),
+    "tau": st.floats(0.02, 0.4), "noise": st.floats(0.0, 0.04), "g0": st.floats(0.01, 50.0),
+    "seed": st.integers(0, 10_000), "gap": st.floats(0.0, 0.3), "lr": st.floats(1e-5, 1.0),
+})
+
+
+@SETTINGS
+@given(shape=shapes, warmup_fraction=st.floats(0.0, 0.1))
+def test_healthy_runs_have_no_findings(shape, warmup_fraction):
+    lines = healthy(warmup=int(warmup_fraction * shape["n"]), **shape)
+    assert diagnose(run_of(lines)) == []
+
+
+@SETTINGS
+@given(classes=st.sampled_from([2, 10, 100, 256, 50257]), seed=st.integers(0, 1000), n=st.integers(100, 600))
+def test_healthy_runs_starting_at_ln_classes_have_no_findings(classes, seed, n):
+    lines = healthy(n=n, L0=math.log(classes), floor=0.2, seed=seed, num_classes=classes)
+    assert diagnose(run_of(lines)) == []
+
+
+@SETTINGS
+@given(shape=shapes, where=st.floats(0.2, 0.95), size=st.floats(0.8, 20.0), width=st.integers(1, 3))
+def test_loss_spike_found_at_its_step(shape, where, size, width):
+    lines = healthy(**shape)
+    n = shape["n"]
+    step = int(where * n)
+    for s in range(step, min(n, step + width)):
+        lines[train_index(lines, s)]["loss"] *= 1 + size
+    spikes = [f for f in diagnose(run_of(lines)) if f.kind in ("loss-spike", "divergence")]
+    assert spikes and any(f.start_step <= step <= f.end_step for f in spikes), spikes
+
+
+@SETTINGS
+@given(shape=shapes, where=st.floats(0.0, 0.99), value=st.sampled_from([math.nan, math.inf, -math.inf]))
+def test_non_finite_found_at_its_step(shape, where, value):
+    lines = healthy(**shape)
+    step = int(where * shape["n"])
+    for s in range(step, shape["n"]):
+        lines[train_index(lines, s)]["loss"] = value
+    found = [f for f in diagnose(run_of(lines)) if f.kind == "non-finite"]
+    assert found and found[0].start_step == step and found[0].severity == "high"
+
+
+@SETTINGS
+@given(shape=shapes, where=st.floats(0.3, 0.8), rate=st.floats(2.0, 20.0))
+def test_divergence_found_where_it_starts(shape, where, rate):
+    lines = healthy(**{**shape, "n": max(shape["n"], 200)})
+    n = max(shape["n"], 200)
+    onset = int(where * n)
+    for s in range(onset, n):
+        lines[train_index(lines, s)]["loss"] *= math.exp(rate * (s - onset) / n)
+    found = [f for f in diagnose(run_of(lines)) if f.kind == "divergence"]
+    window = min(50, max(10, n // 10))
+    assert found and found[0].start_step <= onset + window and found[0].end_step >= n - 1 - window
+    assert onset - window <= found[0].evidence["onset_step"]
+    assert "lr-too-high" in kinds(diagnose(run_of(lines)))
+
+
+@SETTINGS
+@given(shape=shapes, where=st.floats(0.2, 0.6), rise=st.floats(0.15, 1.0))
+def test_overfitting_found_after_the_best_validation_step(shape, where, rise):
+    n = shape["n"]
+    lines = healthy(**shape)
+    best = int(where * n)
+    evals = [line for line in lines if line["type"] == "eval"]
+    anchor = max((line for line in evals if line["step"] <= best), key=lambda line: line["step"])
+    best, v0 = anchor["step"], anchor["val_loss"]
+    for line in evals:
+        if line["step"] > best:
+            line["val_loss"] = v0 * (1 + rise * (line["step"] - best) / (n - best))
+    found = [f for f in diagnose(run_of(lines)) if f.kind == "overfitting"]
+    # On a converged (flat) validation curve any earlier evaluation may hold the minimum by noise,
+    # so the finding must start at or before the injected turn and cover the whole rise.
+    assert found and found[0].start_step <= best and found[0].end_step == evals[-1]["step"], found
+    assert found[0].evidence["best_val_loss"] <= v0
+    assert f"step {found[0].start_step}" in found[0].fix
+
+
+@SETTINGS
+@given(shape=shapes, where=st.floats(0.2, 0.95), factor=st.floats(20.0, 1e4))
+def test_gradient_explosion_found_at_its_step(shape, where, factor):
+    lines = healthy(**shape)
+    step = int(where * shape["n"])
+    lines[train_index(lines, step)]["grad_norm"] *= factor
+    found = [f for f in diagnose(run_of(lines)) if f.kind == "exploding-gradients"]
+    assert found and found[0].start_step <= step <= found[0].end_step
+    clip = float(found[0].fix.split("at ")[1].split(" ")[0])
+    norms = sorted(line["grad_norm"] for line in lines if line["type"] == "train")
+    assert norms[0] <= clip <= norms[-1] / factor * 1.01 or clip < norms[-1]
+
+
+@SETTINGS
+@given(shape=shapes, ratio=st.floats(1e-7, 1e-4))
+def test_starved_layer_named(shape, ratio):
+    lines = healthy(**shape)
+    for line in lines:
+        if line["type"] == "train":
+            g = line["grad_norm"]
+            line["grad_norms"] = {"blocks.0.attn": g / 2, "blocks.1.attn": g / 3, "head": g / 4, "blocks.2.mlp": g * ratio}
+    found = [f for f in diagnose(run_of(lines)) if f.kind == "vanishing-gradients"]
+    assert found and found[0].evidence["layers"] == ["blocks.2.mlp"]
+
+
+@SETTINGS
+@given(seed=st.integers(0, 1000), n=st.integers(100, 800), noise=st.floats(0.3, 0.6))
+def test_oscillation_without_progress_is_lr_too_high(seed, n, noise):
+    lines = healthy(n=n, floor=1.0, noise=noise, seed=seed, evals=False)
+    found = diagnose(run_of(lines))
+    # Noise this heavy may also cross the divergence or spike thresholds; the verdict stays lr-too-high.
+    assert "lr-too-high" in kinds(found) and set(kinds(found)) <= {"lr-too-high", "divergence", "loss-spike"}
+    assert all("lower the learning rate" in f.fix for f in found if f.kind == "lr-too-high")
+
+
+@SETTINGS
+@given(seed=st.integers(0, 1000), n=st.integers(100, 800), lr=st.floats(1e-7, 1e-3))
+def test_flat_smooth_run_is_lr_too_low_with_a_factor(seed, n, lr):
+    lines = healthy(n=n, floor=0.99, noise=0.001, seed=seed, lr=lr, evals=False)
+    found = diagnose(run_of(lines))
+    assert kinds(found) == ["lr-too-low"]
+    assert f"to {lr * 10:.3g}" in found[0].fix
+
+
+@SETTINGS
+@given(seed=st.integers(0, 1000), classes=st.sampled_from([10, 100, 1000]), factor=st.floats(1.8, 5.0))
+def test_abnormal_initial_loss(seed, classes, factor):
+    lines = healthy(L0=factor * math.log(classes), floor=0.05, seed=seed, num_classes=classes)
+    found = diagnose(run_of(lines))
+    assert kinds(found)[0] == "abnormal-initial-loss" and found[0].start_step == 0
+
+
+def test_plateau_in_the_middle_and_at_chance():
+    n, rng = 600, np.random.default_rng(0)
+    t = np.arange(n)
+    loss = np.where(t < 200, 3 - t / 200, np.where(t < 400, 2.0, 2.0 - (t - 400) / 200)) * (1 + 0.002 * rng.standard_normal(n))
+    lines = [{"step": int(i), "loss": float(v), "lr": 1e-3} for i, v in enumerate(loss)]
+    found = [f for f in diagnose(run_of(lines)) if f.kind == "plateau"]
+    assert found and 180 <= found[0].start_step <= 260 and 340 <= found[0].end_step <= 420
+    stuck = [{"type": "meta", "num_classes": 10}] + [{"step": i, "loss": math.log(10) * (1 + 0.001 * math.sin(i))} for i in range(200)]
+    assert kinds(diagnose(run_of(stuck))) == ["plateau"]
+
+
+def test_underfitting_against_ln_classes():
+    lines = healthy(L0=math.log(100), floor=0.7, tau=0.05, num_classes=100, evals=False)
+    assert kinds(diagnose(run_of(lines))) == ["underfitting"]
+
+
+def test_json_schema_and_vocabulary(tmp_path):
+    lines = healthy(seed=3)
+    lines[train_index(lines, 250)]["loss"] = math.nan
+    data = to_json(diagnose(run_of(lines)))
+    assert set(data) == {"findings"} and data["findings"]
+    for f in data["findings"]:
+        assert set(f) == {"kind", "start_step", "end_step", "severity", "evidence", "cause", "fix"}
+        assert f["kind"] in KINDS and f["severity"] in SEVERITIES and f["start_step"] <= f["end_step"]
+    json.dumps(data, allow_nan=True)
+
+
+def test_logger_round_trip_with_non_finite_values(tmp_path):
+    np_ = pytest.importorskip("numpy")
+    path = tmp_path / "m.jsonl"
+    with MetricsLogger(path, num_classes=10, total_steps=3) as log:
+        log.log(step=0, loss=np_.float32(2.3), lr=1e-3, grad_norm=0.5, grad_norms={"head": 0.1}, throughput=100.0)
+        log.log(step=1, loss=float("nan"), lr=1e-3, grad_norm=float("inf"))
+        log.log_eval(step=1, val_loss=2.4, val_accuracy=0.1)
+    text = path.read_text()
+    assert "NaN" in text and "Infinity" in text
+    run = read_metrics(path)
+    assert run.num_classes == 10 and len(run.train) == 2 and run.eval[0]["val_accuracy"] == 0.1
+    assert math.isnan(run.train[1]["loss"]) and run.train[0]["grad_norms"] == {"head": pytest.approx(0.1)}
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "no training lines"),
+    ("not json\n", "is not a JSON object"),
+    ('[1, 2]\n', "expected an object"),
+    ('{"step": -1, "loss": 1.0}\n', "integer step"),
+    ('{"step": 1, "loss": "high"}\n', "must be a number"),
+    ('{"type": "eval", "step": 1}\n', "without val_loss"),
+    ('{"type": "train", "step": 1}\n', "without 'loss'"),
+])
+def test_malformed_files_are_one_line_errors(tmp_path, content, message):
+    from dlzoo.agents.cli import register
+    import typer
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(MetricsError, match=message):
+        read_metrics(path)
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["diagnose", str(path)])
+    assert result.exit_code == 2 and result.exception is None or isinstance(result.exception, SystemExit)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0] and "Traceback" not in result.output
+
+
+def test_cli_json_and_plot(tmp_path):
+    from dlzoo.agents.cli import register
+    import typer
+
+    lines = healthy(seed=5)
+    lines[train_index(lines, 300)]["loss"] *= 4
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    app = typer.Typer()
+    register(app)
+    png = tmp_path / "run.png"
+    result = CliRunner().invoke(app, ["diagnose", str(path), "--json", "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert [f["kind"] for f in data["findings"]] == ["loss-spike"] and data["findings"][0]["start_step"] == 300
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = CliRunner().invoke(app, ["diagnose", str(path)]).output
+    assert "loss-spike: steps 300-300" in text
