@@ -38,7 +38,7 @@ class Marker:
 def find_markers(path: str | os.PathLike, text: str | None = None) -> list[Marker]:
     """Markers of one file in reading order; a stand-alone marker points at the next code line."""
     path = os.fspath(path)
-    lines = (Path(path).read_text(encoding="utf-8") if text is None else text).splitlines()
+    lines = (_read(path) if text is None else text).splitlines()
     markers = []
     for number, line in enumerate(lines, start=1):
         match = MARKER.search(line)
@@ -84,15 +84,19 @@ def annotate_source(path: str | os.PathLike, level: str = "brief", width: int = 
         raise ZooError(f"{m.path}:{m.marker_line}: no theory entry for {m.concept!r}; "
                        f"known ids: `dlzoo explain --list`")
     entries = load_knowledge()
-    by_line: dict[int, list[str]] = {}
+    lines = text.splitlines()
+    before: dict[int, list[str]] = {}   # trailing marker: explain above its code line
+    after: dict[int, list[str]] = {}    # stand-alone marker: explain right below the marker
     for m in markers:
-        if m.concept not in by_line.setdefault(m.line, []):
-            by_line[m.line].append(m.concept)
-    out = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        out.append(line)
-        indent = line[: len(line) - len(line.lstrip())]
-        for concept in by_line.get(number, []):
+        slot = after if lines[m.marker_line - 1].lstrip().startswith("#") else before
+        if m.concept not in slot.setdefault(m.marker_line, []):
+            slot[m.marker_line].append(m.concept)
+
+    def block(concepts: list[str], code_line: str) -> list[str]:
+        indent = code_line[: len(code_line) - len(code_line.lstrip())]
+        prefix = f"{indent}#   | "
+        rows: list[str] = []
+        for concept in concepts:
             entry = entries[concept]
             body = [f"{entry.title}: {entry.brief}"]
             if level == "full":
@@ -100,11 +104,16 @@ def annotate_source(path: str | os.PathLike, level: str = "brief", width: int = 
                 body += ["math: " + " ".join(entry.math.split())]
                 body += ["papers: " + "; ".join(p.cite() for p in entry.papers)]
             for k, paragraph in enumerate(body):
-                prefix = f"{indent}#   | "
-                wrapped = textwrap.wrap(paragraph, width=max(40, width - len(prefix)))
-                out.extend(prefix + w for w in wrapped)
+                rows.extend(prefix + w for w in textwrap.wrap(paragraph, width=max(40, width - len(prefix))))
                 if k < len(body) - 1:
-                    out.append(prefix.rstrip())
+                    rows.append(prefix.rstrip())
+        return rows
+
+    out = []
+    for number, line in enumerate(lines, start=1):
+        out.extend(block(before.get(number, []), line))
+        out.append(line)
+        out.extend(block(after.get(number, []), line))
     return "\n".join(out) + "\n"
 
 
