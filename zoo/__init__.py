@@ -1,19 +1,29 @@
-"""dlzoo.zoo: configs, canonical weights, hub import/export, and one backend per framework."""
+"""dlzoo.zoo: configs, canonical weights, hub import/export, and one backend per framework.
 
-from .configs import (ARCHS, ALIASES, CONFIGS, PRESETS, BertConfig, ConfigError, GPTConfig,
-                      ResNetConfig, ViTConfig, ZooError, get_config, preset_names)
-from .handle import FRAMEWORKS, Handle, installed_frameworks, load
-from .weights import WeightsError, canonical_spec, count_params
+Names are resolved on first use, so importing the package (or the CLI) costs no numpy and no
+framework import until something needs them.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "ARCHS": "configs", "ALIASES": "configs", "CONFIGS": "configs", "PRESETS": "configs",
+    "BertConfig": "configs", "ConfigError": "configs", "GPTConfig": "configs", "ResNetConfig": "configs",
+    "ViTConfig": "configs", "ZooError": "configs", "get_config": "configs", "preset_names": "configs",
+    "FRAMEWORKS": "handle", "Handle": "handle", "installed_frameworks": "handle", "load": "handle",
+    "WeightsError": "weights", "canonical_spec": "weights", "count_params": "weights",
+}
+__all__ = sorted([*_EXPORTS, "from_pretrained"])
 
 
-def from_pretrained(name_or_path, framework: str = "torch", **kwargs) -> Handle:
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def from_pretrained(name_or_path, framework: str = "torch", **kwargs):
     """A handle from a hub id or a local directory in the published (transformers) layout."""
     from .hub import from_pretrained as _from_pretrained
 
     return _from_pretrained(name_or_path, framework=framework, **kwargs)
-
-
-__all__ = ["ARCHS", "ALIASES", "CONFIGS", "FRAMEWORKS", "PRESETS", "BertConfig", "ConfigError",
-           "GPTConfig", "Handle", "ResNetConfig", "ViTConfig", "WeightsError", "ZooError",
-           "canonical_spec", "count_params", "from_pretrained", "get_config", "installed_frameworks",
-           "load", "preset_names"]

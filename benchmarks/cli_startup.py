@@ -1,0 +1,51 @@
+"""Start-up time of the commands that must stay light (`dlzoo --help`, `dlzoo list`).
+
+    python benchmarks/cli_startup.py [--runs 10]
+
+Prints the median and worst wall time of each command over fresh processes, next to a bare
+`python -c pass` for scale, and which deep-learning frameworks each command imported (none is
+the contract). Timings are noisy on shared machines: read them side by side, not as absolutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+
+COMMANDS = {
+    "python -c pass": [sys.executable, "-c", "pass"],
+    "dlzoo --help": [sys.executable, "-m", "dlzoo.cli", "--help"],
+    "dlzoo list": [sys.executable, "-m", "dlzoo.cli", "list"],
+    "dlzoo info resnet -p 50": [sys.executable, "-m", "dlzoo.cli", "info", "resnet", "-p", "50"],
+}
+HEAVY = ("torch", "jax", "flax", "keras", "tensorflow", "haiku", "equinox", "transformers")
+
+
+def imported(args: list[str]) -> list[str]:
+    probe = ("import sys, runpy; sys.argv = ['dlzoo'] + sys.argv[1:]\n"
+             "try:\n    runpy.run_module('dlzoo.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", probe, *args[3:]], capture_output=True, text=True)
+    return [m for m in result.stderr.strip().splitlines()[-1].split(",") if m] if result.stderr.strip() else []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=10)
+    args = parser.parse_args()
+    print(f"{'command':28} {'median s':>9} {'worst s':>9}  frameworks imported")
+    for name, command in COMMANDS.items():
+        times = []
+        for _ in range(args.runs):
+            start = time.perf_counter()
+            subprocess.run(command, capture_output=True, check=True)
+            times.append(time.perf_counter() - start)
+        heavy = "-" if name.startswith("python") else (", ".join(imported(command)) or "none")
+        print(f"{name:28} {statistics.median(times):9.3f} {max(times):9.3f}  {heavy}")
+
+
+if __name__ == "__main__":
+    main()
