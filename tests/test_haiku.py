@@ -1,0 +1,173 @@
+"""The Haiku backend's native API: (transformed, params, state) under jax.jit, module paths that
+map 1:1 onto canonical names, state that moves only in training, dropout only in training.
+
+Numerics against torch and transformers live in conformance/; these tests cover what is
+specific to Haiku, on tiny configs, each model built once per module.
+"""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("haiku", reason="dm-haiku is not installed (pip install 'dlzoo[haiku]')")
+
+import haiku as hk  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import dlzoo  # noqa: E402
+from dlzoo.zoo import canonical_spec, get_config, load  # noqa: E402
+from dlzoo.zoo import haiku as backend  # noqa: E402
+from dlzoo.zoo.haiku.layers import BatchNorm, canonical_name  # noqa: E402
+
+CONFIGS = {
+    "gpt": get_config("gpt", "tiny", vocab_size=64, context_length=16, dropout=0.1, attention_dropout=0.1),
+    "bert": get_config("bert", "tiny", vocab_size=64, max_positions=16, num_layers=1, mlm_head=True,
+                       num_labels=3),
+    "vit": get_config("vit", "tiny", image_size=16, num_layers=1, dropout=0.1, attention_dropout=0.1),
+    "resnet": get_config("resnet", "tiny"),
+}
+OUTPUT_SHAPES = {
+    "gpt": {"logits": (2, 8, 64)},
+    "bert": {"last_hidden_state": (2, 8, 128), "pooler_output": (2, 128), "mlm_logits": (2, 8, 64),
+             "logits": (2, 3)},
+    "vit": {"logits": (2, 10)},
+    "resnet": {"logits": (2, 10)},
+}
+
+
+def _inputs(arch: str, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    if arch in ("gpt", "bert"):
+        return {"input_ids": rng.integers(0, 64, (2, 8)).astype(np.int32)}
+    size = CONFIGS[arch].image_size if arch == "vit" else 32
+    return {"pixel_values": rng.standard_normal((2, size, size, 3)).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def native():
+    """arch -> (transformed, params, state), built once per module."""
+    built = {}
+
+    def get(arch: str):
+        if arch not in built:
+            built[arch] = dlzoo.create_model(arch, framework="haiku", config=CONFIGS[arch], seed=0)
+        return built[arch]
+    return get
+
+
+def test_canonical_name_rule():
+    assert canonical_name("gpt/~/blocks_0/~/attn/~/qkv", "kernel") == "blocks.0.attn.qkv.kernel"
+    assert canonical_name("resnet/~/stages_1/~/blocks_12/~/downsample/~/bn", "var") == \
+        "stages.1.blocks.12.downsample.bn.var"
+    assert canonical_name("vit", "cls_token") == "cls_token"
+    assert canonical_name("bert/~/embeddings/~/token_type", "embedding") == "embeddings.token_type.embedding"
+    assert canonical_name("gpt/~/ln_f", "scale") == "ln_f.scale"
+
+
+@pytest.mark.parametrize("arch", list(CONFIGS))
+def test_native_is_a_transformed_triple_whose_names_are_canonical(arch, native):
+    transformed, params, state = native(arch)
+    assert isinstance(transformed, hk.TransformedWithState)
+    spec = canonical_spec(arch, CONFIGS[arch])
+    param_names = [canonical_name(m, leaf) for m, leaves in params.items() for leaf in leaves]
+    state_names = [canonical_name(m, leaf) for m, leaves in state.items() for leaf in leaves]
+    assert len(set(param_names + state_names)) == len(param_names + state_names), "two paths, one name"
+    assert set(param_names) == {n for n, s in spec.items() if s.trainable}
+    assert set(state_names) == {n for n, s in spec.items() if not s.trainable}  # BN mean/var only
+    for name, value in zip(param_names, (v for leaves in params.values() for v in leaves.values())):
+        assert value.shape == spec[name].shape and value.dtype == jnp.float32, name
+
+
+@pytest.mark.parametrize("arch", list(CONFIGS))
+def test_jit_apply_shapes_and_canonical_round_trip(arch, native):
+    transformed, params, state = native(arch)
+    inputs = _inputs(arch)
+    apply = jax.jit(transformed.apply, static_argnames="is_training")
+    out, _ = apply(params, state, None, **inputs)
+    assert {k: v.shape for k, v in out.items()} == OUTPUT_SHAPES[arch]
+    assert all(v.dtype == jnp.float32 and bool(jnp.isfinite(v).all()) for v in out.values())
+
+    # canonical -> native -> canonical is bit-exact, and the reloaded model computes the same.
+    tensors = backend.state_dict(arch, CONFIGS[arch], (transformed, params, state))
+    shuffled = {k: np.asarray(v) + 0.01 * np.float32(i % 7) for i, (k, v) in enumerate(sorted(tensors.items()))}
+    reloaded = backend.load_state_dict(arch, CONFIGS[arch], (transformed, params, state), shuffled)
+    again = backend.state_dict(arch, CONFIGS[arch], reloaded)
+    assert set(again) == set(shuffled) and all(np.array_equal(again[k], shuffled[k]) for k in shuffled)
+    back = backend.load_state_dict(arch, CONFIGS[arch], reloaded, tensors)
+    out_back, _ = apply(*back[1:], None, **inputs)
+    assert all(np.array_equal(out_back[k], out[k]) for k in out)
+
+
+@pytest.mark.parametrize("arch", ["gpt", "vit"])
+def test_dropout_only_when_training(arch, native):
+    transformed, params, state = native(arch)
+    inputs = _inputs(arch)
+    apply = jax.jit(transformed.apply, static_argnames="is_training")
+    eval_a, _ = apply(params, state, jax.random.key(1), **inputs)
+    eval_b, _ = apply(params, state, jax.random.key(2), **inputs)
+    assert np.array_equal(eval_a["logits"], eval_b["logits"]), "eval output depends on the rng"
+    train_a, _ = apply(params, state, jax.random.key(1), **inputs, is_training=True)
+    train_b, _ = apply(params, state, jax.random.key(1), **inputs, is_training=True)
+    train_c, _ = apply(params, state, jax.random.key(2), **inputs, is_training=True)
+    assert np.array_equal(train_a["logits"], train_b["logits"]), "same key, different dropout"
+    assert not np.allclose(train_a["logits"], eval_a["logits"], atol=1e-4), "training did not drop out"
+    assert not np.allclose(train_a["logits"], train_c["logits"], atol=1e-4), "dropout ignores the key"
+    with pytest.raises(ValueError, match="PRNGKey"):  # hk.next_rng_key without a key says so
+        transformed.apply(params, state, None, **inputs, is_training=True)
+
+
+def test_resnet_state_changes_only_when_training(native):
+    transformed, params, state = native("resnet")
+    inputs = _inputs("resnet")
+    apply = jax.jit(transformed.apply, static_argnames="is_training")
+    _, eval_state = apply(params, state, None, **inputs)
+    assert jax.tree.all(jax.tree.map(np.array_equal, eval_state, state))
+    train_out, train_state = apply(params, state, None, **inputs, is_training=True)
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, b), train_state, state))
+    assert moved and all(moved), "some running statistic did not move in training"
+    eval_out, _ = apply(params, state, None, **inputs)
+    assert not np.allclose(train_out["logits"], eval_out["logits"]), "training used running statistics"
+
+
+def test_batch_norm_momentum_and_unbiased_running_variance():
+    """decay_rate weights the old statistic; the running variance takes the unbiased batch
+    variance (torch's rule), while the output is normalised with the biased one."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 3, 4)).astype(np.float32) * 3 + 1
+    bn = hk.transform_with_state(lambda x: BatchNorm(decay_rate=0.9, eps=1e-5, name="bn")(x, is_training=True))
+    params, state = bn.init(None, x)
+    y, new_state = bn.apply(params, state, None, x)
+    mean, var, n = x.mean((0, 1, 2)), x.var((0, 1, 2)), 18
+    np.testing.assert_allclose(new_state["bn"]["mean"], 0.1 * mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new_state["bn"]["var"], 0.9 + 0.1 * var * n / (n - 1), rtol=1e-5)
+    np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-4)
+
+
+def test_zero_init_residual_zeroes_each_blocks_last_bn_scale():
+    config = CONFIGS["resnet"].replace(zero_init_residual=True)
+    tensors = load("resnet", "haiku", config).state_dict()
+    last = [k for k in tensors if k.endswith("bn3.scale")]
+    assert last and all(not tensors[k].any() for k in last)
+    assert tensors["stages.0.blocks.0.bn1.scale"].all() and tensors["stem.bn.scale"].all()
+
+
+def test_bfloat16_keeps_float32_params_and_outputs(native):
+    transformed, params, state = native("gpt")
+    handle = load("gpt", "haiku", CONFIGS["gpt"], compute_dtype="bfloat16")
+    _, params16, _ = handle.native
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(params16))
+    handle.load_state_dict(backend.state_dict("gpt", CONFIGS["gpt"], (transformed, params, state)))
+    got = handle.apply(_inputs("gpt"))["logits"]
+    want, _ = transformed.apply(params, state, None, **_inputs("gpt"))
+    assert got.dtype == np.float32
+    scale = float(np.abs(want["logits"]).max())
+    assert 0 < np.abs(got - want["logits"]).max() <= 5e-2 * scale  # bf16 rounding, not a different model
+
+
+def test_handle_calls_compile_once_per_shape():
+    handle = load("gpt", "haiku", CONFIGS["gpt"])
+    transformed = handle.native[0]
+    for seed in range(3):
+        handle.apply(_inputs("gpt", seed))
+    assert backend._compiled(transformed, "apply", False)._cache_size() == 1
+    handle.apply({"input_ids": np.zeros((1, 5), np.int32)})
+    assert backend._compiled(transformed, "apply", False)._cache_size() == 2
