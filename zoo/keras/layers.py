@@ -1,0 +1,203 @@
+"""Keras 3 building blocks shared by the dlzoo models: attention, MLP, pre-LN block, batch norm.
+
+Only ``keras.layers`` and ``keras.ops``: the same file runs on the jax, torch and tensorflow
+backends. Every layer takes an explicit ``name=`` (the canonical name of DESIGN.md, with
+``blocks.0`` spelled ``blocks_0`` and ``stages.1.blocks.0`` spelled ``stages_1_blocks_0``, because keras' torch backend registers variables under their
+path and torch forbids dots there) and an integer ``seed`` from which it draws the seeds of its
+initializers and dropout layers, so a model built twice with one seed is the same model without
+keras' global random state.
+
+Canonical names follow mechanically from ``variable.path`` (see ``canonical_name``):
+``blocks_0/attn/qkv/kernel`` -> ``blocks.0.attn.qkv.kernel``, and keras' leaf names are renamed
+(``gamma`` -> ``scale``, ``beta`` -> ``bias``, ``embeddings`` -> ``embedding``, ``moving_mean``
+-> ``mean``, ``moving_variance`` -> ``var``). Layouts already agree (dense [in, out], conv HWIO).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import keras
+from keras import layers, ops
+
+# Large finite negative per compute dtype for additive attention masks (finfo.min, transformers'
+# convention): -inf would turn fully masked rows into NaN, and float32's min overflows bfloat16.
+MASK_MIN = {"float32": -3.4028234663852886e38, "bfloat16": -3.3895313892515355e38, "float16": -65504.0}
+
+_LEAF = {"gamma": "scale", "beta": "bias", "embeddings": "embedding", "moving_mean": "mean",
+         "moving_variance": "var"}
+
+
+def canonical_name(path: str) -> str:
+    """``blocks_0/attn/qkv/kernel`` -> ``blocks.0.attn.qkv.kernel`` (see the module docstring)."""
+    *scopes, leaf = path.split("/")
+    # "stages_1_blocks_0" -> "stages.1.blocks.0": an underscore before or after an index is a dot.
+    scopes = [re.sub(r"_(\d+)(_|$)", lambda m: "." + m[1] + ("." if m[2] else ""), s) for s in scopes]
+    return ".".join(scopes + [_LEAF.get(leaf, leaf)])
+
+
+def pad_hw(x, pad: int, value: float = 0.0):
+    """Pad height and width of an NHWC map by ``pad`` on every side. Explicit and symmetric, as
+    torch pads: keras' padding="same" puts the extra pixel bottom/right on stride-2 convs."""
+    return ops.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], constant_values=value)
+
+
+class Seeds:
+    """A stream of distinct integer seeds drawn from one base seed (one per initializer or dropout)."""
+
+    def __init__(self, seed: int):
+        self._rng = np.random.default_rng(seed)
+
+    def __call__(self) -> int:
+        return int(self._rng.integers(2**31 - 1))
+
+
+@keras.saving.register_keras_serializable(package="dlzoo")
+class Normal(keras.initializers.Initializer):
+    """Normal(0, std) drawn with numpy from an integer seed, optionally truncated at 2 std
+    (redrawn, as jax.nn.initializers.truncated_normal; BERT and ViT) or not (GPT-2, ResNet).
+
+    keras' own random initializers would do, but on the jax backend each new shape compiles its
+    own XLA program (seconds per model); numpy also gives the same weights on every backend.
+    """
+
+    def __init__(self, std: float = 0.02, seed: int = 0, truncated: bool = True):
+        self.std, self.seed, self.truncated = std, seed, truncated
+
+    def __call__(self, shape, dtype=None):
+        rng = np.random.default_rng(self.seed)
+        x = rng.standard_normal(shape)
+        while self.truncated and (outside := np.abs(x) > 2).any():
+            x[outside] = rng.standard_normal(int(outside.sum()))
+        return ops.convert_to_tensor(self.std * x, dtype=dtype or "float32")
+
+    def get_config(self):
+        return {"std": self.std, "seed": self.seed, "truncated": self.truncated}
+
+
+def normal_init(seed: int, std: float = 0.02, *, truncated: bool = True) -> Normal:
+    return Normal(std, seed, truncated)  # theory: initialization
+
+
+@keras.saving.register_keras_serializable(package="dlzoo")
+class Attention(layers.Layer):
+    """Multi-head self-attention with a fused q|k|v projection (heads contiguous within each)."""
+
+    def __init__(self, dim: int, num_heads: int, *, dropout: float = 0.0, attention_dropout: float = 0.0,
+                 init_std: float = 0.02, out_std: float = 0.02, truncated: bool = True, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.num_heads, self.seed = dim, num_heads, seed
+        self.rates, self.stds, self.truncated = (dropout, attention_dropout), (init_std, out_std), truncated
+        seeds, policy = Seeds(seed), self.dtype_policy
+        self.qkv = layers.Dense(3 * dim, kernel_initializer=normal_init(seeds(), init_std, truncated=truncated), name="qkv", dtype=policy)
+        self.out = layers.Dense(dim, kernel_initializer=normal_init(seeds(), out_std, truncated=truncated), name="out", dtype=policy)
+        self.attn_drop = layers.Dropout(attention_dropout, seed=seeds(), name="attn_drop", dtype=policy)
+        self.resid_drop = layers.Dropout(dropout, seed=seeds(), name="resid_drop", dtype=policy)
+
+    def call(self, x, *, bias=None, is_causal=False, training=False):
+        B, T = ops.shape(x)[0], ops.shape(x)[1]
+        H = self.dim // self.num_heads
+        q, k, v = ops.split(self.qkv(x), 3, axis=-1)  # 3 x (B, T, C)  # theory: multi-head-attention
+        q, k, v = (ops.reshape(t, (B, T, self.num_heads, H)) for t in (q, k, v))  # (B, T, nh, hs)
+        if training and self.attn_drop.rate > 0:
+            # keras.ops.dot_product_attention has no dropout: spell attention out only when it is on.
+            scores = ops.einsum("btnh,bsnh->bnts", q, k) / ops.cast(H**0.5, q.dtype)  # (B, nh, T, T)
+            if is_causal:
+                future = ops.triu(ops.ones((T, T), "bool"), 1)
+                scores = ops.where(future, ops.cast(MASK_MIN[self.compute_dtype], q.dtype), scores)
+            if bias is not None:
+                scores = scores + bias
+            probs = self.attn_drop(ops.softmax(scores, axis=-1), training=training)
+            y = ops.einsum("bnts,bsnh->btnh", probs, v)
+        else:
+            y = ops.dot_product_attention(q, k, v, bias=bias, is_causal=is_causal)  # theory: scaled-dot-product-attention
+        y = ops.reshape(y, (B, T, self.dim))  # (B, T, C): heads side by side again
+        return self.resid_drop(self.out(y), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "num_heads": self.num_heads,
+                "dropout": self.rates[0], "attention_dropout": self.rates[1],
+                "init_std": self.stds[0], "out_std": self.stds[1], "truncated": self.truncated, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="dlzoo")
+class MLP(layers.Layer):
+    """Position-wise feed-forward: fc -> GELU -> out -> dropout."""
+
+    def __init__(self, dim: int, hidden: int, *, approximate_gelu: bool, dropout: float = 0.0,
+                 init_std: float = 0.02, out_std: float = 0.02, truncated: bool = True, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.hidden, self.approximate_gelu, self.rate, self.seed = dim, hidden, approximate_gelu, dropout, seed
+        self.stds, self.truncated = (init_std, out_std), truncated
+        seeds, policy = Seeds(seed), self.dtype_policy
+        self.fc = layers.Dense(hidden, kernel_initializer=normal_init(seeds(), init_std, truncated=truncated), name="fc", dtype=policy)
+        self.out = layers.Dense(dim, kernel_initializer=normal_init(seeds(), out_std, truncated=truncated), name="out", dtype=policy)
+        self.drop = layers.Dropout(dropout, seed=seeds(), name="drop", dtype=policy)
+
+    def call(self, x, training=False):
+        h = ops.gelu(self.fc(x), approximate=self.approximate_gelu)  # (B, T, 4C)  # theory: gelu
+        return self.drop(self.out(h), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim, "hidden": self.hidden,
+                "approximate_gelu": self.approximate_gelu, "dropout": self.rate,
+                "init_std": self.stds[0], "out_std": self.stds[1], "truncated": self.truncated, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="dlzoo")
+class Block(layers.Layer):
+    """Pre-LN transformer block (GPT-2, ViT): x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, layer_norm_eps: float,
+                 approximate_gelu: bool, dropout: float = 0.0, attention_dropout: float = 0.0,
+                 init_std: float = 0.02, out_std: float = 0.02, truncated: bool = True, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.args = dict(dim=dim, num_heads=num_heads, mlp_dim=mlp_dim, layer_norm_eps=layer_norm_eps,
+                         approximate_gelu=approximate_gelu, dropout=dropout,
+                         attention_dropout=attention_dropout, init_std=init_std, out_std=out_std,
+                         truncated=truncated, seed=seed)
+        seeds, policy = Seeds(seed), self.dtype_policy
+        self.ln1 = layers.LayerNormalization(epsilon=layer_norm_eps, name="ln1", dtype=policy)  # theory: layer-norm
+        self.attn = Attention(dim, num_heads, dropout=dropout, attention_dropout=attention_dropout,
+                              init_std=init_std, out_std=out_std, truncated=truncated, seed=seeds(), name="attn", dtype=policy)
+        self.ln2 = layers.LayerNormalization(epsilon=layer_norm_eps, name="ln2", dtype=policy)
+        self.mlp = MLP(dim, mlp_dim, approximate_gelu=approximate_gelu, dropout=dropout,
+                       init_std=init_std, out_std=out_std, truncated=truncated, seed=seeds(), name="mlp", dtype=policy)
+
+    def call(self, x, *, is_causal=False, training=False):
+        x = x + self.attn(self.ln1(x), is_causal=is_causal, training=training)  # theory: pre-ln-vs-post-ln
+        x = x + self.mlp(self.ln2(x), training=training)  # theory: residual-connections
+        return x  # (B, T, C)
+
+    def get_config(self):
+        return {**super().get_config(), **self.args}
+
+
+@keras.saving.register_keras_serializable(package="dlzoo")
+class BatchNorm(layers.BatchNormalization):
+    """Batch norm with PyTorch's statistics: normalise with the biased batch variance, update the
+    running variance with the unbiased one (n / (n - 1) times larger).
+
+    keras.layers.BatchNormalization updates ``moving_variance`` with the biased variance, so its
+    running statistics drift from torch's by a factor n / (n - 1) per update (large for small
+    batches or late, small feature maps). ``momentum`` keeps keras' meaning (weight of the OLD
+    statistic): pass ``1 - ResNetConfig.bn_momentum``.
+    """
+
+    def call(self, x, training=False):
+        x32 = ops.cast(x, "float32")  # statistics in float32 even under mixed precision
+        if training and self.trainable:
+            reduce = [a for a in range(len(x.shape)) if a != self.axis % len(x.shape)]
+            mean, var = ops.moments(x32, axes=reduce)  # biased variance, used to normalise
+            n = 1.0
+            for a in reduce:  # ops.shape: the batch size may be symbolic inside a compiled fit step
+                n = n * ops.cast(ops.shape(x32)[a], "float32")
+            unbiased = var * n / ops.maximum(n - 1.0, 1.0)
+            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(self.moving_variance * self.momentum + unbiased * (1.0 - self.momentum))
+        else:
+            mean, var = self.moving_mean, self.moving_variance
+        y = ops.batch_normalization(x32, mean, var, axis=self.axis, offset=self.beta, scale=self.gamma,
+                                    epsilon=self.epsilon)  # theory: batch-norm
+        return ops.cast(y, self.compute_dtype)
