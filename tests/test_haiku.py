@@ -171,3 +171,20 @@ def test_handle_calls_compile_once_per_shape():
     assert backend._compiled(transformed, "apply", False)._cache_size() == 1
     handle.apply({"input_ids": np.zeros((1, 5), np.int32)})
     assert backend._compiled(transformed, "apply", False)._cache_size() == 2
+
+
+def test_theory_markers_are_known_and_the_same_as_torch():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "architecture.md").read_text()
+    known = set(text.split("## Theory markers", 1)[1].split("```")[1].split())
+
+    def markers(path: Path) -> set[str]:
+        return set(re.findall(r"# theory: ([\w-]+)", path.read_text()))
+
+    for arch in CONFIGS:
+        used = markers(root / "zoo" / "haiku" / f"{arch}.py")
+        assert used and used <= known, (arch, sorted(used - known))
+        assert used == markers(root / "zoo" / "torch" / f"{arch}.py"), arch

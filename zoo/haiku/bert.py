@@ -169,7 +169,6 @@ class BERT(hk.Module):
         """-> {"last_hidden_state": (B, T, D), "pooler_output": (B, D) if config.pooler,
         "mlm_logits": (B, T, V) if config.mlm_head, "logits": (B, num_labels) if num_labels},
         float32."""
-        # theory: mixed-precision
         with cast_params(self.dtype):
             x = self.forward_features(input_ids, token_type_ids, attention_mask, is_training=is_training)
             out = self.forward_head(x, is_training=is_training)

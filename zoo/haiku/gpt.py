@@ -110,7 +110,6 @@ class GPT(hk.Module):
 
     def __call__(self, input_ids: Int[Array, "B T"], *, is_training: bool = False) -> dict[str, Array]:
         """``input_ids`` (B, T) -> {"logits": (B, T, V)} float32."""
-        # theory: mixed-precision
         with cast_params(self.dtype):
             logits = self.forward_head(self.forward_features(input_ids, is_training=is_training))
         return {"logits": logits.astype(jnp.float32)}

@@ -52,6 +52,7 @@ uniform_fan_in = hk.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
 
 def cast_params(dtype: str) -> hk.custom_getter:
     """A context in which every parameter is read in ``dtype`` (state is left alone)."""
+    # theory: mixed-precision
     def getter(next_getter, value, context):
         return next_getter(value.astype(dtype) if jnp.issubdtype(value.dtype, jnp.floating) else value)
     return hk.custom_getter(getter)

@@ -166,7 +166,6 @@ class ResNet(hk.Module):
 
     def __call__(self, pixel_values: Float[Array, "B H W C_in"], *, is_training: bool = False) -> dict[str, Array]:
         """``pixel_values`` (B, H, W, C_in) -> {"logits": (B, num_classes)} float32."""
-        # theory: mixed-precision
         with cast_params(self.dtype):
             logits = self.forward_head(self.forward_features(pixel_values, is_training=is_training))
         return {"logits": logits.astype(jnp.float32)}
