@@ -30,7 +30,7 @@ SEVERITIES = ("low", "medium", "high")
 # Thresholds (docs/diagnose.md explains each and where it comes from).
 SPIKE_Z = 6.0                # modified z-score of a value against its trailing window
 SPIKE_MIN_EXCESS = 0.10      # ... and at least 10% above the window's median
-GRAD_SPIKE_RATIO = 5.0       # a gradient-norm spike is also >= 5x the trailing median
+GRAD_SPIKE_RATIO = 10.0      # a gradient-norm spike is also >= 10x the trailing median (an order of magnitude)
 DIVERGENCE_RISE = 0.25       # smoothed loss above its running best by 25% of |best|
 DIVERGENCE_PROGRESS = 0.05   # ... plus 5% of the progress made so far
 NO_PROGRESS = 0.05           # < 5% relative improvement from the first to the last tenth
