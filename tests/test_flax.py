@@ -1,0 +1,297 @@
+"""The Flax NNX backend's native API: nnx.Modules whose state paths are the canonical names,
+nnx.jit and the backend's jax.jit over nnx.split state agreeing, batch-norm running statistics
+in nnx.BatchStat, explicit `train` flag and dropout `rngs`, bfloat16 compute.
+
+Numerics against transformers and the other frameworks live in conformance/
+(`pytest conformance -k flax`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+nnx = pytest.importorskip("flax.nnx")
+pytest.importorskip("optax")
+
+import jax.numpy as jnp  # noqa: E402
+
+from dlzoo.zoo import ZooError, canonical_spec, load  # noqa: E402
+from dlzoo.zoo import flax as backend  # noqa: E402
+from dlzoo.zoo.configs import BertConfig, GPTConfig, ResNetConfig, ViTConfig  # noqa: E402
+from dlzoo.zoo.flax.layers import BatchNorm, attention  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "gpt": GPTConfig(vocab_size=64, context_length=16, hidden_size=32, num_layers=1, num_heads=4,
+                     mlp_dim=64, dropout=0.1, attention_dropout=0.1),
+    "bert": BertConfig(vocab_size=64, max_positions=16, hidden_size=32, num_layers=1, num_heads=4,
+                       mlp_dim=64, mlm_head=True, num_labels=3),
+    "vit": ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_layers=1, num_heads=4, mlp_dim=64,
+                     num_classes=5, dropout=0.1),
+    "resnet": ResNetConfig(depths=(1, 1), widths=(4, 8), stem_width=8, num_classes=5),
+}
+BATCH, LENGTH, SIZE = 3, 8, 16
+ARCHS = list(CONFIGS)
+
+
+def _inputs(arch: str, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    config = CONFIGS[arch]
+    if arch in ("gpt", "bert"):
+        inputs = {"input_ids": rng.integers(0, config.vocab_size, (BATCH, LENGTH)).astype(np.int32)}
+        if arch == "bert":
+            mask = np.ones((BATCH, LENGTH), np.int32)
+            mask[1, 5:] = 0
+            inputs["attention_mask"] = mask
+            inputs["token_type_ids"] = (np.arange(LENGTH) >= 4).astype(np.int32)[None].repeat(BATCH, 0)
+        return inputs
+    size = config.image_size if arch == "vit" else SIZE
+    return {"pixel_values": rng.standard_normal((BATCH, size, size, 3)).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def natives():
+    """One tiny model per architecture for the module; tests that change weights build their own."""
+    return {arch: backend.build(arch, config, seed=0) for arch, config in CONFIGS.items()}
+
+
+def _flat(state) -> dict[str, np.ndarray]:
+    return {".".join(map(str, path)): np.asarray(v.get_value()) for path, v in nnx.to_flat_state(state)}
+
+
+EXPECTED_SHAPES = {
+    "gpt": {"logits": (BATCH, LENGTH, 64)},
+    "bert": {"last_hidden_state": (BATCH, LENGTH, 32), "pooler_output": (BATCH, 32),
+             "mlm_logits": (BATCH, LENGTH, 64), "logits": (BATCH, 3)},
+    "vit": {"logits": (BATCH, 5)},
+    "resnet": {"logits": (BATCH, 5)},
+}
+
+
+# --------------------------------------------------------------------------- shapes and names
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shapes_and_state_paths_are_the_canonical_names(arch, natives):
+    model = natives[arch]
+    outputs = nnx.jit(lambda m, x: m(**x))(model, {k: jnp.asarray(v) for k, v in _inputs(arch).items()})
+    assert {k: v.shape for k, v in outputs.items()} == EXPECTED_SHAPES[arch]
+    assert all(v.dtype == jnp.float32 for v in outputs.values())
+    # The nnx state path joined with "." is the canonical name, leaf for leaf.
+    spec = canonical_spec(arch, CONFIGS[arch])
+    params, stats = _flat(nnx.state(model, nnx.Param)), _flat(nnx.state(model, nnx.BatchStat))
+    assert {k: v.shape for k, v in params.items()} == {k: s.shape for k, s in spec.items() if s.trainable}
+    assert {k: v.shape for k, v in stats.items()} == {k: s.shape for k, s in spec.items() if not s.trainable}
+    assert all(v.dtype == np.float32 for v in params.values())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_canonical_round_trip_is_bit_exact(arch):
+    config = CONFIGS[arch]
+    rng = np.random.default_rng(1)
+    source = {k: rng.standard_normal(s.shape).astype(np.float32) for k, s in canonical_spec(arch, config).items()}
+    model = backend.load_state_dict(arch, config, backend.build(arch, config, seed=0),
+                                    {k: v.copy() for k, v in source.items()})
+    back = backend.state_dict(arch, config, model)
+    assert set(back) == set(source)
+    for key in source:
+        assert back[key].dtype == np.float32 and np.array_equal(back[key], source[key]), key
+    # The native module holds the very tensors: a dense kernel is [in, out], a conv kernel HWIO.
+    if arch == "gpt":
+        np.testing.assert_array_equal(model.blocks[0].attn.qkv.kernel[...], source["blocks.0.attn.qkv.kernel"])
+    if arch == "resnet":
+        np.testing.assert_array_equal(model.stages[1].blocks[0].downsample.bn.var[...],
+                                      source["stages.1.blocks.0.downsample.bn.var"])
+
+
+def test_long_input_and_wrong_cotangent_raise_zoo_errors(natives):
+    with pytest.raises(ZooError, match="context_length"):
+        natives["gpt"](jnp.zeros((1, 17), jnp.int32))
+    with pytest.raises(ZooError, match="NHWC"):
+        natives["vit"](jnp.zeros((1, 3, 16, 16)))
+    inputs = _inputs("vit")
+    with pytest.raises(ZooError, match="names no output"):
+        backend.vjp("vit", CONFIGS["vit"], natives["vit"], inputs, {"probs": np.ones((BATCH, 5), np.float32)})
+    with pytest.raises(ZooError, match="expected"):
+        backend.vjp("vit", CONFIGS["vit"], natives["vit"], inputs, {"logits": np.ones((1, 5), np.float32)})
+
+
+# --------------------------------------------------------------------------- compilation
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_nnx_jit_matches_jax_jit_over_split_state(arch, natives):
+    model = natives[arch]
+    inputs = _inputs(arch)
+    native = nnx.jit(lambda m, x: m(**x))(model, {k: jnp.asarray(v) for k, v in inputs.items()})
+    split, _ = backend.apply(arch, CONFIGS[arch], model, inputs, train=False)
+    for key in native:
+        np.testing.assert_allclose(split[key], np.asarray(native[key]), rtol=1e-6, atol=1e-6, err_msg=key)
+
+
+def test_backend_compiles_once_per_config_and_shape(natives):
+    config = CONFIGS["gpt"]
+    first = load("gpt", "flax", config, seed=0)
+    first.apply(_inputs("gpt", seed=0))
+    compiled = backend._apply._cache_size()
+    first.apply(_inputs("gpt", seed=1))                      # new values, same shapes
+    load("gpt", "flax", config, seed=3).apply(_inputs("gpt", seed=2))  # new model, same config
+    first.apply(_inputs("gpt", seed=0), seed=5)              # new dropout seed is data, not a constant
+    assert backend._apply._cache_size() == compiled
+
+
+# --------------------------------------------------------------------------- batch norm
+
+def test_batch_norm_matches_torch_conventions():
+    """Normalise with the biased batch variance; track the unbiased one with torch's momentum."""
+    bn = BatchNorm(4, momentum=0.9, epsilon=1e-5)  # torch momentum 0.1
+    x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4)) * 3.0 + 1.0
+    y = bn(x, train=True)
+    flat = np.asarray(x).reshape(-1, 4).astype(np.float64)
+    np.testing.assert_allclose(bn.mean[...], 0.1 * flat.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * flat.var(0, ddof=1), rtol=1e-5)
+    want = (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5)
+    np.testing.assert_allclose(np.asarray(y).reshape(-1, 4), want, atol=1e-5)
+
+
+def test_batch_stats_live_in_nnx_state_and_change_only_in_train_mode():
+    config = CONFIGS["resnet"]
+    model = backend.build("resnet", config, seed=0)
+    before = _flat(nnx.state(model, nnx.BatchStat))
+    params_before = _flat(nnx.state(model, nnx.Param))
+    inputs = _inputs("resnet")
+    backend.apply("resnet", config, model, inputs, train=False)
+    assert all(np.array_equal(v, before[k]) for k, v in _flat(nnx.state(model, nnx.BatchStat)).items())
+    backend.apply("resnet", config, model, inputs, train=True)
+    after = _flat(nnx.state(model, nnx.BatchStat))
+    assert set(after) == set(before)
+    assert all(not np.array_equal(after[k], before[k]) for k in after), "every running statistic moves"
+    assert all(np.array_equal(v, params_before[k]) for k, v in _flat(nnx.state(model, nnx.Param)).items())
+    # The native module in place, as nnx users call it, moves the same statistics the same way.
+    twin = backend.build("resnet", config, seed=0)
+    twin(jnp.asarray(inputs["pixel_values"]), train=True)
+    for key, value in _flat(nnx.state(twin, nnx.BatchStat)).items():
+        np.testing.assert_allclose(value, after[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+# --------------------------------------------------------------------------- dropout
+
+@pytest.mark.parametrize("arch", ["gpt", "bert", "vit"])
+def test_dropout_only_when_train(arch, natives):
+    model = natives[arch]
+    x = {k: jnp.asarray(v) for k, v in _inputs(arch).items()}
+    out = next(iter(EXPECTED_SHAPES[arch]))
+    call = nnx.jit(lambda m, x, rng, train: m(**x, train=train, rngs=nnx.Rngs(dropout=rng))[out],
+                   static_argnames="train")
+    key0, key1 = jax.random.key(0), jax.random.key(1)
+    eval_a, eval_b = call(model, x, key0, False), call(model, x, key1, False)
+    np.testing.assert_array_equal(eval_a, eval_b)
+    np.testing.assert_allclose(eval_a, model(**x)[out], atol=1e-6)  # eval needs no rngs at all (eager)
+    train_a, train_a2, train_b = call(model, x, key0, True), call(model, x, key0, True), call(model, x, key1, True)
+    np.testing.assert_array_equal(train_a, train_a2)  # same seed, same mask
+    assert not np.allclose(train_a, train_b) and not np.allclose(train_a, eval_a)
+    with pytest.raises(Exception, match="rngs"):
+        model(**x, train=True)
+
+
+def test_attention_dropout_alone_is_active_in_train_mode():
+    config = CONFIGS["gpt"].replace(dropout=0.0)
+    model = backend.build("gpt", config, seed=0)
+    x = jnp.asarray(_inputs("gpt")["input_ids"])
+    eval_out = model(x)["logits"]
+    train_out = model(x, train=True, rngs=nnx.Rngs(dropout=0))["logits"]
+    assert not np.allclose(train_out, eval_out)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_written_out_attention_equals_the_fused_kernel(causal):
+    """The path that carries attention dropout computes what jax.nn.dot_product_attention does."""
+    q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 5, 4, 8))
+    bias = jnp.where(jnp.arange(5) < 3, 0.0, jnp.finfo(jnp.float32).min)[None, None, None, :].repeat(2, 0)
+    fused = attention(q, k, v, bias=bias, is_causal=causal)
+    # A dropout rate so small that no weight is dropped (keep probability rounds to 1 in float32).
+    written = attention(q, k, v, bias=bias, is_causal=causal, dropout_rate=1e-12, rngs=nnx.Rngs(dropout=0))
+    np.testing.assert_allclose(written, fused, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- bfloat16
+
+def _primitives(jaxpr, found: list) -> list:
+    """Every (primitive, operand dtypes) in a jaxpr, nested jaxprs included."""
+    for eqn in jaxpr.eqns:
+        found.append((eqn.primitive.name, tuple(str(v.aval.dtype) for v in eqn.invars if hasattr(v, "aval"))))
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else (param,):
+                if hasattr(sub, "eqns"):
+                    _primitives(sub, found)
+                elif hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
+                    _primitives(sub.jaxpr, found)
+    return found
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bfloat16_activations_with_float32_parameters_and_outputs(arch):
+    model = backend.build(arch, CONFIGS[arch], seed=0, compute_dtype="bfloat16")
+    assert all(v.dtype == np.float32 for v in _flat(nnx.state(model)).values())
+    inputs = {k: jnp.asarray(v) for k, v in _inputs(arch).items()}
+    graphdef, state = nnx.split(model)
+    jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(**x))(state, inputs)
+    matmuls = [dtypes for name, dtypes in _primitives(jaxpr.jaxpr, [])
+               if name in ("dot_general", "conv_general_dilated")]
+    assert matmuls and all(set(d) == {"bfloat16"} for d in matmuls), matmuls
+    features = (model.forward_features(**inputs) if arch != "bert"
+                else model.forward_features(inputs["input_ids"], inputs["token_type_ids"], inputs["attention_mask"]))
+    assert features.dtype == jnp.bfloat16
+    outputs, _ = backend.apply(arch, CONFIGS[arch], model, _inputs(arch), train=False)
+    assert all(v.dtype == np.float32 and np.isfinite(v).all() for v in outputs.values())
+
+
+# --------------------------------------------------------------------------- gradients and AdamW
+
+def test_vjp_matches_nnx_grad_and_adamw_step_moves_only_parameters():
+    arch, config = "bert", CONFIGS["bert"]
+    model = backend.build(arch, config, seed=0)
+    inputs = _inputs(arch)
+    outputs, _ = backend.apply(arch, config, model, inputs)
+    rng = np.random.default_rng(2)
+    cots = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in outputs.items()}
+    grads = backend.vjp(arch, config, model, inputs, cots)
+    assert set(grads) == {k for k, s in canonical_spec(arch, config).items() if s.trainable}
+
+    def objective(m):
+        out = m(**{k: jnp.asarray(v) for k, v in inputs.items()})
+        return sum(jnp.sum(out[k] * cots[k]) for k in cots)
+
+    native = _flat(nnx.grad(objective)(model))
+    for key, value in grads.items():  # fp32 summation order differs eager vs compiled
+        scale = max(1e-3, float(np.abs(native[key]).max()))
+        assert np.abs(value - native[key]).max() <= 1e-5 * scale, key
+
+    before = backend.state_dict(arch, config, model)
+    lr = 1e-2
+    backend.adamw_step(arch, config, model, inputs, cots, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    after = backend.state_dict(arch, config, model)
+    # First Adam step without decay: each coordinate with a clear gradient moves by lr against its sign.
+    clear = np.abs(grads["pooler.kernel"]) > 1e-3
+    delta = after["pooler.kernel"] - before["pooler.kernel"]
+    np.testing.assert_allclose(delta[clear], -lr * np.sign(grads["pooler.kernel"][clear]), rtol=1e-3)
+
+
+# --------------------------------------------------------------------------- code conventions
+
+def _markers(path: Path) -> set[str]:
+    return set(re.findall(r"# theory: ([\w-]+)", path.read_text()))
+
+
+def test_theory_markers_are_known_and_the_same_as_torch():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    known = set(text.split("## Theory markers", 1)[1].split("```")[1].split())
+    for arch in ARCHS:
+        used = _markers(ROOT / "zoo" / "flax" / f"{arch}.py")
+        assert used and used <= known, (arch, sorted(used - known))
+        torch_file = ROOT / "zoo" / "torch" / f"{arch}.py"
+        if torch_file.exists():  # the same concepts marked in the same architecture's torch file
+            assert used == _markers(torch_file), (arch, sorted(used ^ _markers(torch_file)))
