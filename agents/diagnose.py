@@ -545,7 +545,8 @@ def _lr_too_high(ctx: _Context, unstable: list[Finding]) -> list[Finding]:
     onset = int(np.searchsorted(ctx.steps, first.evidence.get("onset_step", first.start_step)))
     lr_onset = ctx.lr_at(min(onset, ctx.n - 1)) or peak[0]
     warm = ctx.warmup_end()
-    evidence = {"trigger": first.kind, "onset_step": first.start_step, "lr_at_onset": lr_onset, "peak_lr": peak[0]}
+    evidence = {"trigger": first.kind, "onset_step": int(ctx.steps[min(onset, ctx.n - 1)]), "lr_at_onset": lr_onset,
+                "peak_lr": peak[0]}
     if warm is not None:
         evidence["warmup_steps"] = int(ctx.steps[warm])
     early = onset < max(ctx.w, ctx.n // 10)
