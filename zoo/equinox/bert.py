@@ -47,8 +47,8 @@ class Embeddings(eqx.Module):
         self.word = Embedding(config.vocab_size, d, init=_INIT, key=k1)
         self.position = Embedding(config.max_positions, d, init=_INIT, key=k2)  # theory: position-embeddings
         self.token_type = Embedding(config.type_vocab_size, d, init=_INIT, key=k3)
-        self.ln = LayerNorm(d, eps=config.layer_norm_eps)
-        self.drop = eqx.nn.Dropout(config.dropout)
+        self.ln = LayerNorm(d, eps=config.layer_norm_eps)  # theory: layer-norm
+        self.drop = eqx.nn.Dropout(config.dropout)  # theory: dropout
 
     def __call__(self, input_ids: Int[Array, " T"], token_type_ids: Int[Array, " T"], *,
                  key: PRNGKeyArray | None, inference: bool) -> Float[Array, "T D"]:

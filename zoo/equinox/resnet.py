@@ -77,6 +77,8 @@ class Downsample(eqx.Module):
 
 
 class BasicBlock(eqx.Module):
+    """3x3 -> 3x3 (ResNet-18/34)."""
+
     conv1: Conv2d
     bn1: BatchNorm
     conv2: Conv2d
@@ -104,6 +106,8 @@ class BasicBlock(eqx.Module):
 
 
 class Bottleneck(eqx.Module):
+    """1x1 reduce -> 3x3 (carrying the stride: v1.5) -> 1x1 expand (ResNet-50 and deeper)."""
+
     conv1: Conv2d
     bn1: BatchNorm
     conv2: Conv2d

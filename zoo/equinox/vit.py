@@ -118,7 +118,7 @@ class ViT(eqx.Module):
         self.patch_embed = Conv2d(config.num_channels, d, p, stride=p, use_bias=True, init=_INIT, key=keys[0])
         self.cls_token = _INIT(keys[1], (1, 1, d))
         self.pos_embed = _INIT(keys[2], (1, config.num_patches + 1, d))  # theory: position-embeddings
-        self.drop = eqx.nn.Dropout(config.dropout)
+        self.drop = eqx.nn.Dropout(config.dropout)  # theory: dropout
         self.blocks = [Block(config, key=k) for k in keys[4:]]
         self.ln_f = LayerNorm(d, eps=config.layer_norm_eps)  # theory: layer-norm
         self.head = Dense(d, config.num_classes, init=_INIT, key=keys[3])
