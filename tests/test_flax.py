@@ -120,6 +120,27 @@ def test_long_input_and_wrong_cotangent_raise_zoo_errors(natives):
         backend.vjp("vit", CONFIGS["vit"], natives["vit"], inputs, {"logits": np.ones((1, 5), np.float32)})
 
 
+# --------------------------------------------------------------------------- initialisation
+
+def test_initialisation_follows_the_documented_schemes():
+    bert = backend.build("bert", BertConfig(vocab_size=2048, hidden_size=64, num_layers=1, num_heads=4,
+                                            mlp_dim=128), seed=0)
+    word = np.asarray(bert.embeddings.word.embedding[...])
+    assert abs(word.std() - 0.02) < 0.001  # truncated normal whose std *is* 0.02 ...
+    assert np.abs(word).max() <= 2 * 0.02 / 0.8796 + 1e-6  # ... cut at two of its sigmas
+    assert not np.asarray(bert.blocks[0].attn.qkv.bias[...]).any()
+    gpt = backend.build("gpt", GPTConfig(vocab_size=64, context_length=16, hidden_size=256, num_layers=8,
+                                         num_heads=4, mlp_dim=256), seed=0)
+    for module, std in ((gpt.blocks[0].attn.qkv, 0.02), (gpt.blocks[0].attn.out, 0.02 / 4),
+                        (gpt.blocks[0].mlp.out, 0.02 / 4)):  # residual projections: 1/sqrt(2 * 8)
+        assert abs(np.asarray(module.kernel[...]).std() / std - 1) < 0.05
+    resnet = backend.build("resnet", ResNetConfig(depths=(1,), widths=(64,), zero_init_residual=True), seed=0)
+    block = resnet.stages[0].blocks[0]
+    fan_out = 3 * 3 * 64  # kaiming normal, fan-out mode, ReLU gain
+    assert abs(np.asarray(block.conv2.kernel[...]).std() / np.sqrt(2 / fan_out) - 1) < 0.05
+    assert not np.asarray(block.bn3.scale[...]).any() and np.asarray(block.bn2.scale[...]).all()
+
+
 # --------------------------------------------------------------------------- compilation
 
 @pytest.mark.parametrize("arch", ARCHS)
