@@ -20,7 +20,7 @@ pytest.importorskip("optax")
 
 import jax.numpy as jnp  # noqa: E402
 
-from dlzoo.zoo import ZooError, canonical_spec, load  # noqa: E402
+from dlzoo.zoo import ZooError, canonical_spec, get_config, load  # noqa: E402
 from dlzoo.zoo import flax as backend  # noqa: E402
 from dlzoo.zoo.configs import BertConfig, GPTConfig, ResNetConfig, ViTConfig  # noqa: E402
 from dlzoo.zoo.flax.layers import BatchNorm, attention  # noqa: E402
@@ -87,6 +87,16 @@ def test_shapes_and_state_paths_are_the_canonical_names(arch, natives):
     assert {k: v.shape for k, v in params.items()} == {k: s.shape for k, s in spec.items() if s.trainable}
     assert {k: v.shape for k, v in stats.items()} == {k: s.shape for k, s in spec.items() if not s.trainable}
     assert all(v.dtype == np.float32 for v in params.values())
+
+
+@pytest.mark.parametrize("arch, preset, published", [
+    ("gpt", "124M", 124_439_808), ("bert", "base", 109_482_240), ("vit", "B/16", 86_567_656),
+    ("resnet", "50", 25_557_032)])
+def test_full_size_parameter_counts(arch, preset, published):
+    """Counted on abstract shapes (nnx.eval_shape): no full-size weights are allocated."""
+    config = get_config(arch, preset)
+    model = nnx.eval_shape(lambda: backend.MODELS[arch](config, rngs=nnx.Rngs(0)))
+    assert sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param))) == published
 
 
 @pytest.mark.parametrize("arch", ARCHS)
