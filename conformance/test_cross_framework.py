@@ -63,9 +63,18 @@ def test_batch_norm_train_mode_agrees_across_frameworks(case, framework, handle)
 @pytest.mark.parametrize("framework", OTHER_FRAMEWORKS, ids=framework_id)
 @pytest.mark.parametrize("case", ["bert", "gpt", "vit", "resnet"])
 def test_adamw_step_agrees_across_frameworks(case, framework, handle):
+    """One AdamW step from the same weights and gradient equals torch.optim.AdamW's.
+
+    Adam divides a gradient by its own magnitude, so where the exact gradient is zero the step
+    follows the sign of fp32 rounding noise. The key bias is such a place (softmax ignores a
+    constant added to every score of a row): its gradient is rounding noise (<1e-7, sometimes
+    exactly 0) in every framework, with arbitrary sign. Elements whose reference gradient is at
+    most 1e-4 of that tensor's largest are held only to Adam's bound on a first step (|update|
+    <= lr * (1 + weight_decay * |p|)); every other element must agree within ADAMW_TOL."""
     inputs = CASES[case].inputs(9)
     reference = handle(case, "torch")
     cots = cotangents(reference.apply(inputs))
+    grads = reference.vjp(inputs, cots)
     step = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
     before = reference.state_dict()
     want = reference.adamw_step(inputs, cots, **step).state_dict()
@@ -73,7 +82,14 @@ def test_adamw_step_agrees_across_frameworks(case, framework, handle):
     moved = max(max_abs(want[k], before[k]) for k in want)
     assert moved > 1e-3, "the reference step did not move the parameters"
     for key in want:
-        assert max_abs(got[key], want[key]) <= ADAMW_TOL, f"{framework} {case} {key}: {max_abs(got[key], want[key]):.3g}"
+        exact = np.ones(want[key].shape, bool)
+        if key in grads:
+            g = np.abs(grads[key])
+            exact = g > 1e-4 * g.max()
+        diff = max_abs(got[key][exact], want[key][exact])
+        assert diff <= ADAMW_TOL, f"{framework} {case} {key}: {diff:.3g}"
+        bound = step["lr"] * (1 + step["weight_decay"] * np.abs(before[key][~exact]))
+        assert np.all(np.abs(got[key][~exact] - before[key][~exact]) <= bound + 1e-7), key
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS, ids=framework_id)
