@@ -208,6 +208,19 @@ class ResNetConfig(_Config):
         """Output channels of each stage."""
         return tuple(w * self.expansion for w in self.widths)
 
+    def layout(self) -> list[list[tuple[int, int, int, int]]]:
+        """Per stage, per block: (in_channels, inner width, out_channels, stride). The first block
+        of every stage but the first has stride 2 (v1.5 puts it on the 3x3 conv)."""
+        stages, n_in = [], self.stem_width
+        for s, (depth, width) in enumerate(zip(self.depths, self.widths)):
+            n_out = width * self.expansion
+            blocks = []
+            for b in range(depth):
+                blocks.append((n_in, width, n_out, 2 if (b == 0 and s > 0) else 1))
+                n_in = n_out
+            stages.append(blocks)
+        return stages
+
 
 CONFIGS: dict[str, type] = {"bert": BertConfig, "gpt": GPTConfig, "resnet": ResNetConfig, "vit": ViTConfig}
 ARCHS: tuple[str, ...] = tuple(CONFIGS)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .configs import BertConfig, GPTConfig, ResNetConfig, ViTConfig
-from .weights import count_params, resnet_layout
+from .weights import count_params
 
 BYTES_FP32 = 4
 ADAMW_BYTES_PER_PARAM = 16  # fp32 weights, gradients and AdamW's two moments
@@ -76,7 +76,7 @@ def estimate(arch: str, config, *, seq_len: int | None = None, image_size: int |
         flops = 2 * h * h * 49 * c.num_channels * c.stem_width
         elements = 3 * h * h * c.stem_width
         h = (h + 2 - 3) // 2 + 1                  # max-pool 3x3/2, pad 1
-        for blocks in resnet_layout(c):
+        for blocks in c.layout():
             for n_in, width, n_out, stride in blocks:
                 h_out = (h - 1) // stride + 1
                 if c.block == "bottleneck":

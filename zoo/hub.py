@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .configs import BertConfig, GPTConfig, ResNetConfig, ViTConfig, ZooError, check_arch
-from .weights import canonical_spec, resnet_layout, validate
+from .weights import canonical_spec, validate
 
 
 class HubError(ZooError):
@@ -109,7 +109,7 @@ def _resnet_rules(c: ResNetConfig) -> list[Rule]:
     rules = [Rule("stem.conv", "embedder.embedder.convolution", "conv"),
              Rule("stem.bn", "embedder.embedder.normalization", "bn")]
     n_convs = 3 if c.block == "bottleneck" else 2
-    for s, blocks in enumerate(resnet_layout(c)):
+    for s, blocks in enumerate(c.layout()):
         for b, (n_in, _, n_out, stride) in enumerate(blocks):
             p, h = f"stages.{s}.blocks.{b}", f"encoder.stages.{s}.layers.{b}"
             for k in range(n_convs):

@@ -114,25 +114,11 @@ def _vit_spec(c: ViTConfig) -> dict[str, TensorSpec]:
     return spec
 
 
-def resnet_layout(c: ResNetConfig) -> list[list[tuple[int, int, int, int]]]:
-    """Per stage, per block: (in_channels, inner width, out_channels, stride). Stride on the
-    first block of every stage but the first (v1.5 puts it on the 3x3 conv)."""
-    stages, n_in = [], c.stem_width
-    for s, (depth, width) in enumerate(zip(c.depths, c.widths)):
-        n_out = width * c.expansion
-        blocks = []
-        for b in range(depth):
-            blocks.append((n_in, width, n_out, 2 if (b == 0 and s > 0) else 1))
-            n_in = n_out
-        stages.append(blocks)
-    return stages
-
-
 def _resnet_spec(c: ResNetConfig) -> dict[str, TensorSpec]:
     spec: dict[str, TensorSpec] = {}
     _conv(spec, "stem.conv", 7, c.num_channels, c.stem_width)
     _batch_norm(spec, "stem.bn", c.stem_width)
-    for s, blocks in enumerate(resnet_layout(c)):
+    for s, blocks in enumerate(c.layout()):
         for b, (n_in, width, n_out, stride) in enumerate(blocks):
             p = f"stages.{s}.blocks.{b}"
             if c.block == "bottleneck":
