@@ -37,7 +37,7 @@ class GPT(keras.Model):
                                     name="wte", dtype=policy)
         self.wpe = layers.Embedding(config.context_length, d,  # theory: position-embeddings
                                     embeddings_initializer=normal_init(seeds(), truncated=False), name="wpe", dtype=policy)
-        self.drop = layers.Dropout(config.dropout, seed=seeds(), name="drop", dtype=policy)
+        self.drop = layers.Dropout(config.dropout, seed=seeds(), name="drop", dtype=policy)  # theory: dropout
         # GPT-2 scales the residual projections by 1/sqrt(2 * layers): each block adds two of them.
         out_std = 0.02 / (2 * config.num_layers) ** 0.5  # theory: initialization
         self.blocks = [Block(d, config.num_heads, config.mlp_dim, layer_norm_eps=config.layer_norm_eps,
@@ -45,7 +45,7 @@ class GPT(keras.Model):
                              attention_dropout=config.attention_dropout, out_std=out_std, truncated=False,
                              seed=seeds(), name=f"blocks_{i}", dtype=policy)
                        for i in range(config.num_layers)]
-        self.ln_f = layers.LayerNormalization(epsilon=config.layer_norm_eps, name="ln_f", dtype=policy)
+        self.ln_f = layers.LayerNormalization(epsilon=config.layer_norm_eps, name="ln_f", dtype=policy)  # theory: layer-norm
 
     def call(self, inputs, training=False):
         h = self.forward_features(inputs["input_ids"], training=training)

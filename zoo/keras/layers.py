@@ -25,6 +25,8 @@ from keras import layers, ops
 # convention): -inf would turn fully masked rows into NaN, and float32's min overflows bfloat16.
 MASK_MIN = {"float32": -3.4028234663852886e38, "bfloat16": -3.3895313892515355e38, "float16": -65504.0}
 
+_TRUNCATED_STD = 0.87962566103423978  # std of a standard normal truncated at +-2
+
 _LEAF = {"gamma": "scale", "beta": "bias", "embeddings": "embedding", "moving_mean": "mean",
          "moving_variance": "var"}
 
@@ -70,7 +72,9 @@ class Normal(keras.initializers.Initializer):
         x = rng.standard_normal(shape)
         while self.truncated and (outside := np.abs(x) > 2).any():
             x[outside] = rng.standard_normal(int(outside.sum()))
-        return ops.convert_to_tensor(self.std * x, dtype=dtype or "float32")
+        # Cutting at +-2 leaves std 0.8796; divide it out so `std` is the std (as the other backends).
+        std = self.std / _TRUNCATED_STD if self.truncated else self.std
+        return ops.convert_to_tensor(std * x, dtype=dtype or "float32")
 
     def get_config(self):
         return {"std": self.std, "seed": self.seed, "truncated": self.truncated}
