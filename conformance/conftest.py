@@ -1,3 +1,10 @@
+import os
+
+# Conformance compares fp32 to 1e-5: on GPU/TPU JAX's default matmul precision is not full fp32
+# (and torch may use TF32), so ask both for full precision before either is imported.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")
+
 import numpy as np
 import pytest
 
