@@ -9,12 +9,12 @@ Args:
     dtype: keras dtype policy, e.g. ``"mixed_bfloat16"`` (float32 variables, bfloat16 compute).
 
 Example:
-    >>> import os; os.environ.setdefault("KERAS_BACKEND", "jax")
+    >>> import os; _ = os.environ.setdefault("KERAS_BACKEND", "jax")  # before keras is imported
     >>> import numpy as np
     >>> from dlzoo.zoo.configs import get_config
     >>> from dlzoo.zoo.keras.bert import Bert
     >>> model = Bert(get_config("bert", "tiny"), seed=0)
-    >>> model({"input_ids": np.zeros((2, 8), "int32")})["last_hidden_state"].shape
+    >>> tuple(model({"input_ids": np.zeros((2, 8), "int32")})["last_hidden_state"].shape)
     (2, 8, 128)
 """
 
@@ -50,6 +50,9 @@ class Embeddings(layers.Layer):
         x = self.word(input_ids) + self.position(ops.arange(T))[None] + self.token_type(token_type_ids)  # (B, T, C)
         return self.drop(self.ln(x), training=training)
 
+    def compute_output_shape(self, input_shape):
+        return (*input_shape, self.config.hidden_size)
+
     def get_config(self):
         return {**super().get_config(), "config": self.config.to_dict(), "seed": self.seed}
 
@@ -75,6 +78,9 @@ class BertBlock(layers.Layer):
         x = self.ln2(x + self.mlp(x, training=training))  # theory: residual-connections
         return x  # (B, T, C)
 
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
     def get_config(self):
         return {**super().get_config(), "config": self.config.to_dict(), "seed": self.seed}
 
@@ -97,6 +103,9 @@ class MLMHead(layers.Layer):
         h = self.ln(ops.gelu(self.transform(h), approximate=False))  # (B, T, C)
         logits = ops.matmul(h, ops.transpose(ops.cast(word_embeddings, h.dtype)))  # theory: weight-tying
         return logits + ops.cast(self.bias, h.dtype)  # (B, T, V)  # theory: masked-lm
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.config.vocab_size)
 
     def get_config(self):
         return {**super().get_config(), "config": self.config.to_dict(), "seed": self.seed}

@@ -8,12 +8,12 @@ Args:
     dtype: keras dtype policy, e.g. ``"mixed_bfloat16"`` (float32 variables, bfloat16 compute).
 
 Example:
-    >>> import os; os.environ.setdefault("KERAS_BACKEND", "jax")
+    >>> import os; _ = os.environ.setdefault("KERAS_BACKEND", "jax")  # before keras is imported
     >>> import numpy as np
     >>> from dlzoo.zoo.configs import get_config
     >>> from dlzoo.zoo.keras.gpt import GPT
     >>> model = GPT(get_config("gpt", "tiny"), seed=0)
-    >>> model({"input_ids": np.zeros((2, 8), "int32")})["logits"].shape
+    >>> tuple(model({"input_ids": np.zeros((2, 8), "int32")})["logits"].shape)
     (2, 8, 256)
 """
 

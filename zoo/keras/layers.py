@@ -119,6 +119,9 @@ class Attention(layers.Layer):
         y = ops.reshape(y, (B, T, self.dim))  # (B, T, C): heads side by side again
         return self.resid_drop(self.out(y), training=training)
 
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "num_heads": self.num_heads,
                 "dropout": self.rates[0], "attention_dropout": self.rates[1],
@@ -142,6 +145,9 @@ class MLP(layers.Layer):
     def call(self, x, training=False):
         h = ops.gelu(self.fc(x), approximate=self.approximate_gelu)  # (B, T, 4C)  # theory: gelu
         return self.drop(self.out(h), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "hidden": self.hidden,
@@ -173,6 +179,9 @@ class Block(layers.Layer):
         x = x + self.attn(self.ln1(x), is_causal=is_causal, training=training)  # theory: pre-ln-vs-post-ln
         x = x + self.mlp(self.ln2(x), training=training)  # theory: residual-connections
         return x  # (B, T, C)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
     def get_config(self):
         return {**super().get_config(), **self.args}

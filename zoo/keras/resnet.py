@@ -9,12 +9,12 @@ Args:
     dtype: keras dtype policy, e.g. ``"mixed_bfloat16"`` (float32 variables, bfloat16 compute).
 
 Example:
-    >>> import os; os.environ.setdefault("KERAS_BACKEND", "jax")
+    >>> import os; _ = os.environ.setdefault("KERAS_BACKEND", "jax")  # before keras is imported
     >>> import numpy as np
     >>> from dlzoo.zoo.configs import get_config
     >>> from dlzoo.zoo.keras.resnet import ResNet
     >>> model = ResNet(get_config("resnet", "tiny"), seed=0)
-    >>> model({"pixel_values": np.zeros((2, 32, 32, 3), "float32")})["logits"].shape
+    >>> tuple(model({"pixel_values": np.zeros((2, 32, 32, 3), "float32")})["logits"].shape)
     (2, 10)
 """
 
@@ -39,6 +39,11 @@ def batch_norm(config: ResNetConfig, name: str, dtype, *, zero: bool = False) ->
     # keras' momentum weights the OLD statistic; ResNetConfig.bn_momentum is torch's (the new batch).
     return BatchNorm(momentum=1.0 - config.bn_momentum, epsilon=config.bn_eps,
                      gamma_initializer="zeros" if zero else "ones", name=name, dtype=dtype)
+
+
+def strided(size, stride: int):
+    """Output size of a "same"-sized window (odd kernel, padding k // 2) with this stride."""
+    return None if size is None else (size - 1) // stride + 1
 
 
 def layout(config: ResNetConfig) -> list[list[tuple[int, int, int, int]]]:
@@ -70,6 +75,10 @@ class Stem(layers.Layer):
         # torch pads the max-pool with -inf: padding never wins the max.
         return self.pool(pad_hw(x, 1, MASK_MIN[self.compute_dtype]))  # (B, H/4, W/4, C)
 
+    def compute_output_shape(self, input_shape):
+        B, H, W, _ = input_shape
+        return (B, strided(strided(H, 2), 2), strided(strided(W, 2), 2), self.config.stem_width)
+
     def get_config(self):
         return {**super().get_config(), "config": self.config.to_dict(), "seed": self.seed}
 
@@ -87,6 +96,10 @@ class Downsample(layers.Layer):
 
     def call(self, x, training=False):
         return self.bn(self.conv(x), training=training)
+
+    def compute_output_shape(self, input_shape):
+        B, H, W, _ = input_shape
+        return (B, strided(H, self.args["stride"]), strided(W, self.args["stride"]), self.args["n_out"])
 
     def get_config(self):
         return {**super().get_config(), "config": self.config.to_dict(), **self.args}
@@ -123,6 +136,10 @@ class ResidualBlock(layers.Layer):
             if k < len(self.convs):
                 x = ops.relu(x)
         return ops.relu(x + shortcut)  # (B, H, W, C_out)  # theory: residual-connections
+
+    def compute_output_shape(self, input_shape):
+        B, H, W, _ = input_shape
+        return (B, strided(H, self.args["stride"]), strided(W, self.args["stride"]), self.args["n_out"])
 
     def get_config(self):
         return {**super().get_config(), "config": self.config.to_dict(), **self.args}

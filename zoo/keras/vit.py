@@ -9,12 +9,12 @@ Args:
     dtype: keras dtype policy, e.g. ``"mixed_bfloat16"`` (float32 variables, bfloat16 compute).
 
 Example:
-    >>> import os; os.environ.setdefault("KERAS_BACKEND", "jax")
+    >>> import os; _ = os.environ.setdefault("KERAS_BACKEND", "jax")  # before keras is imported
     >>> import numpy as np
     >>> from dlzoo.zoo.configs import get_config
     >>> from dlzoo.zoo.keras.vit import ViT
     >>> model = ViT(get_config("vit", "tiny"), seed=0)
-    >>> model({"pixel_values": np.zeros((2, 32, 32, 3), "float32")})["logits"].shape
+    >>> tuple(model({"pixel_values": np.zeros((2, 32, 32, 3), "float32")})["logits"].shape)
     (2, 10)
 """
 
