@@ -14,9 +14,9 @@ import pytest
 torch = pytest.importorskip("torch", reason="the torch backend needs torch (pip install 'dlzoo[torch]')")
 
 from dlzoo.zoo import canonical_spec, count_params, get_config, load  # noqa: E402
+from dlzoo.zoo.configs import ZooError  # noqa: E402
 from dlzoo.zoo.torch import MODELS, build  # noqa: E402
-from dlzoo.zoo.torch.resnet import layout  # noqa: E402
-from dlzoo.zoo.weights import resnet_layout  # noqa: E402
+from dlzoo.zoo.torch.layers import MLP, Attention  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -93,10 +93,26 @@ def test_full_size_parameter_counts(arch, preset, published):
     assert sum(p.numel() for p in model.parameters()) == count_params(arch, config) == published
 
 
-def test_resnet_layout_matches_the_canonical_one():
-    for preset in ("tiny", "18", "34", "50", "101", "152"):
-        config = get_config("resnet", preset)
-        assert layout(config) == resnet_layout(config), preset
+@pytest.mark.parametrize("preset", ["tiny", "18", "50"])
+def test_resnet_blocks_follow_the_config_layout(preset):
+    """Every block's channels, stride (on the 3x3 conv: v1.5) and projection shortcut are the
+    ones ResNetConfig.layout() states."""
+    config = get_config("resnet", preset)
+    with torch.device("meta"):
+        model = MODELS["resnet"](config)
+    assert [len(stage.blocks) for stage in model.stages] == [len(s) for s in config.layout()]
+    for stage, stage_layout in zip(model.stages, config.layout()):
+        for block, (n_in, width, n_out, stride) in zip(stage.blocks, stage_layout):
+            convs = [block.conv1, block.conv2] + ([block.conv3] if config.block == "bottleneck" else [])
+            assert convs[0].in_channels == n_in and convs[-1].out_channels == n_out
+            assert all(c.out_channels == width for c in convs[:-1])
+            strided = block.conv2 if config.block == "bottleneck" else block.conv1
+            assert [c.stride for c in convs] == [(stride, stride) if c is strided else (1, 1) for c in convs]
+            if stride != 1 or n_in != n_out:
+                assert block.downsample.conv.stride == (stride, stride)
+                assert (block.downsample.conv.in_channels, block.downsample.conv.out_channels) == (n_in, n_out)
+            else:
+                assert block.downsample is None
 
 
 # --------------------------------------------------------------------------- canonical mapping
@@ -245,6 +261,27 @@ def test_gpt_never_sees_the_future(position):
     a, b = h.apply(x)["logits"], h.apply(changed)["logits"]
     assert np.array_equal(a[:, :position + 1], b[:, :position + 1])
     assert not np.allclose(a[:, position + 1:], b[:, position + 1:])
+
+
+def test_shared_attention_causal_flag_equals_a_causal_bias():
+    """GPT's is_causal and BERT's additive bias are two doors into the same attention."""
+    attn = Attention(16, 4, dropout=0.0, attention_dropout=0.0).eval()
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0))
+    future = torch.triu(torch.ones(5, 5, dtype=torch.bool), diagonal=1)
+    bias = torch.zeros(5, 5).masked_fill(future, torch.finfo(torch.float32).min)[None, None]  # (1, 1, T, T)
+    with torch.no_grad():
+        causal, biased, full = attn(x, is_causal=True), attn(x, attn_bias=bias), attn(x)
+        first_alone = attn(x[:, :1])  # (B, 1, C)
+    torch.testing.assert_close(causal, biased, atol=1e-6, rtol=0)
+    torch.testing.assert_close(causal[:, :1], first_alone, atol=1e-6, rtol=0)  # it sees only itself
+    assert not torch.allclose(causal, full, atol=1e-4)
+
+
+def test_gelu_flavour_is_chosen_per_model():
+    assert {b.mlp.approximate for b in handle("gpt").native.blocks} == {"tanh"}  # GPT-2's "gelu_new"
+    assert {b.mlp.approximate for case in ("bert", "vit") for b in handle(case).native.blocks} == {"none"}
+    with pytest.raises(ZooError, match="approximate"):
+        MLP(16, 64, approximate="erf", dropout=0.0)
 
 
 def test_bert_padding_is_invisible_and_type_ids_default_to_zero():

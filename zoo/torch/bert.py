@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configs import BertConfig
-from .layers import compute_dtype, init_linear_, truncated_normal_
+from .layers import MLP, Attention, compute_dtype, init_linear_, truncated_normal_
 
 
 class Embeddings(nn.Module):
@@ -50,52 +50,25 @@ class Embeddings(nn.Module):
         return self.drop(self.ln(x))
 
 
-class Attention(nn.Module):
+class Block(nn.Module):
+    """Post-LN transformer block (BERT): ln1(x + attn(x)), then ln2(x + mlp(x)). The attention
+    and MLP are the ones GPT-2 and ViT use; only the place of the layer norms differs."""
+
     def __init__(self, config: BertConfig):
         super().__init__()
         d = config.hidden_size
-        self.qkv = nn.Linear(d, 3 * d)  # fused: output rows q | k | v
-        self.out = nn.Linear(d, d)
-        self.resid_drop = nn.Dropout(config.dropout)
-        self.num_heads, self.attention_dropout = config.num_heads, config.attention_dropout
-
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        # theory: multi-head-attention
-        q, k, v = (t.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
-                   for t in self.qkv(x).split(C, dim=-1))  # (B, N, T, H), heads contiguous
-        # theory: scaled-dot-product-attention
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias,  # theory: attention-mask
-                                           dropout_p=self.attention_dropout if self.training else 0.0)
-        return self.resid_drop(self.out(y.transpose(1, 2).reshape(B, T, C)))  # (B, T, C)
-
-
-class MLP(nn.Module):
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.fc = nn.Linear(config.hidden_size, config.mlp_dim)
-        self.out = nn.Linear(config.mlp_dim, config.hidden_size)
-        self.drop = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.attn = Attention(d, config.num_heads, dropout=config.dropout,
+                              attention_dropout=config.attention_dropout)
+        self.ln1 = nn.LayerNorm(d, eps=config.layer_norm_eps)
         # BERT uses the exact (erf) GELU, not GPT-2's tanh approximation.
-        h = F.gelu(self.fc(x), approximate="none")  # (B, T, F)  # theory: gelu
-        return self.drop(self.out(h))  # (B, T, C)
+        self.mlp = MLP(d, config.mlp_dim, approximate="none", dropout=config.dropout)
+        self.ln2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
 
-
-class Block(nn.Module):
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.attn = Attention(config)
-        self.ln1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = MLP(config)
-        self.ln2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
         # theory: pre-ln-vs-post-ln
-        x = self.ln1(x + self.attn(x, attn_bias))  # theory: residual-connections
+        x = self.ln1(x + self.attn(x, attn_bias=attn_bias))  # theory: residual-connections
         x = self.ln2(x + self.mlp(x))
-        return x
+        return x  # (B, T, C)
 
 
 class MLMHead(nn.Module):
@@ -151,6 +124,7 @@ class BERT(nn.Module):
             # A large finite negative of the compute dtype, not -inf: a fully padded row stays
             # finite (uniform attention) instead of turning into NaN.
             dtype = compute_dtype(x)
+            # theory: attention-mask
             attn_bias = (1.0 - attention_mask.to(dtype))[:, None, None, :] * torch.finfo(dtype).min  # (B, 1, 1, T)
         for block in self.blocks:
             x = block(x, attn_bias)

@@ -24,59 +24,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..configs import GPTConfig
-from .layers import init_linear_, normal_
-
-
-class Attention(nn.Module):
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        d = config.hidden_size
-        self.qkv = nn.Linear(d, 3 * d)  # fused: output rows q | k | v
-        self.out = nn.Linear(d, d)
-        self.resid_drop = nn.Dropout(config.dropout)
-        self.num_heads, self.attention_dropout = config.num_heads, config.attention_dropout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        # theory: multi-head-attention
-        q, k, v = (t.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
-                   for t in self.qkv(x).split(C, dim=-1))  # (B, N, T, H), heads contiguous
-        # theory: scaled-dot-product-attention
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,  # theory: causal-masking
-                                           dropout_p=self.attention_dropout if self.training else 0.0)
-        return self.resid_drop(self.out(y.transpose(1, 2).reshape(B, T, C)))  # (B, T, C)
-
-
-class MLP(nn.Module):
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.fc = nn.Linear(config.hidden_size, config.mlp_dim)
-        self.out = nn.Linear(config.mlp_dim, config.hidden_size)
-        self.drop = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # GPT-2's "gelu_new" is the tanh approximation.
-        h = F.gelu(self.fc(x), approximate="tanh")  # (B, T, 4C)  # theory: gelu
-        return self.drop(self.out(h))  # (B, T, C)
-
-
-class Block(nn.Module):
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.ln1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attn = Attention(config)
-        self.ln2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = MLP(config)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # theory: pre-ln-vs-post-ln
-        x = x + self.attn(self.ln1(x))  # theory: residual-connections
-        x = x + self.mlp(self.ln2(x))
-        return x
+from .layers import Block, init_linear_, normal_
 
 
 class GPT(nn.Module):
@@ -87,7 +38,11 @@ class GPT(nn.Module):
         # theory: position-embeddings
         self.wpe = nn.Embedding(config.context_length, config.hidden_size)
         self.drop = nn.Dropout(config.dropout)  # theory: dropout
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.blocks = nn.ModuleList(
+            Block(config.hidden_size, config.num_heads, config.mlp_dim, layer_norm_eps=config.layer_norm_eps,
+                  approximate="tanh",  # GPT-2's "gelu_new": the tanh approximation of GELU
+                  dropout=config.dropout, attention_dropout=config.attention_dropout)
+            for _ in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # theory: layer-norm
         self.init_weights(generator)
 
@@ -111,7 +66,7 @@ class GPT(nn.Module):
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
         x = self.drop(self.wte(input_ids) + self.wpe(positions))  # (B, T, C)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, is_causal=True)  # theory: causal-masking
         return self.ln_f(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:

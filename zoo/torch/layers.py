@@ -1,10 +1,15 @@
-"""Pieces shared by the PyTorch models: explicit-generator initialisers and the compute dtype.
+"""Pieces shared by the PyTorch models: the transformer's attention, MLP and pre-LN block,
+explicit-generator initialisers and the compute dtype.
 
 The leaf layers are torch's own (nn.Linear, nn.LayerNorm, nn.Embedding, nn.Conv2d,
 nn.BatchNorm2d); the models name them after the canonical names of dlzoo's weight format
 (``blocks.0.attn.qkv``), so converting to and from canonical tensors is mechanical: rename the
-leaf, transpose the layout. Every initialiser takes an explicit ``generator`` so that building a
-model never depends on, or disturbs, torch's global random state.
+leaf, transpose the layout. GPT-2, ViT and BERT share ``Attention`` and ``MLP``; GPT-2 and ViT
+also share the pre-LN ``Block`` (BERT keeps its own post-LN block). What differs between them
+is an argument: causal or not, an additive mask bias, the GELU flavour, the dropout rates.
+Initialisation stays with each model (``init_weights``), which knows its scheme. Every
+initialiser takes an explicit ``generator`` so that building a model never depends on, or
+disturbs, torch's global random state.
 """
 
 from __future__ import annotations
@@ -12,7 +17,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from ..configs import ZooError
 
 # A normal truncated at +-2 standard deviations has std 0.8796 of the untruncated one; divide it
 # out so `std` means the std (the JAX backends draw the same distribution).
@@ -47,3 +55,69 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype matmuls run in: autocast's when it is on, else the tensor's own."""
     device = x.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+# --------------------------------------------------------------------------- transformer layers
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused q|k|v projection (heads contiguous within each).
+
+    ``forward(x, is_causal=..., attn_bias=...)``: ``is_causal`` hides the future (GPT-2);
+    ``attn_bias``, broadcastable to the scores (B, N, T, T), is added to them before the softmax
+    (BERT's padding mask, (B, 1, 1, T)).
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, dropout: float, attention_dropout: float):
+        super().__init__()
+        self.qkv = nn.Linear(dim, 3 * dim)  # fused: output rows q | k | v
+        self.out = nn.Linear(dim, dim)
+        self.resid_drop = nn.Dropout(dropout)
+        self.num_heads, self.attention_dropout = num_heads, attention_dropout
+
+    def forward(self, x: torch.Tensor, *, is_causal: bool = False,
+                attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        # theory: multi-head-attention
+        q, k, v = (t.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
+                   for t in self.qkv(x).split(C, dim=-1))  # (B, N, T, H), heads contiguous
+        # theory: scaled-dot-product-attention
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, is_causal=is_causal,
+                                           dropout_p=self.attention_dropout if self.training else 0.0)
+        return self.resid_drop(self.out(y.transpose(1, 2).reshape(B, T, C)))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: fc -> GELU -> out -> dropout. ``approximate`` is torch's GELU
+    flavour, always passed: "tanh" (GPT-2's "gelu_new") or "none" (the exact erf GELU of BERT
+    and ViT)."""
+
+    def __init__(self, dim: int, hidden: int, *, approximate: str, dropout: float):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ZooError(f'MLP approximate={approximate!r}: expected "tanh" (GPT-2) or "none" (exact GELU)')
+        self.fc = nn.Linear(dim, hidden)
+        self.out = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+        self.approximate = approximate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(self.fc(x), approximate=self.approximate)  # (B, T, F)  # theory: gelu
+        return self.drop(self.out(h))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block (GPT-2, ViT): x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, layer_norm_eps: float,
+                 approximate: str, dropout: float, attention_dropout: float):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.attn = Attention(dim, num_heads, dropout=dropout, attention_dropout=attention_dropout)
+        self.ln2 = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.mlp = MLP(dim, mlp_dim, approximate=approximate, dropout=dropout)
+
+    def forward(self, x: torch.Tensor, *, is_causal: bool = False) -> torch.Tensor:
+        # theory: pre-ln-vs-post-ln
+        x = x + self.attn(self.ln1(x), is_causal=is_causal)  # theory: residual-connections
+        x = x + self.mlp(self.ln2(x))
+        return x  # (B, T, C)

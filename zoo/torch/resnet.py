@@ -42,18 +42,6 @@ def batch_norm(config: ResNetConfig, channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=config.bn_eps, momentum=config.bn_momentum)
 
 
-def layout(config: ResNetConfig) -> list[list[tuple[int, int, int, int]]]:
-    """Per stage, per block: (in_channels, inner width, out_channels, stride). The first block of
-    every stage but the first halves the resolution."""
-    stages, n_in = [], config.stem_width
-    for s, (depth, width) in enumerate(zip(config.depths, config.widths)):
-        n_out = width * config.expansion
-        stages.append([(n_in if b == 0 else n_out, width, n_out, 2 if (b == 0 and s > 0) else 1)
-                       for b in range(depth)])
-        n_in = n_out
-    return stages
-
-
 class Stem(nn.Module):
     def __init__(self, config: ResNetConfig):
         super().__init__()
@@ -124,6 +112,9 @@ class Bottleneck(nn.Module):
 
 
 class Stage(nn.Module):
+    """Residual blocks at one resolution; ``blocks`` is one stage of ``ResNetConfig.layout()``:
+    per block (in_channels, inner width, out_channels, stride)."""
+
     def __init__(self, config: ResNetConfig, blocks: list[tuple[int, int, int, int]]):
         super().__init__()
         block = Bottleneck if config.block == "bottleneck" else BasicBlock
@@ -140,7 +131,7 @@ class ResNet(nn.Module):
         super().__init__()
         self.config = config
         self.stem = Stem(config)
-        self.stages = nn.ModuleList(Stage(config, blocks) for blocks in layout(config))
+        self.stages = nn.ModuleList(Stage(config, blocks) for blocks in config.layout())
         self.head = nn.Linear(config.out_widths[-1], config.num_classes)
         self.init_weights(generator)
 

@@ -23,59 +23,10 @@ Example::
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..configs import ViTConfig
-from .layers import init_linear_, truncated_normal_
-
-
-class Attention(nn.Module):
-    def __init__(self, config: ViTConfig):
-        super().__init__()
-        d = config.hidden_size
-        self.qkv = nn.Linear(d, 3 * d)  # fused: output rows q | k | v
-        self.out = nn.Linear(d, d)
-        self.resid_drop = nn.Dropout(config.dropout)
-        self.num_heads, self.attention_dropout = config.num_heads, config.attention_dropout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        # theory: multi-head-attention
-        q, k, v = (t.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
-                   for t in self.qkv(x).split(C, dim=-1))  # (B, N, T, H), heads contiguous
-        # Bidirectional: every patch attends to every other patch and to [CLS].
-        # theory: scaled-dot-product-attention
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attention_dropout if self.training else 0.0)
-        return self.resid_drop(self.out(y.transpose(1, 2).reshape(B, T, C)))  # (B, T, C)
-
-
-class MLP(nn.Module):
-    def __init__(self, config: ViTConfig):
-        super().__init__()
-        self.fc = nn.Linear(config.hidden_size, config.mlp_dim)
-        self.out = nn.Linear(config.mlp_dim, config.hidden_size)
-        self.drop = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # ViT (like BERT) uses the exact (erf) GELU.
-        h = F.gelu(self.fc(x), approximate="none")  # (B, T, F)  # theory: gelu
-        return self.drop(self.out(h))  # (B, T, C)
-
-
-class Block(nn.Module):
-    def __init__(self, config: ViTConfig):
-        super().__init__()
-        self.ln1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attn = Attention(config)
-        self.ln2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = MLP(config)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # theory: pre-ln-vs-post-ln
-        x = x + self.attn(self.ln1(x))  # theory: residual-connections
-        x = x + self.mlp(self.ln2(x))
-        return x
+from .layers import Block, init_linear_, truncated_normal_
 
 
 class ViT(nn.Module):
@@ -90,7 +41,11 @@ class ViT(nn.Module):
         # theory: position-embeddings
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + 1, d))
         self.drop = nn.Dropout(config.dropout)  # theory: dropout
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.blocks = nn.ModuleList(
+            Block(d, config.num_heads, config.mlp_dim, layer_norm_eps=config.layer_norm_eps,
+                  approximate="none",  # ViT (like BERT) uses the exact (erf) GELU
+                  dropout=config.dropout, attention_dropout=config.attention_dropout)
+            for _ in range(config.num_layers))
         self.ln_f = nn.LayerNorm(d, eps=config.layer_norm_eps)  # theory: layer-norm
         self.head = nn.Linear(d, config.num_classes)
         self.init_weights(generator)
@@ -115,7 +70,7 @@ class ViT(nn.Module):
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, C)
         x = self.drop(torch.cat([cls, x], dim=1) + self.pos_embed)  # (B, 1 + N, C)
         for block in self.blocks:
-            x = block(x)
+            x = block(x)  # bidirectional: every patch attends to every other patch and to [CLS]
         return self.ln_f(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
