@@ -228,3 +228,76 @@ def test_vjp_and_adamw_step_cover_every_trainable_tensor(natives):
     nonzero = np.abs(grads[kernel]) > 1e-4  # where eps=1e-8 is negligible
     np.testing.assert_allclose(moved[nonzero], -1e-2 * np.sign(grads[kernel][nonzero]), rtol=1e-3)
     assert np.array_equal(after["stem.bn.var"], before["stem.bn.var"])
+
+
+def _block_layout(block) -> tuple[int, int, int, int]:
+    """(in_channels, width, out_channels, stride) read off a ResNet block's conv kernels."""
+    convs = [block.conv1, block.conv2] + ([block.conv3] if hasattr(block, "conv3") else [])
+    strided = convs[1] if len(convs) == 3 else convs[0]  # v1.5: the bottleneck's 3x3 carries the stride
+    return convs[0].kernel.shape[2], convs[0].kernel.shape[3], convs[-1].kernel.shape[3], strided.stride
+
+
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+def test_resnet_blocks_follow_config_layout(block):
+    config = ResNetConfig(block=block, depths=(2, 1, 1), widths=(4, 8, 8), stem_width=8, num_classes=5)
+    module, _ = backend.build("resnet", config, seed=0)
+    found = [[_block_layout(b) for b in stage.blocks] for stage in module.stages]
+    assert found == config.layout()
+    e = config.expansion
+    assert found[2] == [(8 * e, 8, 8 * e, 2)]  # stride 2 without a width change still downsamples
+    for stage, blocks in zip(module.stages, config.layout()):
+        for b, (n_in, _, n_out, stride) in zip(stage.blocks, blocks):
+            # A projection shortcut exactly where the residual's shape changes.
+            assert (b.downsample is not None) == (stride != 1 or n_in != n_out)
+
+
+def test_transformer_blocks_are_wired_per_architecture(natives):
+    """The shared layers.Attention / MLP are parametrised per model: GPT-2 causal with tanh GELU
+    and depth-scaled residual projections, BERT and ViT bidirectional with exact GELU."""
+    from dlzoo.zoo.equinox import layers
+
+    expected = {"gpt": (True, True), "vit": (False, False), "bert": (False, False)}
+    for arch, (causal, approximate) in expected.items():
+        module, _ = natives[arch]
+        for block in module.blocks:
+            assert isinstance(block.attn, layers.Attention) and isinstance(block.mlp, layers.MLP), arch
+            assert (block.attn.is_causal, block.mlp.approximate) == (causal, approximate), arch
+            assert block.attn.num_heads == CONFIGS[arch].num_heads, arch
+    assert isinstance(natives["gpt"][0].blocks[0], layers.Block)
+    assert isinstance(natives["vit"][0].blocks[0], layers.Block)
+    assert not isinstance(natives["bert"][0].blocks[0], layers.Block)  # BERT is post-LN
+
+    # GPT-2 init: std 0.02, the residual projections 0.02 / sqrt(2 * num_layers); big enough to measure.
+    config = GPTConfig(vocab_size=64, context_length=16, hidden_size=256, num_layers=8, num_heads=4, mlp_dim=512)
+    block = backend.build("gpt", config, seed=0)[0].blocks[0]
+    residual_std = 0.02 / np.sqrt(2 * config.num_layers)
+    for kernel, std in [(block.attn.qkv.kernel, 0.02), (block.mlp.fc.kernel, 0.02),
+                        (block.attn.out.kernel, residual_std), (block.mlp.out.kernel, residual_std)]:
+        assert abs(float(jnp.std(kernel)) / std - 1) < 0.03, (kernel.shape, float(jnp.std(kernel)), std)
+
+
+def test_theory_markers_are_known_and_where_each_model_decides():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "architecture.md").read_text()
+    known = set(text.split("## Theory markers", 1)[1].split("```")[1].split())
+    folder = root / "zoo" / "equinox"
+
+    def markers(name: str) -> set[str]:
+        return set(re.findall(r"# theory: ([\w-]+)", (folder / f"{name}.py").read_text()))
+
+    shared = markers("layers")
+    assert {"multi-head-attention", "scaled-dot-product-attention", "gelu", "pre-ln-vs-post-ln",
+            "residual-connections"} <= shared <= known
+    # Each model marks the choices it makes itself: causality, mask, GELU flavour, block order, init.
+    own = {"gpt": {"causal-masking", "gelu", "pre-ln-vs-post-ln", "initialization", "weight-tying"},
+           "vit": {"gelu", "pre-ln-vs-post-ln", "initialization", "patch-embedding", "cls-pooling"},
+           "bert": {"attention-mask", "gelu", "pre-ln-vs-post-ln", "residual-connections", "initialization",
+                    "masked-lm"},
+           "resnet": {"batch-norm", "bottleneck-block", "residual-connections", "initialization"}}
+    for arch, required in own.items():
+        used = markers(arch)
+        assert used <= known, (arch, sorted(used - known))
+        assert required <= used, (arch, sorted(required - used))

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..configs import BertConfig
-from .layers import Dense, Embedding, LayerNorm, attention, cast_floating, split_key, truncated_normal
+from .layers import MLP, Attention, Dense, Embedding, LayerNorm, cast_floating, split_key, truncated_normal
 
 _INIT = truncated_normal(0.02)  # theory: initialization
 
@@ -57,52 +57,10 @@ class Embeddings(eqx.Module):
         return self.drop(self.ln(x), key=key, inference=inference)
 
 
-class Attention(eqx.Module):
-    qkv: Dense
-    out: Dense
-    attn_drop: eqx.nn.Dropout
-    resid_drop: eqx.nn.Dropout
-    num_heads: int = eqx.field(static=True)
-
-    def __init__(self, config: BertConfig, *, key: PRNGKeyArray):
-        d = config.hidden_size
-        k1, k2 = jax.random.split(key)
-        self.qkv = Dense(d, 3 * d, init=_INIT, key=k1)  # fused: columns q | k | v
-        self.out = Dense(d, d, init=_INIT, key=k2)
-        self.attn_drop = eqx.nn.Dropout(config.attention_dropout)
-        self.resid_drop = eqx.nn.Dropout(config.dropout)
-        self.num_heads = config.num_heads
-
-    def __call__(self, x: Float[Array, "T D"], bias: Float[Array, "1 1 T"], *,
-                 key: PRNGKeyArray | None, inference: bool) -> Float[Array, "T D"]:
-        k_attn, k_resid = split_key(key, 2)
-        T, D = x.shape
-        # theory: multi-head-attention
-        q, k, v = (t.reshape(T, self.num_heads, D // self.num_heads)
-                   for t in jnp.split(self.qkv(x), 3, axis=-1))  # (T, N, H), heads contiguous
-        # theory: scaled-dot-product-attention
-        y = attention(q, k, v, bias=bias, dropout=self.attn_drop, key=k_attn, inference=inference)
-        return self.resid_drop(self.out(y.reshape(T, D)), key=k_resid, inference=inference)
-
-
-class MLP(eqx.Module):
-    fc: Dense
-    out: Dense
-    drop: eqx.nn.Dropout
-
-    def __init__(self, config: BertConfig, *, key: PRNGKeyArray):
-        k1, k2 = jax.random.split(key)
-        self.fc = Dense(config.hidden_size, config.mlp_dim, init=_INIT, key=k1)
-        self.out = Dense(config.mlp_dim, config.hidden_size, init=_INIT, key=k2)
-        self.drop = eqx.nn.Dropout(config.dropout)
-
-    def __call__(self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None,
-                 inference: bool) -> Float[Array, "T D"]:
-        h = jax.nn.gelu(self.fc(x), approximate=False)  # theory: gelu
-        return self.drop(self.out(h), key=key, inference=inference)
-
-
 class Block(eqx.Module):
+    """Post-LN transformer block: ln1(x + attn(x)), then ln2(x + mlp(x)); attention and MLP are
+    the ones GPT-2 and ViT use (layers.py), attention taking the padding mask as a bias."""
+
     attn: Attention
     ln1: LayerNorm
     mlp: MLP
@@ -110,10 +68,14 @@ class Block(eqx.Module):
 
     def __init__(self, config: BertConfig, *, key: PRNGKeyArray):
         k1, k2 = jax.random.split(key)
-        self.attn = Attention(config, key=k1)
-        self.ln1 = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = MLP(config, key=k2)
-        self.ln2 = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        d, eps = config.hidden_size, config.layer_norm_eps
+        self.attn = Attention(d, config.num_heads, dropout=config.dropout,
+                              attention_dropout=config.attention_dropout, init=_INIT, key=k1)
+        self.ln1 = LayerNorm(d, eps=eps)
+        # Exact (erf) GELU, as in the published checkpoints.
+        self.mlp = MLP(d, config.mlp_dim, approximate=False,  # theory: gelu
+                       dropout=config.dropout, init=_INIT, key=k2)
+        self.ln2 = LayerNorm(d, eps=eps)
 
     def __call__(self, x: Float[Array, "T D"], bias: Float[Array, "1 1 T"], *,
                  key: PRNGKeyArray | None, inference: bool) -> Float[Array, "T D"]:

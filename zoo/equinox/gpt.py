@@ -31,78 +31,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..configs import GPTConfig
-from .layers import Dense, Embedding, LayerNorm, attention, cast_floating, normal, split_key
-
-
-class Attention(eqx.Module):
-    qkv: Dense
-    out: Dense
-    attn_drop: eqx.nn.Dropout
-    resid_drop: eqx.nn.Dropout
-    num_heads: int = eqx.field(static=True)
-
-    def __init__(self, config: GPTConfig, *, key: PRNGKeyArray):
-        d, std = config.hidden_size, 0.02
-        k1, k2 = jax.random.split(key)
-        self.qkv = Dense(d, 3 * d, init=normal(std), key=k1)  # fused: columns q | k | v
-        # theory: initialization
-        self.out = Dense(d, d, init=normal(std / math.sqrt(2 * config.num_layers)), key=k2)
-        self.attn_drop = eqx.nn.Dropout(config.attention_dropout)
-        self.resid_drop = eqx.nn.Dropout(config.dropout)
-        self.num_heads = config.num_heads
-
-    def __call__(self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None,
-                 inference: bool) -> Float[Array, "T D"]:
-        k_attn, k_resid = split_key(key, 2)
-        T, D = x.shape
-        # theory: multi-head-attention
-        q, k, v = (t.reshape(T, self.num_heads, D // self.num_heads)
-                   for t in jnp.split(self.qkv(x), 3, axis=-1))  # (T, N, H), heads contiguous
-        # theory: scaled-dot-product-attention
-        y = attention(q, k, v, is_causal=True,  # theory: causal-masking
-                      dropout=self.attn_drop, key=k_attn, inference=inference)
-        return self.resid_drop(self.out(y.reshape(T, D)), key=k_resid, inference=inference)
-
-
-class MLP(eqx.Module):
-    fc: Dense
-    out: Dense
-    drop: eqx.nn.Dropout
-
-    def __init__(self, config: GPTConfig, *, key: PRNGKeyArray):
-        k1, k2 = jax.random.split(key)
-        self.fc = Dense(config.hidden_size, config.mlp_dim, init=normal(0.02), key=k1)
-        self.out = Dense(config.mlp_dim, config.hidden_size,
-                         init=normal(0.02 / math.sqrt(2 * config.num_layers)), key=k2)
-        self.drop = eqx.nn.Dropout(config.dropout)
-
-    def __call__(self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None,
-                 inference: bool) -> Float[Array, "T D"]:
-        # GPT-2's "gelu_new" is the tanh approximation.
-        h = jax.nn.gelu(self.fc(x), approximate=True)  # theory: gelu
-        return self.drop(self.out(h), key=key, inference=inference)
-
-
-class Block(eqx.Module):
-    ln1: LayerNorm
-    attn: Attention
-    ln2: LayerNorm
-    mlp: MLP
-
-    def __init__(self, config: GPTConfig, *, key: PRNGKeyArray):
-        k1, k2 = jax.random.split(key)
-        self.ln1 = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attn = Attention(config, key=k1)
-        self.ln2 = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = MLP(config, key=k2)
-
-    def __call__(self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None,
-                 inference: bool) -> Float[Array, "T D"]:
-        k1, k2 = split_key(key, 2)
-        # theory: pre-ln-vs-post-ln
-        x = x + self.attn(self.ln1(x), key=k1, inference=inference)  # theory: residual-connections
-        x = x + self.mlp(self.ln2(x), key=k2, inference=inference)
-        return x
+from .layers import Block, Embedding, LayerNorm, cast_floating, normal, split_key
 
 
 class GPT(eqx.Module):
@@ -116,11 +45,22 @@ class GPT(eqx.Module):
 
     def __init__(self, config: GPTConfig, *, key: PRNGKeyArray, dtype: str = "float32"):
         keys = jax.random.split(key, config.num_layers + 2)
-        self.wte = Embedding(config.vocab_size, config.hidden_size, init=normal(0.02), key=keys[0])
+        d, std = config.hidden_size, 0.02
+        self.wte = Embedding(config.vocab_size, d, init=normal(std), key=keys[0])
         # theory: position-embeddings
-        self.wpe = Embedding(config.context_length, config.hidden_size, init=normal(0.02), key=keys[1])
+        self.wpe = Embedding(config.context_length, d, init=normal(std), key=keys[1])
         self.drop = eqx.nn.Dropout(config.dropout)  # theory: dropout
-        self.blocks = [Block(config, key=k) for k in keys[2:]]
+        # The residual projections (attn.out, mlp.out) start smaller the deeper the model: each
+        # block adds two branches to the residual stream, whose variance would otherwise grow.
+        out_init = normal(std / math.sqrt(2 * config.num_layers))  # theory: initialization
+        # theory: pre-ln-vs-post-ln
+        self.blocks = [Block(d, config.num_heads, config.mlp_dim, eps=config.layer_norm_eps,
+                             is_causal=True,  # theory: causal-masking
+                             # GPT-2's "gelu_new" is the tanh approximation.
+                             approximate=True,  # theory: gelu
+                             dropout=config.dropout, attention_dropout=config.attention_dropout,
+                             init=normal(std), out_init=out_init, key=k)
+                       for k in keys[2:]]
         self.ln_f = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # theory: layer-norm
         self.config, self.dtype = config, dtype
 

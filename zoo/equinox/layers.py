@@ -1,4 +1,5 @@
-"""Leaf layers shared by the Equinox models: canonical parameter names and layouts.
+"""Layers shared by the Equinox models: canonical parameter names and layouts, and the
+transformer pieces GPT-2, BERT and ViT have in common (attention, MLP, pre-LN block).
 
 Every layer works on ONE example (no batch axis), as Equinox layers do; models are mapped over
 the batch with ``jax.vmap``. Parameter names are the canonical leaves of dlzoo's weight format
@@ -171,3 +172,93 @@ def attention(q: Float[Array, "T N H"], k: Float[Array, "S N H"], v: Float[Array
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
     probs = dropout(probs, key=key, inference=False)
     return jnp.einsum("nts,snh->tnh", probs, v)
+
+
+class Attention(eqx.Module):
+    """Multi-head self-attention with a fused q|k|v projection, shared by GPT-2, BERT and ViT.
+
+    ``is_causal`` lets each position see only itself and the past (GPT-2); a ``bias`` at call
+    time is added to the logits (BERT's padding mask). ``out_init`` initialises the residual
+    projection ``out`` (GPT-2 scales it down with depth); by default it is ``init``.
+    """
+
+    qkv: Dense
+    out: Dense
+    attn_drop: eqx.nn.Dropout
+    resid_drop: eqx.nn.Dropout
+    num_heads: int = eqx.field(static=True)
+    is_causal: bool = eqx.field(static=True)
+
+    def __init__(self, dim: int, num_heads: int, *, is_causal: bool = False, dropout: float,
+                 attention_dropout: float, init: Init, out_init: Init | None = None, key: PRNGKeyArray):
+        k1, k2 = jax.random.split(key)
+        self.qkv = Dense(dim, 3 * dim, init=init, key=k1)  # fused: columns q | k | v
+        self.out = Dense(dim, dim, init=init if out_init is None else out_init, key=k2)
+        self.attn_drop = eqx.nn.Dropout(attention_dropout)
+        self.resid_drop = eqx.nn.Dropout(dropout)
+        self.num_heads, self.is_causal = num_heads, is_causal
+
+    def __call__(self, x: Float[Array, "T D"], bias: Float[Array, "1 1 T"] | None = None, *,
+                 key: PRNGKeyArray | None, inference: bool) -> Float[Array, "T D"]:
+        k_attn, k_resid = split_key(key, 2)
+        T, D = x.shape
+        # theory: multi-head-attention
+        q, k, v = (t.reshape(T, self.num_heads, D // self.num_heads)
+                   for t in jnp.split(self.qkv(x), 3, axis=-1))  # (T, N, H), heads contiguous
+        # theory: scaled-dot-product-attention
+        y = attention(q, k, v, bias=bias, is_causal=self.is_causal, dropout=self.attn_drop, key=k_attn,
+                      inference=inference)
+        return self.resid_drop(self.out(y.reshape(T, D)), key=k_resid, inference=inference)
+
+
+class MLP(eqx.Module):
+    """Position-wise feed-forward: fc -> GELU -> out -> dropout. ``approximate`` picks the GELU:
+    True is GPT-2's tanh approximation ("gelu_new"), False the exact erf GELU of BERT and ViT."""
+
+    fc: Dense
+    out: Dense
+    drop: eqx.nn.Dropout
+    approximate: bool = eqx.field(static=True)
+
+    def __init__(self, dim: int, hidden: int, *, approximate: bool, dropout: float, init: Init,
+                 out_init: Init | None = None, key: PRNGKeyArray):
+        k1, k2 = jax.random.split(key)
+        self.fc = Dense(dim, hidden, init=init, key=k1)
+        self.out = Dense(hidden, dim, init=init if out_init is None else out_init, key=k2)
+        self.drop = eqx.nn.Dropout(dropout)
+        self.approximate = approximate
+
+    def __call__(self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None,
+                 inference: bool) -> Float[Array, "T D"]:
+        # Always explicit: jax.nn.gelu defaults to the tanh approximation, torch's nn.GELU to exact.
+        h = jax.nn.gelu(self.fc(x), approximate=self.approximate)  # (T, hidden)  # theory: gelu
+        return self.drop(self.out(h), key=key, inference=inference)
+
+
+class Block(eqx.Module):
+    """Pre-LN transformer block (GPT-2, ViT): x + attn(ln1(x)), then x + mlp(ln2(x)). BERT's
+    post-LN block, which reuses Attention and MLP, lives in bert.py."""
+
+    ln1: LayerNorm
+    attn: Attention
+    ln2: LayerNorm
+    mlp: MLP
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, eps: float, is_causal: bool = False,
+                 approximate: bool, dropout: float, attention_dropout: float, init: Init,
+                 out_init: Init | None = None, key: PRNGKeyArray):
+        k1, k2 = jax.random.split(key)
+        self.ln1 = LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, is_causal=is_causal, dropout=dropout,
+                              attention_dropout=attention_dropout, init=init, out_init=out_init, key=k1)
+        self.ln2 = LayerNorm(dim, eps=eps)
+        self.mlp = MLP(dim, mlp_dim, approximate=approximate, dropout=dropout, init=init,
+                       out_init=out_init, key=k2)
+
+    def __call__(self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None,
+                 inference: bool) -> Float[Array, "T D"]:
+        k1, k2 = split_key(key, 2)
+        # theory: pre-ln-vs-post-ln
+        x = x + self.attn(self.ln1(x), key=k1, inference=inference)  # theory: residual-connections
+        x = x + self.mlp(self.ln2(x), key=k2, inference=inference)
+        return x

@@ -143,13 +143,12 @@ class Bottleneck(eqx.Module):
 class Stage(eqx.Module):
     blocks: list[BasicBlock | Bottleneck]
 
-    def __init__(self, config: ResNetConfig, n_in: int, width: int, depth: int, stride: int, *,
-                 key: PRNGKeyArray):
+    def __init__(self, config: ResNetConfig, layout: list[tuple[int, int, int, int]], *, key: PRNGKeyArray):
+        # layout: (in_channels, width, out_channels, stride) per block, from config.layout(). Only
+        # the first block changes resolution (stride) and width (downsample shortcut).
         block = Bottleneck if config.block == "bottleneck" else BasicBlock
-        n_out = width * config.expansion
-        # Only the first block changes resolution (stride) and width (downsample shortcut).
-        self.blocks = [block(config, n_in if b == 0 else n_out, width, n_out, stride if b == 0 else 1, key=k)
-                       for b, k in enumerate(jax.random.split(key, depth))]
+        self.blocks = [block(config, n_in, width, n_out, stride, key=k)
+                       for (n_in, width, n_out, stride), k in zip(layout, jax.random.split(key, len(layout)))]
 
     def __call__(self, x: Float[Array, "H W C"], state: State, *,
                  inference: bool) -> tuple[Float[Array, "h w c"], State]:
@@ -167,11 +166,9 @@ class ResNet(eqx.Module):
 
     def __init__(self, config: ResNetConfig, *, key: PRNGKeyArray, dtype: str = "float32"):
         keys = jax.random.split(key, len(config.depths) + 2)
-        n_ins = (config.stem_width,) + config.out_widths[:-1]
         # theory: initialization
         self.stem = Stem(config, key=keys[0])  # convs: kaiming normal, fan-out (He et al., 2015)
-        self.stages = [Stage(config, n_in, width, depth, 1 if s == 0 else 2, key=k)
-                       for s, (n_in, width, depth, k) in enumerate(zip(n_ins, config.widths, config.depths, keys[2:]))]
+        self.stages = [Stage(config, layout, key=k) for layout, k in zip(config.layout(), keys[2:])]
         self.head = Dense(config.out_widths[-1], config.num_classes, init=uniform_fan_in, key=keys[1])
         self.config, self.dtype = config, dtype
 

@@ -28,76 +28,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..configs import ViTConfig
-from .layers import Conv2d, Dense, LayerNorm, attention, cast_floating, split_key, truncated_normal
+from .layers import Block, Conv2d, Dense, LayerNorm, cast_floating, split_key, truncated_normal
 
 _INIT = truncated_normal(0.02)  # theory: initialization
-
-
-class Attention(eqx.Module):
-    qkv: Dense
-    out: Dense
-    attn_drop: eqx.nn.Dropout
-    resid_drop: eqx.nn.Dropout
-    num_heads: int = eqx.field(static=True)
-
-    def __init__(self, config: ViTConfig, *, key: PRNGKeyArray):
-        d = config.hidden_size
-        k1, k2 = jax.random.split(key)
-        self.qkv = Dense(d, 3 * d, init=_INIT, key=k1)  # fused: columns q | k | v
-        self.out = Dense(d, d, init=_INIT, key=k2)
-        self.attn_drop = eqx.nn.Dropout(config.attention_dropout)
-        self.resid_drop = eqx.nn.Dropout(config.dropout)
-        self.num_heads = config.num_heads
-
-    def __call__(self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None,
-                 inference: bool) -> Float[Array, "T D"]:
-        k_attn, k_resid = split_key(key, 2)
-        T, D = x.shape
-        # theory: multi-head-attention
-        q, k, v = (t.reshape(T, self.num_heads, D // self.num_heads)
-                   for t in jnp.split(self.qkv(x), 3, axis=-1))  # (T, N, H), heads contiguous
-        # theory: scaled-dot-product-attention
-        y = attention(q, k, v, dropout=self.attn_drop, key=k_attn, inference=inference)
-        return self.resid_drop(self.out(y.reshape(T, D)), key=k_resid, inference=inference)
-
-
-class MLP(eqx.Module):
-    fc: Dense
-    out: Dense
-    drop: eqx.nn.Dropout
-
-    def __init__(self, config: ViTConfig, *, key: PRNGKeyArray):
-        k1, k2 = jax.random.split(key)
-        self.fc = Dense(config.hidden_size, config.mlp_dim, init=_INIT, key=k1)
-        self.out = Dense(config.mlp_dim, config.hidden_size, init=_INIT, key=k2)
-        self.drop = eqx.nn.Dropout(config.dropout)
-
-    def __call__(self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None,
-                 inference: bool) -> Float[Array, "T D"]:
-        h = jax.nn.gelu(self.fc(x), approximate=False)  # theory: gelu
-        return self.drop(self.out(h), key=key, inference=inference)
-
-
-class Block(eqx.Module):
-    ln1: LayerNorm
-    attn: Attention
-    ln2: LayerNorm
-    mlp: MLP
-
-    def __init__(self, config: ViTConfig, *, key: PRNGKeyArray):
-        k1, k2 = jax.random.split(key)
-        self.ln1 = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attn = Attention(config, key=k1)
-        self.ln2 = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = MLP(config, key=k2)
-
-    def __call__(self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None,
-                 inference: bool) -> Float[Array, "T D"]:
-        k1, k2 = split_key(key, 2)
-        # theory: pre-ln-vs-post-ln
-        x = x + self.attn(self.ln1(x), key=k1, inference=inference)  # theory: residual-connections
-        x = x + self.mlp(self.ln2(x), key=k2, inference=inference)
-        return x
 
 
 class ViT(eqx.Module):
@@ -119,7 +52,13 @@ class ViT(eqx.Module):
         self.cls_token = _INIT(keys[1], (1, 1, d))
         self.pos_embed = _INIT(keys[2], (1, config.num_patches + 1, d))  # theory: position-embeddings
         self.drop = eqx.nn.Dropout(config.dropout)  # theory: dropout
-        self.blocks = [Block(config, key=k) for k in keys[4:]]
+        # theory: pre-ln-vs-post-ln
+        self.blocks = [Block(d, config.num_heads, config.mlp_dim, eps=config.layer_norm_eps,
+                             # Exact (erf) GELU, as in the published checkpoints.
+                             approximate=False,  # theory: gelu
+                             dropout=config.dropout, attention_dropout=config.attention_dropout,
+                             init=_INIT, key=k)
+                       for k in keys[4:]]
         self.ln_f = LayerNorm(d, eps=config.layer_norm_eps)  # theory: layer-norm
         self.head = Dense(d, config.num_classes, init=_INIT, key=keys[3])
         self.config, self.dtype = config, dtype
