@@ -8,6 +8,8 @@ Numerics against transformers and the other frameworks live in conformance/
 
 from __future__ import annotations
 
+import ast
+import math
 import re
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 from dlzoo.zoo import ZooError, canonical_spec, get_config, load  # noqa: E402
 from dlzoo.zoo import flax as backend  # noqa: E402
 from dlzoo.zoo.configs import BertConfig, GPTConfig, ResNetConfig, ViTConfig  # noqa: E402
+from dlzoo.zoo.flax import layers  # noqa: E402
 from dlzoo.zoo.flax.layers import BatchNorm, attention  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +100,29 @@ def test_full_size_parameter_counts(arch, preset, published):
     config = get_config(arch, preset)
     model = nnx.eval_shape(lambda: backend.MODELS[arch](config, rngs=nnx.Rngs(0)))
     assert sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param))) == published
+
+
+@pytest.mark.parametrize("preset", ["tiny", "18", "50"])
+def test_resnet_blocks_follow_the_config_layout(preset):
+    """Every block's channels, stride (on the 3x3 conv: v1.5) and projection shortcut are the
+    ones ResNetConfig.layout() states."""
+    config = get_config("resnet", preset)
+    model = nnx.eval_shape(lambda: backend.MODELS["resnet"](config, rngs=nnx.Rngs(0)))
+    layout = config.layout()
+    assert [len(stage.blocks) for stage in model.stages] == [len(stage) for stage in layout]
+    for stage, stage_layout in zip(model.stages, layout):
+        for block, (n_in, width, n_out, stride) in zip(stage.blocks, stage_layout):
+            convs = [block.conv1, block.conv2] + ([block.conv3] if config.block == "bottleneck" else [])
+            assert convs[0].in_features == n_in and convs[-1].out_features == n_out
+            assert all(c.out_features == width for c in convs[:-1])
+            assert convs[-1].kernel.get_value().shape[-1] == n_out  # the kernel, not only the attribute
+            strided = block.conv2 if config.block == "bottleneck" else block.conv1
+            assert [tuple(c.strides) for c in convs] == [(stride, stride) if c is strided else (1, 1) for c in convs]
+            if stride != 1 or n_in != n_out:
+                assert tuple(block.downsample.conv.strides) == (stride, stride)
+                assert block.downsample.conv.kernel.get_value().shape == (1, 1, n_in, n_out)
+            else:
+                assert block.downsample is None
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -208,6 +234,45 @@ def test_batch_stats_live_in_nnx_state_and_change_only_in_train_mode():
         np.testing.assert_allclose(value, after[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+# --------------------------------------------------------------------------- shared transformer layers
+
+def test_transformers_are_built_from_the_shared_layers_with_their_own_gelu(natives):
+    """GPT-2 and ViT stack layers.Block (pre-LN); BERT keeps its post-LN block around the same
+    layers.Attention and layers.MLP. The GELU flavour is each model's: tanh for GPT-2 only."""
+    gpt, vit, bert = natives["gpt"], natives["vit"], natives["bert"]
+    assert all(type(b) is layers.Block for model in (gpt, vit) for b in model.blocks)
+    assert all(type(b) is not layers.Block and type(b.attn) is layers.Attention and type(b.mlp) is layers.MLP
+               for b in bert.blocks)
+    assert [b.mlp.approximate for b in gpt.blocks] == [True] * CONFIGS["gpt"].num_layers
+    assert [b.mlp.approximate for b in [*vit.blocks, *bert.blocks]] == [False] * 2
+
+
+@pytest.mark.parametrize("arch, causal", [("gpt", True), ("bert", False)])
+def test_only_gpt_attention_is_causal(arch, causal, natives):
+    """Changing the last token changes the first position's output in BERT, never in GPT-2."""
+    ids = jnp.asarray(_inputs(arch)["input_ids"])
+    changed = ids.at[:, -1].set((ids[:, -1] + 1) % CONFIGS[arch].vocab_size)
+    out = "logits" if arch == "gpt" else "last_hidden_state"
+    first, first_changed = natives[arch](ids)[out][:, 0], natives[arch](changed)[out][:, 0]
+    assert np.array_equal(first, first_changed) == causal
+
+
+def test_shared_mlp_gelu_flavours_are_the_published_formulas():
+    x = jax.random.normal(jax.random.key(0), (2, 3, 4))
+    erf = np.vectorize(math.erf)
+    formulas = {False: lambda h: 0.5 * h * (1 + erf(h / np.sqrt(2))),  # exact (BERT, ViT)
+                True: lambda h: 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))}  # GPT-2
+    outputs = {}
+    for approximate, gelu in formulas.items():
+        mlp = layers.MLP(4, 8, approximate=approximate, dropout=0.0, kernel_init=layers.normal(1.0),
+                         out_init=layers.normal(1.0), dtype=jnp.float32, rngs=nnx.Rngs(0))
+        h = np.asarray(mlp.fc(x), np.float64)  # [2, 3, 8]
+        want = gelu(h) @ np.asarray(mlp.out.kernel[...], np.float64) + np.asarray(mlp.out.bias[...])
+        outputs[approximate] = np.asarray(mlp(x, train=False, rngs=None))
+        np.testing.assert_allclose(outputs[approximate], want, atol=1e-5)
+    assert np.abs(outputs[False] - outputs[True]).max() > 1e-4  # the two flavours differ here
+
+
 # --------------------------------------------------------------------------- dropout
 
 @pytest.mark.parametrize("arch", ["gpt", "bert", "vit"])
@@ -313,16 +378,47 @@ def test_vjp_matches_nnx_grad_and_adamw_step_moves_only_parameters():
 
 # --------------------------------------------------------------------------- code conventions
 
-def _markers(path: Path) -> set[str]:
-    return set(re.findall(r"# theory: ([\w-]+)", path.read_text()))
+def _markers(text: str) -> set[str]:
+    return set(re.findall(r"# theory: ([\w-]+)", text))
+
+
+def _arch_markers(framework: str, arch: str) -> set[str]:
+    """The theory markers of ``zoo/<framework>/<arch>.py`` plus those of the layers.py functions
+    and classes it imports (and what those use in turn): a concept that moved into the shared
+    layers still belongs to every architecture built from them."""
+    folder = ROOT / "zoo" / framework
+    arch_text = (folder / f"{arch}.py").read_text()
+    found = _markers(arch_text)
+    if not (folder / "layers.py").exists():
+        return found
+    text = (folder / "layers.py").read_text()
+    lines = text.splitlines()
+    defs = {node.name: "\n".join(lines[node.lineno - 1:node.end_lineno]) for node in ast.parse(text).body
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef))}  # whole lines: trailing comments too
+    todo = [alias.name for node in ast.walk(ast.parse(arch_text))
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module == "layers"
+            for alias in node.names]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in defs:
+            continue
+        seen.add(name)
+        found |= _markers(defs[name])
+        todo += [other for other in defs if re.search(rf"\b{other}\b", defs[name])]
+    return found
 
 
 def test_theory_markers_are_known_and_the_same_as_torch():
     text = (ROOT / "docs" / "architecture.md").read_text()
     known = set(text.split("## Theory markers", 1)[1].split("```")[1].split())
     for arch in ARCHS:
-        used = _markers(ROOT / "zoo" / "flax" / f"{arch}.py")
+        used = _arch_markers("flax", arch)
         assert used and used <= known, (arch, sorted(used - known))
-        torch_file = ROOT / "zoo" / "torch" / f"{arch}.py"
-        if torch_file.exists():  # the same concepts marked in the same architecture's torch file
-            assert used == _markers(torch_file), (arch, sorted(used ^ _markers(torch_file)))
+        if (ROOT / "zoo" / "torch" / f"{arch}.py").exists():  # the same concepts as the torch model
+            torch_used = _arch_markers("torch", arch)
+            assert used == torch_used, (arch, sorted(used ^ torch_used))
+    # Per-model choices stay in the model file, where the reader of that model looks.
+    assert "causal-masking" in _markers((ROOT / "zoo" / "flax" / "gpt.py").read_text())
+    assert "attention-mask" in _markers((ROOT / "zoo" / "flax" / "bert.py").read_text())
+    assert "pre-ln-vs-post-ln" in _markers((ROOT / "zoo" / "flax" / "bert.py").read_text())

@@ -35,7 +35,7 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from ..configs import BertConfig, ZooError
-from .layers import attention, layer_norm, truncated_normal
+from .layers import MLP, Attention, layer_norm, truncated_normal
 
 # theory: initialization
 INIT = truncated_normal(0.02)  # every dense kernel and embedding; biases 0, layer norms 1 and 0
@@ -58,50 +58,25 @@ class Embeddings(nnx.Module):
         return self.drop(self.ln(x), deterministic=not train, rngs=rngs)
 
 
-class Attention(nnx.Module):
+class Block(nnx.Module):
+    """Post-LN transformer block (BERT): ln1(x + attn(x)), then ln2(x + mlp(x)). The attention
+    and MLP are the ones GPT-2 and ViT use; only the place of the layer norms differs."""
+
     def __init__(self, config: BertConfig, *, dtype, rngs: nnx.Rngs):
         d = config.hidden_size
-        self.qkv = nnx.Linear(d, 3 * d, kernel_init=INIT, dtype=dtype, rngs=rngs)  # fused: columns q | k | v
-        self.out = nnx.Linear(d, d, kernel_init=INIT, dtype=dtype, rngs=rngs)
-        self.resid_drop = nnx.Dropout(config.dropout)
-        self.num_heads, self.attention_dropout = config.num_heads, config.attention_dropout
-
-    def __call__(self, x: Float[Array, "B T C"], attn_bias: Float[Array, "B 1 1 T"] | None, *,
-                 train: bool, rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
-        B, T, C = x.shape
-        # theory: multi-head-attention
-        q, k, v = (t.reshape(B, T, self.num_heads, C // self.num_heads)
-                   for t in jnp.split(self.qkv(x), 3, axis=-1))  # [B, T, N, H], heads contiguous
-        # theory: scaled-dot-product-attention
-        y = attention(q, k, v, bias=attn_bias,  # theory: attention-mask
-                      dropout_rate=self.attention_dropout if train else 0.0, rngs=rngs)
-        return self.resid_drop(self.out(y.reshape(B, T, C)), deterministic=not train, rngs=rngs)
-
-
-class MLP(nnx.Module):
-    def __init__(self, config: BertConfig, *, dtype, rngs: nnx.Rngs):
-        self.fc = nnx.Linear(config.hidden_size, config.mlp_dim, kernel_init=INIT, dtype=dtype, rngs=rngs)
-        self.out = nnx.Linear(config.mlp_dim, config.hidden_size, kernel_init=INIT, dtype=dtype, rngs=rngs)
-        self.drop = nnx.Dropout(config.dropout)
-
-    def __call__(self, x: Float[Array, "B T C"], *, train: bool,
-                 rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
+        self.attn = Attention(d, config.num_heads, dropout=config.dropout,
+                              attention_dropout=config.attention_dropout,
+                              kernel_init=INIT, out_init=INIT, dtype=dtype, rngs=rngs)
+        self.ln1 = layer_norm(d, config.layer_norm_eps, dtype=dtype, rngs=rngs)
         # BERT uses the exact (erf) GELU, not GPT-2's tanh approximation (jax's default).
-        h = jax.nn.gelu(self.fc(x), approximate=False)  # [B, T, F]  # theory: gelu
-        return self.drop(self.out(h), deterministic=not train, rngs=rngs)
-
-
-class Block(nnx.Module):
-    def __init__(self, config: BertConfig, *, dtype, rngs: nnx.Rngs):
-        self.attn = Attention(config, dtype=dtype, rngs=rngs)
-        self.ln1 = layer_norm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
-        self.mlp = MLP(config, dtype=dtype, rngs=rngs)
-        self.ln2 = layer_norm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
+        self.mlp = MLP(d, config.mlp_dim, approximate=False, dropout=config.dropout,
+                       kernel_init=INIT, out_init=INIT, dtype=dtype, rngs=rngs)
+        self.ln2 = layer_norm(d, config.layer_norm_eps, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: Float[Array, "B T C"], attn_bias: Float[Array, "B 1 1 T"] | None, *,
                  train: bool, rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
         # theory: pre-ln-vs-post-ln
-        x = self.ln1(x + self.attn(x, attn_bias, train=train, rngs=rngs))  # theory: residual-connections
+        x = self.ln1(x + self.attn(x, attn_bias=attn_bias, train=train, rngs=rngs))  # theory: residual-connections
         x = self.ln2(x + self.mlp(x, train=train, rngs=rngs))
         return x
 
@@ -151,6 +126,7 @@ class BERT(nnx.Module):
             # A large finite negative of the compute dtype, not -inf: a fully padded row stays
             # finite (uniform attention) instead of turning into NaN.
             mask = attention_mask.astype(self.dtype)
+            # theory: attention-mask
             attn_bias = (1.0 - mask)[:, None, None, :] * jnp.finfo(self.dtype).min  # [B, 1, 1, T]
         for block in self.blocks:
             x = block(x, attn_bias, train=train, rngs=rngs)

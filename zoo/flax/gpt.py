@@ -26,63 +26,12 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from ..configs import GPTConfig, ZooError
-from .layers import attention, layer_norm, normal
-
-
-class Attention(nnx.Module):
-    def __init__(self, config: GPTConfig, *, dtype, rngs: nnx.Rngs):
-        d = config.hidden_size
-        out_std = 0.02 / math.sqrt(2 * config.num_layers)  # see GPT's initialisation note
-        self.qkv = nnx.Linear(d, 3 * d, kernel_init=normal(0.02), dtype=dtype, rngs=rngs)  # fused: columns q | k | v
-        self.out = nnx.Linear(d, d, kernel_init=normal(out_std), dtype=dtype, rngs=rngs)
-        self.resid_drop = nnx.Dropout(config.dropout)
-        self.num_heads, self.attention_dropout = config.num_heads, config.attention_dropout
-
-    def __call__(self, x: Float[Array, "B T C"], *, train: bool,
-                 rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
-        B, T, C = x.shape
-        # theory: multi-head-attention
-        q, k, v = (t.reshape(B, T, self.num_heads, C // self.num_heads)
-                   for t in jnp.split(self.qkv(x), 3, axis=-1))  # [B, T, N, H], heads contiguous
-        # theory: scaled-dot-product-attention
-        y = attention(q, k, v, is_causal=True,  # theory: causal-masking
-                      dropout_rate=self.attention_dropout if train else 0.0, rngs=rngs)
-        return self.resid_drop(self.out(y.reshape(B, T, C)), deterministic=not train, rngs=rngs)
-
-
-class MLP(nnx.Module):
-    def __init__(self, config: GPTConfig, *, dtype, rngs: nnx.Rngs):
-        out_std = 0.02 / math.sqrt(2 * config.num_layers)
-        self.fc = nnx.Linear(config.hidden_size, config.mlp_dim, kernel_init=normal(0.02), dtype=dtype, rngs=rngs)
-        self.out = nnx.Linear(config.mlp_dim, config.hidden_size, kernel_init=normal(out_std), dtype=dtype, rngs=rngs)
-        self.drop = nnx.Dropout(config.dropout)
-
-    def __call__(self, x: Float[Array, "B T C"], *, train: bool,
-                 rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
-        # GPT-2's "gelu_new" is the tanh approximation.
-        h = jax.nn.gelu(self.fc(x), approximate=True)  # [B, T, F]  # theory: gelu
-        return self.drop(self.out(h), deterministic=not train, rngs=rngs)
-
-
-class Block(nnx.Module):
-    def __init__(self, config: GPTConfig, *, dtype, rngs: nnx.Rngs):
-        self.ln1 = layer_norm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
-        self.attn = Attention(config, dtype=dtype, rngs=rngs)
-        self.ln2 = layer_norm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
-        self.mlp = MLP(config, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: Float[Array, "B T C"], *, train: bool,
-                 rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
-        # theory: pre-ln-vs-post-ln
-        x = x + self.attn(self.ln1(x), train=train, rngs=rngs)  # theory: residual-connections
-        x = x + self.mlp(self.ln2(x), train=train, rngs=rngs)
-        return x
+from .layers import Block, layer_norm, normal
 
 
 class GPT(nnx.Module):
@@ -99,7 +48,13 @@ class GPT(nnx.Module):
         self.wpe = nnx.Embed(config.context_length, config.hidden_size, embedding_init=normal(0.02),
                              dtype=dtype, rngs=rngs)
         self.drop = nnx.Dropout(config.dropout)  # theory: dropout
-        self.blocks = nnx.List([Block(config, dtype=dtype, rngs=rngs) for _ in range(config.num_layers)])
+        out_std = 0.02 / math.sqrt(2 * config.num_layers)  # attn.out and mlp.out, see above
+        self.blocks = nnx.List([
+            Block(config.hidden_size, config.num_heads, config.mlp_dim, layer_norm_eps=config.layer_norm_eps,
+                  approximate=True,  # GPT-2's "gelu_new": the tanh approximation of GELU
+                  dropout=config.dropout, attention_dropout=config.attention_dropout,
+                  kernel_init=normal(0.02), out_init=normal(out_std), dtype=dtype, rngs=rngs)
+            for _ in range(config.num_layers)])
         self.ln_f = layer_norm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)  # theory: layer-norm
 
     def forward_features(self, input_ids: Int[Array, "B T"], *, train: bool = False,
@@ -112,7 +67,7 @@ class GPT(nnx.Module):
         x = self.wte(input_ids) + self.wpe(positions)  # [B, T, C]
         x = self.drop(x, deterministic=not train, rngs=rngs)
         for block in self.blocks:
-            x = block(x, train=train, rngs=rngs)
+            x = block(x, is_causal=True, train=train, rngs=rngs)  # theory: causal-masking
         return self.ln_f(x)
 
     def forward_head(self, x: Float[Array, "B T C"]) -> Float[Array, "B T V"]:

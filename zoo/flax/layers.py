@@ -1,10 +1,15 @@
-"""Pieces shared by the Flax NNX models: initialisers, layer norm, attention with dropout, and
-a batch norm whose running statistics match PyTorch's.
+"""Pieces shared by the Flax NNX models: initialisers, layer norm, the transformer's attention,
+MLP and pre-LN block, and a batch norm whose running statistics match PyTorch's.
 
 The leaf layers are flax's own (nnx.Linear, nnx.LayerNorm, nnx.Embed, nnx.Conv, nnx.Dropout),
 whose variable names (``kernel`` [in, out], ``bias``, ``scale``, ``embedding``, conv ``kernel``
 HWIO) are already the canonical leaf names of dlzoo's weight format; the models name the modules
 after the canonical paths (``blocks.0.attn.qkv``), so the state path *is* the canonical name.
+GPT-2, ViT and BERT share ``Attention`` and ``MLP``; GPT-2 and ViT also share the pre-LN
+``Block`` (BERT keeps its own post-LN block). What differs between them is an argument: causal
+or not, an additive mask bias, the GELU flavour, the dropout rates, and the initialisers (flax
+draws the weights at construction, so each model passes its scheme in: ``kernel_init`` for the
+projections that read the residual stream, ``out_init`` for the two that write into it).
 """
 
 from __future__ import annotations
@@ -76,6 +81,76 @@ def attention(
     keep = jax.random.bernoulli(rngs.dropout(), 1.0 - dropout_rate, weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0).astype(v.dtype)
     return jnp.einsum("bnts,bsnh->btnh", weights, v)
+
+
+
+# --------------------------------------------------------------------------- transformer layers
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with a fused q|k|v projection (heads contiguous within each).
+
+    ``__call__(x, is_causal=..., attn_bias=..., train=..., rngs=...)``: ``is_causal`` hides the
+    future (GPT-2); ``attn_bias`` [B, 1, 1, T] is added to the scores before the softmax (BERT's
+    padding mask). ``rngs`` is needed only when ``train=True`` and a dropout rate is non-zero.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, dropout: float, attention_dropout: float,
+                 kernel_init: nnx.Initializer, out_init: nnx.Initializer, dtype, rngs: nnx.Rngs):
+        self.qkv = nnx.Linear(dim, 3 * dim, kernel_init=kernel_init, dtype=dtype, rngs=rngs)  # fused: columns q | k | v
+        self.out = nnx.Linear(dim, dim, kernel_init=out_init, dtype=dtype, rngs=rngs)
+        self.resid_drop = nnx.Dropout(dropout)
+        self.num_heads, self.attention_dropout = num_heads, attention_dropout
+
+    def __call__(self, x: Float[Array, "B T C"], *, is_causal: bool = False,
+                 attn_bias: Float[Array, "B 1 1 T"] | None = None, train: bool,
+                 rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
+        B, T, C = x.shape
+        # theory: multi-head-attention
+        q, k, v = (t.reshape(B, T, self.num_heads, C // self.num_heads)
+                   for t in jnp.split(self.qkv(x), 3, axis=-1))  # [B, T, N, H], heads contiguous
+        # theory: scaled-dot-product-attention
+        y = attention(q, k, v, bias=attn_bias, is_causal=is_causal,
+                      dropout_rate=self.attention_dropout if train else 0.0, rngs=rngs)
+        return self.resid_drop(self.out(y.reshape(B, T, C)), deterministic=not train, rngs=rngs)
+
+
+class MLP(nnx.Module):
+    """Position-wise feed-forward: fc -> GELU -> out -> dropout. ``approximate`` is always passed
+    (jax's default is the tanh approximation): True for GPT-2's "gelu_new", False for the exact
+    erf GELU of BERT and ViT."""
+
+    def __init__(self, dim: int, hidden: int, *, approximate: bool, dropout: float,
+                 kernel_init: nnx.Initializer, out_init: nnx.Initializer, dtype, rngs: nnx.Rngs):
+        self.fc = nnx.Linear(dim, hidden, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
+        self.out = nnx.Linear(hidden, dim, kernel_init=out_init, dtype=dtype, rngs=rngs)
+        self.drop = nnx.Dropout(dropout)
+        self.approximate = approximate
+
+    def __call__(self, x: Float[Array, "B T C"], *, train: bool,
+                 rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
+        h = jax.nn.gelu(self.fc(x), approximate=self.approximate)  # [B, T, F]  # theory: gelu
+        return self.drop(self.out(h), deterministic=not train, rngs=rngs)
+
+
+class Block(nnx.Module):
+    """Pre-LN transformer block (GPT-2, ViT): x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, layer_norm_eps: float,
+                 approximate: bool, dropout: float, attention_dropout: float,
+                 kernel_init: nnx.Initializer, out_init: nnx.Initializer, dtype, rngs: nnx.Rngs):
+        self.ln1 = layer_norm(dim, layer_norm_eps, dtype=dtype, rngs=rngs)
+        self.attn = Attention(dim, num_heads, dropout=dropout, attention_dropout=attention_dropout,
+                              kernel_init=kernel_init, out_init=out_init, dtype=dtype, rngs=rngs)
+        self.ln2 = layer_norm(dim, layer_norm_eps, dtype=dtype, rngs=rngs)
+        self.mlp = MLP(dim, mlp_dim, approximate=approximate, dropout=dropout,
+                       kernel_init=kernel_init, out_init=out_init, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Float[Array, "B T C"], *, is_causal: bool = False, train: bool,
+                 rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
+        # theory: pre-ln-vs-post-ln
+        x = x + self.attn(self.ln1(x), is_causal=is_causal, train=train, rngs=rngs)  # theory: residual-connections
+        x = x + self.mlp(self.ln2(x), train=train, rngs=rngs)
+        return x
 
 
 class BatchNorm(nnx.Module):

@@ -54,18 +54,6 @@ def batch_norm(config: ResNetConfig, channels: int, *, dtype) -> BatchNorm:
     return BatchNorm(channels, momentum=1.0 - config.bn_momentum, epsilon=config.bn_eps, dtype=dtype)
 
 
-def layout(config: ResNetConfig) -> list[list[tuple[int, int, int, int]]]:
-    """Per stage, per block: (in_channels, inner width, out_channels, stride). The first block of
-    every stage but the first halves the resolution."""
-    stages, n_in = [], config.stem_width
-    for s, (depth, width) in enumerate(zip(config.depths, config.widths)):
-        n_out = width * config.expansion
-        stages.append([(n_in if b == 0 else n_out, width, n_out, 2 if (b == 0 and s > 0) else 1)
-                       for b in range(depth)])
-        n_in = n_out
-    return stages
-
-
 class Stem(nnx.Module):
     def __init__(self, config: ResNetConfig, *, dtype, rngs: nnx.Rngs):
         self.conv = nnx.Conv(config.num_channels, config.stem_width, (7, 7), strides=(2, 2),
@@ -146,7 +134,7 @@ class ResNet(nnx.Module):
     def __init__(self, config: ResNetConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.config, self.dtype = config, dtype
         self.stem = Stem(config, dtype=dtype, rngs=rngs)
-        self.stages = nnx.List([Stage(config, blocks, dtype=dtype, rngs=rngs) for blocks in layout(config)])
+        self.stages = nnx.List([Stage(config, blocks, dtype=dtype, rngs=rngs) for blocks in config.layout()])
         n_in = config.out_widths[-1]
         self.head = nnx.Linear(n_in, config.num_classes, kernel_init=uniform_fan_in(n_in),
                                bias_init=uniform_fan_in(n_in), dtype=dtype, rngs=rngs)

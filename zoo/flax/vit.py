@@ -25,64 +25,15 @@ Example::
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float
 
 from ..configs import ViTConfig, ZooError
-from .layers import attention, layer_norm, truncated_normal
+from .layers import Block, layer_norm, truncated_normal
 
 # theory: initialization
 INIT = truncated_normal(0.02)  # patch conv, dense kernels, [CLS] and position embeddings; biases 0
-
-
-class Attention(nnx.Module):
-    def __init__(self, config: ViTConfig, *, dtype, rngs: nnx.Rngs):
-        d = config.hidden_size
-        self.qkv = nnx.Linear(d, 3 * d, kernel_init=INIT, dtype=dtype, rngs=rngs)  # fused: columns q | k | v
-        self.out = nnx.Linear(d, d, kernel_init=INIT, dtype=dtype, rngs=rngs)
-        self.resid_drop = nnx.Dropout(config.dropout)
-        self.num_heads, self.attention_dropout = config.num_heads, config.attention_dropout
-
-    def __call__(self, x: Float[Array, "B T C"], *, train: bool,
-                 rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
-        B, T, C = x.shape
-        # theory: multi-head-attention
-        q, k, v = (t.reshape(B, T, self.num_heads, C // self.num_heads)
-                   for t in jnp.split(self.qkv(x), 3, axis=-1))  # [B, T, N, H], heads contiguous
-        # Bidirectional: every patch attends to every other patch and to [CLS].
-        # theory: scaled-dot-product-attention
-        y = attention(q, k, v, dropout_rate=self.attention_dropout if train else 0.0, rngs=rngs)
-        return self.resid_drop(self.out(y.reshape(B, T, C)), deterministic=not train, rngs=rngs)
-
-
-class MLP(nnx.Module):
-    def __init__(self, config: ViTConfig, *, dtype, rngs: nnx.Rngs):
-        self.fc = nnx.Linear(config.hidden_size, config.mlp_dim, kernel_init=INIT, dtype=dtype, rngs=rngs)
-        self.out = nnx.Linear(config.mlp_dim, config.hidden_size, kernel_init=INIT, dtype=dtype, rngs=rngs)
-        self.drop = nnx.Dropout(config.dropout)
-
-    def __call__(self, x: Float[Array, "B T C"], *, train: bool,
-                 rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
-        # ViT uses the exact (erf) GELU, not the tanh approximation (jax's default).
-        h = jax.nn.gelu(self.fc(x), approximate=False)  # [B, T, F]  # theory: gelu
-        return self.drop(self.out(h), deterministic=not train, rngs=rngs)
-
-
-class Block(nnx.Module):
-    def __init__(self, config: ViTConfig, *, dtype, rngs: nnx.Rngs):
-        self.ln1 = layer_norm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
-        self.attn = Attention(config, dtype=dtype, rngs=rngs)
-        self.ln2 = layer_norm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
-        self.mlp = MLP(config, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: Float[Array, "B T C"], *, train: bool,
-                 rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
-        # theory: pre-ln-vs-post-ln
-        x = x + self.attn(self.ln1(x), train=train, rngs=rngs)  # theory: residual-connections
-        x = x + self.mlp(self.ln2(x), train=train, rngs=rngs)
-        return x
 
 
 class ViT(nnx.Module):
@@ -97,7 +48,12 @@ class ViT(nnx.Module):
         # theory: position-embeddings
         self.pos_embed = nnx.Param(INIT(rngs.params(), (1, config.num_patches + 1, d), jnp.float32))
         self.drop = nnx.Dropout(config.dropout)  # theory: dropout
-        self.blocks = nnx.List([Block(config, dtype=dtype, rngs=rngs) for _ in range(config.num_layers)])
+        self.blocks = nnx.List([
+            Block(d, config.num_heads, config.mlp_dim, layer_norm_eps=config.layer_norm_eps,
+                  approximate=False,  # ViT (like BERT) uses the exact (erf) GELU
+                  dropout=config.dropout, attention_dropout=config.attention_dropout,
+                  kernel_init=INIT, out_init=INIT, dtype=dtype, rngs=rngs)
+            for _ in range(config.num_layers)])
         self.ln_f = layer_norm(d, config.layer_norm_eps, dtype=dtype, rngs=rngs)  # theory: layer-norm
         self.head = nnx.Linear(d, config.num_classes, kernel_init=INIT, dtype=dtype, rngs=rngs)
 
@@ -114,6 +70,7 @@ class ViT(nnx.Module):
         cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (B, 1, C))  # [B, 1, C]
         x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)  # [B, 1 + N, C]
         x = self.drop(x, deterministic=not train, rngs=rngs)
+        # Bidirectional (not causal): every patch attends to every other patch and to [CLS].
         for block in self.blocks:
             x = block(x, train=train, rngs=rngs)
         return self.ln_f(x)
