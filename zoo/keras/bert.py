@@ -43,7 +43,7 @@ class Embeddings(layers.Layer):
         self.token_type = layers.Embedding(config.type_vocab_size, d, embeddings_initializer=normal_init(seeds()),
                                            name="token_type", dtype=policy)
         self.ln = layers.LayerNormalization(epsilon=config.layer_norm_eps, name="ln", dtype=policy)
-        self.drop = layers.Dropout(config.dropout, seed=seeds(), name="drop", dtype=policy)
+        self.drop = layers.Dropout(config.dropout, seed=seeds(), name="drop", dtype=policy)  # theory: dropout
 
     def call(self, input_ids, token_type_ids, training=False):
         T = ops.shape(input_ids)[1]

@@ -41,7 +41,7 @@ class ViT(keras.Model):
         self.cls_token = self.add_weight(shape=(1, 1, d), initializer=normal_init(seeds()), name="cls_token")
         self.pos_embed = self.add_weight(shape=(1, config.num_patches + 1, d), initializer=normal_init(seeds()),
                                          name="pos_embed")  # theory: position-embeddings
-        self.drop = layers.Dropout(config.dropout, seed=seeds(), name="drop", dtype=policy)
+        self.drop = layers.Dropout(config.dropout, seed=seeds(), name="drop", dtype=policy)  # theory: dropout
         self.blocks = [Block(d, config.num_heads, config.mlp_dim, layer_norm_eps=config.layer_norm_eps,
                              approximate_gelu=False, dropout=config.dropout,
                              attention_dropout=config.attention_dropout, seed=seeds(),
