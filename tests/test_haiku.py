@@ -17,7 +17,8 @@ import jax.numpy as jnp  # noqa: E402
 import dlzoo  # noqa: E402
 from dlzoo.zoo import canonical_spec, get_config, load  # noqa: E402
 from dlzoo.zoo import haiku as backend  # noqa: E402
-from dlzoo.zoo.haiku.layers import BatchNorm, canonical_name  # noqa: E402
+from dlzoo.zoo.configs import ZooError  # noqa: E402
+from dlzoo.zoo.haiku.layers import MLP, Attention, BatchNorm, canonical_name, normal  # noqa: E402
 
 CONFIGS = {
     "gpt": get_config("gpt", "tiny", vocab_size=64, context_length=16, dropout=0.1, attention_dropout=0.1),
@@ -142,6 +143,89 @@ def test_batch_norm_momentum_and_unbiased_running_variance():
     np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-4)
 
 
+def _module_calls(model_fn, *inputs):
+    """Abstractly (jax.eval_shape, no compute) init ``model_fn``'s model; return its parameter
+    shapes and, per module path, every module called: (module, input shape, output shape)."""
+    calls = {}
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__":
+            calls[context.module.module_name] = (context.module, args[0].shape, getattr(out, "shape", None))
+        return out
+
+    def forward(*xs):
+        with hk.intercept_methods(record):
+            return model_fn()(*xs)
+
+    params, _ = jax.eval_shape(hk.transform_with_state(forward).init, jax.random.key(0), *inputs)
+    return params, calls
+
+
+@pytest.mark.parametrize("preset", ["tiny", "18", "50"])
+def test_resnet_blocks_follow_the_config_layout(preset):
+    """Every block's channels, stride (on the 3x3 conv: v1.5) and projection shortcut are the
+    ones ResNetConfig.layout() states."""
+    from dlzoo.zoo.haiku.resnet import ResNet
+
+    config = get_config("resnet", preset)
+    params, calls = _module_calls(lambda: ResNet(config), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+    layout = config.layout()
+    blocks = {"/~/".join(m.split("/~/")[:3]) for m in calls if "/~/blocks_" in m}  # resnet/~/stages_s/~/blocks_b
+    assert len(blocks) == sum(len(stage) for stage in layout)
+    convs = ["conv1", "conv2"] + (["conv3"] if config.block == "bottleneck" else [])
+    strided = "conv2" if config.block == "bottleneck" else "conv1"
+    for s, stage in enumerate(layout):
+        for b, (n_in, width, n_out, stride) in enumerate(stage):
+            path = f"resnet/~/stages_{s}/~/blocks_{b}"
+            _, shape_in, shape_out = calls[path]
+            assert (shape_in[-1], shape_out[-1], shape_in[1] // shape_out[1]) == (n_in, n_out, stride), path
+            kernels = [params[f"{path}/~/{c}"]["kernel"].shape for c in convs]
+            assert kernels[0][2] == n_in and kernels[-1][3] == n_out, path
+            assert all(k[3] == width for k in kernels[:-1]), path
+            ratios = [calls[f"{path}/~/{c}"][1][1] // calls[f"{path}/~/{c}"][2][1] for c in convs]
+            assert ratios == [stride if c == strided else 1 for c in convs], path
+            projection = f"{path}/~/downsample/~/conv"
+            if stride != 1 or n_in != n_out:
+                assert params[projection]["kernel"].shape == (1, 1, n_in, n_out), path
+                assert calls[projection][1][1] // calls[projection][2][1] == stride, path
+            else:
+                assert projection not in params, path
+
+
+def test_shared_attention_causal_flag_equals_a_causal_bias():
+    """GPT's is_causal and BERT's additive bias are two doors into the same attention."""
+    def run(x, **kwargs):
+        return Attention(16, 4, dropout=0.0, attention_dropout=0.0, init=normal(0.02),
+                         out_init=normal(0.02))(x, is_training=False, **kwargs)
+
+    attn = hk.without_apply_rng(hk.transform(run))
+    x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+    params = attn.init(jax.random.key(1), x)
+    future = jnp.triu(jnp.ones((5, 5), dtype=bool), k=1)
+    bias = jnp.where(future, jnp.finfo(jnp.float32).min, 0.0)[None, None]  # (1, 1, T, T)
+    causal, biased, full = (attn.apply(params, x, **kw) for kw in ({"is_causal": True}, {"attn_bias": bias}, {}))
+    np.testing.assert_allclose(causal, biased, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(causal[:, 0], attn.apply(params, x[:, :1])[:, 0])  # the first token sees only itself
+    assert not np.allclose(causal, full, atol=1e-4)
+
+
+def test_gelu_flavour_is_chosen_per_model():
+    from dlzoo.zoo.haiku import bert, gpt, vit
+
+    def flavours(model_cls, arch, inputs):
+        _, calls = _module_calls(lambda: model_cls(CONFIGS[arch]), inputs)
+        return {module.approximate for module, _, _ in calls.values() if isinstance(module, MLP)}
+
+    ids = jax.ShapeDtypeStruct((1, 4), jnp.int32)
+    assert flavours(gpt.GPT, "gpt", ids) == {True}  # GPT-2's "gelu_new"
+    assert flavours(bert.BERT, "bert", ids) == {False}
+    assert flavours(vit.ViT, "vit", jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)) == {False}
+    with pytest.raises(ZooError, match="approximate"):
+        hk.transform(lambda: MLP(16, 64, approximate="tanh", dropout=0.0, init=normal(0.02),
+                                 out_init=normal(0.02))).init(None)
+
+
 def test_zero_init_residual_zeroes_each_blocks_last_bn_scale():
     config = CONFIGS["resnet"].replace(zero_init_residual=True)
     tensors = load("resnet", "haiku", config).state_dict()
@@ -188,3 +272,6 @@ def test_theory_markers_are_known_and_the_same_as_torch():
         used = markers(root / "zoo" / "haiku" / f"{arch}.py")
         assert used and used <= known, (arch, sorted(used - known))
         assert used == markers(root / "zoo" / "torch" / f"{arch}.py"), arch
+    # The shared transformer layers carry the markers of the lines that moved there.
+    shared = markers(root / "zoo" / "haiku" / "layers.py")
+    assert shared <= known and shared >= markers(root / "zoo" / "torch" / "layers.py")

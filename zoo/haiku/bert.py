@@ -6,9 +6,9 @@ Understanding".
 
 Args (``BertConfig``): vocab_size, max_positions, type_vocab_size, hidden_size, num_layers,
 num_heads, mlp_dim, layer_norm_eps, dropout (embedding, residual and classifier),
-attention_dropout, pooler, mlm_head, num_labels. ``dtype="bfloat16"`` runs activations and
-matmuls in bfloat16 while the parameters stay float32. ``is_training=True`` turns dropout on and
-needs an rng key in ``apply``.
+attention_dropout, pooler, mlm_head, num_labels. ``transform(config, dtype="bfloat16")`` runs
+activations and matmuls in bfloat16 while the parameters stay float32. ``is_training=True``
+turns dropout on and needs an rng key in ``apply``.
 
 Module paths map onto dlzoo's canonical names ("bert/~/blocks_0/~/attn/~/qkv" + "kernel" ->
 "blocks.0.attn.qkv.kernel", see ``layers.canonical_name``). Example::
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ..configs import BertConfig
-from .layers import Dense, Embedding, LayerNorm, attention, cast_params, dropout, truncated_normal
+from .layers import MLP, Attention, Dense, Embedding, LayerNorm, dropout, transform_model, truncated_normal
 
 _INIT = truncated_normal(0.02)  # theory: initialization
 
@@ -56,52 +56,24 @@ class Embeddings(hk.Module):
         return dropout(self.ln(x), self.dropout, is_training)  # theory: dropout
 
 
-class Attention(hk.Module):
-    def __init__(self, config: BertConfig, *, name: str = "attn"):
-        super().__init__(name=name)
-        d = config.hidden_size
-        self.qkv = Dense(3 * d, init=_INIT, name="qkv")  # fused: columns q | k | v
-        self.out = Dense(d, init=_INIT, name="out")
-        self.num_heads = config.num_heads
-        self.attention_dropout, self.dropout = config.attention_dropout, config.dropout
-
-    def __call__(self, x: Float[Array, "B T D"], attn_bias: Float[Array, "B 1 1 T"] | None, *,
-                 is_training: bool) -> Float[Array, "B T D"]:
-        B, T, D = x.shape
-        # theory: multi-head-attention
-        q, k, v = (t.reshape(B, T, self.num_heads, D // self.num_heads)
-                   for t in jnp.split(self.qkv(x), 3, axis=-1))  # (B, T, N, H), heads contiguous
-        # theory: scaled-dot-product-attention
-        y = attention(q, k, v, bias=attn_bias,  # theory: attention-mask
-                      dropout_rate=self.attention_dropout, is_training=is_training)
-        return dropout(self.out(y.reshape(B, T, D)), self.dropout, is_training)
-
-
-class MLP(hk.Module):
-    def __init__(self, config: BertConfig, *, name: str = "mlp"):
-        super().__init__(name=name)
-        self.fc = Dense(config.mlp_dim, init=_INIT, name="fc")
-        self.out = Dense(config.hidden_size, init=_INIT, name="out")
-        self.dropout = config.dropout
-
-    def __call__(self, x: Float[Array, "B T D"], *, is_training: bool) -> Float[Array, "B T D"]:
-        # BERT uses the exact (erf) GELU, not GPT-2's tanh approximation.
-        h = jax.nn.gelu(self.fc(x), approximate=False)  # (B, T, F)  # theory: gelu
-        return dropout(self.out(h), self.dropout, is_training)
-
-
 class Block(hk.Module):
+    """Post-LN transformer block (BERT's own; GPT-2 and ViT share layers.Block, which is pre-LN):
+    ln1(x + attn(x)), then ln2(x + mlp(x))."""
+
     def __init__(self, config: BertConfig, *, name: str):
         super().__init__(name=name)
-        self.attn = Attention(config)
+        d = config.hidden_size
+        self.attn = Attention(d, config.num_heads, dropout=config.dropout,
+                              attention_dropout=config.attention_dropout, init=_INIT, out_init=_INIT)
         self.ln1 = LayerNorm(eps=config.layer_norm_eps, name="ln1")
-        self.mlp = MLP(config)
+        self.mlp = MLP(d, config.mlp_dim, approximate=False,  # BERT uses the exact (erf) GELU
+                       dropout=config.dropout, init=_INIT, out_init=_INIT)
         self.ln2 = LayerNorm(eps=config.layer_norm_eps, name="ln2")
 
     def __call__(self, x: Float[Array, "B T D"], attn_bias: Float[Array, "B 1 1 T"] | None, *,
                  is_training: bool) -> Float[Array, "B T D"]:
         # theory: pre-ln-vs-post-ln
-        x = self.ln1(x + self.attn(x, attn_bias, is_training=is_training))  # theory: residual-connections
+        x = self.ln1(x + self.attn(x, attn_bias=attn_bias, is_training=is_training))  # theory: residual-connections
         x = self.ln2(x + self.mlp(x, is_training=is_training))
         return x
 
@@ -123,9 +95,9 @@ class MLMHead(hk.Module):
 
 
 class BERT(hk.Module):
-    def __init__(self, config: BertConfig, *, dtype: str = "float32", name: str = "bert"):
+    def __init__(self, config: BertConfig, *, name: str = "bert"):
         super().__init__(name=name)
-        self.config, self.dtype = config, dtype
+        self.config = config
         d = config.hidden_size
         self.embeddings = Embeddings(config)
         self.blocks = [Block(config, name=f"blocks_{i}") for i in range(config.num_layers)]
@@ -146,6 +118,7 @@ class BERT(hk.Module):
             # A large finite negative of the compute dtype, not -inf: a fully padded row stays
             # finite (uniform attention) instead of turning into NaN.
             dtype = x.dtype
+            # theory: attention-mask
             attn_bias = (1 - attention_mask.astype(dtype))[:, None, None, :] * jnp.finfo(dtype).min  # (B, 1, 1, T)
         for block in self.blocks:
             x = block(x, attn_bias, is_training=is_training)
@@ -167,19 +140,13 @@ class BERT(hk.Module):
     def __call__(self, input_ids: Int[Array, "B T"], token_type_ids: Int[Array, "B T"] | None = None,
                  attention_mask: Int[Array, "B T"] | None = None, *, is_training: bool = False) -> dict[str, Array]:
         """-> {"last_hidden_state": (B, T, D), "pooler_output": (B, D) if config.pooler,
-        "mlm_logits": (B, T, V) if config.mlm_head, "logits": (B, num_labels) if num_labels},
-        float32."""
-        with cast_params(self.dtype):
-            x = self.forward_features(input_ids, token_type_ids, attention_mask, is_training=is_training)
-            out = self.forward_head(x, is_training=is_training)
-        return {k: v.astype(jnp.float32) for k, v in out.items()}
+        "mlm_logits": (B, T, V) if config.mlm_head, "logits": (B, num_labels) if num_labels}."""
+        x = self.forward_features(input_ids, token_type_ids, attention_mask, is_training=is_training)
+        return self.forward_head(x, is_training=is_training)
 
 
 def transform(config: BertConfig, *, dtype: str = "float32") -> hk.TransformedWithState:
-    """BERT as Haiku's pure pair: ``init(rng, input_ids, ...)``, ``apply(params, state, rng,
-    input_ids, token_type_ids=None, attention_mask=None, is_training=False)``; the state is
-    empty (kept for one signature across models)."""
-    def forward(input_ids: Int[Array, "B T"], token_type_ids: Int[Array, "B T"] | None = None,
-                attention_mask: Int[Array, "B T"] | None = None, is_training: bool = False) -> dict[str, Array]:
-        return BERT(config, dtype=dtype)(input_ids, token_type_ids, attention_mask, is_training=is_training)
-    return hk.transform_with_state(forward)
+    """BERT as Haiku's pure pair (``layers.transform_model``): ``init(rng, input_ids, ...)``,
+    ``apply(params, state, rng, input_ids, token_type_ids=None, attention_mask=None,
+    is_training=False)``; the state is empty (kept for one signature across models)."""
+    return transform_model(BERT, config, dtype=dtype)

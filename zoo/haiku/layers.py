@@ -11,6 +11,12 @@ to a canonical name is mechanical, see ``canonical_name``:
 
 (drop the root module, drop "~", turn a trailing ``_<digits>`` into ``.<digits>``).
 
+GPT-2, ViT and BERT share ``Attention`` and ``MLP``; GPT-2 and ViT also share the pre-LN
+``Block`` (BERT keeps its own post-LN block). What differs between them is an argument: causal or
+not, an additive mask bias, the GELU flavour, the dropout rates, and the initialisers (Haiku draws
+a parameter when it is first read, so each model passes its scheme in: ``init`` for the
+projections that read the residual stream, ``out_init`` for the two that write into it).
+
 Mixed precision follows Haiku's custom-getter idiom (as ``jmp`` does): ``cast_params`` casts
 every parameter to the compute dtype as it is read, so the stored parameters stay float32.
 """
@@ -24,6 +30,8 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
+
+from ..configs import ZooError
 
 # jax.random.truncated_normal(-2, 2) has std 0.8796; divide it out so `std` means the std.
 _TRUNCATED_STD = 0.87962566103423978
@@ -56,6 +64,26 @@ def cast_params(dtype: str) -> hk.custom_getter:
     def getter(next_getter, value, context):
         return next_getter(value.astype(dtype) if jnp.issubdtype(value.dtype, jnp.floating) else value)
     return hk.custom_getter(getter)
+
+
+def transform_model(model: type[hk.Module], config, *, dtype: str = "float32") -> hk.TransformedWithState:
+    """``model(config)`` as Haiku's pure pair with state: ``init(rng, *inputs)``,
+    ``apply(params, state, rng, *inputs, is_training=False)``. The module is built afresh inside
+    every call, as Haiku requires; inputs (positional or named) pass through.
+
+    ``dtype`` is the compute dtype, applied here at the boundary as a policy (jmp's idiom, and
+    torch's autocast), so the models hold no dtype of their own: floating inputs are cast to it,
+    every parameter is read in it (``cast_params``), floating outputs come back float32. The
+    stored parameters and state stay float32."""
+    def cast(x, to):
+        return jnp.asarray(x, to) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    def forward(*inputs, is_training: bool = False, **named_inputs) -> dict[str, Array]:
+        inputs, named_inputs = jax.tree.map(lambda x: cast(x, dtype), (inputs, named_inputs))
+        with cast_params(dtype):
+            outputs = model(config)(*inputs, is_training=is_training, **named_inputs)
+        return jax.tree.map(lambda x: cast(x, jnp.float32), outputs)
+    return hk.transform_with_state(forward)
 
 
 def dropout(x: Array, rate: float, is_training: bool) -> Array:
@@ -180,3 +208,73 @@ def attention(q: Float[Array, "B T N H"], k: Float[Array, "B S N H"], v: Float[A
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
     probs = dropout(probs, dropout_rate, is_training)
     return jnp.einsum("bnts,bsnh->btnh", probs, v)
+
+
+# --------------------------------------------------------------------------- transformer layers
+
+class Attention(hk.Module):
+    """Multi-head self-attention with a fused q|k|v projection (heads contiguous within each).
+
+    ``__call__(x, is_causal=..., attn_bias=..., is_training=...)``: ``is_causal`` hides the
+    future (GPT-2); ``attn_bias`` (B, 1, 1, T) is added to the scores before the softmax (BERT's
+    padding mask). Dropout needs an rng key in ``apply`` only when ``is_training=True``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, dropout: float, attention_dropout: float,
+                 init: hk.initializers.Initializer, out_init: hk.initializers.Initializer, name: str = "attn"):
+        super().__init__(name=name)
+        self.qkv = Dense(3 * dim, init=init, name="qkv")  # fused: columns q | k | v
+        self.out = Dense(dim, init=out_init, name="out")
+        self.num_heads = num_heads
+        self.attention_dropout, self.dropout = attention_dropout, dropout
+
+    def __call__(self, x: Float[Array, "B T D"], *, is_causal: bool = False,
+                 attn_bias: Float[Array, "B 1 1 T"] | None = None, is_training: bool) -> Float[Array, "B T D"]:
+        B, T, D = x.shape
+        # theory: multi-head-attention
+        q, k, v = (t.reshape(B, T, self.num_heads, D // self.num_heads)
+                   for t in jnp.split(self.qkv(x), 3, axis=-1))  # (B, T, N, H), heads contiguous
+        # theory: scaled-dot-product-attention
+        y = attention(q, k, v, bias=attn_bias, is_causal=is_causal,
+                      dropout_rate=self.attention_dropout, is_training=is_training)
+        return dropout(self.out(y.reshape(B, T, D)), self.dropout, is_training)
+
+
+class MLP(hk.Module):
+    """Position-wise feed-forward: fc -> GELU -> out -> dropout. ``approximate`` is always passed
+    (jax's default is the tanh approximation): True for GPT-2's "gelu_new", False for the exact
+    erf GELU of BERT and ViT."""
+
+    def __init__(self, dim: int, hidden: int, *, approximate: bool, dropout: float,
+                 init: hk.initializers.Initializer, out_init: hk.initializers.Initializer, name: str = "mlp"):
+        super().__init__(name=name)
+        if not isinstance(approximate, bool):
+            raise ZooError(f"MLP approximate={approximate!r}: expected True (tanh GELU, GPT-2) or False (exact GELU)")
+        self.fc = Dense(hidden, init=init, name="fc")
+        self.out = Dense(dim, init=out_init, name="out")
+        self.approximate, self.dropout = approximate, dropout
+
+    def __call__(self, x: Float[Array, "B T D"], *, is_training: bool) -> Float[Array, "B T D"]:
+        h = jax.nn.gelu(self.fc(x), approximate=self.approximate)  # (B, T, F)  # theory: gelu
+        return dropout(self.out(h), self.dropout, is_training)
+
+
+class Block(hk.Module):
+    """Pre-LN transformer block (GPT-2, ViT): x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, layer_norm_eps: float,
+                 approximate: bool, dropout: float, attention_dropout: float,
+                 init: hk.initializers.Initializer, out_init: hk.initializers.Initializer, name: str):
+        super().__init__(name=name)
+        self.ln1 = LayerNorm(eps=layer_norm_eps, name="ln1")
+        self.attn = Attention(dim, num_heads, dropout=dropout, attention_dropout=attention_dropout,
+                              init=init, out_init=out_init)
+        self.ln2 = LayerNorm(eps=layer_norm_eps, name="ln2")
+        self.mlp = MLP(dim, mlp_dim, approximate=approximate, dropout=dropout, init=init, out_init=out_init)
+
+    def __call__(self, x: Float[Array, "B T D"], *, is_causal: bool = False,
+                 is_training: bool) -> Float[Array, "B T D"]:
+        # theory: pre-ln-vs-post-ln
+        x = x + self.attn(self.ln1(x), is_causal=is_causal, is_training=is_training)  # theory: residual-connections
+        x = x + self.mlp(self.ln2(x), is_training=is_training)
+        return x

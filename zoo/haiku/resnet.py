@@ -8,8 +8,8 @@ zero-init of the last BN scale from Goyal et al., 2017, "Accurate, Large Minibat
 Args (``ResNetConfig``): block ("basic" or "bottleneck"), depths and widths (per stage),
 stem_width, num_channels, num_classes, bn_eps, bn_momentum (torch's convention, the weight of
 the new batch; Haiku's ``decay_rate`` is 1 - bn_momentum), zero_init_residual.
-``dtype="bfloat16"`` runs activations and convs in bfloat16 while the parameters and batch-norm
-statistics stay float32. Images are NHWC. ``is_training=True`` normalises with batch statistics
+``transform(config, dtype="bfloat16")`` runs activations and convs in bfloat16 while the
+parameters and batch-norm statistics stay float32. Images are NHWC. ``is_training=True`` normalises with batch statistics
 and writes the running ones to the returned state (``hk.transform_with_state``); otherwise the
 running statistics are used and the state comes back unchanged.
 
@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..configs import ResNetConfig
-from .layers import BatchNorm, Conv2D, Dense, cast_params, uniform_fan_in
+from .layers import BatchNorm, Conv2D, Dense, transform_model, uniform_fan_in
 
 
 def conv(n_out: int, size: int, stride: int = 1, *, name: str) -> Conv2D:
@@ -50,18 +50,6 @@ def batch_norm(config: ResNetConfig, *, zero_init: bool = False, name: str) -> B
     # theory: batch-norm
     return BatchNorm(decay_rate=1.0 - config.bn_momentum, eps=config.bn_eps,
                      scale_init=jnp.zeros if zero_init else jnp.ones, name=name)
-
-
-def layout(config: ResNetConfig) -> list[list[tuple[int, int, int, int]]]:
-    """Per stage, per block: (in_channels, inner width, out_channels, stride). The first block of
-    every stage but the first halves the resolution."""
-    stages, n_in = [], config.stem_width
-    for s, (depth, width) in enumerate(zip(config.depths, config.widths)):
-        n_out = width * config.expansion
-        stages.append([(n_in if b == 0 else n_out, width, n_out, 2 if (b == 0 and s > 0) else 1)
-                       for b in range(depth)])
-        n_in = n_out
-    return stages
 
 
 class Stem(hk.Module):
@@ -129,6 +117,9 @@ class Bottleneck(hk.Module):
 
 
 class Stage(hk.Module):
+    """The blocks of one stage; ``blocks`` is that stage's row of ``ResNetConfig.layout()``:
+    (in_channels, inner width, out_channels, stride) per block."""
+
     def __init__(self, config: ResNetConfig, blocks: list[tuple[int, int, int, int]], *, name: str):
         super().__init__(name=name)
         block = Bottleneck if config.block == "bottleneck" else BasicBlock
@@ -141,11 +132,11 @@ class Stage(hk.Module):
 
 
 class ResNet(hk.Module):
-    def __init__(self, config: ResNetConfig, *, dtype: str = "float32", name: str = "resnet"):
+    def __init__(self, config: ResNetConfig, *, name: str = "resnet"):
         super().__init__(name=name)
-        self.config, self.dtype = config, dtype
+        self.config = config
         self.stem = Stem(config)
-        self.stages = [Stage(config, blocks, name=f"stages_{s}") for s, blocks in enumerate(layout(config))]
+        self.stages = [Stage(config, blocks, name=f"stages_{s}") for s, blocks in enumerate(config.layout())]
         # theory: initialization
         # Convs: kaiming normal fan-out (layers.Conv2D's default); head: torch.nn.Linear's default.
         bound = 1.0 / math.sqrt(config.out_widths[-1])
@@ -156,7 +147,7 @@ class ResNet(hk.Module):
                          is_training: bool = False) -> Float[Array, "B h w C"]:
         """``pixel_values`` (B, H, W, C_in) -> the last stage's feature map (B, H/32, W/32, C)
         (H/2^(S+1) for S stages)."""
-        x = self.stem(pixel_values.astype(self.dtype), is_training=is_training)  # (B, H/4, W/4, stem_width)
+        x = self.stem(pixel_values, is_training=is_training)  # (B, H/4, W/4, stem_width)
         for stage in self.stages:
             x = stage(x, is_training=is_training)
         return x
@@ -165,15 +156,12 @@ class ResNet(hk.Module):
         return self.head(x.mean(axis=(1, 2)))  # global average pool -> (B, num_classes)
 
     def __call__(self, pixel_values: Float[Array, "B H W C_in"], *, is_training: bool = False) -> dict[str, Array]:
-        """``pixel_values`` (B, H, W, C_in) -> {"logits": (B, num_classes)} float32."""
-        with cast_params(self.dtype):
-            logits = self.forward_head(self.forward_features(pixel_values, is_training=is_training))
-        return {"logits": logits.astype(jnp.float32)}
+        """``pixel_values`` (B, H, W, C_in) -> {"logits": (B, num_classes)}."""
+        return {"logits": self.forward_head(self.forward_features(pixel_values, is_training=is_training))}
 
 
 def transform(config: ResNetConfig, *, dtype: str = "float32") -> hk.TransformedWithState:
-    """ResNet as Haiku's pure pair: ``init(rng, pixel_values)``, ``apply(params, state, rng,
-    pixel_values, is_training=False)``; the state holds every batch norm's running mean/var."""
-    def forward(pixel_values: Float[Array, "B H W C_in"], is_training: bool = False) -> dict[str, Array]:
-        return ResNet(config, dtype=dtype)(pixel_values, is_training=is_training)
-    return hk.transform_with_state(forward)
+    """ResNet as Haiku's pure pair (``layers.transform_model``): ``init(rng, pixel_values)``,
+    ``apply(params, state, rng, pixel_values, is_training=False)``; the state holds every batch
+    norm's running mean/var, and ``rng`` may be None (ResNet has no dropout)."""
+    return transform_model(ResNet, config, dtype=dtype)
