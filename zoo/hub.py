@@ -376,6 +376,12 @@ def _read_bin(path: Path) -> dict[str, np.ndarray]:
             for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
+def _is_float(dtype: np.dtype) -> bool:
+    # With ml_dtypes loaded (jax imports it), safetensors hands back bfloat16 arrays directly;
+    # numpy does not count that dtype as floating.
+    return np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"
+
+
 def read_checkpoint(folder: str | os.PathLike, upcast: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
     """(config.json as a dict, tensors by published name) from a folder in the published layout.
 
@@ -407,8 +413,7 @@ def read_checkpoint(folder: str | os.PathLike, upcast: bool = True) -> tuple[dic
     else:
         tensors = (_read_safetensors if found.endswith(".safetensors") else _read_bin)(folder / found)
     if upcast:
-        tensors = {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
-                   for k, v in tensors.items()}
+        tensors = {k: v.astype(np.float32) if _is_float(v.dtype) else v for k, v in tensors.items()}
     return hf, tensors
 
 
@@ -467,7 +472,7 @@ def to_canonical(arch: str, hf: dict, tensors: dict[str, np.ndarray]):
         if unexpected:
             parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:8])}" + (" ..." if len(unexpected) > 8 else ""))
         raise HubError(f"checkpoint does not match a {arch} model with {config}: " + " | ".join(parts))
-    canonical = {k: np.ascontiguousarray(v, dtype=np.float32) if v.dtype.kind == "f" else v
+    canonical = {k: np.ascontiguousarray(v, dtype=np.float32) if _is_float(v.dtype) else v
                  for k, v in canonical.items()}
     ignored = sorted(n for n in tensors if n not in used)
     return config, validate(arch, config, canonical, source="checkpoint"), ignored
