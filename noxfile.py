@@ -15,7 +15,7 @@ nox.options.sessions = ["ci"]
 nox.options.reuse_existing_virtualenvs = True
 
 KERAS_BACKENDS = {"jax": ["jax"], "torch": ["torch"], "tensorflow": ["tensorflow-cpu"]}
-PYTEST = ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+PYTEST = ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2"]
 
 
 def _pytest(session, *args, env=None):
