@@ -210,10 +210,9 @@ def test_json_schema_and_vocabulary(tmp_path):
 
 
 def test_logger_round_trip_with_non_finite_values(tmp_path):
-    np_ = pytest.importorskip("numpy")
     path = tmp_path / "m.jsonl"
     with MetricsLogger(path, num_classes=10, total_steps=3) as log:
-        log.log(step=0, loss=np_.float32(2.3), lr=1e-3, grad_norm=0.5, grad_norms={"head": 0.1}, throughput=100.0)
+        log.log(step=0, loss=np.float32(2.3), lr=1e-3, grad_norm=0.5, grad_norms={"head": 0.1}, throughput=100.0)
         log.log(step=1, loss=float("nan"), lr=1e-3, grad_norm=float("inf"))
         log.log_eval(step=1, val_loss=2.4, val_accuracy=0.1)
     text = path.read_text()
