@@ -19,7 +19,6 @@ after every line, so a crashed run leaves a readable file.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from numbers import Real

@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="published checkpoints are written by transformers, which needs torch")
 transformers = pytest.importorskip("transformers", reason="the reference checkpoints are built with transformers")
 
-from dlzoo.zoo import from_pretrained, hub, weights  # noqa: E402
+from dlzoo.zoo import from_pretrained, hub  # noqa: E402
 from dlzoo.zoo.reference import sample_inputs, transformers_model, transformers_outputs  # noqa: E402
 
 

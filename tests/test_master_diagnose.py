@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from typer.testing import CliRunner
 
-from dlzoo.agents.diagnose import KINDS, SEVERITIES, diagnose, plot, to_json
+from dlzoo.agents.diagnose import KINDS, SEVERITIES, diagnose, to_json
 from dlzoo.agents.metrics import MetricsError, MetricsLogger, parse_lines, read_metrics
 
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

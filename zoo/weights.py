@@ -12,7 +12,6 @@ state dict is checked against it, and parameter counts are computed from it.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass

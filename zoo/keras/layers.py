@@ -2,10 +2,10 @@
 
 Only ``keras.layers`` and ``keras.ops``: the same file runs on the jax, torch and tensorflow
 backends. Every layer takes an explicit ``name=`` (the canonical name of DESIGN.md, with
-``blocks.0`` spelled ``blocks_0`` and ``stages.1.blocks.0`` spelled ``stages_1_blocks_0``, because keras' torch backend registers variables under their
-path and torch forbids dots there) and an integer ``seed`` from which it draws the seeds of its
-initializers and dropout layers, so a model built twice with one seed is the same model without
-keras' global random state.
+``blocks.0`` spelled ``blocks_0`` and ``stages.1.blocks.0`` spelled ``stages_1_blocks_0``,
+because keras' torch backend registers variables under their path and torch forbids dots there)
+and an integer ``seed`` from which it draws the seeds of its initializers and dropout layers, so
+a model built twice with one seed is the same model without keras' global random state.
 
 Canonical names follow mechanically from ``variable.path`` (see ``canonical_name``):
 ``blocks_0/attn/qkv/kernel`` -> ``blocks.0.attn.qkv.kernel``, and keras' leaf names are renamed
