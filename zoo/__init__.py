@@ -10,8 +10,8 @@ _EXPORTS = {
     "ARCHS": "configs", "ALIASES": "configs", "CONFIGS": "configs", "PRESETS": "configs",
     "BertConfig": "configs", "ConfigError": "configs", "GPTConfig": "configs", "ResNetConfig": "configs",
     "ViTConfig": "configs", "ZooError": "configs", "get_config": "configs", "preset_names": "configs",
-    "FRAMEWORKS": "handle", "Handle": "handle", "installed_frameworks": "handle", "load": "handle",
-    "WeightsError": "weights", "canonical_spec": "weights", "count_params": "weights",
+    "FRAMEWORKS": "frameworks", "Handle": "handle", "installed_frameworks": "frameworks", "load": "handle",
+    "WeightsError": "spec", "canonical_spec": "spec", "count_params": "spec",
 }
 __all__ = sorted([*_EXPORTS, "from_pretrained"])
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .configs import BertConfig, GPTConfig, ResNetConfig, ViTConfig
-from .weights import count_params
+from .spec import count_params
 
 BYTES_FP32 = 4
 ADAMW_BYTES_PER_PARAM = 16  # fp32 weights, gradients and AdamW's two moments

@@ -21,8 +21,6 @@ gradients of ``sum_k sum(outputs[k] * cotangents[k])`` for every trainable canon
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 from typing import Any
 
@@ -30,11 +28,7 @@ import numpy as np
 
 from . import weights as _weights
 from .configs import ZooError, check_arch, get_config
-
-FRAMEWORKS: tuple[str, ...] = ("torch", "flax", "equinox", "haiku", "keras")
-# What each backend needs importable; used to list installed frameworks without importing them.
-_REQUIRES = {"torch": ("torch",), "flax": ("flax", "optax"), "equinox": ("equinox", "optax"),
-             "haiku": ("haiku", "optax"), "keras": ("keras",)}
+from .frameworks import FRAMEWORKS, backend, check_framework, installed_frameworks  # noqa: F401  (re-exported)
 
 # Inputs each architecture accepts, and which of them are required.
 INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -43,34 +37,6 @@ INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "vit": (("pixel_values",), ("pixel_values",)),
     "resnet": (("pixel_values",), ("pixel_values",)),
 }
-
-
-def check_framework(framework: str) -> str:
-    if framework not in FRAMEWORKS:
-        raise ZooError(f"unknown framework {framework!r}; expected one of: {', '.join(FRAMEWORKS)}")
-    return framework
-
-
-def installed_frameworks() -> list[str]:
-    """Frameworks whose packages are importable, found without importing them."""
-    return [f for f in FRAMEWORKS if all(importlib.util.find_spec(m) for m in _REQUIRES[f])
-            and _backend_exists(f)]
-
-
-def _backend_exists(framework: str) -> bool:
-    return importlib.util.find_spec(f"{__package__}.{framework}") is not None
-
-
-def backend(framework: str):
-    check_framework(framework)
-    missing = [m for m in _REQUIRES[framework] if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ZooError(f"framework {framework!r} needs {', '.join(missing)}, which is not installed; "
-                       f"install it with: pip install 'dlzoo[{framework}]'")
-    if not _backend_exists(framework):
-        raise ZooError(f"framework {framework!r} has no dlzoo implementation in this version; "
-                       f"available: {', '.join(installed_frameworks())}")
-    return importlib.import_module(f"{__package__}.{framework}")
 
 
 def _check_inputs(arch: str, config, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
