@@ -588,7 +588,7 @@ def diagnose(run: Run) -> list[Finding]:
     findings += _lr_too_high(ctx, unstable)
     findings += _gradients(ctx)
     if not unstable:
-        stalled = _no_progress(ctx, unstable=bool(spikes))
+        stalled = _no_progress(ctx, unstable=len(spikes) >= 2)  # one spike is noise, not instability
         findings += stalled or _plateaus(ctx) + _underfitting(ctx)
     findings += _overfitting(ctx)
     return sorted(findings, key=lambda f: (f.start_step, KINDS.index(f.kind)))
