@@ -14,7 +14,6 @@ outputs are computed here in numpy.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +21,11 @@ import numpy as np
 
 from ..zoo.configs import get_config
 
-INIT_TOLERANCE = (0.25, 0.5)   # same rule as diagnose: |L0 - ln C| <= max(0.25 ln C, 0.5)
+# |L0 - ln C| <= max(0.25 ln C, 1.0). A nat of slack, not diagnose's half nat: torch's default
+# head init U(+-1/sqrt(fan_in)) on ResNet's all-positive pooled features gives logits of std ~1,
+# and at some seeds an initial loss 0.8 nat above ln 10 (tiny, seeds 0-5, every framework:
+# 1.94-3.13). An init that is really too large (logit std >= 1.5) lands further out.
+INIT_TOLERANCE = (0.25, 1.0)
 OVERFIT_STEPS = 60
 OVERFIT_LR = 3e-3
 OVERFIT_TARGET = 0.2           # the loss must fall below 20% of its initial value
@@ -205,39 +208,19 @@ def _deterministic(task: _Task, handle) -> Check:
                  "eval mode, so validation numbers are noisy and not reproducible")
 
 
-def _block_order(name: str) -> tuple[int, ...]:
-    return tuple(int(n) for n in re.findall(r"\d+", name))
-
-
 def _activation_scale(task: _Task, handle) -> Check:
-    """RMS of each residual block's output at init (torch only: needs forward hooks)."""
+    """RMS of each residual block's output at initialisation, through the handle's block_outputs
+    (every framework reads its own forward pass: hooks, nnx.capture, interceptors, ...)."""
     meaning = ("activations grow or shrink geometrically with depth: initialisation or residual "
                "scaling is off, and deeper variants will be unstable")
-    if handle.framework != "torch":
-        return Check("activation-scale", None,
-                     {"reason": f"needs intermediate activations; the handle exposes outputs only and "
-                                f"{handle.framework} has no forward hooks, so this check runs for torch"}, meaning)
-    import torch
-
-    model = handle.native
-    pattern = re.compile(r"^(blocks\.\d+|stages\.\d+\.blocks\.\d+)$")
-    rms: dict[str, float] = {}
-    hooks = [module.register_forward_hook(
-        lambda _m, _i, out, name=name: rms.__setitem__(name, float(out.float().pow(2).mean().sqrt())))
-        for name, module in model.named_modules() if pattern.match(name)]
-    try:
-        with torch.no_grad():
-            handle.apply(task.inputs, train=False)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    if not rms:
+    outputs = handle.block_outputs(task.inputs)
+    if not outputs:
         return Check("activation-scale", None, {"reason": "no residual blocks found"}, meaning)
-    names = sorted(rms, key=_block_order)
-    values = np.array([rms[n] for n in names])
+    rms = {name: float(np.sqrt(np.mean(np.square(out, dtype=np.float64)))) for name, out in outputs.items()}
+    values = np.array(list(rms.values()))
     ratio = float(values.max() / max(values.min(), 1e-30))
     return Check("activation-scale", bool(np.all(np.isfinite(values)) and ratio <= ACTIVATION_RATIO),
-                 {"block_output_rms": {n: round(rms[n], 5) for n in names}, "max_over_min": round(ratio, 3),
+                 {"block_output_rms": {n: round(v, 5) for n, v in rms.items()}, "max_over_min": round(ratio, 3),
                   "limit": ACTIVATION_RATIO}, meaning)
 
 

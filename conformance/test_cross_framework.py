@@ -118,3 +118,12 @@ def test_bfloat16_compute_stays_within_tolerance(case, framework, handle):
         scale = max(1.0, float(np.abs(full[key]).max()))
         diff = max_abs(half[key], full[key])
         assert 0 < diff <= BF16_RTOL * scale, f"{framework} {case} {key}: bf16 diff {diff:.3g} (scale {scale:.3g})"
+
+
+@pytest.mark.parametrize("framework", OTHER_FRAMEWORKS, ids=framework_id)
+@pytest.mark.parametrize("case", list(CASES))
+def test_block_outputs_agree_across_frameworks(case, framework, handle):
+    inputs = CASES[case].inputs(8)
+    want = handle(case, "torch").block_outputs(inputs)
+    assert len(want) == len(set(want)) > 0
+    assert_outputs_close(handle(case, framework).block_outputs(inputs), want, what=f"{framework} {case} blocks")

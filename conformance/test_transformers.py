@@ -88,3 +88,45 @@ def test_torch_batch_norm_train_mode_matches_transformers(case, references, hand
     assert stats and all(not np.array_equal(ours[k], before[k]) for k in stats), "running statistics did not move"
     for key in stats:
         np.testing.assert_allclose(ours[key], hf_after[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def _hf_block_outputs(case, model, inputs) -> dict:
+    """transformers' ``hidden_states`` by dlzoo block name: entry i + 1 is block i's output.
+    ResNet reports one state per stage (its last block); GPT-2 replaces the last state by
+    ``ln_f`` of it, so that block is read with a forward hook on the last ``GPT2Block``."""
+    import torch
+
+    arch = CASES[case].arch
+    base = {"bert": "bert", "gpt": "transformer", "vit": "vit", "resnet": "resnet"}[arch]
+    base = getattr(model, base)
+    captured = {}
+    hook = None
+    if arch == "gpt":
+        hook = base.h[-1].register_forward_hook(
+            lambda _m, _i, out: captured.__setitem__("last", out[0] if isinstance(out, tuple) else out))
+    try:
+        with torch.no_grad():
+            states = [t.numpy() for t in base(**_torch_in(inputs), output_hidden_states=True).hidden_states[1:]]
+    finally:
+        if hook is not None:
+            hook.remove()
+    if arch == "resnet":
+        depths = model.config.depths
+        return {f"stages.{s}.blocks.{depths[s] - 1}": state.transpose(0, 2, 3, 1) for s, state in enumerate(states)}
+    if arch == "gpt":
+        states[-1] = captured["last"].numpy()
+    return {f"blocks.{i}": state for i, state in enumerate(states)}
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS, ids=framework_id)
+@pytest.mark.parametrize("case", list(CASES))
+def test_block_outputs_match_transformers_hidden_states(case, framework, references, handle):
+    """The residual stream after every block (what doctor's activation-scale check reads)."""
+    _, model = references(case)
+    inputs = CASES[case].inputs(7)
+    want = _hf_block_outputs(case, model, inputs)
+    got = handle(case, framework).block_outputs(inputs)
+    assert list(got) == sorted(got, key=lambda n: [int(p) for p in n.split(".") if p.isdigit()])
+    if CASES[case].arch == "resnet":  # transformers reports stage ends; every block is held to torch
+        got = {name: got[name] for name in want}
+    assert_outputs_close(got, want, what=f"{framework} {case} block outputs")

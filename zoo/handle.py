@@ -12,11 +12,16 @@ Backend contract (module-level functions of ``dlzoo.zoo.<framework>``):
     apply(arch, config, native, inputs, *, train, seed) -> (outputs, native)
     vjp(arch, config, native, inputs, cotangents, *, train, seed) -> dict[str, np.ndarray]
     adamw_step(arch, config, native, inputs, cotangents, *, lr, betas, eps, weight_decay, seed) -> native
+    block_outputs(arch, config, native, inputs) -> dict[str, np.ndarray]
 
 ``apply`` returns the native object again because functional frameworks (equinox, haiku, and
 batch-norm state in general) hand back updated state in train mode. ``vjp`` returns the
 gradients of ``sum_k sum(outputs[k] * cotangents[k])`` for every trainable canonical tensor;
 ``adamw_step`` takes one step of the framework's own AdamW on that same scalar.
+``block_outputs`` returns, in eval mode, the output of every residual block by canonical block
+name ("blocks.3", "stages.1.blocks.0"; feature maps NHWC), read with the framework's own way of
+observing a forward pass (torch hooks, ``nnx.capture``, haiku method interceptors, an equinox
+pytree swap, a keras ``call`` shadowed on the instance).
 """
 
 from __future__ import annotations
@@ -74,6 +79,11 @@ def _check_inputs(arch: str, config, inputs: dict[str, Any]) -> dict[str, np.nda
     return out
 
 
+def _depth(block_name: str) -> tuple[int, ...]:
+    """"stages.1.blocks.10" -> (1, 10): blocks sort in the order they run."""
+    return tuple(int(part) for part in block_name.split(".") if part.isdigit())
+
+
 class Handle:
     """A model in one framework, seen through canonical numpy tensors.
 
@@ -120,6 +130,13 @@ class Handle:
                                                lr=lr, betas=tuple(betas), eps=eps,
                                                weight_decay=weight_decay, seed=seed)
         return self
+
+    def block_outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The residual stream after every block, in eval mode: canonical block name -> array
+        ([B, T, D] for the transformers, NHWC for ResNet), in the order the blocks run."""
+        inputs = _check_inputs(self.arch, self.config, inputs)
+        outputs = self._backend.block_outputs(self.arch, self.config, self.native, inputs)
+        return {name: np.asarray(outputs[name]) for name in sorted(outputs, key=_depth)}
 
     @property
     def num_params(self) -> int:

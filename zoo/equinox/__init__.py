@@ -1,4 +1,4 @@
-"""Equinox backend of dlzoo: the six functions of the backend contract (see zoo/handle.py).
+"""Equinox backend of dlzoo: the seven functions of the backend contract (see zoo/handle.py).
 
 ``native`` is ``(module, state)``: an ``eqx.Module`` and its ``eqx.nn.State`` (batch-norm
 running statistics for ResNet, empty otherwise), as ``eqx.nn.make_with_state`` returns them.
@@ -28,7 +28,7 @@ from .vit import ViT
 
 MODELS = {"bert": Bert, "gpt": GPT, "resnet": ResNet, "vit": ViT}
 
-__all__ = ["MODELS", "Bert", "GPT", "ResNet", "ViT", "adamw_step", "apply", "build",
+__all__ = ["MODELS", "Bert", "GPT", "ResNet", "ViT", "adamw_step", "apply", "block_outputs", "build",
            "load_state_dict", "state_dict", "vjp"]
 
 
@@ -84,6 +84,47 @@ def _forward(arch: str, module, state, inputs: dict, key, inference: bool):
 @eqx.filter_jit
 def _apply(arch, module, state, inputs, key, inference):
     return _forward(arch, module, state, inputs, key, inference)
+
+
+class _Recorded(eqx.Module):
+    """A residual block that also writes its output into ``sink`` under its canonical name."""
+    block: eqx.Module
+    name: str = eqx.field(static=True)
+    sink: dict = eqx.field(static=True)
+
+    def __call__(self, *args, **kwargs):
+        out = self.block(*args, **kwargs)
+        self.sink[self.name] = out[0] if isinstance(out, tuple) else out  # ResNet blocks return (x, state)
+        return out
+
+
+def _blocks(module) -> dict[str, eqx.Module]:
+    """Canonical block name -> residual block: "blocks.3", or "stages.1.blocks.0" in ResNet."""
+    if hasattr(module, "stages"):
+        return {f"stages.{s}.blocks.{b}": block for s, stage in enumerate(module.stages)
+                for b, block in enumerate(stage.blocks)}
+    return {f"blocks.{i}": block for i, block in enumerate(module.blocks)}
+
+
+def block_outputs(arch: str, config, native, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The output of every residual block in inference mode, by canonical block name. Equinox
+    has no hooks; the model is a pytree, so ``eqx.tree_at`` swaps each block for one that
+    records its output, and the vmapped function returns the records as outputs."""
+    module, state = native
+    names = list(_blocks(module))
+
+    def one(example):
+        sink: dict = {}
+        recorded = eqx.tree_at(lambda m: list(_blocks(m).values()), module,
+                               [_Recorded(block, name, sink) for name, block in _blocks(module).items()])
+        if arch == "resnet":
+            recorded(example["pixel_values"], state, inference=True)
+        else:
+            recorded(**example, inference=True)
+        return [sink[name] for name in names]
+
+    return {name: np.asarray(out, dtype=np.float32)
+            for name, out in zip(names, jax.vmap(one, axis_name="batch")(inputs))}
 
 
 def _objective(module, arch, state, inputs, cotangents, key, inference):

@@ -9,6 +9,7 @@ argument, so jax caches one compilation per (arch, config, compute dtype, train,
 
 from __future__ import annotations
 
+import re
 from functools import partial
 
 import jax
@@ -26,7 +27,7 @@ from .vit import ViT
 MODELS = {"bert": BERT, "gpt": GPT, "resnet": ResNet, "vit": ViT}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
-__all__ = ["MODELS", "BERT", "GPT", "ResNet", "ViT", "adamw_step", "apply", "build",
+__all__ = ["MODELS", "BERT", "GPT", "ResNet", "ViT", "adamw_step", "apply", "block_outputs", "build",
            "load_state_dict", "state_dict", "vjp"]
 
 
@@ -106,6 +107,23 @@ def apply(arch: str, config, native: nnx.Module, inputs: dict[str, np.ndarray], 
     if train:
         nnx.update(native, batch_stats)
     return {k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()}, native
+
+
+# A residual block's canonical name: "blocks.3" (transformers), "stages.1.blocks.0" (ResNet).
+BLOCK = re.compile(r"^(blocks\.\d+|stages\.\d+\.blocks\.\d+)$")
+
+
+def block_outputs(arch: str, config, native: nnx.Module, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The output of every residual block in eval mode, by canonical block name: NNX's own
+    ``nnx.capture`` sows each method's output. It runs on a copy, so the model keeps no captures."""
+    model = nnx.merge(*nnx.split(native))
+    _, captured = nnx.capture(_call, nnx.Intermediate, method_outputs=nnx.Intermediate)(
+        model, inputs, False, jax.random.key(0))
+    outputs = {}
+    for path, variable in nnx.to_flat_state(captured):
+        if path[-1] == "__call__" and BLOCK.match(_name(path[:-1])):
+            outputs[_name(path[:-1])] = np.asarray(variable.get_value()[-1], dtype=np.float32)
+    return outputs
 
 
 def _output_shapes(arch: str, config, inputs: dict[str, np.ndarray]) -> dict[str, tuple]:

@@ -1,4 +1,4 @@
-"""dm-haiku backend of dlzoo: the six functions of the backend contract (see zoo/handle.py).
+"""dm-haiku backend of dlzoo: the seven functions of the backend contract (see zoo/handle.py).
 
 ``native`` is ``(transformed, params, state)``: an ``hk.TransformedWithState`` whose ``apply``
 takes the model's named inputs and ``is_training``, its parameters ``{module_path: {leaf:
@@ -14,6 +14,7 @@ shapes, so repeated calls with the same shapes do not recompile.
 from __future__ import annotations
 
 import functools
+import re
 
 import haiku as hk
 import jax
@@ -27,7 +28,7 @@ from .layers import canonical_name
 
 MODELS = {"bert": bert.transform, "gpt": gpt.transform, "resnet": resnet.transform, "vit": vit.transform}
 
-__all__ = ["MODELS", "adamw_step", "apply", "build", "canonical_name", "load_state_dict",
+__all__ = ["MODELS", "adamw_step", "apply", "block_outputs", "build", "canonical_name", "load_state_dict",
            "state_dict", "vjp"]
 
 
@@ -99,6 +100,28 @@ def apply(arch: str, config, native, inputs: dict[str, np.ndarray], *, train: bo
     transformed, params, state = native
     outputs, new_state = _compiled(transformed, "apply", train)(params, state, jax.random.key(seed), inputs)
     return {k: np.asarray(v) for k, v in outputs.items()}, (transformed, params, new_state)
+
+
+# A residual block's canonical name: "blocks.3" (transformers), "stages.1.blocks.0" (ResNet).
+BLOCK = re.compile(r"^(blocks\.\d+|stages\.\d+\.blocks\.\d+)$")
+
+
+def block_outputs(arch: str, config, native, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The output of every residual block in eval mode, by canonical block name, read with
+    haiku's own method interceptor (unjitted, so the recorded values are concrete arrays)."""
+    transformed, params, state = native
+    outputs: dict[str, np.ndarray] = {}
+
+    def record(next_fn, args, kwargs, context):
+        out = next_fn(*args, **kwargs)
+        name = canonical_name(context.module.module_name, "").rstrip(".")
+        if context.method_name == "__call__" and BLOCK.match(name):
+            outputs[name] = np.asarray(out, dtype=np.float32)
+        return out
+
+    with hk.intercept_methods(record):
+        transformed.apply(params, state, jax.random.key(0), **inputs, is_training=False)
+    return outputs
 
 
 def _cotangents(cotangents) -> dict[str, np.ndarray]:

@@ -1,6 +1,6 @@
 """Keras 3 backend: the models of this package on whichever backend ``KERAS_BACKEND`` names.
 
-The six functions below are the backend contract of ``dlzoo.zoo.handle``; the handle's framework
+The seven functions below are the backend contract of ``dlzoo.zoo.handle``; the handle's framework
 id is "keras" whatever keras runs on (jax, torch or tensorflow). When ``KERAS_BACKEND`` is unset
 and tensorflow (keras' default) is not installed, an installed backend is chosen before keras is
 imported (jax, then torch) and the choice is printed to stderr, instead of failing inside keras.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 import weakref
 
@@ -158,6 +159,36 @@ def apply(arch: str, config, native: keras.Model, inputs: dict[str, np.ndarray],
     return {k: _numpy(v) for k, v in outputs.items()}, native
 
 
+# A residual block's canonical name: "blocks.3" (transformers), "stages.1.blocks.0" (ResNet).
+BLOCK = re.compile(r"^(blocks\.\d+|stages\.\d+\.blocks\.\d+)$")
+
+
+def block_outputs(arch: str, config, native: keras.Model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The output of every residual block in inference mode, by canonical block name. Keras has
+    no forward hooks: for one eager call, each block's ``call`` is shadowed on the instance by a
+    wrapper that records the output (``Layer.__call__`` looks ``call`` up on the instance)."""
+    outputs: dict[str, np.ndarray] = {}
+    blocks = {canonical_name(f"{layer.name}/x").removesuffix(".x"): layer for layer in native.blocks}
+    if not all(BLOCK.match(name) for name in blocks):
+        raise ZooError(f"keras {arch} block names {sorted(blocks)} are not canonical block names")
+
+    def recording(name, call):
+        def wrapper(*args, **kwargs):
+            out = call(*args, **kwargs)
+            outputs[name] = _numpy(out)
+            return out
+        return wrapper
+
+    for name, layer in blocks.items():
+        layer.call = recording(name, layer.call)
+    try:
+        native(inputs, training=False)
+    finally:
+        for layer in blocks.values():
+            del layer.call  # the class's own call again
+    return outputs
+
+
 def _objective(outputs: dict, cotangents: dict[str, np.ndarray], arch: str):
     """sum_k sum(outputs[k] * cotangents[k]): its gradient is the vjp with those cotangents."""
     unknown = sorted(set(cotangents) - set(outputs))
@@ -225,4 +256,4 @@ def adamw_step(arch: str, config, native: keras.Model, inputs: dict[str, np.ndar
     return native
 
 
-__all__ = ["MODELS", "adamw_step", "apply", "build", "load_state_dict", "state_dict", "vjp"]
+__all__ = ["MODELS", "adamw_step", "apply", "block_outputs", "build", "load_state_dict", "state_dict", "vjp"]

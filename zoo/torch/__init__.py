@@ -1,6 +1,6 @@
 """PyTorch backend: the reference implementation every other framework is compared against.
 
-The six functions below are the backend contract of ``dlzoo.zoo.handle``. Models are plain
+The seven functions below are the backend contract of ``dlzoo.zoo.handle``. Models are plain
 ``nn.Module`` s whose module names are the canonical names, so the canonical mapping is decided
 by module type alone: nn.Linear weight [out, in] -> ``kernel`` [in, out]; nn.Conv2d weight OIHW
 -> ``kernel`` HWIO; nn.LayerNorm weight -> ``scale``; nn.BatchNorm2d weight, bias, running_mean,
@@ -11,6 +11,7 @@ other parameter (``cls_token``, ``pos_embed``, ``mlm.bias``) keeps its name.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -143,6 +144,26 @@ def apply(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarray], *
     return {k: v.float().cpu().numpy() for k, v in outputs.items()}, native
 
 
+# A residual block's canonical name: "blocks.3" (transformers), "stages.1.blocks.0" (ResNet).
+BLOCK = re.compile(r"^(blocks\.\d+|stages\.\d+\.blocks\.\d+)$")
+
+
+def block_outputs(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The output of every residual block in eval mode, by canonical block name, in canonical
+    layout (feature maps NHWC): the residual stream that depth acts on, read with forward hooks."""
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [module.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out.detach()))
+             for name, module in native.named_modules() if BLOCK.match(name)]
+    try:
+        with _mode(native, train=False, seed=0) as device, torch.no_grad():
+            native(**_torch_inputs(arch, inputs, device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: (t.permute(0, 2, 3, 1) if t.ndim == 4 else t).float().cpu().numpy()
+            for name, t in captured.items()}
+
+
 def _objective(native: nn.Module, arch: str, inputs, cotangents, device) -> torch.Tensor:
     """sum_k sum(outputs[k] * cotangents[k]): its gradient is the vjp with those cotangents."""
     outputs = native(**_torch_inputs(arch, inputs, device))
@@ -187,4 +208,4 @@ def adamw_step(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarra
     return native
 
 
-__all__ = ["MODELS", "adamw_step", "apply", "build", "load_state_dict", "state_dict", "vjp"]
+__all__ = ["MODELS", "adamw_step", "apply", "block_outputs", "build", "load_state_dict", "state_dict", "vjp"]
