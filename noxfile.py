@@ -58,11 +58,12 @@ def conformance(session):
 
 @nox.session
 def ci(session):
-    """Every test in one environment: the suite, then Keras' tests and conformance per backend."""
+    """Every test in one environment: the suite, then every Keras test and conformance case per backend."""
     session.install("-e", ".[all,test,reference]", "tensorflow-cpu", "scikit-learn")
     _pytest(session, "tests", "conformance", "-k", "not keras", env={"KERAS_BACKEND": "jax"})
     for backend in KERAS_BACKENDS:
-        _pytest(session, "tests/test_keras.py", "conformance", "-k", "keras", env={"KERAS_BACKEND": backend})
+        # every test with keras in its id: test_keras.py, and the keras cases of the shared tests
+        _pytest(session, "tests", "conformance", "-k", "keras", env={"KERAS_BACKEND": backend})
 
 
 @nox.session
