@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import tiny
+
 jax = pytest.importorskip("jax")
 eqx = pytest.importorskip("equinox")
 pytest.importorskip("optax")
@@ -17,34 +19,15 @@ import jax.numpy as jnp  # noqa: E402
 
 from dlzoo.zoo import canonical_spec, load  # noqa: E402
 from dlzoo.zoo import equinox as backend  # noqa: E402
-from dlzoo.zoo.configs import BertConfig, GPTConfig, ResNetConfig, ViTConfig  # noqa: E402
+from dlzoo.zoo.configs import GPTConfig, ResNetConfig  # noqa: E402
 
-CONFIGS = {
-    "gpt": GPTConfig(vocab_size=64, context_length=16, hidden_size=32, num_layers=1, num_heads=4,
-                     mlp_dim=64, dropout=0.1, attention_dropout=0.1),
-    "bert": BertConfig(vocab_size=64, max_positions=16, hidden_size=32, num_layers=1, num_heads=4,
-                       mlp_dim=64, mlm_head=True, num_labels=3),
-    "vit": ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_layers=1, num_heads=4, mlp_dim=64,
-                     num_classes=5, dropout=0.1),
-    "resnet": ResNetConfig(depths=(1, 1), widths=(4, 8), stem_width=8, num_classes=5),
-}
-BATCH, LENGTH, SIZE = 3, 8, 16
+CONFIGS = tiny.configs(num_layers=1)
+BATCH = 3
 ARCHS = list(CONFIGS)
 
 
 def _inputs(arch: str, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    config = CONFIGS[arch]
-    if arch in ("gpt", "bert"):
-        inputs = {"input_ids": rng.integers(0, config.vocab_size, (BATCH, LENGTH)).astype(np.int32)}
-        if arch == "bert":
-            mask = np.ones((BATCH, LENGTH), np.int32)
-            mask[1, 5:] = 0
-            inputs["attention_mask"] = mask
-            inputs["token_type_ids"] = (np.arange(LENGTH) >= 4).astype(np.int32)[None].repeat(BATCH, 0)
-        return inputs
-    size = config.image_size if arch == "vit" else SIZE
-    return {"pixel_values": rng.standard_normal((BATCH, size, size, 3)).astype(np.float32)}
+    return tiny.inputs(arch, CONFIGS[arch], BATCH, seed)
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +46,7 @@ def _batched(arch, module, state, inputs: dict, **kwargs):
     return jax.vmap(lambda example: _call(arch, module, state, example, **kwargs))(inputs)
 
 
-EXPECTED_SHAPES = {
-    "gpt": {"logits": (BATCH, LENGTH, 64)},
-    "bert": {"last_hidden_state": (BATCH, LENGTH, 32), "pooler_output": (BATCH, 32),
-             "mlm_logits": (BATCH, LENGTH, 64), "logits": (BATCH, 3)},
-    "vit": {"logits": (BATCH, 5)},
-    "resnet": {"logits": (BATCH, 5)},
-}
+EXPECTED_SHAPES = tiny.output_shapes(BATCH)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

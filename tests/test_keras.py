@@ -15,43 +15,25 @@ import textwrap
 import numpy as np
 import pytest
 
+import tiny
+
 pytest.importorskip("keras")
 
 from dlzoo.zoo import canonical_spec, count_params, load  # noqa: E402
 from dlzoo.zoo import keras as backend  # noqa: E402  (chooses the keras backend before keras loads)
-from dlzoo.zoo.configs import BertConfig, GPTConfig, ResNetConfig, ViTConfig, ZooError, get_config  # noqa: E402
+from dlzoo.zoo.configs import ZooError, get_config  # noqa: E402
 from dlzoo.zoo.keras.layers import BatchNorm, canonical_name  # noqa: E402
 
 import keras  # noqa: E402
 
-CONFIGS = {
-    "gpt": GPTConfig(vocab_size=64, context_length=16, hidden_size=32, num_layers=2, num_heads=4,
-                     mlp_dim=64, dropout=0.1, attention_dropout=0.1),
-    "bert": BertConfig(vocab_size=64, max_positions=16, hidden_size=32, num_layers=2, num_heads=4,
-                       mlp_dim=64, mlm_head=True, num_labels=3),
-    "vit": ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_layers=1, num_heads=4, mlp_dim=64,
-                     num_classes=5),
-    "resnet": ResNetConfig(depths=(1, 1), widths=(4, 8), stem_width=8, num_classes=5),
-}
+CONFIGS = tiny.configs(num_layers=2, vit_dropout=0.0)
 ARCHS = list(CONFIGS)
-BATCH, LENGTH, SIZE = 4, 8, 16
-OUTPUTS = {"gpt": {"logits": (BATCH, LENGTH, 64)},
-           "bert": {"last_hidden_state": (BATCH, LENGTH, 32), "pooler_output": (BATCH, 32),
-                    "mlm_logits": (BATCH, LENGTH, 64), "logits": (BATCH, 3)},
-           "vit": {"logits": (BATCH, 5)}, "resnet": {"logits": (BATCH, 5)}}
+BATCH = 4
+OUTPUTS = tiny.output_shapes(BATCH)
 
 
 def _inputs(arch: str, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    config = CONFIGS[arch]
-    if arch in ("gpt", "bert"):
-        inputs = {"input_ids": rng.integers(0, config.vocab_size, (BATCH, LENGTH)).astype(np.int32)}
-        if arch == "bert":
-            mask = np.ones((BATCH, LENGTH), np.int32)
-            mask[1:, LENGTH // 2:] = 0
-            inputs.update(attention_mask=mask, token_type_ids=np.zeros((BATCH, LENGTH), np.int32))
-        return inputs
-    return {"pixel_values": rng.standard_normal((BATCH, SIZE, SIZE, 3)).astype(np.float32)}
+    return tiny.inputs(arch, CONFIGS[arch], BATCH, seed)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +151,7 @@ def test_adamw_step_uses_torch_epsilon_convention():
 
 def test_unknown_cotangent_is_a_clear_error(handles):
     with pytest.raises(ZooError, match="match no gpt output"):
-        handles["gpt"].vjp(_inputs("gpt"), {"hidden": np.zeros((BATCH, LENGTH, 32), np.float32)})
+        handles["gpt"].vjp(_inputs("gpt"), {"hidden": np.zeros((BATCH, tiny.LENGTH, 32), np.float32)})
 
 
 def _fit_data(arch: str):
