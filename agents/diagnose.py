@@ -32,9 +32,10 @@ SPIKE_Z = 6.0                # modified z-score of a value against its trailing 
 SPIKE_MIN_EXCESS = 0.10      # ... and at least 10% above the window's median
 GRAD_SPIKE_RATIO = 10.0      # a gradient-norm spike is also >= 10x the trailing median (an order of magnitude)
 DIVERGENCE_RISE = 0.25       # smoothed loss above its running best by 25% of |best|
-DIVERGENCE_PROGRESS = 0.05   # ... plus 5% of the progress made so far
-NO_PROGRESS = 0.05           # < 5% relative improvement from the first to the last tenth
-NOISY = 0.10                 # robust std of step-to-step changes / loss level
+NO_PROGRESS = 0.05           # < 5% relative improvement from the first 3 lines to the last tenth
+STALLED_Z = 2.0              # a smooth run is stalled when improvement + 2 standard errors < 5%,
+NOISY_STALLED_Z = 4.0        # ... a noisy one when improvement < 5% + 4 standard errors
+NOISY = 0.10                 # robust std of step-to-step changes / loss level (from second differences)
 PLATEAU_FLAT = 0.01          # < 1% change across a segment
 PLATEAU_DROP = 0.10          # ... followed by a later drop of > 10%
 CHANCE_FRACTION = 0.9        # loss >= 0.9 ln(C): still at chance
@@ -43,6 +44,8 @@ INIT_TOLERANCE = (0.25, 0.5)  # |first loss - ln C| > max(0.25 ln C, 0.5 nats)
 OVERFIT_RISE = 0.05          # final validation loss >= 5% above its minimum
 VANISH_RATIO = 1e-3          # a gradient norm 1000x below its early level / the other layers
 EXPLODE_GROWTH = 10.0        # sustained 10x growth of the smoothed gradient norm
+DIVERGENCE_HORIZON = 5       # the learning-rate cut is the loss's growth over the 5 steps after the onset,
+LR_CUT_MAX = 100.0           # ... at most 100 (beyond that a learning-rate range test is the fix)
 CLIP_PERCENTILE = 90
 
 
@@ -100,30 +103,52 @@ def _nanmedian(windows: np.ndarray) -> np.ndarray:
         return np.nanmedian(windows, axis=1)
 
 
+def _rolling_median(values: np.ndarray, w: int) -> np.ndarray:
+    """Median of the last w values up to and including each index."""
+    return _nanmedian(_past_windows(np.asarray(values, dtype=float), w, include_current=True))
+
+
+def _relative_noise(values: np.ndarray) -> float:
+    """Robust std of the noise relative to the level, from second differences.
+
+    Second differences cancel a locally linear trend, and divided by the level (a trailing
+    5-median) exponential decay or growth leaves a near-constant that subtracting the median
+    removes, so neither a steep start nor a blow-up passes for noise: 1.4826 MAD(second
+    difference / level) / sqrt(6) estimates the std of independent noise. NaN with fewer than 5
+    finite values."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) < 5:
+        return math.nan
+    level = np.abs(_rolling_median(values, 5)[1:-1])
+    relative = np.diff(values, n=2) / np.maximum(level, 1e-12)
+    return 1.4826 * float(np.median(np.abs(relative - np.median(relative)))) / math.sqrt(6)
+
+
 def _robust_z(values: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
     """Robust z-score of each value against the w values before it, and the window's level.
 
     The level is the median of the last five values of the window; the noise scale is the
-    median absolute deviation of the window's step-to-step changes (1.4826 MAD / sqrt 2, a
-    Gaussian-consistent estimate of the noise std that a smooth trend does not inflate). This is
-    Iglewicz and Hoaglin's modified z-score made robust to the trend of a training curve. NaN
-    where there are fewer than max(10, w/2) past values."""
+    median absolute deviation of the window's second differences (1.4826 MAD / sqrt 6, a
+    Gaussian-consistent estimate of the noise std that a smooth, even a curved, trend does not
+    inflate), and never less than the whole series' relative noise times the level: a window of
+    a few dozen values can look quiet by chance, and a scale estimated from a handful of
+    differences must not turn ordinary noise into spikes. This is Iglewicz and Hoaglin's modified
+    z-score made robust to the trend of a training curve. NaN where there are fewer than
+    max(10, w/2) past values."""
     values = np.asarray(values, dtype=float)
     windows = _past_windows(np.where(np.isfinite(values), values, np.nan), w, include_current=False)
     enough = np.isfinite(windows).sum(axis=1) >= max(10, w // 2)
     level = _nanmedian(windows[:, -5:])
-    diffs = np.diff(windows, axis=1)
-    mad = _nanmedian(np.abs(diffs - _nanmedian(diffs)[:, None]))
-    scale = 1.4826 * np.nan_to_num(mad) / math.sqrt(2)
-    scale = np.maximum(scale, np.maximum(1.4826e-3 * np.abs(np.nan_to_num(level)), 1e-12))  # flat windows
+    curvature = np.diff(windows, n=2, axis=1)
+    mad = _nanmedian(np.abs(curvature - _nanmedian(curvature)[:, None]))
+    scale = 1.4826 * np.nan_to_num(mad) / math.sqrt(6)
+    run_noise = np.nan_to_num(_relative_noise(values)) * np.abs(np.nan_to_num(level))
+    scale = np.maximum.reduce([scale, run_noise, 1.4826e-3 * np.abs(np.nan_to_num(level)),  # flat windows
+                               np.full_like(scale, 1e-12)])
     ok = enough & np.isfinite(values) & np.isfinite(level)
     z = np.where(ok, (values - level) / scale, np.nan)
     return z, np.where(ok, level, np.nan)
-
-
-def _rolling_median(values: np.ndarray, w: int) -> np.ndarray:
-    """Median of the last w values up to and including each index."""
-    return _nanmedian(_past_windows(np.asarray(values, dtype=float), w, include_current=True))
 
 
 def _groups(indices: list[int], gap: int) -> list[list[int]]:
@@ -185,14 +210,19 @@ class _Context:
         healthy = self.grad[np.isfinite(self.grad) & ~(np.nan_to_num(z) >= SPIKE_Z)]
         return float(np.percentile(healthy if len(healthy) else g, CLIP_PERCENTILE))
 
-    def progress(self) -> float | None:
-        """Relative improvement from the first tenth to the last tenth of the finite prefix."""
+    def progress(self) -> tuple[float, float] | None:
+        """Relative improvement from the start (median of the first 3 lines: a fast learner is
+        already near its floor by the end of the first tenth) to the end (median of the last
+        tenth) of the finite prefix, and its standard error from the run's relative noise."""
         loss = self.loss[:self.usable]
         k = max(3, len(loss) // 10)
         if len(loss) < 2 * k:
             return None
-        first, last = np.median(loss[:k]), np.median(loss[-k:])
-        return float((first - last) / max(abs(first), 1e-12))
+        first, last = float(np.median(loss[:3])), float(np.median(loss[-k:]))
+        sigma = np.nan_to_num(_relative_noise(loss))
+        error = 1.2533 * sigma * math.sqrt(first ** 2 / 3 + last ** 2 / k)  # two medians of noisy values
+        scale = max(abs(first), 1e-12)
+        return (first - last) / scale, error / scale
 
 
 def _clip_text(ctx: _Context) -> str:
@@ -233,6 +263,42 @@ def _non_finite(ctx: _Context) -> list[Finding]:
     return findings
 
 
+def _centred_median3(values: np.ndarray) -> np.ndarray:
+    """Median of each value and its two neighbours (the ends repeat): one-step outliers removed,
+    no lag."""
+    padded = np.pad(np.asarray(values, dtype=float), 1, mode="edge")
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, 3), axis=1)
+
+
+def _in_warmup(ctx: _Context, i: int) -> bool:
+    """Whether index i lies in a warmup, with the rate still below 95% of its peak."""
+    peak, lr = ctx.peak_lr(), ctx.lr_at(i)
+    return ctx.warmup_end() is not None and peak is not None and lr is not None and lr < 0.95 * peak[0]
+
+
+def _lr_cut(ctx: _Context, onset: int, growth: float) -> tuple[float, str]:
+    """How much to lower the learning rate at which instability began (index ``onset``, the loss
+    growing ``growth``-fold over the next DIVERGENCE_HORIZON steps, NaN when unknown), and why.
+
+    The faster the loss blows up, the further the rate is past the stability limit, so the cut is
+    the growth G itself (a rule of thumb: docs/diagnose.md says why), up to LR_CUT_MAX, and never
+    below the floor for the case: 2 (half the rate) during warmup, 10 when a rate without warmup
+    breaks in the first tenth of the run, 3 otherwise."""
+    if _in_warmup(ctx, onset):
+        floor, reason = 2.0, "half the rate at which it broke"
+    elif ctx.warmup_end() is None and onset < max(ctx.w, ctx.n // 10):
+        floor, reason = 10.0, "a rate that breaks in the first tenth of a run without warmup is off by an order of magnitude"
+    else:
+        floor, reason = 3.0, "the usual first cut"
+    grew = f"the loss grew {_fmt(growth)}x within {DIVERGENCE_HORIZON} steps of the onset"
+    if not math.isfinite(growth) or growth <= floor:
+        return floor, reason + (f"; {grew}" if math.isfinite(growth) else "")
+    if growth > LR_CUT_MAX:
+        return LR_CUT_MAX, f"{grew}; beyond {_fmt(LR_CUT_MAX)}x, find the rate with a learning-rate range test"
+    return growth, (f"{grew}: the faster a loss blows up, the further the step size is past the "
+                    "stability limit 2/sharpness, so the cut grows with it")
+
+
 def _divergence(ctx: _Context) -> list[Finding]:
     loss = ctx.loss[:ctx.usable]
     if len(loss) < 10:
@@ -240,15 +306,14 @@ def _divergence(ctx: _Context) -> list[Finding]:
     k = max(5, ctx.w // 2)
     smooth = _rolling_median(loss, k)
     best = np.minimum.accumulate(smooth)
-    progress = np.maximum(smooth[0] - best, 0.0)
     # The running best of a noisy median sits a few standard errors below the typical level;
     # 4 standard errors of a k-point median (1.2533 sigma / sqrt k) keep noise from looking like a rise.
-    diffs = np.diff(loss)
-    sigma = 1.4826 * float(np.median(np.abs(diffs - np.median(diffs)))) / math.sqrt(2)
-    margin = 4 * 1.2533 * sigma / math.sqrt(k)
-    above = smooth - best > DIVERGENCE_RISE * np.abs(best) + DIVERGENCE_PROGRESS * progress + margin + 1e-12
+    sigma = float(np.nan_to_num(_relative_noise(loss)))
+    margin = 4 * 1.2533 * sigma * np.abs(best) / math.sqrt(k)
+    above = smooth - best > DIVERGENCE_RISE * np.abs(best) + margin + 1e-12
     sustain = max(3, ctx.w // 2)
-    findings, i = [], 0
+    centred = _centred_median3(loss)
+    findings, i, searched = [], 0, 0
     while i < len(loss):
         if not above[i]:
             i += 1
@@ -257,20 +322,30 @@ def _divergence(ctx: _Context) -> list[Finding]:
         while j + 1 < len(loss) and above[j + 1]:
             j += 1
         if j - i + 1 >= sustain or (j == len(loss) - 1 and j - i + 1 >= 3):
-            start = int(np.argmin(smooth[:i + 1]))
-            evidence = {"best_smoothed_loss": float(best[i]), "best_step": int(ctx.steps[start]),
-                        "onset_step": int(ctx.steps[i]),
+            # The trailing median confirms a rise k/2 steps or more after it began; the onset is
+            # the last step (since the previous divergence) where the unlagged loss was still
+            # within one noise std of the best smoothed level.
+            near_best = np.flatnonzero(centred[searched:i + 1] <= best[i] + sigma * abs(best[i]))
+            onset = searched + int(near_best[-1] if len(near_best) else np.argmin(centred[searched:i + 1]))
+            ahead = min(onset + DIVERGENCE_HORIZON, len(loss) - 1)
+            growth = float(centred[ahead] / centred[onset]) if centred[onset] > 0 and ahead > onset else math.nan
+            cut, why = _lr_cut(ctx, onset, growth)
+            evidence = {"best_smoothed_loss": float(best[i]), "best_step": int(ctx.steps[np.argmin(smooth[:i + 1])]),
+                        "onset_step": int(ctx.steps[onset]), "confirmed_step": int(ctx.steps[i]),
                         "smoothed_loss_at_end": float(smooth[j]), "peak_smoothed_loss": float(smooth[i:j + 1].max()),
-                        "rise": float(smooth[i:j + 1].max() - best[i])}
-            if ctx.lr_at(i) is not None:
-                evidence["lr_at_onset"] = ctx.lr_at(i)
+                        "rise": float(smooth[i:j + 1].max() - best[i]),
+                        "growth": growth if math.isfinite(growth) else None, "growth_steps": ahead - onset,
+                        "lr_factor": cut}
+            if ctx.lr_at(onset) is not None:
+                evidence["lr_at_onset"] = ctx.lr_at(onset)
             findings.append(Finding(
-                "divergence", int(ctx.steps[start]), int(ctx.steps[j]), "high", evidence,
+                "divergence", int(ctx.steps[onset]), int(ctx.steps[j]), "high", evidence,
                 "the smoothed loss climbed well above its best value and stayed there: updates are "
                 "larger than the curvature allows, so the iterate is thrown out of the basin",
-                f"restart from the checkpoint at step {int(ctx.steps[start])}, lower the learning rate by a "
-                f"factor of 3 to 10 and {_clip_text(ctx)}",
+                f"restart from the checkpoint at step {int(ctx.steps[onset])}, lower the learning rate by a "
+                f"factor of {_fmt(cut)} ({why}) and {_clip_text(ctx)}",
                 ("sharpness-lr", "lr-schedule", "gradient-clipping")))
+            searched = j + 1
         i = j + 1
     return findings
 
@@ -377,17 +452,20 @@ def _gradients(ctx: _Context) -> list[Finding]:
 
 
 def _no_progress(ctx: _Context, unstable: bool) -> list[Finding]:
-    progress = ctx.progress()
-    if progress is None or unstable:
+    measured = ctx.progress()
+    if measured is None or unstable:
         return []
+    progress, error = measured
     loss = ctx.loss[:ctx.usable]
     level = float(np.median(loss))
-    diffs = np.diff(loss)
-    noise = 1.4826 * float(np.median(np.abs(diffs - np.median(diffs)))) / max(abs(level), 1e-12)
-    # Two standard errors of the difference of two k-point medians: on a very noisy run a few
-    # percent of "progress" can be chance.
-    k = max(3, len(loss) // 10)
-    if progress >= NO_PROGRESS + 2 * 1.2533 * (noise / math.sqrt(2)) * math.sqrt(2 / k):
+    noise = math.sqrt(2) * float(np.nan_to_num(_relative_noise(loss)))  # std of a step-to-step change / level
+    # Each verdict needs evidence for what it claims. "Hardly moved" (smooth runs): the improvement
+    # is below 5% with two standard errors to spare, so a run that learned fast and sits at its
+    # floor is not called stalled. "Bounces without going down" (noisy runs): the improvement is
+    # not four standard errors above 5%, so chance dips of a long noisy run do not pass for progress.
+    stalled = (progress < NO_PROGRESS + NOISY_STALLED_Z * error if noise >= NOISY
+               else progress + STALLED_Z * error < NO_PROGRESS)
+    if not stalled:
         return []
     start, end = int(ctx.steps[0]), int(ctx.steps[ctx.usable - 1])
     evidence = {"relative_improvement": progress, "median_loss": level, "step_noise": noise}
@@ -542,29 +620,28 @@ def _lr_too_high(ctx: _Context, unstable: list[Finding]) -> list[Finding]:
     if peak is None or not unstable:
         return []
     first = min(unstable, key=lambda f: f.start_step)
-    onset = int(np.searchsorted(ctx.steps, first.evidence.get("onset_step", first.start_step)))
-    lr_onset = ctx.lr_at(min(onset, ctx.n - 1)) or peak[0]
+    onset = min(int(np.searchsorted(ctx.steps, first.evidence.get("onset_step", first.start_step))), ctx.n - 1)
+    lr_onset = ctx.lr_at(onset) or peak[0]
     warm = ctx.warmup_end()
-    evidence = {"trigger": first.kind, "onset_step": int(ctx.steps[min(onset, ctx.n - 1)]), "lr_at_onset": lr_onset,
+    evidence = {"trigger": first.kind, "onset_step": int(ctx.steps[onset]), "lr_at_onset": lr_onset,
                 "peak_lr": peak[0]}
     if warm is not None:
         evidence["warmup_steps"] = int(ctx.steps[warm])
-    early = onset < max(ctx.w, ctx.n // 10)
-    if warm is not None and lr_onset < 0.95 * peak[0]:
-        target = lr_onset / 2
+    cut, why = _lr_cut(ctx, onset, first.evidence.get("growth") or math.nan)
+    if _in_warmup(ctx, onset):
+        target = lr_onset / cut
         fix = (f"the run became unstable during warmup at lr {_fmt(lr_onset)}: set the peak learning rate "
-               f"to {_fmt(target)} (a factor of {_fmt(peak[0] / target)} lower) and keep the warmup")
+               f"to {_fmt(target)} (a factor of {_fmt(peak[0] / target)} lower; {why}) and keep the warmup")
     elif warm is not None:
-        target = peak[0] / 3
+        target = peak[0] / cut
         fix = (f"the run became unstable at the peak learning rate: lower it from {_fmt(peak[0])} to "
-               f"{_fmt(target)} and lengthen the warmup from {int(ctx.steps[warm])} to "
-               f"{2 * int(ctx.steps[warm])} steps, then decay with a cosine")
+               f"{_fmt(target)} (factor {_fmt(cut)}; {why}) and lengthen the warmup from {int(ctx.steps[warm])} "
+               f"to {2 * int(ctx.steps[warm])} steps, then decay with a cosine")
     else:
-        factor = 10 if early else 3
-        target = peak[0] / factor
+        target = peak[0] / cut
         total = int(ctx.run.meta.get("total_steps") or ctx.steps[-1] + 1)
-        fix = (f"lower the learning rate from {_fmt(peak[0])} to {_fmt(target)} (factor {factor}) and add "
-               f"a linear warmup of {max(10, total // 20)} steps followed by cosine decay to step {total}")
+        fix = (f"lower the learning rate from {_fmt(peak[0])} to {_fmt(target)} (factor {_fmt(cut)}; {why}) "
+               f"and add a linear warmup of {max(10, total // 20)} steps followed by cosine decay to step {total}")
     evidence["suggested_peak_lr"] = target
     return [Finding(
         "lr-too-high", first.start_step, max(f.end_step for f in unstable), "high", evidence,
