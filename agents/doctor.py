@@ -20,12 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..zoo.configs import get_config
+from .diagnose import INIT_TOLERANCE  # one rule for the loss at initialisation
 
-# |L0 - ln C| <= max(0.25 ln C, 1.0). A nat of slack, not diagnose's half nat: torch's default
-# head init U(+-1/sqrt(fan_in)) on ResNet's all-positive pooled features gives logits of std ~1,
-# and at some seeds an initial loss 0.8 nat above ln 10 (tiny, seeds 0-5, every framework:
-# 1.94-3.13). An init that is really too large (logit std >= 1.5) lands further out.
-INIT_TOLERANCE = (0.25, 1.0)
 OVERFIT_STEPS = 60
 OVERFIT_LR = 3e-3
 OVERFIT_TARGET = 0.2           # the loss must fall below 20% of its initial value

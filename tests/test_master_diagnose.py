@@ -249,6 +249,13 @@ def test_abnormal_initial_loss(seed, classes, factor):
     assert kinds(found)[0] == "abnormal-initial-loss" and found[0].start_step == 0
 
 
+@pytest.mark.parametrize("excess, flagged", [(0.8, False), (-0.8, False), (1.3, True), (-1.3, True)])
+def test_initial_loss_slack_is_one_nat_for_ten_classes(excess, flagged):
+    """A default-initialised ResNet starts up to 0.8 nat above ln 10 (diagnose.INIT_TOLERANCE)."""
+    lines = healthy(L0=math.log(10) + excess, floor=0.05, noise=0.0, num_classes=10)
+    assert ("abnormal-initial-loss" in kinds(diagnose(run_of(lines)))) is flagged
+
+
 def test_plateau_in_the_middle_and_at_chance():
     n, rng = 600, np.random.default_rng(0)
     t = np.arange(n)
