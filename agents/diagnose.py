@@ -167,6 +167,11 @@ def _groups(indices: list[int], gap: int) -> list[list[int]]:
     return groups
 
 
+def _spans(mask) -> list[tuple[int, int]]:
+    """(first, last) index of every run of consecutive True values."""
+    return [(g[0], g[-1]) for g in _groups(np.flatnonzero(mask).tolist(), 1)]
+
+
 class _Context:
     """Arrays shared by the detectors."""
 
@@ -318,14 +323,8 @@ def _divergence(ctx: _Context) -> list[Finding]:
     above = smooth - best > DIVERGENCE_RISE * np.abs(best) + margin + 1e-12
     sustain = max(3, ctx.w // 2)
     centred = _centred_median3(loss)
-    findings, i, searched = [], 0, 0
-    while i < len(loss):
-        if not above[i]:
-            i += 1
-            continue
-        j = i
-        while j + 1 < len(loss) and above[j + 1]:
-            j += 1
+    findings, searched = [], 0
+    for i, j in _spans(above):
         if j - i + 1 >= sustain or (j == len(loss) - 1 and j - i + 1 >= 3):
             # The trailing median confirms a rise k/2 steps or more after it began; the onset is
             # the last step (since the previous divergence) where the unlagged loss was still
@@ -351,7 +350,6 @@ def _divergence(ctx: _Context) -> list[Finding]:
                 f"factor of {_fmt(cut)} ({why}) and {_clip_text(ctx)}",
                 ("sharpness-lr", "lr-schedule", "gradient-clipping")))
             searched = j + 1
-        i = j + 1
     return findings
 
 
@@ -518,14 +516,7 @@ def _plateaus(ctx: _Context) -> list[Finding]:
         a, b = np.median(loss[s:s + third]), np.median(loss[s + seg - third:s + seg])
         in_warmup = peak is not None and warm is not None and s < warm
         flat.append(abs(a - b) / max(abs(levels[k]), 1e-12) < PLATEAU_FLAT and not in_warmup)
-    k = 0
-    while k < len(starts):
-        if not flat[k]:
-            k += 1
-            continue
-        j = k
-        while j + 1 < len(starts) and flat[j + 1]:
-            j += 1
+    for k, j in _spans(flat):
         level = float(np.median(loss[starts[k]:starts[j] + seg]))
         later = levels[j + 1:]
         if later and min(later) < (1 - PLATEAU_DROP) * level:
@@ -538,7 +529,6 @@ def _plateaus(ctx: _Context) -> list[Finding]:
                 "a higher learning rate or a schedule with a longer warmup and a cosine decay usually "
                 "shortens such stretches; check the initialisation if it happens at the start",
                 ("sharpness-lr", "lr-schedule", "initialization")))
-        k = j + 1
     return findings
 
 
