@@ -88,3 +88,11 @@ def test_config_json_round_trip(heads, head_dim, layers, vocab, mlm, labels):
     assert BertConfig.from_dict(json.loads(config.to_json())) == config
     resnet = ResNetConfig(depths=(1,) * (layers), widths=(4,) * layers)
     assert ResNetConfig.from_dict(json.loads(resnet.to_json())) == resnet
+
+
+def test_block_names_follow_the_run_order():
+    assert get_config("resnet", "50").block_names()[:5] == [
+        "stages.0.blocks.0", "stages.0.blocks.1", "stages.0.blocks.2", "stages.1.blocks.0", "stages.1.blocks.1"]
+    assert len(get_config("resnet", "50").block_names()) == 3 + 4 + 6 + 3
+    assert get_config("gpt", "124M").block_names() == [f"blocks.{i}" for i in range(12)]
+    assert len(get_config("vit", "B/16").block_names()) == 12 and len(get_config("bert", "large").block_names()) == 24

@@ -68,6 +68,11 @@ class _Config:
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
 
+    def block_names(self) -> list[str]:
+        """Canonical names of the residual blocks in the order they run: the keys of
+        ``Handle.block_outputs``."""
+        return [f"blocks.{i}" for i in range(self.num_layers)]
+
     def replace(self, **overrides: Any):
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - known)
@@ -207,6 +212,9 @@ class ResNetConfig(_Config):
     def out_widths(self) -> tuple[int, ...]:
         """Output channels of each stage."""
         return tuple(w * self.expansion for w in self.widths)
+
+    def block_names(self) -> list[str]:
+        return [f"stages.{s}.blocks.{b}" for s, depth in enumerate(self.depths) for b in range(depth)]
 
     def layout(self) -> list[list[tuple[int, int, int, int]]]:
         """Per stage, per block: (in_channels, inner width, out_channels, stride). The first block

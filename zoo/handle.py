@@ -79,11 +79,6 @@ def _check_inputs(arch: str, config, inputs: dict[str, Any]) -> dict[str, np.nda
     return out
 
 
-def _depth(block_name: str) -> tuple[int, ...]:
-    """"stages.1.blocks.10" -> (1, 10): blocks sort in the order they run."""
-    return tuple(int(part) for part in block_name.split(".") if part.isdigit())
-
-
 class Handle:
     """A model in one framework, seen through canonical numpy tensors.
 
@@ -136,7 +131,11 @@ class Handle:
         ([B, T, D] for the transformers, NHWC for ResNet), in the order the blocks run."""
         inputs = _check_inputs(self.arch, self.config, inputs)
         outputs = self._backend.block_outputs(self.arch, self.config, self.native, inputs)
-        return {name: np.asarray(outputs[name]) for name in sorted(outputs, key=_depth)}
+        names = self.config.block_names()
+        if sorted(outputs) != sorted(names):
+            raise ZooError(f"the {self.framework} backend returned outputs for blocks {sorted(outputs)}, "
+                           f"the config has {names}")
+        return {name: np.asarray(outputs[name]) for name in names}
 
     @property
     def num_params(self) -> int:

@@ -98,12 +98,11 @@ class _Recorded(eqx.Module):
         return out
 
 
-def _blocks(module) -> dict[str, eqx.Module]:
-    """Canonical block name -> residual block: "blocks.3", or "stages.1.blocks.0" in ResNet."""
+def _blocks(module) -> list[eqx.Module]:
+    """The residual blocks in run order (the order of ``config.block_names()``)."""
     if hasattr(module, "stages"):
-        return {f"stages.{s}.blocks.{b}": block for s, stage in enumerate(module.stages)
-                for b, block in enumerate(stage.blocks)}
-    return {f"blocks.{i}": block for i, block in enumerate(module.blocks)}
+        return [block for stage in module.stages for block in stage.blocks]
+    return list(module.blocks)
 
 
 def block_outputs(arch: str, config, native, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -111,12 +110,12 @@ def block_outputs(arch: str, config, native, inputs: dict[str, np.ndarray]) -> d
     has no hooks; the model is a pytree, so ``eqx.tree_at`` swaps each block for one that
     records its output, and the vmapped function returns the records as outputs."""
     module, state = native
-    names = list(_blocks(module))
+    names = config.block_names()
 
     def one(example):
         sink: dict = {}
-        recorded = eqx.tree_at(lambda m: list(_blocks(m).values()), module,
-                               [_Recorded(block, name, sink) for name, block in _blocks(module).items()])
+        recorded = eqx.tree_at(_blocks, module,
+                               [_Recorded(block, name, sink) for name, block in zip(names, _blocks(module), strict=True)])
         if arch == "resnet":
             recorded(example["pixel_values"], state, inference=True)
         else:

@@ -9,7 +9,6 @@ argument, so jax caches one compilation per (arch, config, compute dtype, train,
 
 from __future__ import annotations
 
-import re
 from functools import partial
 
 import jax
@@ -109,19 +108,15 @@ def apply(arch: str, config, native: nnx.Module, inputs: dict[str, np.ndarray], 
     return {k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()}, native
 
 
-# A residual block's canonical name: "blocks.3" (transformers), "stages.1.blocks.0" (ResNet).
-BLOCK = re.compile(r"^(blocks\.\d+|stages\.\d+\.blocks\.\d+)$")
-
-
 def block_outputs(arch: str, config, native: nnx.Module, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The output of every residual block in eval mode, by canonical block name: NNX's own
     ``nnx.capture`` sows each method's output. It runs on a copy, so the model keeps no captures."""
     model = nnx.merge(*nnx.split(native))
     _, captured = nnx.capture(_call, nnx.Intermediate, method_outputs=nnx.Intermediate)(
         model, inputs, False, jax.random.key(0))
-    outputs = {}
+    outputs, blocks = {}, set(config.block_names())
     for path, variable in nnx.to_flat_state(captured):
-        if path[-1] == "__call__" and BLOCK.match(_name(path[:-1])):
+        if path[-1] == "__call__" and _name(path[:-1]) in blocks:
             outputs[_name(path[:-1])] = np.asarray(variable.get_value()[-1], dtype=np.float32)
     return outputs
 

@@ -14,7 +14,6 @@ shapes, so repeated calls with the same shapes do not recompile.
 from __future__ import annotations
 
 import functools
-import re
 
 import haiku as hk
 import jax
@@ -102,20 +101,17 @@ def apply(arch: str, config, native, inputs: dict[str, np.ndarray], *, train: bo
     return {k: np.asarray(v) for k, v in outputs.items()}, (transformed, params, new_state)
 
 
-# A residual block's canonical name: "blocks.3" (transformers), "stages.1.blocks.0" (ResNet).
-BLOCK = re.compile(r"^(blocks\.\d+|stages\.\d+\.blocks\.\d+)$")
-
-
 def block_outputs(arch: str, config, native, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The output of every residual block in eval mode, by canonical block name, read with
     haiku's own method interceptor (unjitted, so the recorded values are concrete arrays)."""
     transformed, params, state = native
     outputs: dict[str, np.ndarray] = {}
+    blocks = set(config.block_names())
 
     def record(next_fn, args, kwargs, context):
         out = next_fn(*args, **kwargs)
         name = canonical_name(context.module.module_name, "").rstrip(".")
-        if context.method_name == "__call__" and BLOCK.match(name):
+        if context.method_name == "__call__" and name in blocks:
             outputs[name] = np.asarray(out, dtype=np.float32)
         return out
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import sys
 import weakref
 
@@ -159,18 +158,14 @@ def apply(arch: str, config, native: keras.Model, inputs: dict[str, np.ndarray],
     return {k: _numpy(v) for k, v in outputs.items()}, native
 
 
-# A residual block's canonical name: "blocks.3" (transformers), "stages.1.blocks.0" (ResNet).
-BLOCK = re.compile(r"^(blocks\.\d+|stages\.\d+\.blocks\.\d+)$")
-
-
 def block_outputs(arch: str, config, native: keras.Model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The output of every residual block in inference mode, by canonical block name. Keras has
     no forward hooks: for one eager call, each block's ``call`` is shadowed on the instance by a
     wrapper that records the output (``Layer.__call__`` looks ``call`` up on the instance)."""
     outputs: dict[str, np.ndarray] = {}
     blocks = {canonical_name(f"{layer.name}/x").removesuffix(".x"): layer for layer in native.blocks}
-    if not all(BLOCK.match(name) for name in blocks):
-        raise ZooError(f"keras {arch} block names {sorted(blocks)} are not canonical block names")
+    if sorted(blocks) != sorted(config.block_names()):
+        raise ZooError(f"keras {arch} blocks are named {sorted(blocks)}, the config has {config.block_names()}")
 
     def recording(name, call):
         def wrapper(*args, **kwargs):

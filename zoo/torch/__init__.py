@@ -11,7 +11,6 @@ other parameter (``cls_token``, ``pos_embed``, ``mlm.bias``) keeps its name.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -144,16 +143,13 @@ def apply(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarray], *
     return {k: v.float().cpu().numpy() for k, v in outputs.items()}, native
 
 
-# A residual block's canonical name: "blocks.3" (transformers), "stages.1.blocks.0" (ResNet).
-BLOCK = re.compile(r"^(blocks\.\d+|stages\.\d+\.blocks\.\d+)$")
-
-
 def block_outputs(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The output of every residual block in eval mode, by canonical block name, in canonical
     layout (feature maps NHWC): the residual stream that depth acts on, read with forward hooks."""
     captured: dict[str, torch.Tensor] = {}
+    blocks = set(config.block_names())
     hooks = [module.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out.detach()))
-             for name, module in native.named_modules() if BLOCK.match(name)]
+             for name, module in native.named_modules() if name in blocks]
     try:
         with _mode(native, train=False, seed=0) as device, torch.no_grad():
             native(**_torch_inputs(arch, inputs, device))
