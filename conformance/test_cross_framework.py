@@ -125,5 +125,4 @@ def test_bfloat16_compute_stays_within_tolerance(case, framework, handle):
 def test_block_outputs_agree_across_frameworks(case, framework, handle):
     inputs = CASES[case].inputs(8)
     want = handle(case, "torch").block_outputs(inputs)
-    assert len(want) == len(set(want)) > 0
     assert_outputs_close(handle(case, framework).block_outputs(inputs), want, what=f"{framework} {case} blocks")
