@@ -98,8 +98,9 @@ class BertConfig(_Config):
     dropout: float = 0.1
     attention_dropout: float = 0.1
     pooler: bool = True           # tanh dense over [CLS] (BertModel's pooler)
-    mlm_head: bool = False        # transform + layer norm + decoder tied to word embeddings
+    mlm_head: bool = False        # transform + layer norm + decoder (tied to word embeddings by default)
     num_labels: int = 0           # > 0: sequence-classification dense over the pooled output
+    tie_word_embeddings: bool = True  # False: the MLM decoder has its own kernel, mlm.decoder.kernel
 
     def __post_init__(self):
         _positive(self, "vocab_size", "max_positions", "type_vocab_size", "hidden_size",
@@ -111,11 +112,17 @@ class BertConfig(_Config):
                  f"BertConfig.num_labels must be an integer >= 0, got {self.num_labels!r}")
         _require(self.num_labels == 0 or self.pooler,
                  "BertConfig: a classifier (num_labels > 0) needs the pooler; set pooler=True")
+        _require(isinstance(self.tie_word_embeddings, bool),
+                 f"BertConfig.tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}")
 
 
 @dataclass(frozen=True)
 class GPTConfig(_Config):
-    """GPT-2 (Radford et al., 2019), pre-LN decoder with tied LM head. Defaults: GPT-2 124M."""
+    """GPT-2 (Radford et al., 2019), pre-LN decoder with tied LM head. Defaults: GPT-2 124M.
+
+    ``tie_word_embeddings=False`` gives the LM head its own kernel, ``lm_head.kernel`` [D, V]
+    (transformers' ``tie_word_embeddings: false`` with a stored ``lm_head.weight``).
+    """
 
     arch: ClassVar[str] = "gpt"
     vocab_size: int = 50257
@@ -127,8 +134,11 @@ class GPTConfig(_Config):
     layer_norm_eps: float = 1e-5
     dropout: float = 0.1          # embedding and residual dropout
     attention_dropout: float = 0.1
+    tie_word_embeddings: bool = True  # False: a separate LM head kernel, lm_head.kernel
 
     def __post_init__(self):
+        _require(isinstance(self.tie_word_embeddings, bool),
+                 f"GPTConfig.tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}")
         _positive(self, "vocab_size", "context_length", "hidden_size", "num_layers",
                   "num_heads", "mlp_dim")
         _heads_divide(self)

@@ -50,7 +50,7 @@ _IGNORED = re.compile(r"(^|\.)(attn\.bias|attn\.masked_bias|position_ids|token_t
 class Rule:
     canonical: str   # canonical module name, e.g. "blocks.0.attn.qkv"
     published: str   # published module name (prefix stripped), e.g. "h.0.attn.c_attn"
-    kind: str        # linear | conv1d | qkv | ln | emb | conv | bn | raw
+    kind: str        # linear | head (linear without bias) | conv1d | qkv | ln | emb | conv | bn | raw
 
 
 def _bert_rules(c: BertConfig) -> list[Rule]:
@@ -72,6 +72,8 @@ def _bert_rules(c: BertConfig) -> list[Rule]:
         rules += [Rule("mlm.transform", "cls.predictions.transform.dense", "linear"),
                   Rule("mlm.ln", "cls.predictions.transform.LayerNorm", "ln"),
                   Rule("mlm.bias", "cls.predictions.bias", "raw")]
+        if not c.tie_word_embeddings:
+            rules.append(Rule("mlm.decoder", "cls.predictions.decoder", "head"))
     if c.num_labels:
         rules.append(Rule("classifier", "classifier", "linear"))
     return rules
@@ -87,7 +89,10 @@ def _gpt_rules(c: GPTConfig) -> list[Rule]:
                   Rule(f"{b}.ln2", f"{h}.ln_2", "ln"),
                   Rule(f"{b}.mlp.fc", f"{h}.mlp.c_fc", "conv1d"),
                   Rule(f"{b}.mlp.out", f"{h}.mlp.c_proj", "conv1d")]
-    return rules + [Rule("ln_f", "ln_f", "ln")]
+    rules.append(Rule("ln_f", "ln_f", "ln"))
+    if not c.tie_word_embeddings:
+        rules.append(Rule("lm_head", "lm_head", "head"))
+    return rules
 
 
 def _vit_rules(c: ViTConfig) -> list[Rule]:
@@ -125,7 +130,11 @@ RULES = {"bert": _bert_rules, "gpt": _gpt_rules, "vit": _vit_rules, "resnet": _r
 
 # Published head modules live outside the backbone prefix ("bert.", "transformer.", ...).
 _PREFIX = {"bert": "bert.", "gpt": "transformer.", "vit": "vit.", "resnet": "resnet."}
-_HEAD_MODULES = ("cls.", "classifier")
+_HEAD_MODULES = ("cls.", "classifier", "lm_head")
+# Output heads that transformers ties to the input embedding unless tie_word_embeddings is false:
+# (published head, published embedding) by arch, names after the backbone prefix is stripped.
+_TIED_HEADS = {"gpt": ("lm_head.weight", "wte.weight"),
+               "bert": ("cls.predictions.decoder.weight", "embeddings.word_embeddings.weight")}
 
 
 def _to_canonical(rule: Rule, get, spec) -> dict[str, np.ndarray]:
@@ -143,6 +152,8 @@ def _to_canonical(rule: Rule, get, spec) -> dict[str, np.ndarray]:
         return {f"{c}.kernel": get(f"{p}.weight").T, f"{c}.bias": get(f"{p}.bias")}
     if rule.kind == "conv1d":  # GPT-2's Conv1D already stores [in, out]
         return {f"{c}.kernel": get(f"{p}.weight"), f"{c}.bias": get(f"{p}.bias")}
+    if rule.kind == "head":
+        return {f"{c}.kernel": get(f"{p}.weight").T}
     if rule.kind == "conv":  # OIHW -> HWIO
         out = {f"{c}.kernel": get(f"{p}.weight").transpose(2, 3, 1, 0)}
         if f"{c}.bias" in spec:
@@ -170,6 +181,8 @@ def _to_published(rule: Rule, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]
         return {f"{p}.weight": t[f"{c}.kernel"].T, f"{p}.bias": t[f"{c}.bias"]}
     if rule.kind == "conv1d":
         return {f"{p}.weight": t[f"{c}.kernel"], f"{p}.bias": t[f"{c}.bias"]}
+    if rule.kind == "head":
+        return {f"{p}.weight": t[f"{c}.kernel"].T}
     if rule.kind == "conv":
         out = {f"{p}.weight": t[f"{c}.kernel"].transpose(3, 2, 0, 1)}
         if f"{c}.bias" in t:
@@ -192,6 +205,13 @@ def _expect(hf: dict, key: str, allowed, what: str) -> None:
                        "dlzoo implements the published architecture only")
 
 
+def _tied(hf: dict) -> bool:
+    value = hf.get("tie_word_embeddings", True)  # transformers' default
+    if not isinstance(value, bool):
+        raise HubError(f"config.json: tie_word_embeddings must be true or false, got {value!r}")
+    return value
+
+
 def config_from_hf(arch: str, hf: dict, tensors: dict[str, np.ndarray]):
     """Our config from a published config.json and the (normalised) tensor names present."""
     try:
@@ -207,7 +227,9 @@ def config_from_hf(arch: str, hf: dict, tensors: dict[str, np.ndarray]):
                 attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
                 pooler="pooler.dense.weight" in tensors,
                 mlm_head="cls.predictions.transform.dense.weight" in tensors,
-                num_labels=int(tensors["classifier.weight"].shape[0]) if "classifier.weight" in tensors else 0)
+                num_labels=int(tensors["classifier.weight"].shape[0]) if "classifier.weight" in tensors else 0,
+                # Only the MLM decoder can be untied; without it the flag means nothing.
+                tie_word_embeddings=_tied(hf) or "cls.predictions.transform.dense.weight" not in tensors)
         if arch == "gpt":
             _expect(hf, "activation_function", ("gelu_new",), "GPT-2")
             for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
@@ -218,7 +240,7 @@ def config_from_hf(arch: str, hf: dict, tensors: dict[str, np.ndarray]):
                 num_layers=hf["n_layer"], num_heads=hf["n_head"],
                 mlp_dim=hf.get("n_inner") or 4 * hf["n_embd"],
                 layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5), dropout=hf.get("resid_pdrop", 0.1),
-                attention_dropout=hf.get("attn_pdrop", 0.1))
+                attention_dropout=hf.get("attn_pdrop", 0.1), tie_word_embeddings=_tied(hf))
         if arch == "vit":
             _expect(hf, "hidden_act", ("gelu",), "ViT")
             _expect(hf, "qkv_bias", (True,), "ViT")
@@ -261,7 +283,8 @@ def config_to_hf(arch: str, c) -> dict:
               "num_attention_heads": c.num_heads, "intermediate_size": c.mlp_dim,
               "hidden_act": "gelu", "layer_norm_eps": c.layer_norm_eps,
               "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.attention_dropout,
-              "position_embedding_type": "absolute", "pad_token_id": 0, "tie_word_embeddings": True}
+              "position_embedding_type": "absolute", "pad_token_id": 0,
+              "tie_word_embeddings": c.tie_word_embeddings}
         if c.num_labels:
             hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.num_labels)}
             hf["label2id"] = {f"LABEL_{i}": i for i in range(c.num_labels)}
@@ -271,7 +294,7 @@ def config_to_hf(arch: str, c) -> dict:
                 "n_positions": c.context_length, "n_embd": c.hidden_size, "n_layer": c.num_layers,
                 "n_head": c.num_heads, "n_inner": c.mlp_dim, "activation_function": "gelu_new",
                 "layer_norm_epsilon": c.layer_norm_eps, "resid_pdrop": c.dropout, "embd_pdrop": c.dropout,
-                "attn_pdrop": c.attention_dropout, "tie_word_embeddings": True}
+                "attn_pdrop": c.attention_dropout, "tie_word_embeddings": c.tie_word_embeddings}
     if arch == "vit":
         return {"model_type": "vit", "architectures": ["ViTForImageClassification"],
                 "image_size": c.image_size, "patch_size": c.patch_size, "num_channels": c.num_channels,
@@ -442,11 +465,27 @@ class _Missing(Exception):
     pass
 
 
+def _check_tied_head(arch: str, config, tensors: dict[str, np.ndarray], published: list[str]) -> None:
+    """A checkpoint that says its head is tied but stores a different head matrix is ambiguous:
+    transformers would silently keep one of the two. Refuse it, naming both tensors as stored."""
+    if arch not in _TIED_HEADS or not config.tie_word_embeddings:
+        return
+    head, embedding = _TIED_HEADS[arch]
+    if head in tensors and embedding in tensors and not np.array_equal(tensors[head], tensors[embedding]):
+        head, embedding = (next((n for n in published if n == short or n.endswith("." + short)), short)
+                           for short in (head, embedding))
+        raise HubError(f"config.json says tie_word_embeddings=true, but {head} differs from "
+                       f"{embedding}; set \"tie_word_embeddings\": false in config.json if the "
+                       "head is meant to be separate, or remove the stale head tensor")
+
+
 def to_canonical(arch: str, hf: dict, tensors: dict[str, np.ndarray]):
     """(config, canonical tensors, ignored published names) from a published checkpoint."""
     check_arch(arch)
+    published = list(tensors)
     tensors = _normalise(arch, tensors)
     config = config_from_hf(arch, hf, tensors)
+    _check_tied_head(arch, config, tensors, published)
     spec = canonical_spec(arch, config)
     used: set[str] = set()
     missing: list[str] = []
