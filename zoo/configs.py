@@ -340,3 +340,24 @@ def config_from_json(arch: str, text: str):
     except json.JSONDecodeError as error:
         raise ConfigError(f"config is not valid JSON ({error})") from None
     return CONFIGS[check_arch(arch)].from_dict(data)
+
+
+def check_generation(config: GPTConfig, prompt_length: int, max_new_tokens: int, temperature: float,
+                     top_k: int | None, top_p: float | None, last_mask_column=None) -> None:
+    """The arguments of every framework's GPT ``generate``, checked once. ``last_mask_column``:
+    the attention mask's last column (iterable) or None; generation needs left padding, so every
+    row's last prompt token must be real."""
+    _require(isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool) and max_new_tokens >= 1,
+             f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    _require(prompt_length + max_new_tokens <= config.context_length,
+             f"prompt length {prompt_length} + max_new_tokens {max_new_tokens} exceeds context_length "
+             f"{config.context_length}; shorten the prompt or generate fewer tokens")
+    _require(last_mask_column is None or all(int(v) == 1 for v in last_mask_column),
+             "generate needs left padding: every row's last prompt token must be real "
+             "(attention_mask[:, -1] == 1); pad prompts on the left")
+    _require(isinstance(temperature, (int, float)) and temperature >= 0.0,
+             f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    _require(top_k is None or (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1),
+             f"top_k must be a positive integer or None, got {top_k!r}")
+    _require(top_p is None or (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0),
+             f"top_p must be in (0, 1] or None, got {top_p!r}")

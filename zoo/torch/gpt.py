@@ -34,7 +34,7 @@ import math
 import torch
 from torch import nn
 
-from ..configs import GPTConfig, ZooError
+from ..configs import GPTConfig, ZooError, check_generation
 from .layers import Block, LayerCache, compute_dtype, init_linear_, normal_
 
 
@@ -147,7 +147,8 @@ class GPT(nn.Module):
         smallest set whose mass reaches ``top_p``. One forward pass per token, over the new
         token only: every layer's keys and values are kept in a ``KVCache``. Call ``eval()``
         first unless dropout is wanted."""
-        check_generate_args(self.config, input_ids.shape, attention_mask, max_new_tokens, temperature, top_k, top_p)
+        check_generation(self.config, input_ids.shape[1], max_new_tokens, temperature, top_k, top_p,
+                         None if attention_mask is None else attention_mask[:, -1])
         cache = KVCache(len(self.blocks))
         logits = self(input_ids, attention_mask, cache=cache)["logits"][:, -1]  # (B, V): left padding ends real
         new = []
@@ -157,24 +158,6 @@ class GPT(nn.Module):
             if step + 1 < max_new_tokens:
                 logits = self(token[:, None], torch.ones_like(token[:, None]), cache=cache)["logits"][:, -1]
         return torch.cat([input_ids, torch.stack(new, dim=1).to(input_ids.dtype)], dim=1)
-
-
-def check_generate_args(config: GPTConfig, shape, attention_mask, max_new_tokens: int, temperature: float,
-                        top_k: int | None, top_p: float | None) -> None:
-    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
-        raise ZooError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if shape[1] + max_new_tokens > config.context_length:
-        raise ZooError(f"prompt length {shape[1]} + max_new_tokens {max_new_tokens} exceeds context_length "
-                       f"{config.context_length}; shorten the prompt or generate fewer tokens")
-    if attention_mask is not None and not bool((attention_mask[:, -1] == 1).all()):
-        raise ZooError("generate needs left padding: every row's last prompt token must be real "
-                       "(attention_mask[:, -1] == 1); pad prompts on the left")
-    if not temperature >= 0.0:
-        raise ZooError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
-        raise ZooError(f"top_k must be a positive integer or None, got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ZooError(f"top_p must be in (0, 1] or None, got {top_p!r}")
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None = None,
