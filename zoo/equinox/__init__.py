@@ -22,6 +22,7 @@ import optax
 from ..configs import ZooError
 from .bert import Bert
 from .gpt import GPT
+from .gpt import generate as gpt_generate
 from .layers import BatchNorm
 from .resnet import ResNet
 from .vit import ViT
@@ -29,7 +30,7 @@ from .vit import ViT
 MODELS = {"bert": Bert, "gpt": GPT, "resnet": ResNet, "vit": ViT}
 
 __all__ = ["MODELS", "Bert", "GPT", "ResNet", "ViT", "adamw_step", "apply", "block_outputs", "build",
-           "load_state_dict", "state_dict", "vjp"]
+           "generate", "load_state_dict", "state_dict", "vjp"]
 
 
 def _name(path) -> str:
@@ -172,3 +173,13 @@ def adamw_step(arch: str, config, native, inputs, cotangents, *, lr: float, beta
     module = _adamw(arch, module, state, inputs, cotangents, jax.random.key(seed),
                     float(lr), float(betas[0]), float(betas[1]), float(eps), float(weight_decay))
     return module, state
+
+
+def generate(arch: str, config, native, input_ids: np.ndarray, attention_mask: np.ndarray | None, *,
+             max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+             seed: int) -> np.ndarray:
+    """``gpt.generate``: one compiled prefill + scan, vmapped over rows; keys from ``seed``."""
+    module, _ = native
+    out = gpt_generate(module, input_ids, attention_mask, max_new_tokens=max_new_tokens, temperature=temperature,
+                       top_k=top_k, top_p=top_p, key=jax.random.key(seed))
+    return np.asarray(out, dtype=np.int32)
