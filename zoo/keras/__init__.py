@@ -249,4 +249,14 @@ def adamw_step(arch: str, config, native: keras.Model, inputs: dict[str, np.ndar
     return native
 
 
-__all__ = ["MODELS", "adamw_step", "apply", "block_outputs", "build", "load_state_dict", "state_dict", "vjp"]
+def generate(arch: str, config, native: keras.Model, input_ids: np.ndarray, attention_mask: np.ndarray | None, *,
+             max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+             seed: int) -> np.ndarray:
+    """``GPT.generate`` (eager, any keras backend); sampling draws from keras.random with ``seed``."""
+    out = native.generate(input_ids, attention_mask, max_new_tokens=max_new_tokens, temperature=temperature,
+                          top_k=top_k, top_p=top_p, seed=seed)
+    return np.asarray(ops.convert_to_numpy(out), dtype=np.int32)
+
+
+__all__ = ["MODELS", "adamw_step", "apply", "block_outputs", "build", "generate", "load_state_dict", "state_dict",
+           "vjp"]
