@@ -11,22 +11,25 @@ import numpy as np
 from dlzoo.zoo import hub, weights
 from dlzoo.zoo.configs import ZooError, check_arch, get_config
 from dlzoo.zoo.handle import check_framework, installed_frameworks, load
-from dlzoo.zoo.reference import sample_inputs, transformers_model, transformers_outputs
+from dlzoo.zoo.reference import sample_inputs, transformers_model, transformers_model_from_folder, transformers_outputs
 
 
 def _weights(arch: str, preset: str, source: str | None, seed: int, frameworks: list[str]):
+    """(config, canonical tensors, description, published folder or None)."""
     if source is None:
         config = get_config(arch, preset)
         builder = "torch" if "torch" in frameworks else frameworks[0]
-        return config, load(arch, builder, config=config, seed=seed).state_dict(), f"random init ({builder}, seed {seed})"
-    path = Path(source)
+        tensors = load(arch, builder, config=config, seed=seed).state_dict()
+        return config, tensors, f"random init ({builder}, seed {seed})", None
+    path, folder = Path(source), None
     if path.is_file():
         file_arch, config, tensors = weights.load(path)
     else:
-        file_arch, config, tensors, _ = hub.load_checkpoint(source)
+        folder = hub.resolve(source)
+        file_arch, config, tensors, _ = hub.load_checkpoint(folder)
     if file_arch != arch:
         raise hub.HubError(f"{source} holds {file_arch!r} weights, but verify was asked for {arch!r}")
-    return config, tensors, str(source)
+    return config, tensors, str(source), folder
 
 
 def _label(framework: str) -> str:
@@ -59,7 +62,7 @@ def run_verify(arch: str, preset: str = "tiny", source: str | None = None, tol: 
     frameworks = list(frameworks or installed)
     if not frameworks:
         raise ZooError("no framework is installed; install one, e.g. pip install 'dlzoo[torch]'")
-    config, tensors, described = _weights(arch, preset, source, seed, frameworks)
+    config, tensors, described, folder = _weights(arch, preset, source, seed, frameworks)
     inputs = sample_inputs(arch, config, seed=seed)
     outputs, labels, notes = {}, {}, [f"weights: {described}"]
     for framework in frameworks:
@@ -77,7 +80,13 @@ def run_verify(arch: str, preset: str = "tiny", source: str | None = None, tol: 
     if has_transformers:
         if progress is not None:
             progress.print(f"running {arch} in transformers ...", highlight=False)
-        hf_outputs = transformers_outputs(arch, transformers_model(arch, config, tensors), inputs)
+        if folder is not None:  # the checkpoint as transformers itself reads it, not as dlzoo did
+            model = transformers_model_from_folder(arch, config, folder)
+            notes.append(f"reference: transformers' {type(model).__name__} loaded from {folder}")
+        else:
+            model = transformers_model(arch, config, tensors)
+            notes.append(f"reference: transformers' {type(model).__name__} holding the same tensors")
+        hf_outputs = transformers_outputs(arch, model, inputs)
     else:
         notes.append("transformers is not installed: no comparison against the reference implementation")
     for framework in frameworks:

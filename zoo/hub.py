@@ -486,6 +486,10 @@ def to_canonical(arch: str, hf: dict, tensors: dict[str, np.ndarray]):
     tensors = _normalise(arch, tensors)
     config = config_from_hf(arch, hf, tensors)
     _check_tied_head(arch, config, tensors, published)
+    if arch == "bert" and not config.tie_word_embeddings and "cls.predictions.decoder.bias" in tensors:
+        # transformers >= 5 unties the decoder's bias along with its weight, and the decoder's is
+        # the one applied (before 5 both names held one tensor).
+        tensors = {**tensors, "cls.predictions.bias": tensors["cls.predictions.decoder.bias"]}
     spec = canonical_spec(arch, config)
     used: set[str] = set()
     missing: list[str] = []
@@ -523,6 +527,8 @@ def from_published(arch: str, config, tensors: dict[str, np.ndarray]) -> tuple[d
     out: dict[str, np.ndarray] = {}
     for rule in RULES[arch](config):
         out.update(_to_published(rule, tensors))
+    if arch == "bert" and config.mlm_head and not config.tie_word_embeddings:
+        out["cls.predictions.decoder.bias"] = tensors["mlm.bias"]  # read by transformers >= 5 when untied
     hf = config_to_hf(arch, config)
     head_model = hf["architectures"][0] not in ("BertModel",)
     if head_model:  # the backbone lives under a prefix; heads sit beside it
