@@ -1,6 +1,7 @@
 """Where does run-to-run variation in `dlzoo verify gpt --preset 124M` come from?
 
     python benchmarks/verify_stability.py [--preset 124M] [--runs 3] [--out DIR]
+    python benchmarks/verify_stability.py --noise 124M medium [--frameworks torch flax]
 
 Writes GPT weights of the preset (dlzoo torch init, seed 0) once in the published layout, then
 runs transformers' GPT2LMHeadModel on verify's sample inputs in FRESH processes (each verify run
@@ -8,6 +9,10 @@ is one), under every combination of attention path (sdpa, eager) and torch threa
 and the default), several times each. It reports, for each setting, the spread across runs, and
 for every run the max abs difference against a float64 evaluation of the same model (the exact
 answer up to 1e-12), relative to the logits' scale; and dlzoo's own torch model likewise.
+
+``--noise PRESET...`` measures, in one process per preset, how far float32 evaluations are from
+the float64 one as models grow: transformers in float32 and every framework named, each against
+transformers in float64 (what ``dlzoo verify`` compares with), relative to the output scale.
 """
 
 from __future__ import annotations
@@ -46,12 +51,48 @@ def child(folder: Path, attn: str, threads: str, dtype: str, out: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def noise(presets: list[str], frameworks: list[str]) -> None:
+    import gc
+
+    from dlzoo.zoo import load
+    from dlzoo.zoo.configs import get_config
+    from dlzoo.zoo.reference import sample_inputs, transformers_model, transformers_outputs
+
+    print(f"{'preset':8} {'params':>12} {'scale':>8}  {'implementation':22} {'max abs vs fp64':>16} {'relative':>9}")
+    for preset in presets:
+        config = get_config("gpt", preset)
+        tensors = load("gpt", "torch", config=config, seed=0).state_dict()
+        inputs = sample_inputs("gpt", config, seed=0)
+        model = transformers_model("gpt", config, tensors)
+        fp32 = transformers_outputs("gpt", model, inputs)["logits"].astype(np.float64)
+        exact = transformers_outputs("gpt", model.double(), inputs)["logits"]
+        del model
+        gc.collect()
+        scale = float(np.max(np.abs(exact)))
+        rows = [("transformers float32", fp32)]
+        for framework in frameworks:
+            handle = load("gpt", framework, config=config, weights=tensors)
+            rows.append((framework, handle.apply(inputs)["logits"].astype(np.float64)))
+            del handle
+            gc.collect()
+        params = sum(v.size for v in tensors.values())
+        for name, got in rows:
+            d = float(np.max(np.abs(got - exact)))
+            print(f"{preset:8} {params:12,d} {scale:8.3f}  {name:22} {d:16.3e} {d / max(1.0, scale):9.2e}", flush=True)
+        del tensors, rows
+        gc.collect()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="124M")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--noise", nargs="+", default=None, metavar="PRESET")
+    parser.add_argument("--frameworks", nargs="+", default=["torch", "flax"])
     args = parser.parse_args()
+    if args.noise:
+        return noise(args.noise, args.frameworks)
 
     from dlzoo.zoo import hub, load
     from dlzoo.zoo.configs import get_config
