@@ -1,5 +1,12 @@
 """``dlzoo verify``: the same weights in every installed framework, compared output by output
-against PyTorch and against `transformers` — conformance, for anyone porting a model."""
+against PyTorch and against `transformers` — conformance, for anyone porting a model.
+
+The transformers reference is evaluated in float64 (the same model, ``.double()``): its answer
+is then exact to ~1e-12 whatever kernels, thread counts or attention path the machine picks, and
+each row reports that framework's own float32 error. transformers' float32 evaluation is
+reported beside it (``reference.float32_diffs``): the float32 noise floor of the model at hand.
+The tolerance, max abs diff <= tol x max(1, output scale), was set by measurement (docs/cli.md).
+"""
 
 from __future__ import annotations
 
@@ -76,17 +83,23 @@ def run_verify(arch: str, preset: str = "tiny", source: str | None = None, tol: 
     if reference is None:
         notes.append("torch is not installed: frameworks are compared with each other only through transformers")
     has_transformers = importlib.util.find_spec("transformers") is not None and "torch" in installed
-    hf_outputs = None
+    hf_outputs, reference_info = None, None
     if has_transformers:
         if progress is not None:
             progress.print(f"running {arch} in transformers ...", highlight=False)
         if folder is not None:  # the checkpoint as transformers itself reads it, not as dlzoo did
-            model = transformers_model_from_folder(arch, config, folder)
-            notes.append(f"reference: transformers' {type(model).__name__} loaded from {folder}")
+            model, source_note = transformers_model_from_folder(arch, config, folder), f"loaded from {folder}"
         else:
-            model = transformers_model(arch, config, tensors)
-            notes.append(f"reference: transformers' {type(model).__name__} holding the same tensors")
-        hf_outputs = transformers_outputs(arch, model, inputs)
+            model, source_note = transformers_model(arch, config, tensors), "holding the same tensors"
+        float32 = transformers_outputs(arch, model, inputs)
+        hf_outputs = transformers_outputs(arch, model.double(), inputs)
+        floor, _ = _compare(float32, hf_outputs, tol)
+        reference_info = {"implementation": "transformers", "class": type(model).__name__, "dtype": "float64",
+                          "source": source_note, "float32_diffs": floor}
+        del model
+        notes.append(f"reference: transformers' {reference_info['class']} {source_note}, evaluated in float64; "
+                     "transformers in float32 is " + ", ".join(f"{k} {v:.2e}" for k, v in floor.items())
+                     + " from it (this model's float32 noise floor)")
     else:
         notes.append("transformers is not installed: no comparison against the reference implementation")
     for framework in frameworks:
@@ -99,7 +112,7 @@ def run_verify(arch: str, preset: str = "tiny", source: str | None = None, tol: 
     if not rows:
         notes.append("only one framework and no reference implementation: nothing to compare")
     return {"arch": arch, "config": config.to_dict(), "params": weights.count_params(arch, config), "tol": tol,
-            "frameworks": [labels[f] for f in frameworks], "rows": rows, "notes": notes,
+            "frameworks": [labels[f] for f in frameworks], "rows": rows, "reference": reference_info, "notes": notes,
             "passed": bool(rows) and all(r["passed"] for r in rows)}
 
 

@@ -99,6 +99,20 @@ def test_verify_passes_and_reports_every_framework():
 
 
 @needs_torch
+def test_verify_reference_is_float64_and_repeats_exactly():
+    """The transformers reference runs in float64, so kernel choices cannot move it; its float32
+    evaluation is reported as the model's noise floor. Two runs give identical numbers."""
+    pytest.importorskip("transformers", reason="the reference implementation is transformers")
+    from dlzoo.verify import run_verify
+
+    first = run_verify("gpt", frameworks=["torch"])
+    assert first["reference"]["dtype"] == "float64" and first["reference"]["class"] == "GPT2LMHeadModel"
+    floor = first["reference"]["float32_diffs"]["logits"]
+    assert 0 < floor <= 1e-5  # float32 is not exact, and is within the tolerance of the exact answer
+    assert first["rows"] == run_verify("gpt", frameworks=["torch"])["rows"]
+
+
+@needs_torch
 def test_verify_fails_when_a_pair_exceeds_the_tolerance():
     result = runner.invoke(app, ["verify", "bert", "-f", "torch", "--tol", "1e-12", "--json"])
     assert result.exit_code == 1

@@ -73,10 +73,12 @@ def _bert_class(config) -> str:
 
 
 def transformers_outputs(arch: str, model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The model's outputs under dlzoo's names, as numpy."""
+    """The model's outputs under dlzoo's names, as numpy in the model's own dtype (images are cast
+    to it, so a model converted with ``.double()`` gives the float64 evaluation)."""
     import torch
 
-    tin = {k: (torch.from_numpy(v).permute(0, 3, 1, 2).contiguous() if k == "pixel_values"
+    dtype = next(model.parameters()).dtype
+    tin = {k: (torch.from_numpy(v).permute(0, 3, 1, 2).contiguous().to(dtype) if k == "pixel_values"
                else torch.from_numpy(v.astype(np.int64))) for k, v in inputs.items()}
     if arch == "gpt" and "attention_mask" in tin:  # positions from the mask, as transformers' generate does
         mask = tin["attention_mask"]
