@@ -75,39 +75,41 @@ def test_greedy_generate_matches_transformers(case, padded, framework, reference
 
 # --- each framework's own cache, used natively -------------------------------------------------
 
+def _prefill_then_steps(step, ids, mask, cache, split):
+    """Logits [B, T, V]: ``step(ids, mask, cache) -> (logits, cache)`` over the first ``split``
+    tokens, then over one token at a time."""
+    logits, cache = step(ids[:, :split], mask[:, :split], cache)
+    chunks = [np.asarray(logits)]
+    for t in range(split, ids.shape[1]):
+        logits, cache = step(ids[:, t:t + 1], mask[:, t:t + 1], cache)
+        chunks.append(np.asarray(logits))
+    return np.concatenate(chunks, 1)
+
+
 def _torch_cached(h, ids, mask, split):
     import torch
     from dlzoo.zoo.torch.gpt import KVCache
 
-    cache = KVCache(h.config.num_layers)
-    tids, tmask = torch.from_numpy(ids).long(), torch.from_numpy(mask).long()
-    with torch.no_grad():
-        steps = [h.native(tids[:, :split], tmask[:, :split], cache=cache)["logits"]]
-        for t in range(split, ids.shape[1]):
-            steps.append(h.native(tids[:, t:t + 1], tmask[:, t:t + 1], cache=cache)["logits"])
-    return torch.cat(steps, 1).numpy()
+    def step(ids, mask, cache):  # the cache object is filled in place
+        with torch.no_grad():
+            return h.native(torch.from_numpy(ids).long(), torch.from_numpy(mask).long(), cache=cache)["logits"], cache
+
+    return _prefill_then_steps(step, ids, mask, KVCache(h.config.num_layers), split)
 
 
 def _flax_cached(h, ids, mask, split):
     import jax
-    import jax.numpy as jnp
     from flax import nnx
     from dlzoo.zoo.flax.gpt import KVCache
 
     graphdef, state = nnx.split(h.native)
 
     @jax.jit
-    def step(state, ids, mask, cache):  # one jitted step: cache pytree in, cache pytree out
+    def step(ids, mask, cache):  # one jitted step: cache pytree in, cache pytree out
         out = nnx.merge(graphdef, state)(ids, mask, cache=cache)
         return out["logits"], out["cache"]
 
-    cache = KVCache.empty(h.config, ids.shape[0], ids.shape[1])
-    logits, cache = step(state, ids[:, :split], mask[:, :split], cache)
-    steps = [logits]
-    for t in range(split, ids.shape[1]):
-        logits, cache = step(state, ids[:, t:t + 1], mask[:, t:t + 1], cache)
-        steps.append(logits)
-    return np.concatenate([np.asarray(s) for s in steps], 1)
+    return _prefill_then_steps(step, ids, mask, KVCache.empty(h.config, ids.shape[0], ids.shape[1]), split)
 
 
 def _equinox_cached(h, ids, mask, split):
@@ -118,17 +120,12 @@ def _equinox_cached(h, ids, mask, split):
     module, _ = h.native
 
     @eqx.filter_jit
-    def step(module, ids, mask, cache):  # one row per vmapped call, each with its own cache
+    def step(ids, mask, cache):  # one row per vmapped call, each with its own cache
         out = jax.vmap(lambda i, m, c: module(i, m, cache=c))(ids, mask, cache)
         return out["logits"], out["cache"]
 
     cache = jax.vmap(lambda _: KVCache.empty(h.config, ids.shape[1]))(np.arange(ids.shape[0]))
-    logits, cache = step(module, ids[:, :split], mask[:, :split], cache)
-    steps = [logits]
-    for t in range(split, ids.shape[1]):
-        logits, cache = step(module, ids[:, t:t + 1], mask[:, t:t + 1], cache)
-        steps.append(logits)
-    return np.concatenate([np.asarray(s) for s in steps], 1)
+    return _prefill_then_steps(step, ids, mask, cache, split)
 
 
 def _haiku_cached(h, ids, mask, split):
@@ -138,30 +135,22 @@ def _haiku_cached(h, ids, mask, split):
     transformed, params, state = h.native
 
     @jax.jit
-    def step(params, ids, mask, cache):
+    def step(ids, mask, cache):
         out, _ = transformed.apply(params, state, None, ids, mask, cache=cache)
         return out["logits"], out["cache"]
 
-    cache = KVCache.empty(h.config, ids.shape[0], ids.shape[1])
-    logits, cache = step(params, ids[:, :split], mask[:, :split], cache)
-    steps = [logits]
-    for t in range(split, ids.shape[1]):
-        logits, cache = step(params, ids[:, t:t + 1], mask[:, t:t + 1], cache)
-        steps.append(logits)
-    return np.concatenate([np.asarray(s) for s in steps], 1)
+    return _prefill_then_steps(step, ids, mask, KVCache.empty(h.config, ids.shape[0], ids.shape[1]), split)
 
 
 def _keras_cached(h, ids, mask, split):
     from keras import ops
     from dlzoo.zoo.keras.gpt import KVCache
 
-    cache = KVCache.empty(h.config, ids.shape[0], ids.shape[1])
-    logits, cache = h.native.call_with_cache(ids[:, :split], mask[:, :split], cache)
-    steps = [logits]
-    for t in range(split, ids.shape[1]):
-        logits, cache = h.native.call_with_cache(ids[:, t:t + 1], mask[:, t:t + 1], cache)
-        steps.append(logits)
-    return np.concatenate([ops.convert_to_numpy(s) for s in steps], 1)
+    def step(ids, mask, cache):
+        logits, cache = h.native.call_with_cache(ids, mask, cache)
+        return ops.convert_to_numpy(logits), cache
+
+    return _prefill_then_steps(step, ids, mask, KVCache.empty(h.config, ids.shape[0], ids.shape[1]), split)
 
 
 CACHED = {"torch": _torch_cached, "flax": _flax_cached, "equinox": _equinox_cached, "haiku": _haiku_cached,
