@@ -149,7 +149,7 @@ class GPT(nn.Module):
         first unless dropout is wanted."""
         check_generation(self.config, input_ids.shape[1], max_new_tokens, temperature, top_k, top_p,
                          None if attention_mask is None else attention_mask[:, -1])
-        cache = KVCache(len(self.blocks))
+        cache = KVCache(len(self.blocks))  # theory: kv-cache
         logits = self(input_ids, attention_mask, cache=cache)["logits"][:, -1]  # (B, V): left padding ends real
         new = []
         for step in range(max_new_tokens):
