@@ -169,6 +169,8 @@ def adamw_step(arch: str, config, native, inputs, cotangents, *, lr: float, beta
     batch-norm statistics), so the step is deterministic and comparable across frameworks."""
     module, state = native
     cotangents = {k: np.asarray(v, dtype=np.float32) for k, v in cotangents.items()}
-    module = _adamw(arch, module, state, inputs, cotangents, jax.random.key(seed),
-                    float(lr), float(betas[0]), float(betas[1]), float(eps), float(weight_decay))
+    # Hyperparameters travel as arrays: filter_jit treats Python floats as static, so a learning-rate
+    # schedule would recompile on every call.
+    hyper = (jnp.asarray(x, dtype=jnp.float32) for x in (lr, betas[0], betas[1], eps, weight_decay))
+    module = _adamw(arch, module, state, inputs, cotangents, jax.random.key(seed), *hyper)
     return module, state

@@ -242,11 +242,47 @@ def adamw_step(arch: str, config, native: keras.Model, inputs: dict[str, np.ndar
     two identical at step t, here t = 1.
     """
     # theory: adamw
+    def make_optimizer(learning_rate):
+        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay, beta_1=betas[0],
+                                      beta_2=betas[1], epsilon=eps * (1.0 - betas[1]) ** 0.5)
+
+    if keras.backend.backend() == "jax":
+        # Eagerly, keras' optimizer runs op by op (and compiles each op on first use); one jitted
+        # stateless step per (model, betas, eps, weight decay) with the learning rate as data
+        # compiles once, whatever schedule the caller follows.
+        key = ("adamw", tuple(betas), eps, weight_decay)
+        cache = _JAX_CACHE.setdefault(native, {})
+        if key not in cache:
+            cache[key] = _jax_adamw(arch, native, make_optimizer(1.0))
+        step, fresh, lr_index = cache[key]
+        opt_vars = list(fresh)
+        opt_vars[lr_index] = np.float32(lr)
+        cots = {k: np.asarray(c, np.float32) for k, c in cotangents.items()}
+        params = step(_values(native.trainable_variables), _values(native.non_trainable_variables), opt_vars,
+                      inputs, cots)
+        for v, value in zip(native.trainable_variables, params):
+            v.assign(value)
+        return native
     grads = _gradients(arch, native, inputs, cotangents, train=False)
-    optimizer = keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay, beta_1=betas[0],
-                                       beta_2=betas[1], epsilon=eps * (1.0 - betas[1]) ** 0.5)
-    optimizer.apply_gradients(zip(grads, native.trainable_variables))
+    make_optimizer(lr).apply_gradients(zip(grads, native.trainable_variables))
     return native
+
+
+def _jax_adamw(arch: str, native: keras.Model, optimizer):
+    """A jitted AdamW step from a fresh optimizer state: (step, fresh state, index of the lr)."""
+    import jax
+
+    optimizer.build(native.trainable_variables)
+    fresh = [np.array(ops.convert_to_numpy(v.value)) for v in optimizer.variables]
+    lr_index = next(i for i, v in enumerate(optimizer.variables) if v.path.endswith("learning_rate"))
+    grad = _jax_function(arch, native, "grad", False)
+
+    def step(params, state, opt_vars, inputs, cotangents):
+        grads = grad(params, state, inputs, cotangents)
+        params, _ = optimizer.stateless_apply(opt_vars, grads, params)
+        return params
+
+    return jax.jit(step), fresh, lr_index
 
 
 __all__ = ["MODELS", "adamw_step", "apply", "block_outputs", "build", "load_state_dict", "state_dict", "vjp"]
