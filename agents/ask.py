@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from .theory import Entry, Paper, load_knowledge
 
 MIN_COVERAGE = 0.5   # share of the question's IDF weight the best entry must contain
-MIN_SCORE = 3.0      # BM25 score of the best entry (sum over the question's weighted words)
+MIN_SCORE = 2.0      # BM25 score of the best entry (sum over the question's weighted words)
 K1, B = 1.5, 0.75     # BM25 (Okapi) term saturation and length normalisation
 UNKNOWN_IDF = 1.0     # weight of a word no entry contains, as a fraction of the largest IDF
 PHRASE_BONUS = 2.0   # added to the BM25 score per word of a multi-word name found as a phrase
@@ -42,7 +42,7 @@ _STOPWORDS = frozenset("""
 a an and are as at be been being but by can could do does doing did for from had has have how i if
 in into is it its itself me my no not of on or our so some such than that the their them then there
 these they this those to too us very was we were what whats when where which while who whom why will
-with would you your should shall may might must just also about after before over under again more
+with would you your should shall may might must just also about over under again more
 most other only own same both each few any all get gets got make makes made one ones use used using
 im ive dont doesnt isnt arent wont cant vs versus really actually please thanks hi hey ok okay
 """.split())
@@ -56,6 +56,14 @@ basic basics overview summary tell know help happen happens happening thing thin
 working mean means meaning difference different differ point purpose reason reasons good better best
 bad worse problem problems issue issues anyone someone something somebody guys eli5 example examples
 """.split())
+
+
+# Abbreviations users type, spelled out before stemming. Topic vocabulary lives in each entry's
+# ``keywords``; this table only holds general shorthand that belongs to no single entry.
+_SHORTHAND = {"net": "network", "nets": "networks", "nn": "neural network", "nns": "neural networks",
+              "lr": "learning rate", "lrs": "learning rates", "llm": "large language model",
+              "llms": "large language models", "lm": "language model", "convnet": "convolutional network",
+              "convnets": "convolutional networks", "dl": "deep learning", "ml": "machine learning"}
 
 
 def _fold(word: str) -> str:
@@ -75,6 +83,9 @@ def _words(text: str) -> list[str]:
     out = []
     for word in re.findall(r"[a-z0-9]+(?:['\-_/.][a-z0-9]+)*", text):
         word = word.replace("'", "")
+        if word in _SHORTHAND:
+            out.extend(_fold(w) for w in _SHORTHAND[word].split() if w not in _STOPWORDS)
+            continue
         parts = re.split(r"[-_/.]", word) if re.search(r"[-_/.]", word) else []
         for w in [word.replace("-", "").replace("_", "")] + parts if parts else [word]:
             if len(w) > 1 and w not in _STOPWORDS:
