@@ -8,12 +8,11 @@ import re
 from pathlib import Path
 
 import pytest
-import typer
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from dlzoo.agents.annotate import annotate_source, find_markers, theory_markdown, write_theory_md
 from dlzoo.agents.ask import ask
-from dlzoo.agents.cli import register
+from dlzoo.cli import cli
 from dlzoo.agents.theory import UnknownTopicError, load_knowledge, lookup
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,9 +21,7 @@ ZOO_FILES = sorted((ROOT / "zoo").rglob("*.py"))
 
 @pytest.fixture(scope="module")
 def app():
-    app = typer.Typer()
-    register(app)
-    return app
+    return cli
 
 
 def test_every_marker_in_the_zoo_has_an_entry():
