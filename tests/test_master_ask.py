@@ -109,8 +109,8 @@ def test_answers_are_deterministic_and_fast():
     from dlzoo.agents import ask as module
 
     module._index.cache_clear()
-    start = time.perf_counter()
+    start = time.process_time()   # CPU time: wall time on a shared CI machine measures the neighbours
     first = [a.to_dict() for a in ask("why does SGD noise act as a regularizer")]
-    cold = time.perf_counter() - start
+    cold = time.process_time() - start
     assert first == [a.to_dict() for a in ask("why does SGD noise act as a regularizer")]
-    assert cold < 1.0, f"first question took {cold:.2f} s (index build included)"
+    assert cold < 1.0, f"first question took {cold:.2f} s of CPU (index build included)"
