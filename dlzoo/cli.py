@@ -238,8 +238,10 @@ def _print_verify(report: dict) -> None:
 
 def _register_commands() -> None:
     from dlzoo.agents.cli import register as register_master
+    from dlzoo.cli_bench import register as register_bench
 
     register_master(cli)
+    register_bench(cli)
 
 
 _register_commands()

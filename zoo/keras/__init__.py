@@ -17,6 +17,7 @@ autograd, tf.GradientTape), and that backend-specific code lives here and nowher
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import sys
@@ -283,6 +284,65 @@ def _jax_adamw(arch: str, native: keras.Model, optimizer):
         return params
 
     return jax.jit(step), fresh, lr_index
+
+
+def benchmark_step(arch: str, config, native: keras.Model, inputs: dict[str, np.ndarray],
+                   cotangents: dict[str, np.ndarray], *, mode: str, seed: int = 0, fit: bool = False):
+    """A function that runs one step and returns once it is done (see the torch backend). On the
+    jax backend: a jitted stateless step (``stateless_call`` + ``optimizer.stateless_apply``),
+    keras' low-overhead path. With ``fit=True``, or on another backend: keras' own compiled
+    ``train_on_batch`` / ``predict_on_batch``, the path ``model.fit`` takes. A train step returns
+    the objective before its update (``train_on_batch``: keras' reported loss)."""
+    if mode == "forward":
+        if keras.backend.backend() == "jax" and not fit:
+            forward = _jax_function(arch, native, "apply", False)
+            params, state = _values(native.trainable_variables), _values(native.non_trainable_variables)
+            return lambda: _block(forward(params, state, inputs))
+        return lambda: _block(native.predict_on_batch(inputs))
+    optimizer = keras.optimizers.AdamW(learning_rate=1e-4)
+    _reseed(native, seed)
+    if keras.backend.backend() != "jax" or fit:
+        names = list(native(inputs, training=False))
+        native.compile(optimizer=optimizer, loss={k: _dot_loss for k in names if k in cotangents},
+                       jit_compile="auto")
+        targets = {k: np.asarray(v, np.float32) for k, v in cotangents.items()}
+        return lambda: _block(native.train_on_batch(inputs, targets))
+    import jax
+
+    optimizer.build(native.trainable_variables)
+    cots = {k: np.asarray(v, np.float32) for k, v in cotangents.items()}
+
+    def loss(params, state):
+        outputs, state = native.stateless_call(params, state, inputs, training=True)
+        return _objective(outputs, cots, arch), state
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def train(params, state, opt_vars):
+        (value, state), grads = jax.value_and_grad(loss, has_aux=True)(params, state)
+        params, opt_vars = optimizer.stateless_apply(opt_vars, grads, params)
+        return params, state, opt_vars, value
+
+    carry = [[jax.numpy.copy(v.value) for v in variables]
+             for variables in (native.trainable_variables, native.non_trainable_variables, optimizer.variables)]
+
+    def step():
+        *carry[:], value = train(*carry)
+        return _block(value)
+    return step
+
+
+def _dot_loss(y_true, y_pred):
+    """sum(outputs * cotangents) as a keras loss (y_true carries the cotangents)."""
+    return ops.sum(y_true * y_pred)
+
+
+def _block(tree):
+    """Wait for asynchronously dispatched results (jax) by reading them back."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        jax.block_until_ready(tree)
+    return tree
 
 
 __all__ = ["MODELS", "adamw_step", "apply", "block_outputs", "build", "load_state_dict", "state_dict", "vjp"]
