@@ -53,18 +53,6 @@ def test_info_json_params_and_flops(arch, preset, params, gflops):
     assert type(config).from_dict(data["config"]) == config
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["info", "lstm"], "unknown architecture 'lstm'; expected one of: bert, gpt, resnet, vit"),
-    (["info", "vit", "-p", "Q/16"], "unknown vit preset 'Q/16'; expected one of: tiny, Ti/16"),
-    (["verify", "gpt", "-f", "mxnet"], "unknown framework 'mxnet'; expected one of: torch, flax, equinox, haiku, keras"),
-    (["convert", "/nonexistent/folder", "out.safetensors"], "neither an existing folder nor a hub id"),
-])
-def test_bad_input_is_one_line_with_the_valid_choices(args, fragment):
-    result = _run(*args)
-    assert result.returncode == 2
-    assert fragment in result.stderr and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-
-
 needs_torch = pytest.mark.skipif("torch" not in installed_frameworks(),
                                  reason="convert and verify compare against torch, which is not installed")
 

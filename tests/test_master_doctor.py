@@ -113,7 +113,7 @@ CLI_CASES = {"torch": "gpt", "flax": "bert", "equinox": "vit", "haiku": "resnet"
 @pytest.mark.parametrize("framework", installed_frameworks())
 def test_doctor_cli_on_a_real_model(framework):
     arch = CLI_CASES[framework]
-    result = CliRunner().invoke(cli, ["doctor", "--arch", arch, "--framework", framework, "--json"])
+    result = CliRunner().invoke(cli, ["doctor", arch, "--framework", framework, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     names = {c["name"]: c for c in report["checks"]}
