@@ -18,7 +18,6 @@ from ..clitools import OVERWRITE_OPTION, explicit, fail, print_json as _json
 from ..zoo.configs import ZooError
 
 PATH = click.Path(path_type=Path)
-PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def _out(text: str = "") -> None:
@@ -184,19 +183,18 @@ def diagnose(metrics: Path, as_json: bool, plot: Path | None, overwrite: bool):
 
     METRICS is the metrics.jsonl written by training (docs/metrics.md).
     """
-    from ..zoo.files import check_output_file, write_atomic
-    from .diagnose import diagnose as _diagnose, plot as _plot, to_json
+    from ..zoo.files import check_output_file
+    from .diagnose import PLOT_SUFFIXES, diagnose as _diagnose, plot as _plot, to_json
     from .metrics import read_metrics
 
     if plot is None and overwrite:
         raise click.UsageError("--overwrite applies to --plot")
-    if plot is not None:
+    if plot is not None:  # before reading: a refused command writes nothing
         check_output_file(plot, overwrite=overwrite, suffixes=PLOT_SUFFIXES, what="plot")
     run = read_metrics(metrics)
     findings = _diagnose(run)
     if plot is not None:
-        plot = write_atomic(plot, lambda tmp: _plot(run, findings, tmp), overwrite=overwrite,
-                            suffixes=PLOT_SUFFIXES, what="plot")
+        plot = _plot(run, findings, plot, overwrite=overwrite)
     if as_json:
         _json(to_json(findings))
         return

@@ -25,7 +25,7 @@ from dlzoo import __version__
 from dlzoo.clitools import JSON_OPTION, OVERWRITE_OPTION, SEED, ZooGroup, print_json
 from dlzoo.zoo.configs import ARCHS, ALIASES, PRESETS, ZooError, check_arch, get_config
 
-@click.group(cls=ZooGroup, no_args_is_help=True,
+@click.group("dlzoo", cls=ZooGroup, no_args_is_help=True,
              help="dlzoo: BERT, GPT-2, ResNet and ViT in five frameworks, numerically identical.")
 @click.version_option(__version__, "--version", prog_name="dlzoo", message="%(prog)s %(version)s")
 def cli() -> None:
