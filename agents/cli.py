@@ -98,9 +98,10 @@ def ask(question: str, as_json: bool, top: int):
     if as_json:
         _json({"question": question, "answers": [a.to_dict() for a in answers],
                "sources": [a.id for a in answers]})
-        return
     if not answers:
         fail("nothing in the knowledge base matches that question; try other words or `dlzoo explain --list`")
+    if as_json:
+        return
     best = answers[0]
     _out(f"{best.title}  [{best.id}]")
     _out()
