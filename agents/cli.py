@@ -30,20 +30,43 @@ def _tty() -> bool:
 
 @click.command()
 @click.argument("topic", required=False)
-@click.option("--brief", is_flag=True, help="Only the one-paragraph summary (not with --json or --list).")
-@click.option("--json", "as_json", is_flag=True, help="The entry as JSON.")
-@click.option("--list", "list_all", is_flag=True, help="List every concept id (no TOPIC).")
-def explain(topic: str | None, brief: bool, as_json: bool, list_all: bool):
-    """Explain a concept: summary, explanation, math, papers, misconceptions.
+@click.option("--level", type=click.Choice(["intro", "standard", "deep"]), default="standard", show_default=True,
+              help="intro: plain words, no math; deep: adds derivations and every framework's lines.")
+@click.option("--brief", is_flag=True, help="Only the one-paragraph summary.")
+@click.option("--paper", "paper_id", default=None, help="A paper behind the zoo (e.g. transformer, bert, resnet): "
+              "its equations mapped to the zoo lines that implement them.")
+@click.option("--framework", default="torch", show_default=True, help="With --paper: torch, flax, equinox, haiku, keras or all.")
+@click.option("--json", "as_json", is_flag=True, help="The entry (or paper) as JSON.")
+@click.option("--list", "list_all", is_flag=True, help="List every concept id (with --paper: every paper id).")
+@click.pass_context
+def explain(ctx: click.Context, topic: str | None, level: str, brief: bool, paper_id: str | None, framework: str,
+            as_json: bool, list_all: bool):
+    """Explain a concept (summary, explanation, math, practice, papers), or a paper mapped to code.
 
     TOPIC is a concept id, title or alias, e.g. 'sdpa', 'pre-ln'.
     """
-    from .theory import load_knowledge, lookup
+    _refuse_ignored_explain_options(ctx, topic, paper_id, list_all, as_json, brief)
+    if paper_id is not None or (list_all and topic == "papers"):
+        list_all = list_all or paper_id == "list"
+        from .papers import FRAMEWORKS, load_papers, lookup_paper, paper_dict, render_paper
 
-    if list_all and topic:
-        raise click.UsageError("--list takes no TOPIC; use `dlzoo explain TOPIC` or `dlzoo explain --list`")
-    if brief and (list_all or as_json):
-        raise click.UsageError("--brief shortens the text entry; it does not combine with --list or --json")
+        if list_all:
+            papers = load_papers().values()
+            if as_json:
+                _json([{"id": p.id, "title": p.title, "year": p.year} for p in papers])
+            else:
+                for p in papers:
+                    _out(f"{p.id:<14}  {p.title} ({p.year})")
+            return
+        if framework != "all" and framework not in FRAMEWORKS:
+            raise ZooError(f"--framework must be one of {', '.join(FRAMEWORKS)} or all, got {framework!r}")
+        frameworks = FRAMEWORKS if framework == "all" else (framework,)
+        paper = lookup_paper(paper_id)
+        sys.stdout.write(json.dumps(paper_dict(paper, frameworks), indent=2) + "\n" if as_json
+                         else render_paper(paper, frameworks))
+        return
+    from .theory import load_knowledge, lookup, render, zoo_lines
+
     if list_all:
         entries = load_knowledge()
         if as_json:
@@ -54,65 +77,71 @@ def explain(topic: str | None, brief: bool, as_json: bool, list_all: bool):
                 _out(f"{e.id:<{width}}  {e.title}")
         return
     if not topic:
-        raise ZooError("expected a TOPIC (e.g. `dlzoo explain sdpa`), or --list to see every concept")
+        raise ZooError("expected a TOPIC (e.g. `dlzoo explain sdpa`), --paper ID, or --list to see every concept")
     entry = lookup(topic)
     if as_json:
-        _json(entry.to_dict())
-        return
-    _out(f"{entry.title}  [{entry.id}]")
-    _out()
-    _out(entry.brief)
-    if brief:
-        return
-    _out()
-    _out(entry.full)
-    _out()
-    _out("Math (LaTeX):")
-    _out("  " + entry.math.replace("\n", "\n  "))
-    _out()
-    _out("Common misconceptions:")
-    for m in entry.misconceptions:
-        _out(f"  - {m}")
-    _out()
-    _out("Papers:")
-    for p in entry.papers:
-        _out(f"  - {p.cite()}")
-    _out()
-    _out("Related: " + ", ".join(entry.related))
+        data = entry.to_dict()
+        data["zoo_lines"] = [{"file": m.path, "line": m.line, "concept": m.concept} for m in zoo_lines(entry)]
+        _json(data)
+    elif brief:
+        _out(f"{entry.title}  [{entry.id}]\n\n{entry.brief}")
+    else:
+        sys.stdout.write(render(entry, level))
+
+
+def _refuse_ignored_explain_options(ctx: click.Context, topic, paper_id, list_all, as_json, brief) -> None:
+    """explain's options that a combination would ignore are refused instead."""
+    papers = paper_id is not None or (list_all and topic == "papers")
+    if paper_id is not None and topic:
+        raise click.UsageError("give TOPIC or --paper ID, not both")
+    if not papers and explicit(ctx, "framework"):
+        raise click.UsageError("--framework applies to --paper")
+    if list_all and topic and not papers:
+        raise click.UsageError("--list takes no TOPIC; use `dlzoo explain TOPIC` or `dlzoo explain --list`")
+    if brief and (papers or list_all or as_json):
+        raise click.UsageError("--brief shortens a concept's text; it does not combine with --paper, --list or --json")
+    if explicit(ctx, "level") and (papers or list_all or as_json or brief):
+        raise click.UsageError("--level applies to a concept's text; it does not combine with --paper, --list, "
+                               "--json or --brief")
 
 
 @click.command()
 @click.argument("question")
-@click.option("--json", "as_json", is_flag=True, help="Ranked answers as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Ranked answers as JSON (docs/ask.md).")
 @click.option("--top", "-k", type=click.IntRange(1, 10), default=3, show_default=True, help="How many entries to return.")
 def ask(question: str, as_json: bool, top: int):
     """Answer a question from the knowledge base (BM25 ranking, offline); names its sources.
 
-    QUESTION is a question in plain words.
+    QUESTION is a question in plain words. Exit status 1 when the question is declined (no
+    entry covers it); the nearest entries are then listed as related.
     """
-    from .ask import ask as _ask
+    from .ask import answer
 
     if not question.strip():
         raise click.UsageError('QUESTION is empty; ask in plain words, e.g. dlzoo ask "why warm up the learning rate?"')
-    answers = _ask(question, k=top)
+    response = answer(question, k=top)
     if as_json:
-        _json({"question": question, "answers": [a.to_dict() for a in answers],
-               "sources": [a.id for a in answers]})
-    if not answers:
-        fail("nothing in the knowledge base matches that question; try other words or `dlzoo explain --list`")
-    if as_json:
-        return
-    best = answers[0]
-    _out(f"{best.title}  [{best.id}]")
-    _out()
-    _out(best.brief)
-    _out()
-    _out(best.passage)
-    _out()
-    _out("Sources: " + ", ".join(f"{a.id} ({a.score:.1f})" for a in answers))
-    for p in best.papers:
-        _out(f"  - {p.cite()}")
-    _out(f"More: dlzoo explain {best.id}")
+        _json(response.to_dict())
+    elif response.declined:
+        _out("I don't know: no entry of the knowledge base answers this question "
+             f"({response.reason}).")
+        if response.related:
+            _out("Related: " + ", ".join(f"{a.id} ({a.title})" for a in response.related))
+        _out("See every concept: dlzoo explain --list")
+    else:
+        best = response.answers[0]
+        _out(f"{best.title}  [{best.id}]")
+        _out()
+        _out(best.brief)
+        _out()
+        _out(best.passage)
+        _out()
+        _out("Sources: " + ", ".join(f"{a.id} ({a.score:.1f})" for a in response.answers))
+        for p in best.papers:
+            _out(f"  - {p.cite()}")
+        _out(f"More: dlzoo explain {best.id}")
+    if response.declined:
+        sys.exit(1)
 
 
 @click.command()
