@@ -92,6 +92,18 @@ CASES = {
         (["convert", "published", "missing_dir/x.safetensors"], "folder missing_dir does not exist"),
         (["convert", "published", "adir"], "must end in .safetensors"),
     ],
+    "bench": [
+        (["bench"], "Missing argument 'ARCH'"),
+        (["bench", "nope"], "unknown architecture 'nope'"),
+        (["bench", "gpt", "--seq-len", "5000"], "exceeds the gpt context"),
+        (["bench", "gpt", "--image-size", "64"], "does not apply to gpt"),
+        (["bench", "resnet", "--seq-len", "8"], "does not apply to resnet"),
+        (["bench", "gpt", "-f", "mxnet"], "unknown implementation(s) mxnet"),
+        (["bench", "gpt", "--trials", "2"], "--trials"),
+        (["bench", "gpt", "--set", "nonsense"], "--set expects FIELD=VALUE"),
+        (["bench", "gpt", "--set", "no_field=3"], "no field(s) no_field"),
+        (["bench", "gpt", "--batch", "0"], "--batch"),
+    ],
     "verify": [
         (["verify"], "Missing argument 'ARCH'"),
         (["verify", "lstm"], "unknown architecture 'lstm'"),
