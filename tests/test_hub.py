@@ -97,7 +97,7 @@ def test_bert_tf_era_names_and_heads_are_detected(tmp_path):
     _write_config(model, folder)
     torch.save(state, folder / "pytorch_model.bin")
     arch, config, _, ignored = hub.load_checkpoint(folder)
-    assert arch == "bert" and config.pooler and config.mlm_head and config.num_labels == 0
+    assert arch == "bert" and config.pooler and config.mlm_head and config.num_classes == 0
     assert "cls.seq_relationship.weight" in ignored
     inputs = sample_inputs("bert", config)
     got = from_pretrained(folder).apply(inputs)
@@ -189,7 +189,7 @@ def test_unknown_hub_id_offline_is_one_line(tmp_path):
 def test_export_loads_in_transformers_with_the_same_outputs(tmp_path, arch, preset):
     from dlzoo.zoo import load
 
-    overrides = {"mlm_head": True, "num_labels": 0, "vocab_size": 500} if arch == "bert" else {}
+    overrides = {"mlm_head": True, "num_classes": 0, "vocab_size": 500} if arch == "bert" else {}
     handle = load(arch, "torch", config=preset, seed=4, **overrides)
     folder = hub.export(arch, handle.config, handle.state_dict(), tmp_path / "published")
     assert sorted(os.listdir(folder)) == ["config.json", "model.safetensors"]

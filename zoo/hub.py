@@ -72,7 +72,7 @@ def _bert_rules(c: BertConfig) -> list[Rule]:
         rules += [Rule("mlm.transform", "cls.predictions.transform.dense", "linear"),
                   Rule("mlm.ln", "cls.predictions.transform.LayerNorm", "ln"),
                   Rule("mlm.bias", "cls.predictions.bias", "raw")]
-    if c.num_labels:
+    if c.num_classes:
         rules.append(Rule("classifier", "classifier", "linear"))
     return rules
 
@@ -207,7 +207,7 @@ def config_from_hf(arch: str, hf: dict, tensors: dict[str, np.ndarray]):
                 attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
                 pooler="pooler.dense.weight" in tensors,
                 mlm_head="cls.predictions.transform.dense.weight" in tensors,
-                num_labels=int(tensors["classifier.weight"].shape[0]) if "classifier.weight" in tensors else 0)
+                num_classes=int(tensors["classifier.weight"].shape[0]) if "classifier.weight" in tensors else 0)
         if arch == "gpt":
             _expect(hf, "activation_function", ("gelu_new",), "GPT-2")
             for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
@@ -253,7 +253,7 @@ def config_from_hf(arch: str, hf: dict, tensors: dict[str, np.ndarray]):
 
 def config_to_hf(arch: str, c) -> dict:
     if arch == "bert":
-        archs = (["BertForSequenceClassification"] if c.num_labels else
+        archs = (["BertForSequenceClassification"] if c.num_classes else
                  ["BertForMaskedLM"] if c.mlm_head else ["BertModel"])
         hf = {"model_type": "bert", "architectures": archs, "vocab_size": c.vocab_size,
               "max_position_embeddings": c.max_positions, "type_vocab_size": c.type_vocab_size,
@@ -262,9 +262,9 @@ def config_to_hf(arch: str, c) -> dict:
               "hidden_act": "gelu", "layer_norm_eps": c.layer_norm_eps,
               "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.attention_dropout,
               "position_embedding_type": "absolute", "pad_token_id": 0, "tie_word_embeddings": True}
-        if c.num_labels:
-            hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.num_labels)}
-            hf["label2id"] = {f"LABEL_{i}": i for i in range(c.num_labels)}
+        if c.num_classes:
+            hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.num_classes)}
+            hf["label2id"] = {f"LABEL_{i}": i for i in range(c.num_classes)}
         return hf
     if arch == "gpt":
         return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": c.vocab_size,
