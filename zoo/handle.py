@@ -107,6 +107,8 @@ class Handle:
         self.native = native
         self.compute_dtype = compute_dtype
         self._backend = backend(framework)
+        # what from_pretrained did with each tensor (checkpoints.LoadReport); None otherwise
+        self.load_report = None
 
     def __repr__(self) -> str:
         return f"Handle(arch={self.arch!r}, framework={self.framework!r}, config={self.config})"
