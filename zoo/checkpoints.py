@@ -49,6 +49,9 @@ HEADS = {"vit": ("head",), "resnet": ("head",), "bert": ("classifier", "pooler",
 _HEAD_NAMES = {"transformers": re.compile(r"^(classifier|cls\.predictions|pooler)\."),
                "torchvision": re.compile(r"^fc\."), "timm": re.compile(r"^head\."),
                "dlzoo": re.compile(r"^(head|classifier|pooler|mlm)\.")}
+# One tensor every transformers checkpoint of the architecture holds (prefix stripped).
+_SIGNATURE = {"bert": "embeddings.word_embeddings.weight", "gpt": "wte.weight",
+              "vit": "embeddings.patch_embeddings.projection.weight", "resnet": "embedder.embedder.convolution.weight"}
 # timm's ViTs use layer-norm epsilon 1e-6 (timm vision_transformer.py, partial(nn.LayerNorm, eps=1e-6)).
 TIMM_LAYER_NORM_EPS = 1e-6
 # A normal truncated at +-2 std has 0.8796 of the untruncated std; the model files divide it out.
@@ -439,6 +442,9 @@ def read_pretrained(name_or_path, revision: str | None = None, *, arch: str | No
         if preset is not None:
             raise HubError(f"{source} has a config.json, which defines the config; drop preset={preset!r}")
         tensors = hub._normalise(found, tensors)
+        if _SIGNATURE[found] not in tensors:  # say so before the config asks for a head
+            raise HubError(f"{source}: config.json says {hf.get('model_type')!r} but the tensors lack transformers' "
+                           f"{_SIGNATURE[found]} ({_names_problem(list(tensors), 'names')})")
         config = hub.config_from_hf(found, hf, tensors, num_classes)
         rules, ignorable = hub.RULES[found](config.replace(**overrides)), hub._IGNORED
     config = config.replace(**overrides)
