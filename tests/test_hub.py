@@ -260,3 +260,15 @@ def test_bicubic_matrix_is_torchs_bicubic(n_in, n_out):
     basis = torch.eye(n_in, dtype=torch.float64)[:, None, :, None].expand(n_in, 1, n_in, 1)
     torch_matrix = torch.nn.functional.interpolate(basis, size=(n_out, 1), mode="bicubic", align_corners=False)
     np.testing.assert_allclose(matrix, torch_matrix[:, 0, :, 0].numpy().T, atol=1e-12)
+
+
+def test_canonical_file_with_a_new_head_and_resolution(tmp_path):
+    from dlzoo.zoo import load
+
+    load("vit", "torch", config="tiny", seed=1).save(tmp_path / "v.safetensors")
+    h = from_pretrained(tmp_path / "v.safetensors", num_classes=4, image_size=48)
+    report = h.load_report
+    assert (report.layout, sorted(report.initialised), report.ignored) == (
+        "dlzoo", ["head.bias", "head.kernel"], ["head.bias", "head.kernel"])
+    assert report.resized == {"pos_embed": [[1, 17, 64], [1, 37, 64]]}
+    assert h.apply({"pixel_values": np.zeros((1, 48, 48, 3), np.float32)})["logits"].shape == (1, 4)
