@@ -156,41 +156,50 @@ def info(arch: str, preset: str, seq_len: int | None, image_size: int | None, as
 @cli.command()
 @click.argument("src")
 @click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--arch", default=None, help="What a state dict holds (default: inferred from its names).")
+@click.option("--preset", "-p", default=None, help="Preset of a torchvision/timm state dict (default: inferred from shapes).")
+@click.option("--num-classes", type=int, default=None, help="Head size; a head of another size is initialised fresh.")
+@click.option("--image-size", type=int, default=None, help="ViT resolution; position embeddings are resized.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of freshly initialised heads.")
 @OVERWRITE_OPTION
 @JSON_OPTION
-def convert(src: str, dst: Path, overwrite: bool, as_json: bool):
-    """Convert a published checkpoint to a canonical file, or a canonical file to the published layout.
+def convert(src: str, dst: Path, arch: str | None, preset: str | None, num_classes: int | None,
+            image_size: int | None, seed: int, overwrite: bool, as_json: bool):
+    """Convert a checkpoint to a canonical file, or a canonical file to the published layout.
 
-    SRC: hub id, published checkpoint folder, or canonical .safetensors file.
-    DST: a .safetensors name (canonical file) for a published SRC; a new folder for a canonical SRC.
+    SRC: hub id, published checkpoint folder, torchvision/timm state dict (.pth, .pt, .safetensors)
+    or canonical .safetensors file (docs/checkpoints.md lists the layouts).
+    DST: canonical .safetensors file, or a new folder for the published layout.
     """
-    from dlzoo.zoo import files, hub, weights
+    from dlzoo.zoo import checkpoints, files, hub, weights
 
     src_path = Path(src).expanduser()
-    if src_path.is_file() and src_path.suffix == ".safetensors":
-        if dst.suffix == ".safetensors":
-            raise ZooError(f"{src} is already a canonical file; to write the published layout, give DST as a "
-                           f"new folder name (e.g. {dst.with_suffix('')})")
+    options = {k: v for k, v in (("num_classes", num_classes), ("image_size", image_size)) if v is not None}
+    if dst.suffix != ".safetensors" and src_path.is_file() and src_path.suffix == ".safetensors" \
+            and checkpoints._is_canonical(src_path) and not options:
         if overwrite:
             raise ZooError("--overwrite applies to a .safetensors destination; dlzoo never replaces a folder")
         files.check_output_folder(dst)
         arch, config, tensors = weights.load(src_path)
         hub.export(arch, config, tensors, dst)
-        direction, ignored = "canonical->published", []
+        direction, report = "canonical->published", None
     else:
         if dst.suffix != ".safetensors":
-            raise ZooError(f"destination {dst} must end in .safetensors when converting a published checkpoint")
+            raise ZooError(f"destination {dst} must end in .safetensors when converting a checkpoint")
         files.check_output_file(dst, overwrite=overwrite, suffixes=(".safetensors",), what="canonical weights file")
-        arch, config, tensors, ignored = hub.load_checkpoint(src)
+        arch, config, tensors, report = checkpoints.read_pretrained(src, arch=arch, preset=preset, seed=seed, **options)
         weights.save(dst, arch, config, tensors, overwrite=overwrite)
-        direction = "published->canonical"
+        direction = "published->canonical" if report.layout != "dlzoo" else "canonical->canonical"
     result = {"src": src, "dst": str(dst), "direction": direction, "arch": arch, "config": config.to_dict(),
-              "params": weights.count_params(arch, config), "tensors": len(tensors), "ignored": ignored}
+              "params": weights.count_params(arch, config), "tensors": len(tensors),
+              "ignored": report.ignored if report else [], "report": report.to_dict() if report else None}
     if as_json:
         print_json(result)
     else:
-        _console().print(f"[green]wrote[/green] {dst} ({direction}, {arch}, {result['params']:,} parameters"
-                         + (f", ignored {len(ignored)} non-parameter tensors" if ignored else "") + ")")
+        _console().print(f"[green]wrote[/green] {dst} ({direction}, {arch}, {result['params']:,} parameters)",
+                         highlight=False)
+        if report is not None:
+            _console().print(report.summary(), highlight=False, markup=False)
 
 
 @cli.command()
