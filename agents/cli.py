@@ -1,8 +1,9 @@
 """The master agent's commands: explain, ask, annotate, diagnose, doctor.
 
-``register(app)`` adds them to dlzoo's typer app. Nothing here imports a deep-learning
-framework at import time; ``doctor`` imports the one it checks when it runs. User errors print one
-line on stderr and exit with status 2, like the rest of the CLI.
+``register(group)`` adds them to dlzoo's click group. Nothing here imports a deep-learning
+framework at import time; ``doctor`` imports the one it checks when it runs. User errors are
+raised as ``ZooError``; the group prints them as one line on stderr with exit status 2, like the
+rest of the CLI.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
-import typer
+import click
 
 from ..zoo.configs import ZooError
+
+PATH = click.Path(path_type=Path)
 
 
 def _out(text: str = "") -> None:
@@ -25,117 +27,135 @@ def _json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def _fail(error: Exception) -> None:
-    sys.stderr.write(f"error: {error}\n")
-    raise typer.Exit(2)
-
-
 def _tty() -> bool:
     return sys.stdout.isatty()
 
 
-def explain(topic: Optional[str] = typer.Argument(None, help="Concept id, title or alias, e.g. 'sdpa', 'pre-ln'."),
-            brief: bool = typer.Option(False, "--brief", help="Only the one-paragraph summary."),
-            as_json: bool = typer.Option(False, "--json", help="The entry as JSON."),
-            list_all: bool = typer.Option(False, "--list", help="List every concept id.")):
-    """Explain a concept: summary, explanation, math, papers, misconceptions."""
-    from .theory import load_knowledge, lookup
+@click.command()
+@click.argument("topic", required=False)
+@click.option("--level", type=click.Choice(["intro", "standard", "deep"]), default="standard", show_default=True,
+              help="intro: plain words, no math; deep: adds derivations and every framework's lines.")
+@click.option("--brief", is_flag=True, help="Only the one-paragraph summary.")
+@click.option("--paper", "paper_id", default=None, help="A paper behind the zoo (e.g. transformer, bert, resnet): "
+              "its equations mapped to the zoo lines that implement them.")
+@click.option("--framework", default="torch", show_default=True, help="With --paper: torch, flax, equinox, haiku, keras or all.")
+@click.option("--json", "as_json", is_flag=True, help="The entry (or paper) as JSON.")
+@click.option("--list", "list_all", is_flag=True, help="List every concept id (with --paper: every paper id).")
+def explain(topic: str | None, level: str, brief: bool, paper_id: str | None, framework: str, as_json: bool,
+            list_all: bool):
+    """Explain a concept (summary, explanation, math, practice, papers), or a paper mapped to code.
 
-    try:
+    TOPIC is a concept id, title or alias, e.g. 'sdpa', 'pre-ln'.
+    """
+    if paper_id is not None or (list_all and topic == "papers"):
+        list_all = list_all or paper_id == "list"
+        from .papers import FRAMEWORKS, load_papers, lookup_paper, paper_dict, render_paper
+
         if list_all:
-            entries = load_knowledge()
+            papers = load_papers().values()
             if as_json:
-                _json([{"id": e.id, "title": e.title} for e in entries.values()])
+                _json([{"id": p.id, "title": p.title, "year": p.year} for p in papers])
             else:
-                width = max(map(len, entries))
-                for e in entries.values():
-                    _out(f"{e.id:<{width}}  {e.title}")
+                for p in papers:
+                    _out(f"{p.id:<14}  {p.title} ({p.year})")
             return
-        if not topic:
-            raise ZooError("expected a TOPIC (e.g. `dlzoo explain sdpa`), or --list to see every concept")
-        entry = lookup(topic)
-    except ZooError as error:
-        _fail(error)
+        if framework != "all" and framework not in FRAMEWORKS:
+            raise ZooError(f"--framework must be one of {', '.join(FRAMEWORKS)} or all, got {framework!r}")
+        frameworks = FRAMEWORKS if framework == "all" else (framework,)
+        paper = lookup_paper(paper_id)
+        sys.stdout.write(json.dumps(paper_dict(paper, frameworks), indent=2) + "\n" if as_json
+                         else render_paper(paper, frameworks))
+        return
+    from .theory import load_knowledge, lookup, render, zoo_lines
+
+    if list_all:
+        entries = load_knowledge()
+        if as_json:
+            _json([{"id": e.id, "title": e.title} for e in entries.values()])
+        else:
+            width = max(map(len, entries))
+            for e in entries.values():
+                _out(f"{e.id:<{width}}  {e.title}")
+        return
+    if not topic:
+        raise ZooError("expected a TOPIC (e.g. `dlzoo explain sdpa`), --paper ID, or --list to see every concept")
+    entry = lookup(topic)
     if as_json:
-        _json(entry.to_dict())
-        return
-    _out(f"{entry.title}  [{entry.id}]")
-    _out()
-    _out(entry.brief)
-    if brief:
-        return
-    _out()
-    _out(entry.full)
-    _out()
-    _out("Math (LaTeX):")
-    _out("  " + entry.math.replace("\n", "\n  "))
-    _out()
-    _out("Common misconceptions:")
-    for m in entry.misconceptions:
-        _out(f"  - {m}")
-    _out()
-    _out("Papers:")
-    for p in entry.papers:
-        _out(f"  - {p.cite()}")
-    _out()
-    _out("Related: " + ", ".join(entry.related))
+        data = entry.to_dict()
+        data["zoo_lines"] = [{"file": m.path, "line": m.line, "concept": m.concept} for m in zoo_lines(entry)]
+        _json(data)
+    elif brief:
+        _out(f"{entry.title}  [{entry.id}]\n\n{entry.brief}")
+    else:
+        sys.stdout.write(render(entry, level))
 
 
-def ask(question: str = typer.Argument(..., help="A question in plain words."),
-        as_json: bool = typer.Option(False, "--json", help="Ranked answers as JSON."),
-        top: int = typer.Option(3, "--top", "-k", min=1, max=10, help="How many entries to return.")):
-    """Answer a question from the knowledge base (BM25 ranking, offline); names its sources."""
-    from .ask import ask as _ask
+@click.command()
+@click.argument("question")
+@click.option("--json", "as_json", is_flag=True, help="Ranked answers as JSON (docs/ask.md).")
+@click.option("--top", "-k", type=click.IntRange(1, 10), default=3, show_default=True, help="How many entries to return.")
+def ask(question: str, as_json: bool, top: int):
+    """Answer a question from the knowledge base (BM25 ranking, offline); names its sources.
 
-    answers = _ask(question, k=top)
+    QUESTION is a question in plain words. Exit status 1 when the question is declined (no
+    entry covers it); the nearest entries are then listed as related.
+    """
+    from .ask import answer
+
+    response = answer(question, k=top)
     if as_json:
-        _json({"question": question, "answers": [a.to_dict() for a in answers],
-               "sources": [a.id for a in answers]})
-        return
-    if not answers:
-        sys.stderr.write("error: nothing in the knowledge base matches that question; "
-                         "try other words or `dlzoo explain --list`\n")
-        raise typer.Exit(1)
-    best = answers[0]
-    _out(f"{best.title}  [{best.id}]")
-    _out()
-    _out(best.brief)
-    _out()
-    _out(best.passage)
-    _out()
-    _out("Sources: " + ", ".join(f"{a.id} ({a.score:.1f})" for a in answers))
-    for p in best.papers:
-        _out(f"  - {p.cite()}")
-    _out(f"More: dlzoo explain {best.id}")
+        _json(response.to_dict())
+    elif response.declined:
+        _out("I don't know: no entry of the knowledge base answers this question "
+             f"({response.reason}).")
+        if response.related:
+            _out("Related: " + ", ".join(f"{a.id} ({a.title})" for a in response.related))
+        _out("See every concept: dlzoo explain --list")
+    else:
+        best = response.answers[0]
+        _out(f"{best.title}  [{best.id}]")
+        _out()
+        _out(best.brief)
+        _out()
+        _out(best.passage)
+        _out()
+        _out("Sources: " + ", ".join(f"{a.id} ({a.score:.1f})" for a in response.answers))
+        for p in best.papers:
+            _out(f"  - {p.cite()}")
+        _out(f"More: dlzoo explain {best.id}")
+    if response.declined:
+        sys.exit(1)
 
 
-def annotate(file: Optional[Path] = typer.Argument(None, help="A Python file with `# theory: <id>` markers."),
-             level: str = typer.Option("brief", "--level", help="brief or full."),
-             arch: Optional[str] = typer.Option(None, "--arch", help="With --framework and --theory-md: a zoo model."),
-             framework: Optional[str] = typer.Option(None, "--framework"),
-             theory_md: Optional[Path] = typer.Option(None, "--theory-md", help="Write THEORY.md here.")):
-    """Print a file with the theory beside the lines it explains, or write THEORY.md for a zoo model."""
+@click.command()
+@click.argument("file", required=False, type=PATH)
+@click.option("--level", default="brief", show_default=True, help="brief or full.")
+@click.option("--arch", default=None, help="With --framework and --theory-md: a zoo model.")
+@click.option("--framework", default=None)
+@click.option("--theory-md", type=PATH, default=None, help="Write THEORY.md here.")
+def annotate(file: Path | None, level: str, arch: str | None, framework: str | None, theory_md: Path | None):
+    """Print a file with the theory beside the lines it explains, or write THEORY.md for a zoo model.
+
+    FILE is a Python file with `# theory: <id>` markers.
+    """
     from .annotate import annotate_source, model_files, write_theory_md
 
-    try:
-        if theory_md is not None:
-            if file is not None:
-                files = [file]
-                written = write_theory_md(arch or file.stem, framework or "torch", theory_md, files=files)
-            else:
-                if not (arch and framework):
-                    raise ZooError("--theory-md needs FILE or both --arch and --framework "
-                                   "(e.g. dlzoo annotate --arch gpt --framework torch --theory-md THEORY.md)")
-                written = write_theory_md(arch, framework, theory_md)
-            _out(f"wrote {written}")
-            return
-        if file is None:
+    if theory_md is not None:
+        if file is not None:
+            files = [file]
+            written = write_theory_md(arch or file.stem, framework or "torch", theory_md, files=files)
+        else:
             if not (arch and framework):
-                raise ZooError("expected FILE, or --arch and --framework (e.g. dlzoo annotate zoo/torch/gpt.py)")
-            file = model_files(arch, framework)[0]
-        text = annotate_source(file, level=level)
-    except ZooError as error:
-        _fail(error)
+                raise ZooError("--theory-md needs FILE or both --arch and --framework "
+                               "(e.g. dlzoo annotate --arch gpt --framework torch --theory-md THEORY.md)")
+            written = write_theory_md(arch, framework, theory_md)
+        _out(f"wrote {written}")
+        return
+    if file is None:
+        if not (arch and framework):
+            raise ZooError("expected FILE, or --arch and --framework (e.g. dlzoo annotate zoo/torch/gpt.py)")
+        file = model_files(arch, framework)[0]
+    text = annotate_source(file, level=level)
     if _tty():
         from rich.console import Console
         from rich.syntax import Syntax
@@ -145,17 +165,19 @@ def annotate(file: Optional[Path] = typer.Argument(None, help="A Python file wit
         sys.stdout.write(text)
 
 
-def diagnose(metrics: Path = typer.Argument(..., help="metrics.jsonl written by training (docs/metrics.md)."),
-             as_json: bool = typer.Option(False, "--json", help='{"findings": [...]} (docs/diagnose.md).'),
-             plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of the curves with findings marked.")):
-    """Find what went wrong in a training run: divergence, spikes, plateaus, over/underfitting, ..."""
+@click.command()
+@click.argument("metrics", type=PATH)
+@click.option("--json", "as_json", is_flag=True, help='{"findings": [...]} (docs/diagnose.md).')
+@click.option("--plot", type=PATH, default=None, help="Write a PNG of the curves with findings marked.")
+def diagnose(metrics: Path, as_json: bool, plot: Path | None):
+    """Find what went wrong in a training run: divergence, spikes, plateaus, over/underfitting, ...
+
+    METRICS is the metrics.jsonl written by training (docs/metrics.md).
+    """
     from .diagnose import diagnose as _diagnose, plot as _plot, to_json
     from .metrics import read_metrics
 
-    try:
-        run = read_metrics(metrics)
-    except ZooError as error:
-        _fail(error)
+    run = read_metrics(metrics)
     findings = _diagnose(run)
     if plot is not None:
         _plot(run, findings, plot)
@@ -175,22 +197,21 @@ def diagnose(metrics: Path = typer.Argument(..., help="metrics.jsonl written by 
         _out(f"\nplot: {plot}")
 
 
-def doctor(arch: str = typer.Option(..., "--arch", help="bert, gpt, resnet or vit."),
-           framework: str = typer.Option(..., "--framework", help="torch, flax, equinox, haiku or keras."),
-           preset: str = typer.Option("tiny", "--preset", help="Config preset (small ones run in seconds)."),
-           as_json: bool = typer.Option(False, "--json", help="The report as JSON."),
-           seed: int = typer.Option(0, "--seed")):
+@click.command()
+@click.option("--arch", required=True, help="bert, gpt, resnet or vit.")
+@click.option("--framework", required=True, help="torch, flax, equinox, haiku or keras.")
+@click.option("--preset", default="tiny", show_default=True, help="Config preset (small ones run in seconds).")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def doctor(arch: str, framework: str, preset: str, as_json: bool, seed: int):
     """Pre-flight checks on a zoo model: init loss, overfit one batch, gradients, masking, determinism."""
     from ..zoo.configs import check_arch
     from ..zoo.handle import backend
     from .doctor import run_checks
 
-    try:
-        check_arch(arch)
-        backend(framework)  # a clear error when the framework is not installed
-        report = run_checks(arch, framework, preset, seed=seed)
-    except ZooError as error:
-        _fail(error)
+    check_arch(arch)
+    backend(framework)  # a clear error when the framework is not installed
+    report = run_checks(arch, framework, preset, seed=seed)
     if as_json:
         _json(report.to_dict())
     else:
@@ -202,13 +223,11 @@ def doctor(arch: str = typer.Option(..., "--arch", help="bert, gpt, resnet or vi
                 _out(f"        means: {c.meaning}")
         _out("all checks passed" if report.passed else "some checks failed")
     if not report.passed:
-        raise typer.Exit(1)
+        sys.exit(1)
 
 
-def register(app: typer.Typer) -> None:
-    """Add the master agent's commands to ``app``."""
-    app.command("explain")(explain)
-    app.command("ask")(ask)
-    app.command("annotate")(annotate)
-    app.command("diagnose")(diagnose)
-    app.command("doctor")(doctor)
+def register(group: click.Group) -> None:
+    """Add the master agent's commands to ``group`` (dlzoo's :class:`dlzoo.cli.ZooGroup`, which
+    turns the ``ZooError`` they raise into one ``error:`` line)."""
+    for command in (explain, ask, annotate, diagnose, doctor):
+        group.add_command(command)

@@ -64,7 +64,7 @@ def run_verify(arch: str, preset: str = "tiny", source: str | None = None, tol: 
     outputs, labels, notes = {}, {}, [f"weights: {described}"]
     for framework in frameworks:
         if progress is not None:
-            progress.print(f"running {arch} in {framework} ...", highlight=False)
+            progress(f"running {arch} in {framework} ...")
         handle = load(arch, framework, config=config, weights=tensors)
         outputs[framework] = handle.apply(inputs)
         labels[framework] = _label(framework)
@@ -76,7 +76,7 @@ def run_verify(arch: str, preset: str = "tiny", source: str | None = None, tol: 
     hf_outputs = None
     if has_transformers:
         if progress is not None:
-            progress.print(f"running {arch} in transformers ...", highlight=False)
+            progress(f"running {arch} in transformers ...")
         hf_outputs = transformers_outputs(arch, transformers_model(arch, config, tensors), inputs)
     else:
         notes.append("transformers is not installed: no comparison against the reference implementation")

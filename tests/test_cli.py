@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
-from dlzoo.cli import app
+from dlzoo.cli import cli as app
 from dlzoo.zoo import count_params, get_config
 from dlzoo.zoo.handle import installed_frameworks
 
@@ -21,8 +21,8 @@ def _run(*args):
 
 @pytest.mark.parametrize("args", [["--help"], ["list"], ["list", "--json"], ["info", "resnet", "-p", "50"]])
 def test_start_up_imports_no_deep_learning_framework(args):
-    code = ("import sys; from typer.testing import CliRunner; from dlzoo.cli import app; "
-            f"r = CliRunner().invoke(app, {args!r}); assert r.exit_code == 0, r.output; "
+    code = ("import sys; from click.testing import CliRunner; from dlzoo.cli import cli; "
+            f"r = CliRunner().invoke(cli, {args!r}); assert r.exit_code == 0, r.output; "
             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
