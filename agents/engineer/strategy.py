@@ -102,16 +102,16 @@ def _model(arch: str, preset: str, size: int, num_classes: int | None):
     return config
 
 
-def _size_cap(arch: str, train_examples: int) -> tuple[str | None, str]:
+def _size_cap(arch: str, examples: int) -> tuple[str | None, str]:
     caps = load().rule("size-caps").value
     if arch not in CAPS:
         return None, ""
-    if train_examples < caps["tiny_below"]:
-        return CAPS[arch]["tiny"], f"fewer than {caps['tiny_below']:,} training examples"
-    if train_examples < caps["small_below"]:
-        return CAPS[arch]["small"], f"fewer than {caps['small_below']:,} training examples"
-    if train_examples < caps["medium_below"]:
-        return CAPS[arch]["medium"], f"fewer than {caps['medium_below']:,} training examples"
+    if examples < caps["tiny_below"]:
+        return CAPS[arch]["tiny"], f"fewer than {caps['tiny_below']:,} examples"
+    if examples < caps["small_below"]:
+        return CAPS[arch]["small"], f"fewer than {caps['small_below']:,} examples"
+    if examples < caps["medium_below"]:
+        return CAPS[arch]["medium"], f"fewer than {caps['medium_below']:,} examples"
     return None, ""
 
 
