@@ -448,8 +448,8 @@ class Estimate:
     flops_forward: int            # per example
     flops_train_step: int         # per example, forward + backward
     tokens_or_pixels: str         # what one example is
-    weights_bytes: int
-    training_state_bytes: int     # weights + grads + AdamW moments, fp32
+    weights_bytes: int            # trainable parameters, fp32
+    training_state_bytes: int     # weights + grads + AdamW moments, fp32 (16 bytes per trainable parameter)
     activation_bytes_per_example: int  # fp32, reference kernels, no checkpointing
 
     def as_dict(self) -> dict:
@@ -462,6 +462,6 @@ def estimate(arch: str, config, *, seq_len: int | None = None, image_size: int |
     m = memory(arch, config, seq_len=seq_len, image_size=image_size)
     return Estimate(params=m.params, flops_forward=f.forward, flops_train_step=f.train,
                     tokens_or_pixels=workload(arch, config, seq_len=seq_len, image_size=image_size).unit,
-                    weights_bytes=m.weights_bytes,
-                    training_state_bytes=m.weights_bytes + m.gradient_bytes + m.optimizer_bytes,
+                    weights_bytes=m.params * _FP32,
+                    training_state_bytes=m.params * _STATE_BYTES_PER_PARAM,
                     activation_bytes_per_example=m.activation_bytes_per_example)

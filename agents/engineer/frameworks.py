@@ -89,9 +89,13 @@ def recommend_frameworks(arch: str | None = None, needs: Iterable[str] = (), *,
     rows.sort(key=lambda r: (not r["eligible"], -r["score"], FRAMEWORKS.index(r["framework"])))
     if not rows[0]["eligible"]:
         hard = [n for n in needs if table.needs[n].hard and table.needs[n].support]
-        met = {n: [f for f in candidates if table.needs[n].support[f].level >= 1] for n in hard}
-        raise ZooError("no framework meets every hard need: "
-                       + "; ".join(f"{n} is met by {', '.join(met[n]) or 'none'}" for n in hard)
+        def met(n: str) -> str:
+            meeting = [f for f in FRAMEWORKS if table.needs[n].support[f].level >= 1]
+            text = f"{n} is met by {', '.join(meeting) or 'none'}"
+            if INSTALLED_ONLY in needs:
+                text += f" (installed: {', '.join(f for f in meeting if f in candidates) or 'none'})"
+            return text
+        raise ZooError("no framework meets every hard need: " + "; ".join(met(n) for n in hard)
                        + "; drop or change one of them")
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank

@@ -263,10 +263,14 @@ def _image(d, task, n, size, budget_hours, target, u, precision, arch, num_class
         target_epochs, epochs_rule, epoch_reason = _image_epochs(arch, n)
     cap, cap_why = _size_cap(arch, n)
     ladder = LADDER[arch][: LADDER[arch].index(cap) + 1] if cap else LADDER[arch]
+    if not small:
+        ladder = ladder[1:]   # dlzoo's tiny presets are toys for digits-scale data
+    min_fraction = table.rule("resnet50-throughput").value["min_schedule_fraction"]
     steps_floor = table.rule("steps-per-epoch").value["min_steps_per_epoch"]
     desired = min(base_batch, _pow2_floor(train_n / steps_floor))
-    # Largest preset whose recipe fits the budget; else the smallest, with the epochs it affords.
-    chosen = None
+    # The largest preset that affords at least half the schedule in the budget (a shorter schedule
+    # costs little accuracy: resnet50-throughput); else the smallest, with the epochs it affords.
+    chosen, fits = None, False
     for preset in reversed(ladder):
         config = _model(arch, preset, side, num_classes)
         opts = {} if arch == "vit" else {"image_size": side}
@@ -275,16 +279,24 @@ def _image(d, task, n, size, budget_hours, target, u, precision, arch, num_class
                     if target.memory_bytes else desired)
         affordable, _ = _plan_epochs(arch, config, opts, batch, target, u, train_n, budget_hours, False)
         chosen = (preset, config, opts)
-        if affordable >= target_epochs:
+        if affordable >= min_fraction * target_epochs:
+            fits = True
             break
     preset, config, opts = chosen
     larger = LADDER[arch][LADDER[arch].index(preset) + 1:] if preset in LADDER[arch] else []
-    why = f"the largest {arch} preset whose {target_epochs}-epoch schedule fits {budget_hours:g} h on the {target.device.name}"
-    if cap and preset == cap:
+    why = (f"the largest {arch} preset that trains at least {min_fraction:.0%} of the {target_epochs}-epoch schedule "
+           f"in {budget_hours:g} h on the {target.device.name}")
+    if not fits:
+        why = (f"the smallest {arch} preset for this data: even it trains less than {min_fraction:.0%} of the "
+               f"{target_epochs}-epoch schedule in {budget_hours:g} h")
+        notes.append(f"{budget_hours:g} h on the {target.device.name} is short for {n:,} images: expect an undertrained "
+                     "model; a larger budget, a faster device or fewer images would help")
+    elif cap and preset == cap:
         why = f"the largest {arch} preset the data supports ({cap_why})"
     elif not larger:
         why = f"the largest {arch} preset"
-    d.add("preset", preset, why, "size-caps", "vit-data-scale" if arch == "vit" else "resnet-recipe")
+    d.add("preset", preset, why, "size-caps", "vit-data-scale" if arch == "vit" else "resnet-recipe",
+          "resnet50-throughput")
     batch, ckpt = _fit(arch, config, opts, desired=desired, target=target, precision=precision, d=d,
                        why=f"{recipe} uses {base_batch}; at most the training set / {steps_floor} "
                            f"({train_n:,} / {steps_floor}) for enough updates per epoch",
