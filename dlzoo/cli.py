@@ -173,6 +173,28 @@ def _print_verify(report: dict) -> None:
                   else f"[red]some pairs exceed tolerance {report['tol']:g}[/red]")
 
 
+@app.command()
+def new(name: str = typer.Argument(..., help="Project folder to create (its package name is derived from it)."),
+        arch: str = typer.Option(..., "--arch", help="resnet or vit (text projects: later)."),
+        framework: Optional[str] = typer.Option(None, "--framework", "-f", help="torch, flax, equinox, haiku or keras."),
+        preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Any zoo preset (default: tiny, trains in minutes on a CPU)."),
+        task: Optional[str] = typer.Option(None, "--task", help="Default: image-classification."),
+        weights_src: Optional[str] = typer.Option(None, "--weights", "-w",
+                                                  help="Start from: canonical .safetensors, published folder or hub id."),
+        annotate: str = typer.Option("brief", "--annotate", help="Theory notes in the code: none, brief, full (+ THEORY.md)."),
+        force: bool = typer.Option(False, "--force", help="Add to an existing folder; files you wrote are never replaced."),
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output (docs/scaffold.md).")):
+    """Write a self-contained training project (model copied from the zoo, data, train/evaluate/predict, tests)."""
+    from dlzoo.scaffold.generate import new_project, summary_text
+
+    result = new_project(name, arch=arch, framework=framework, preset=preset, task=task, weights=weights_src,
+                         annotate=annotate, force=force)
+    if as_json:
+        _print_json(result)
+    else:
+        sys.stdout.write(summary_text(result) + "\n")
+
+
 _register_master(app)
 
 

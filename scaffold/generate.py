@@ -469,3 +469,16 @@ def choose_framework(arch: str, needs: tuple[str, ...] = ()) -> str:
     """The framework for a project when ``--framework`` is not given. The engineer agent will make
     this choice from stated needs; until it does, the user chooses."""
     raise ZooError(f"choose a framework with --framework: one of {', '.join(FRAMEWORKS)}")
+
+
+def summary_text(result: dict[str, Any]) -> str:
+    """What ``dlzoo new`` prints: what it wrote, notes, and the next three commands."""
+    lines = [f"wrote {result['path']}/ ({result['arch']} {result['preset']}, {result['framework']}, "
+             f"package {result['package']}, {len(result['files'])} files):"]
+    lines += [f"  {f}" for f in result["files"]]
+    lines += [f"note: {n}" for n in result["notes"]]
+    if result["kept"]:
+        lines.append("kept your files (ours written beside them as <file>.dlzoo-new): " + ", ".join(result["kept"]))
+    lines.append("next:")
+    lines += [f"  {c}" for c in result["next"]]
+    return "\n".join(lines)
