@@ -55,8 +55,8 @@ _RESERVED = {"torch", "jax", "flax", "equinox", "haiku", "keras", "optax", "jaxt
 
 # Training defaults per architecture, tuned on digits (benchmarks/scaffold_quality.py).
 DEFAULTS = {
-    "vit": {"lr": 1e-3, "weight_decay": 0.05, "warmup_fraction": 0.05, "label_smoothing": 0.1,
-            "epochs": 40, "batch_size": 64, "max_shift": 3},
+    "vit": {"lr": 2e-3, "weight_decay": 0.05, "warmup_fraction": 0.05, "label_smoothing": 0.1,
+            "epochs": 100, "batch_size": 64, "max_shift": 2},
     "resnet": {"lr": 3e-3, "weight_decay": 0.05, "warmup_fraction": 0.05, "label_smoothing": 0.1,
                "epochs": 20, "batch_size": 64, "max_shift": 3},
 }
