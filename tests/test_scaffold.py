@@ -107,8 +107,9 @@ def test_generated_project_is_complete_and_lint_clean(projects, arch, framework)
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_both_projects_import_and_predict(projects, framework):
-    """Every generated package imports as a user runs it and its Engine maps images to probabilities."""
+def test_other_project_imports_and_predicts(projects, framework):
+    """The architecture whose suite does not run today: its package imports as a user runs it and
+    its Engine maps images to probabilities (the suite's own tests cover the other one)."""
     code = """
 import importlib, json, sys
 import numpy as np
@@ -124,12 +125,13 @@ for path in sys.argv[1:]:
     out[pkg] = [list(probs.shape), float(probs.sum())]
 print(json.dumps(out))
 """
-    paths = [str(_project(projects, arch, framework)) for arch in ARCHS]
+    other = next(arch for arch in ARCHS if arch != SUITE_ARCH[framework])
+    paths = [str(_project(projects, other, framework))]
     done = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, timeout=600,
                           env=_env(Path(paths[0])))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert sorted(result) == sorted(f"p_{framework}_{arch}" for arch in ARCHS)
+    assert sorted(result) == [f"p_{framework}_{other}"]
     for shape, total in result.values():
         assert shape == [2, 10] and total == pytest.approx(2.0, rel=1e-5)
 
