@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from dlzoo.agents.engineer import facts as facts_module
 from dlzoo.agents.engineer.frameworks import choose_framework, recommend_frameworks, vocabulary
-from dlzoo.agents.engineer.strategy import design_training
+from dlzoo.agents.engineer.strategy import design_training, overrides_toml
 from dlzoo.cli import cli
 from dlzoo.zoo import estimates
 from dlzoo.zoo.configs import GPTConfig, ZooError
@@ -201,6 +201,16 @@ def test_digits_design_is_dlzoo_s_measured_recipe_moved_to_the_batch():
             "label_smoothing", "augmentation", "dropout", "precision", "activation_checkpointing"} <= names
     cited = {r["id"] for r in t["rules"]}
     assert all(set(d["rules"]) <= cited and d["rules"] for d in t["decisions"])
+
+
+def test_overrides_as_a_config_file_round_trip():
+    import tomllib
+
+    for args in [dict(dataset_size=1797, input_size=8, budget_hours=0.1),
+                 dict(dataset_size=30_000_000, input_size=224, budget_hours=500, device="h200")]:
+        t = design_training("image-classification", **args)
+        data = tomllib.loads(overrides_toml(t))
+        assert {f"{a}.{b}": v for a, sec in data.items() for b, v in sec.items()} == t["overrides"]
 
 
 def test_architecture_follows_the_vit_paper_s_data_scale():

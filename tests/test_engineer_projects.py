@@ -18,7 +18,7 @@ if not hasattr(generate, "new_project"):
     pytest.skip("the scaffold on this branch has no new_project (dlzoo new)", allow_module_level=True)
 
 from dlzoo.agents.engineer.migrate import migrate_project  # noqa: E402
-from dlzoo.agents.engineer.strategy import design_training  # noqa: E402
+from dlzoo.agents.engineer.strategy import design_training, overrides_toml  # noqa: E402
 from dlzoo.zoo.configs import ZooError  # noqa: E402
 from dlzoo.zoo.frameworks import installed_frameworks  # noqa: E402
 
@@ -122,6 +122,19 @@ def test_migrate_refuses_what_it_cannot_carry(trained_torch_project, tmp_path):
     with pytest.raises(ZooError, match=r"model code copied by dlzoo new was changed \(edited_resnet/model.py\)"):
         migrate_project(edited_project, "flax", out=tmp_path / "y")
     assert not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize("arch", ["resnet", "vit"])
+def test_generated_projects_accept_the_design_as_their_config(arch, tmp_path):
+    design = design_training("image-classification", dataset_size=60_000, input_size=32, budget_hours=2,
+                             device="a100", arch=arch, num_classes=10)
+    project = Path(generate.new_project(f"cfg_{arch}", arch=arch, framework="torch", parent=tmp_path)["path"])
+    (project / "recommended.toml").write_text(overrides_toml(design))
+    code = (f"from cfg_{arch}.config import load_config; c = load_config('recommended.toml'); "
+            "print(c.optim.lr, c.train.batch_size, c.train.precision)")
+    done = _run(project, "-c", code)
+    o = design["overrides"]
+    assert done.stdout.split() == [str(o["optim.lr"]), str(o["train.batch_size"]), o["train.precision"]]
 
 
 def test_migrate_cli_error_is_one_line(tmp_path):

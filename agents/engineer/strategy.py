@@ -486,3 +486,23 @@ def _language_model(d, task, tokens, seq, budget_hours, target, u, precision):
                  "model.dropout": dropout, "model.attention_dropout": dropout}
     report = _report("gpt", config, opts, batch, precision, target, u, ckpt)
     return _result(d, task, "gpt", preset, config, overrides, report, epochs, steps, budget_hours, notes)
+
+
+def overrides_toml(design: dict[str, Any]) -> str:
+    """The design's ``overrides`` as a TOML file the generated project reads with ``--config``
+    (or that ``dlzoo new`` can write as the project's config), each section's keys commented with
+    the decisions' reasons."""
+    reasons = {d["name"]: d["reason"] for d in design["decisions"]}
+    names = {"optim.lr": "lr", "optim.weight_decay": "weight_decay", "optim.warmup_fraction": "warmup_fraction",
+             "optim.label_smoothing": "label_smoothing", "train.epochs": "epochs", "train.batch_size": "batch_size",
+             "train.precision": "precision", "data.max_shift": "augmentation", "model.dropout": "dropout"}
+    sections: dict[str, list[str]] = {}
+    for key, value in design["overrides"].items():
+        section, name = key.split(".", 1)
+        text = "true" if value is True else "false" if value is False else repr(value) if not isinstance(value, str) \
+            else f'"{value}"'
+        why = reasons.get(names.get(key, ""), "")
+        sections.setdefault(section, []).append(f"{name} = {text}" + (f"  # {why}" if why else ""))
+    head = [f"# dlzoo recommend: {design['task']}, {design['arch']} {design['preset']}; rules in docs/engineer.md"]
+    body = [line for section, lines in sections.items() for line in ["", f"[{section}]", *lines]]
+    return "\n".join(head + body) + "\n"
