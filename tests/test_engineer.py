@@ -309,8 +309,8 @@ def test_recommend_task_json():
     (["recommend", "--budget-hours", "2"], "error: --budget-hours design a training run and need --task"),
     (["recommend", "--task", "image-classification"], "error: --task needs --dataset-size, --input-size, --budget-hours"),
     (["recommend", "--need", "torch-export", "--need", "keras-multi-backend"], "error: no framework meets every hard need"),
-    (["info", "vit", "--seq-len", "10"], "error: seq_len does not apply to vit"),
-    (["info", "gpt", "--seq-len", "65"], "error: seq_len 65 is longer than the gpt context of 64"),
+    (["info", "vit", "--seq-len", "10"], "error: --seq-len applies to bert and gpt"),
+    (["info", "gpt", "--seq-len", "65"], "error: --seq-len 65 exceeds the gpt tiny context of 64 tokens"),
     (["info", "gpt", "--precision", "fp8"], "error: unknown precision 'fp8'"),
     (["info", "gpt", "--device", "tpu"], "error: unknown device 'tpu'"),
 ])
