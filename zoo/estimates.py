@@ -185,8 +185,8 @@ def flops(arch: str, config, *, seq_len: int | None = None, image_size: int | No
         forward = _transformer_layers(c.num_layers, t, c.hidden_size, c.mlp_dim)
         if c.pooler:
             forward += 2 * c.hidden_size * c.hidden_size
-        if c.num_labels:
-            forward += 2 * c.hidden_size * c.num_labels
+        if c.num_classes:
+            forward += 2 * c.hidden_size * c.num_classes
         if c.mlm_head:
             forward += 2 * t * c.hidden_size * (c.hidden_size + c.vocab_size)
     elif isinstance(c, ViTConfig):

@@ -96,7 +96,7 @@ def _model(arch: str, preset: str, size: int, num_classes: int | None):
     if arch == "resnet" and num_classes:
         config = config.replace(num_classes=num_classes)
     if arch == "bert" and num_classes:
-        config = config.replace(num_labels=num_classes)
+        config = config.replace(num_classes=num_classes)
     if arch == "gpt" and size > config.context_length and preset == "tiny":
         config = config.replace(context_length=size)
     return config
