@@ -113,12 +113,20 @@ def _bytes(n: int) -> str:
               help="bert, gpt: tokens per example, at most the context length (default: the context length).")
 @click.option("--image-size", type=click.IntRange(min=1), default=None,
               help="resnet: input size in pixels (default 224); a vit preset fixes its own.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batch for the memory and time estimate.")
+@click.option("--precision", default="fp32", show_default=True, help="fp32, tf32, bf16 or fp16 (mixed).")
+@click.option("--checkpointing", is_flag=True, help="Activation checkpointing per residual block.")
+@click.option("--device", default=None, help="cpu (measured), a100, h100 or h200: largest batch and time per step.")
+@click.option("--utilisation", type=float, default=None, help="Model FLOPs utilisation (default per device, see docs).")
 @JSON_OPTION
-def info(arch: str, preset: str, seq_len: int | None, image_size: int | None, as_json: bool):
-    """Parameters, FLOPs per example and a memory estimate.
+def info(arch: str, preset: str, seq_len: int | None, image_size: int | None, batch_size: int, precision: str,
+         checkpointing: bool, device: str | None, utilisation: float | None, as_json: bool):
+    """Parameters, FLOPs, training memory and, with --device, largest batch and time per step.
 
-    ARCH is one of: bert, gpt, resnet, vit.
+    ARCH is one of: bert, gpt, resnet, vit. Estimates: docs/engineer.md.
     """
+    from dlzoo.agents.engineer.costs import cost_report
     from dlzoo.zoo.estimates import estimate
 
     config = get_config(check_arch(arch), preset)
@@ -136,61 +144,93 @@ def info(arch: str, preset: str, seq_len: int | None, image_size: int | None, as
         if arch in ("bert", "gpt"):
             raise ZooError(f"--image-size applies to resnet; {arch} takes tokens (--seq-len)")
     est = estimate(arch, config, seq_len=seq_len, image_size=image_size)
+    costs = cost_report(arch, config, batch_size=batch_size, precision=precision, device=device,
+                        utilisation=utilisation, checkpointing=checkpointing, seq_len=seq_len, image_size=image_size)
     if as_json:
-        print_json({"arch": arch, "preset": preset, "config": config.to_dict(), **est.as_dict()})
+        print_json({"arch": arch, "preset": preset, "config": config.to_dict(), **est.as_dict(), "costs": costs})
         return
     from rich.table import Table
 
+    f, mem = costs["flops"], costs["memory"]
     table = Table(title=f"{arch} {preset}", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_row("parameters", f"{est.params:,}")
-    table.add_row(f"forward FLOPs per example ({est.tokens_or_pixels})", _human(est.flops_forward))
-    table.add_row("training FLOPs per example (fwd + bwd)", _human(est.flops_train_step))
-    table.add_row("weights (fp32)", _bytes(est.weights_bytes))
-    table.add_row("training state (weights, grads, AdamW)", _bytes(est.training_state_bytes))
-    table.add_row("activations per example (fp32, training)", _bytes(est.activation_bytes_per_example))
-    _console().print(table)
+    table.add_row(f"forward FLOPs per example ({est.tokens_or_pixels})", _human(f["forward"]))
+    table.add_row("training FLOPs per example (fwd + bwd)", _human(f["train"]))
+    if f["tokens"]:
+        table.add_row("training FLOPs per token", _human(f["train_per_token"]))
+    label = f"{precision}, batch {batch_size}" + (", checkpointing" if checkpointing else "")
+    table.add_row(f"weights + grads + AdamW ({precision})",
+                  _bytes(mem["weights_bytes"] + mem["weight_copy_bytes"] + mem["gradient_bytes"] + mem["optimizer_bytes"]))
+    table.add_row(f"activations ({label}, {mem['kernels']} kernels)", _bytes(mem["activation_bytes"]))
+    table.add_row(f"training memory ({label})", _bytes(mem["total_bytes"]))
+    dev = costs.get("device")
+    if dev:
+        if "max_batch_size" in dev:
+            table.add_row(f"largest batch on {dev['name']} (without / with checkpointing)",
+                          f"{dev['max_batch_size']} / {dev['max_batch_size_checkpointing']}")
+        step = dev["step_seconds"]
+        table.add_row(f"time per step at {dev['utilisation']:.0%} of peak",
+                      f"{step * 1e3:.3g} ms" if step < 1 else f"{step:.3g} s")
+    console = _console()
+    console.print(table)
+    if dev:
+        console.print(f"[dim]peak: {dev['basis']}; utilisation: {dev['utilisation_basis']}[/dim]", highlight=False)
 
 
 @cli.command()
 @click.argument("src")
 @click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--arch", default=None, help="What a state dict holds (default: inferred from its names).")
+@click.option("--preset", "-p", default=None, help="Preset of a torchvision/timm state dict (default: inferred from shapes).")
+@click.option("--num-classes", type=int, default=None, help="Head size; a head of another size is initialised fresh.")
+@click.option("--image-size", type=int, default=None, help="ViT resolution; position embeddings are resized.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of freshly initialised heads.")
 @OVERWRITE_OPTION
 @JSON_OPTION
-def convert(src: str, dst: Path, overwrite: bool, as_json: bool):
-    """Convert a published checkpoint to a canonical file, or a canonical file to the published layout.
+def convert(src: str, dst: Path, arch: str | None, preset: str | None, num_classes: int | None,
+            image_size: int | None, seed: int, overwrite: bool, as_json: bool):
+    """Convert a checkpoint to a canonical file, or a canonical file to the published layout.
 
-    SRC: hub id, published checkpoint folder, or canonical .safetensors file.
-    DST: a .safetensors name (canonical file) for a published SRC; a new folder for a canonical SRC.
+    SRC: hub id, published checkpoint folder, torchvision/timm state dict (.pth, .pt, .safetensors)
+    or canonical .safetensors file (docs/checkpoints.md lists the layouts).
+    DST: canonical .safetensors file, or a new folder for the published layout.
     """
-    from dlzoo.zoo import files, hub, weights
+    from dlzoo.zoo import checkpoints, files, hub, weights
 
     src_path = Path(src).expanduser()
-    if src_path.is_file() and src_path.suffix == ".safetensors":
-        if dst.suffix == ".safetensors":
-            raise ZooError(f"{src} is already a canonical file; to write the published layout, give DST as a "
-                           f"new folder name (e.g. {dst.with_suffix('')})")
+    options = {k: v for k, v in (("num_classes", num_classes), ("image_size", image_size)) if v is not None}
+    if dst.suffix != ".safetensors" and src_path.is_file() and src_path.suffix == ".safetensors" \
+            and checkpoints._is_canonical(src_path) and not options:
         if overwrite:
             raise ZooError("--overwrite applies to a .safetensors destination; dlzoo never replaces a folder")
         files.check_output_folder(dst)
         arch, config, tensors = weights.load(src_path)
         hub.export(arch, config, tensors, dst)
-        direction, ignored = "canonical->published", []
+        direction, report = "canonical->published", None
     else:
         if dst.suffix != ".safetensors":
-            raise ZooError(f"destination {dst} must end in .safetensors when converting a published checkpoint")
+            raise ZooError(f"destination {dst} must end in .safetensors when converting a checkpoint")
+        if src_path.is_file() and src_path.suffix == ".safetensors" and checkpoints._is_canonical(src_path) \
+                and not options:
+            raise ZooError(f"{src} is already a canonical file; to write the published layout, give DST as a "
+                           f"new folder name (e.g. {dst.with_suffix('')}); to change its head or resolution, "
+                           "pass --num-classes or --image-size")
         files.check_output_file(dst, overwrite=overwrite, suffixes=(".safetensors",), what="canonical weights file")
-        arch, config, tensors, ignored = hub.load_checkpoint(src)
+        arch, config, tensors, report = checkpoints.read_pretrained(src, arch=arch, preset=preset, seed=seed, **options)
         weights.save(dst, arch, config, tensors, overwrite=overwrite)
-        direction = "published->canonical"
+        direction = "published->canonical" if report.layout != "dlzoo" else "canonical->canonical"
     result = {"src": src, "dst": str(dst), "direction": direction, "arch": arch, "config": config.to_dict(),
-              "params": weights.count_params(arch, config), "tensors": len(tensors), "ignored": ignored}
+              "params": weights.count_params(arch, config), "tensors": len(tensors),
+              "ignored": report.ignored if report else [], "report": report.to_dict() if report else None}
     if as_json:
         print_json(result)
     else:
-        _console().print(f"[green]wrote[/green] {dst} ({direction}, {arch}, {result['params']:,} parameters"
-                         + (f", ignored {len(ignored)} non-parameter tensors" if ignored else "") + ")")
+        _console().print(f"[green]wrote[/green] {dst} ({direction}, {arch}, {result['params']:,} parameters)",
+                         highlight=False)
+        if report is not None:
+            _console().print(report.summary(), highlight=False, markup=False)
 
 
 @cli.command()
@@ -248,9 +288,11 @@ def _print_verify(report: dict) -> None:
 
 def _register_commands() -> None:
     from dlzoo.agents.cli import register as register_master
+    from dlzoo.agents.engineer.cli import register as register_engineer
     from dlzoo.cli_bench import register as register_bench
 
     register_master(cli)
+    register_engineer(cli)
     register_bench(cli)
 
 

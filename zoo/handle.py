@@ -39,9 +39,12 @@ from .frameworks import FRAMEWORKS, backend, check_framework, installed_framewor
 INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "bert": (("input_ids",), ("input_ids", "token_type_ids", "attention_mask")),
     "gpt": (("input_ids",), ("input_ids",)),
-    "vit": (("pixel_values",), ("pixel_values",)),
+    "vit": (("pixel_values",), ("pixel_values", "interpolate_pos_encoding")),
     "resnet": (("pixel_values",), ("pixel_values",)),
 }
+# Inputs that are Python bools, not arrays: backends pass them to the model as static options
+# (a jitted function is compiled per value).
+FLAGS = ("interpolate_pos_encoding",)
 
 
 def _check_inputs(arch: str, config, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -54,14 +57,26 @@ def _check_inputs(arch: str, config, inputs: dict[str, Any]) -> dict[str, np.nda
         raise ZooError(f"{arch} inputs: expected keys {', '.join(allowed)} "
                        f"(required: {', '.join(required)}); missing {missing or 'none'}, unknown {unknown or 'none'}")
     out = {}
+    for key in FLAGS:
+        if key in inputs:
+            if not isinstance(inputs[key], (bool, np.bool_)):
+                raise ZooError(f"{arch} {key} must be True or False, got {inputs[key]!r}")
+            out[key] = bool(inputs[key])
     for key, value in inputs.items():
+        if key in FLAGS:
+            continue
         value = np.asarray(value)
         if key == "pixel_values":
-            want = (config.image_size, config.image_size) if arch == "vit" else None
+            resizable = arch == "vit" and out.get("interpolate_pos_encoding", False)
+            want = (config.image_size, config.image_size) if arch == "vit" and not resizable else None
             if value.ndim != 4 or value.shape[-1] != config.num_channels or (want and value.shape[1:3] != want):
                 size = f"{want[0]}, {want[1]}" if want else "H, W"
                 raise ZooError(f"{arch} pixel_values must be NHWC [B, {size}, {config.num_channels}], "
-                               f"got shape {list(value.shape)}")
+                               f"got shape {list(value.shape)}"
+                               + ("; pass interpolate_pos_encoding=True to run other sizes" if arch == "vit" else ""))
+            if resizable and min(value.shape[1:3]) < config.patch_size:
+                raise ZooError(f"vit pixel_values of {value.shape[1]}x{value.shape[2]} hold no "
+                               f"{config.patch_size}x{config.patch_size} patch; use larger images")
             out[key] = value.astype(np.float32)
         else:
             if value.ndim != 2 or not np.issubdtype(value.dtype, np.integer):
@@ -73,7 +88,7 @@ def _check_inputs(arch: str, config, inputs: dict[str, Any]) -> dict[str, np.nda
                 raise ZooError(f"{arch} input_ids must be in [0, {config.vocab_size}), "
                                f"got values in [{value.min()}, {value.max()}]")
             out[key] = value.astype(np.int32)
-    shapes = {k: v.shape for k, v in out.items() if k != "pixel_values"}
+    shapes = {k: v.shape for k, v in out.items() if k != "pixel_values" and k not in FLAGS}
     if len(set(shapes.values())) > 1:
         raise ZooError(f"{arch} inputs must share one [B, T] shape, got {shapes}")
     return out
@@ -91,8 +106,8 @@ def output_shapes(arch: str, config, inputs: dict[str, np.ndarray]) -> dict[str,
         shapes["pooler_output"] = (B, config.hidden_size)
     if config.mlm_head:
         shapes["mlm_logits"] = (B, T, config.vocab_size)
-    if config.num_labels:
-        shapes["logits"] = (B, config.num_labels)
+    if config.num_classes:
+        shapes["logits"] = (B, config.num_classes)
     return shapes
 
 
@@ -136,6 +151,8 @@ class Handle:
         self.native = native
         self.compute_dtype = compute_dtype
         self._backend = backend(framework)
+        # what from_pretrained did with each tensor (checkpoints.LoadReport); None otherwise
+        self.load_report = None
 
     def __repr__(self) -> str:
         return f"Handle(arch={self.arch!r}, framework={self.framework!r}, config={self.config})"
@@ -144,7 +161,7 @@ class Handle:
         """Run the model: ``inputs`` (see the class docstring) -> outputs, float32 numpy arrays.
 
         Outputs: gpt ``logits`` [B, T, vocab]; bert ``last_hidden_state`` [B, T, D], plus
-        ``pooler_output`` [B, D], ``mlm_logits`` [B, T, vocab] and ``logits`` [B, num_labels] when
+        ``pooler_output`` [B, D], ``mlm_logits`` [B, T, vocab] and ``logits`` [B, num_classes] when
         the config has those heads; vit and resnet ``logits`` [B, num_classes] (unnormalised).
         ``train=True`` applies dropout drawn from ``seed`` and, for ResNet, normalises with the
         batch's statistics and updates the running ones (momentum per the config). Raises ZooError

@@ -23,8 +23,8 @@ import optax
 
 from ..configs import ZooError
 from .bert import Bert
+from .canonical import _name, load_state_dict, state_dict
 from .gpt import GPT
-from .layers import BatchNorm
 from .resnet import ResNet
 from .vit import ViT
 
@@ -34,44 +34,15 @@ __all__ = ["MODELS", "Bert", "GPT", "ResNet", "ViT", "adamw_step", "apply", "blo
            "load_state_dict", "state_dict", "vjp"]
 
 
-def _name(path) -> str:
-    """A pytree key path as a canonical name: (.blocks, [0], .attn) -> "blocks.0.attn"."""
-    return ".".join(str(getattr(k, "name", getattr(k, "idx", getattr(k, "key", k)))) for k in path)
-
-
-def _batch_norms(module) -> list[tuple[str, BatchNorm]]:
-    leaves = jax.tree_util.tree_leaves_with_path(module, is_leaf=lambda x: isinstance(x, BatchNorm))
-    return [(_name(path), leaf) for path, leaf in leaves if isinstance(leaf, BatchNorm)]
-
-
 def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32"):
     return eqx.nn.make_with_state(MODELS[arch])(config, key=jax.random.key(seed), dtype=compute_dtype)
 
 
-def state_dict(arch: str, config, native) -> dict[str, np.ndarray]:
-    module, state = native
-    tensors = {_name(path): np.array(leaf, dtype=np.float32)
-               for path, leaf in jax.tree_util.tree_leaves_with_path(module) if eqx.is_array(leaf)}
-    for name, bn in _batch_norms(module):
-        mean, var = state.get(bn.state_index)
-        tensors[f"{name}.mean"] = np.array(mean, dtype=np.float32)
-        tensors[f"{name}.var"] = np.array(var, dtype=np.float32)
-    return tensors
-
-
-def load_state_dict(arch: str, config, native, tensors: dict[str, np.ndarray]):
-    module, state = native
-    state = jax.tree.map(lambda x: x, state)  # a copy: State.set invalidates the object it is called on
-    module = jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jnp.asarray(tensors[_name(path)]) if eqx.is_array(leaf) else leaf, module)
-    for name, bn in _batch_norms(module):
-        state = state.set(bn.state_index, (jnp.asarray(tensors[f"{name}.mean"]),
-                                           jnp.asarray(tensors[f"{name}.var"])))
-    return module, state
-
-
 def _forward(arch: str, module, state, inputs: dict, key, inference: bool):
-    """The batched model: one vmap over rows, each with its own dropout key."""
+    """The batched model: one vmap over rows, each with its own dropout key. Python bools among
+    the inputs (``interpolate_pos_encoding``) are options: static under filter_jit, not mapped."""
+    flags = {k: v for k, v in inputs.items() if isinstance(v, bool)}
+    inputs = {k: v for k, v in inputs.items() if k not in flags}
     batch = next(iter(inputs.values())).shape[0]
     keys = jax.random.split(key, batch)
     if arch == "resnet":
@@ -80,7 +51,7 @@ def _forward(arch: str, module, state, inputs: dict, key, inference: bool):
         # The new running statistics are batch means (pmean over "batch"): unbatched outputs.
         return jax.vmap(one, axis_name="batch", in_axes=(0, None, 0),
                         out_axes=(0, None))(inputs["pixel_values"], state, keys)
-    return jax.vmap(lambda example, k: module(**example, key=k, inference=inference))(inputs, keys), state
+    return jax.vmap(lambda example, k: module(**example, **flags, key=k, inference=inference))(inputs, keys), state
 
 
 @eqx.filter_jit
@@ -113,6 +84,8 @@ def block_outputs(arch: str, config, native, inputs: dict[str, np.ndarray]) -> d
     records its output, and the vmapped function returns the records as outputs."""
     module, state = native
     names = config.block_names()
+    flags = {k: v for k, v in inputs.items() if isinstance(v, bool)}
+    inputs = {k: v for k, v in inputs.items() if k not in flags}
 
     def one(example):
         sink: dict = {}
@@ -121,7 +94,7 @@ def block_outputs(arch: str, config, native, inputs: dict[str, np.ndarray]) -> d
         if arch == "resnet":
             recorded(example["pixel_values"], state, inference=True)
         else:
-            recorded(**example, inference=True)
+            recorded(**example, **flags, inference=True)
         return [sink[name] for name in names]
 
     return {name: np.asarray(out, dtype=np.float32)

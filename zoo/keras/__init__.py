@@ -31,6 +31,7 @@ from keras import ops  # noqa: E402
 
 from ..configs import ZooError  # noqa: E402
 from .bert import Bert  # noqa: E402
+from .canonical import _named_weights, _numpy, load_state_dict, state_dict  # noqa: E402
 from .gpt import GPT  # noqa: E402
 from .layers import canonical_name  # noqa: E402
 from .resnet import ResNet  # noqa: E402
@@ -57,33 +58,6 @@ def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32") -
     return model
 
 
-# --------------------------------------------------------------------------- canonical mapping
-
-def _named_weights(native: keras.Model) -> dict[str, keras.Variable]:
-    """canonical name -> variable. Paths start with the model's name when the model built its
-    variables inside its own call, and without it when keras built them (e.g. when loading)."""
-    return {canonical_name(v.path.removeprefix(f"{native.name}/")): v for v in native.weights}
-
-
-def _numpy(x) -> np.ndarray:
-    return np.array(ops.convert_to_numpy(x), dtype=np.float32)  # a copy, never a view of the model
-
-
-def state_dict(arch: str, config, native: keras.Model) -> dict[str, np.ndarray]:
-    return {name: _numpy(v.value) for name, v in _named_weights(native).items()}
-
-
-def load_state_dict(arch: str, config, native: keras.Model, tensors: dict[str, np.ndarray]) -> keras.Model:
-    named = _named_weights(native)
-    if set(named) != set(tensors):
-        raise ZooError(f"the keras {arch} model does not match its config: missing "
-                       f"{sorted(set(tensors) - set(named))[:8]}, extra {sorted(set(named) - set(tensors))[:8]}; "
-                       "build it with dlzoo.zoo.load(arch, 'keras', config)")
-    for name, v in named.items():
-        v.assign(np.asarray(tensors[name], np.float32))
-    return native
-
-
 # --------------------------------------------------------------------------- running the model
 
 def _reseed(native: keras.Model, seed: int) -> None:
@@ -101,21 +75,30 @@ def _reseed(native: keras.Model, seed: int) -> None:
 _JAX_CACHE: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
 
 
-def _jax_function(arch: str, native: keras.Model, what: str, train: bool):
+def _split_flags(inputs: dict) -> tuple[dict, dict]:
+    """(arrays, options): Python bools such as ``interpolate_pos_encoding`` are call keywords of
+    the model (and part of the jit cache key), never traced."""
+    return ({k: v for k, v in inputs.items() if not isinstance(v, bool)},
+            {k: v for k, v in inputs.items() if isinstance(v, bool)})
+
+
+def _jax_function(arch: str, native: keras.Model, what: str, train: bool, flags: dict | None = None):
     import jax
 
+    flags = flags or {}
     cache = _JAX_CACHE.setdefault(native, {})
-    if (what, train) not in cache:
+    key = (what, train, tuple(sorted(flags.items())))
+    if key not in cache:
         model = weakref.ref(native)  # the cache must not keep the model alive
 
         def forward(params, state, inputs):
-            return model().stateless_call(params, state, inputs, training=train)
+            return model().stateless_call(params, state, inputs, training=train, **flags)
 
         def objective(params, state, inputs, cotangents):
             return _objective(forward(params, state, inputs)[0], cotangents, arch)
 
-        cache[(what, train)] = jax.jit(forward if what == "apply" else jax.grad(objective))
-    return cache[(what, train)]
+        cache[key] = jax.jit(forward if what == "apply" else jax.grad(objective))
+    return cache[key]
 
 
 def _values(variables) -> list:
@@ -126,13 +109,14 @@ def apply(arch: str, config, native: keras.Model, inputs: dict[str, np.ndarray],
           seed: int = 0) -> tuple[dict[str, np.ndarray], keras.Model]:
     if train:
         _reseed(native, seed)
+    inputs, flags = _split_flags(inputs)
     if keras.backend.backend() == "jax":
-        forward = _jax_function(arch, native, "apply", train)
+        forward = _jax_function(arch, native, "apply", train, flags)
         outputs, state = forward(_values(native.trainable_variables), _values(native.non_trainable_variables), inputs)
         for v, value in zip(native.non_trainable_variables, state):  # batch-norm statistics, seeds
             v.assign(value)
     else:
-        outputs = native(inputs, training=train)
+        outputs = native(inputs, training=train, **flags)
     return {k: _numpy(v) for k, v in outputs.items()}, native
 
 
@@ -152,8 +136,9 @@ def block_outputs(arch: str, config, native: keras.Model, inputs: dict[str, np.n
 
     for name, layer in blocks.items():
         layer.call = recording(name, layer.call)
+    inputs, flags = _split_flags(inputs)
     try:
-        native(inputs, training=False)
+        native(inputs, training=False, **flags)
     finally:
         for layer in blocks.values():
             del layer.call  # the class's own call again
@@ -174,8 +159,9 @@ def _gradients(arch: str, native: keras.Model, inputs, cotangents, *, train: boo
     a question about the model, not a training step."""
     variables = native.trainable_variables
     backend = keras.backend.backend()
+    inputs, flags = _split_flags(inputs)
     if backend == "jax":  # stateless: the returned statistics are simply dropped
-        grad = _jax_function(arch, native, "grad", train)
+        grad = _jax_function(arch, native, "grad", train, flags)
         cots = {k: np.asarray(c, np.float32) for k, c in cotangents.items()}
         return list(grad(_values(variables), _values(native.non_trainable_variables), inputs, cots))
     saved = [(v, ops.copy(v.value)) for v in native.non_trainable_variables]
@@ -183,13 +169,13 @@ def _gradients(arch: str, native: keras.Model, inputs, cotangents, *, train: boo
         if backend == "torch":
             import torch
 
-            loss = _objective(native(inputs, training=train), cotangents, arch)
+            loss = _objective(native(inputs, training=train, **flags), cotangents, arch)
             grads = torch.autograd.grad(loss, [v.value for v in variables], allow_unused=True)
         elif backend == "tensorflow":
             import tensorflow as tf
 
             with tf.GradientTape() as tape:
-                loss = _objective(native(inputs, training=train), cotangents, arch)
+                loss = _objective(native(inputs, training=train, **flags), cotangents, arch)
             grads = [None if g is None else tf.convert_to_tensor(g)  # embeddings give IndexedSlices
                      for g in tape.gradient(loss, variables)]
         else:
