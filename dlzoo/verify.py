@@ -77,9 +77,8 @@ def run_verify(arch: str, preset: str | None = None, source: str | None = None, 
     if frameworks:
         for framework in frameworks:
             check_framework(framework)
-        absent = [f for f in frameworks if f not in installed]
-        if absent:
-            raise ZooError(f"not installed: {', '.join(absent)}; installed frameworks: {', '.join(installed) or 'none'}")
+        for framework in frameworks:
+            require(framework)  # names the extra to install
     frameworks = list(dict.fromkeys(frameworks or installed))
     if not frameworks:
         raise ZooError("no framework is installed; install one, e.g. pip install 'dlzoo[torch]'")
