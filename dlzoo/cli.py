@@ -76,20 +76,26 @@ def _frameworks_status():
     return [{"name": f, "installed": f in installed} for f in FRAMEWORKS]
 
 
-@cli.command("list")
-@JSON_OPTION
-def list_models(as_json: bool):
-    """Architectures x frameworks x presets."""
+def list_data() -> dict:
+    """What ``dlzoo list --json`` prints (docs/cli.md); the MCP ``list`` tool returns the same."""
     from dlzoo.zoo.spec import count_params
 
-    frameworks = _frameworks_status()
     archs = [{"arch": arch,
               "presets": [{"name": name, "params": count_params(arch, config)}
                           for name, config in PRESETS[arch].items()],
               "aliases": dict(ALIASES[arch])} for arch in ARCHS]
+    return {"archs": archs, "frameworks": _frameworks_status()}
+
+
+@cli.command("list")
+@JSON_OPTION
+def list_models(as_json: bool):
+    """Architectures x frameworks x presets."""
+    data = list_data()
     if as_json:
-        print_json({"archs": archs, "frameworks": frameworks})
+        print_json(data)
         return
+    archs, frameworks = data["archs"], data["frameworks"]
     from rich.table import Table
 
     table = Table(title="dlzoo models")
@@ -117,6 +123,18 @@ def _bytes(n: int) -> str:
     return f"{n} B"
 
 
+def info_data(arch: str, preset: str = "tiny", seq_len: int | None = None, image_size: int | None = None) -> dict:
+    """What ``dlzoo info --json`` prints (docs/cli.md); the MCP ``info`` tool returns the same.
+    Raises ZooError for an unknown arch or preset or a bad size."""
+    from dlzoo.zoo.estimates import estimate
+
+    config = get_config(check_arch(arch), preset)
+    if seq_len is not None and seq_len <= 0 or image_size is not None and image_size <= 0:
+        raise ZooError("--seq-len and --image-size must be positive integers")
+    est = estimate(arch, config, seq_len=seq_len, image_size=image_size)
+    return {"arch": arch, "preset": preset, "config": config.to_dict(), **est.as_dict()}
+
+
 @cli.command()
 @click.argument("arch")
 @click.option("--preset", "-p", default="tiny", show_default=True, help="Preset name, e.g. base, 124M, 50, B/16.")
@@ -128,40 +146,30 @@ def info(arch: str, preset: str, seq_len: int | None, image_size: int | None, as
 
     ARCH is one of: bert, gpt, resnet, vit.
     """
-    from dlzoo.zoo.estimates import estimate
-
-    config = get_config(check_arch(arch), preset)
-    if seq_len is not None and seq_len <= 0 or image_size is not None and image_size <= 0:
-        raise ZooError("--seq-len and --image-size must be positive integers")
-    est = estimate(arch, config, seq_len=seq_len, image_size=image_size)
+    data = info_data(arch, preset, seq_len=seq_len, image_size=image_size)
     if as_json:
-        print_json({"arch": arch, "preset": preset, "config": config.to_dict(), **est.as_dict()})
+        print_json(data)
         return
     from rich.table import Table
 
     table = Table(title=f"{arch} {preset}", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
-    table.add_row("parameters", f"{est.params:,}")
-    table.add_row(f"forward FLOPs per example ({est.tokens_or_pixels})", _human(est.flops_forward))
-    table.add_row("training FLOPs per example (fwd + bwd)", _human(est.flops_train_step))
-    table.add_row("weights (fp32)", _bytes(est.weights_bytes))
-    table.add_row("training state (weights, grads, AdamW)", _bytes(est.training_state_bytes))
-    table.add_row("activations per example (fp32, training)", _bytes(est.activation_bytes_per_example))
+    table.add_row("parameters", f"{data['params']:,}")
+    table.add_row(f"forward FLOPs per example ({data['tokens_or_pixels']})", _human(data['flops_forward']))
+    table.add_row("training FLOPs per example (fwd + bwd)", _human(data['flops_train_step']))
+    table.add_row("weights (fp32)", _bytes(data['weights_bytes']))
+    table.add_row("training state (weights, grads, AdamW)", _bytes(data['training_state_bytes']))
+    table.add_row("activations per example (fp32, training)", _bytes(data['activation_bytes_per_example']))
     _console().print(table)
 
 
-@cli.command()
-@click.argument("src")
-@click.argument("dst", type=click.Path(path_type=Path))
-@JSON_OPTION
-def convert(src: str, dst: Path, as_json: bool):
-    """Convert a published checkpoint to a canonical file, or a canonical file to the published layout.
-
-    SRC: hub id, published checkpoint folder, or canonical .safetensors file.
-    DST: canonical .safetensors file, or a new folder for the published layout.
-    """
+def convert_data(src: str, dst: str | Path) -> dict:
+    """Convert as ``dlzoo convert`` does and return what ``--json`` prints (docs/cli.md); the MCP
+    ``convert`` tool returns the same. Raises ZooError when DST exists or SRC is unusable."""
     from dlzoo.zoo import hub, weights
+
+    dst = Path(dst)
 
     if dst.exists() and (dst.is_file() or any(dst.iterdir())):
         raise ZooError(f"{dst} already exists; choose a new destination (dlzoo never overwrites files)")
@@ -178,10 +186,25 @@ def convert(src: str, dst: Path, as_json: bool):
         direction = "published->canonical"
     result = {"src": src, "dst": str(dst), "direction": direction, "arch": arch, "config": config.to_dict(),
               "params": weights.count_params(arch, config), "tensors": len(tensors), "ignored": ignored}
+    return result
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst", type=click.Path(path_type=Path))
+@JSON_OPTION
+def convert(src: str, dst: Path, as_json: bool):
+    """Convert a published checkpoint to a canonical file, or a canonical file to the published layout.
+
+    SRC: hub id, published checkpoint folder, or canonical .safetensors file.
+    DST: canonical .safetensors file, or a new folder for the published layout.
+    """
+    result = convert_data(src, dst)
     if as_json:
         print_json(result)
     else:
-        _console().print(f"[green]wrote[/green] {dst} ({direction}, {arch}, {result['params']:,} parameters"
+        ignored = result["ignored"]
+        _console().print(f"[green]wrote[/green] {dst} ({result['direction']}, {result['arch']}, {result['params']:,} parameters"
                          + (f", ignored {len(ignored)} non-parameter tensors" if ignored else "") + ")")
 
 
