@@ -261,8 +261,10 @@ def _print_verify(report: dict) -> None:
 
 def _register_commands() -> None:
     from dlzoo.agents.cli import register as register_master
+    from dlzoo.mcp_server import register as register_mcp
 
     register_master(cli)
+    register_mcp(cli)
 
 
 _register_commands()
