@@ -248,11 +248,12 @@ def _provider_function(tool: Tool) -> Callable:
 
 
 def _call_provider(tool: Tool, **kwargs) -> Any:
-    """Call a provided command with the arguments given (``None`` ones left out), refusing an
-    argument this version's function does not take."""
+    """Call a provided command with the arguments given (``None`` left out where the function has
+    a default), refusing an argument this version's function does not take."""
     function = _provider_function(tool)
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     parameters = inspect.signature(function).parameters
+    required = {name for name, p in parameters.items() if p.default is p.empty}
+    kwargs = {k: v for k, v in kwargs.items() if v is not None or k in required}
     if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         unknown = sorted(set(kwargs) - set(parameters))
         if unknown:

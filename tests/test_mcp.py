@@ -441,3 +441,36 @@ def test_stdio_round_trip(policy):
     assert "Z/3" in error(bad) and "outside the server's root" in error(escape)
     assert ok(again)["archs"]
     print(f"stdio: initialize + tools/list answered {ready:.2f} s after launch")
+
+
+def test_streamable_http_round_trip(policy):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "dlzoo.cli", "mcp", "--http", f"127.0.0.1:{port}",
+                               "--root", str(policy.root)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
+                time.sleep(0.1)
+
+        async def go():
+            async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+                return ({t.name for t in (await client.list_tools()).tools},
+                        await client.call_tool("ask", {"question": "what does layer norm normalise?"}),
+                        await client.call_tool("diagnose", {"metrics": "../x.jsonl"}))
+
+        names, answered, refused = anyio.run(go)
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert names >= BUILT_IN
+    assert ok(answered) == cli_json("ask", "what does layer norm normalise?")
+    assert "outside the server's root" in error(refused)
