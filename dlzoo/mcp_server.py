@@ -24,16 +24,15 @@ Rules (:class:`Policy`, fixed when the server starts):
 - A failing call is a tool error whose text is one line ``error: ...``; the server keeps serving.
 
 Start-up imports neither a deep-learning framework nor numpy: tools import what they need on
-first use (a missing framework is reported with the extra that installs it).
+first use (a missing framework is reported with the extra that installs it). The CLI imports this
+module to register ``dlzoo mcp``, so the SDK itself is imported only when the server starts.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 import json
-import logging
 import os
 import struct
 from dataclasses import dataclass, field
@@ -44,8 +43,6 @@ import click
 
 from dlzoo.zoo.configs import ARCHS, ZooError
 from dlzoo.zoo.frameworks import FRAMEWORKS
-
-log = logging.getLogger("dlzoo.mcp")
 
 # GPT-2 (124M), BERT-base (110M) and ViT-B/16 (86M) fit; the medium and large presets do not.
 DEFAULT_MAX_PARAMS = 130_000_000
@@ -250,6 +247,8 @@ def _provider_function(tool: Tool) -> Callable:
 def _call_provider(tool: Tool, **kwargs) -> Any:
     """Call a provided command with the arguments given (``None`` left out where the function has
     a default), refusing an argument this version's function does not take."""
+    import inspect
+
     function = _provider_function(tool)
     parameters = inspect.signature(function).parameters
     required = {name for name, p in parameters.items() if p.default is p.empty}
@@ -508,7 +507,9 @@ def call_tool(policy: Policy, name: str, arguments: Any) -> tuple[Any, str | Non
     except ImportError as error:
         return None, _missing_module(error)
     except (Exception, SystemExit) as error:  # a bug, not the user's doing: keep serving, say so
-        log.exception("tool %s failed", name)
+        import logging
+
+        logging.getLogger("dlzoo.mcp").exception("tool %s failed", name)
         return None, f"internal error in {name}: {type(error).__name__}: {one_line(error)} (please report it)"
 
 
