@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from ..clitools import OVERWRITE_OPTION, explicit, fail, print_json as _json
 from ..zoo.configs import ZooError
 
 PATH = click.Path(path_type=Path)
@@ -21,10 +22,6 @@ PATH = click.Path(path_type=Path)
 
 def _out(text: str = "") -> None:
     sys.stdout.write(text + "\n")
-
-
-def _json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
 def _tty() -> bool:
@@ -78,12 +75,14 @@ def explain_data(topic: str | None = None, *, paper: str | None = None, framewor
 @click.option("--framework", default="torch", show_default=True, help="With --paper: torch, flax, equinox, haiku, keras or all.")
 @click.option("--json", "as_json", is_flag=True, help="The entry (or paper) as JSON.")
 @click.option("--list", "list_all", is_flag=True, help="List every concept id (with --paper: every paper id).")
-def explain(topic: str | None, level: str, brief: bool, paper_id: str | None, framework: str, as_json: bool,
-            list_all: bool):
+@click.pass_context
+def explain(ctx: click.Context, topic: str | None, level: str, brief: bool, paper_id: str | None, framework: str,
+            as_json: bool, list_all: bool):
     """Explain a concept (summary, explanation, math, practice, papers), or a paper mapped to code.
 
     TOPIC is a concept id, title or alias, e.g. 'sdpa', 'pre-ln'.
     """
+    _refuse_ignored_explain_options(ctx, topic, paper_id, list_all, as_json, brief)
     if as_json:
         _json(explain_data(topic, paper=paper_id, framework=framework, list_all=list_all))
         return
@@ -113,6 +112,22 @@ def explain(topic: str | None, level: str, brief: bool, paper_id: str | None, fr
         sys.stdout.write(render(entry, level))
 
 
+def _refuse_ignored_explain_options(ctx: click.Context, topic, paper_id, list_all, as_json, brief) -> None:
+    """explain's options that a combination would ignore are refused instead."""
+    papers = paper_id is not None or (list_all and topic == "papers")
+    if paper_id is not None and topic:
+        raise click.UsageError("give TOPIC or --paper ID, not both")
+    if not papers and explicit(ctx, "framework"):
+        raise click.UsageError("--framework applies to --paper")
+    if list_all and topic and not papers:
+        raise click.UsageError("--list takes no TOPIC; use `dlzoo explain TOPIC` or `dlzoo explain --list`")
+    if brief and (papers or list_all or as_json):
+        raise click.UsageError("--brief shortens a concept's text; it does not combine with --paper, --list or --json")
+    if explicit(ctx, "level") and (papers or list_all or as_json or brief):
+        raise click.UsageError("--level applies to a concept's text; it does not combine with --paper, --list, "
+                               "--json or --brief")
+
+
 @click.command()
 @click.argument("question")
 @click.option("--json", "as_json", is_flag=True, help="Ranked answers as JSON (docs/ask.md).")
@@ -125,6 +140,8 @@ def ask(question: str, as_json: bool, top: int):
     """
     from .ask import answer
 
+    if not question.strip():
+        raise click.UsageError('QUESTION is empty; ask in plain words, e.g. dlzoo ask "why warm up the learning rate?"')
     response = answer(question, k=top)
     if as_json:
         _json(response.to_dict())
@@ -152,32 +169,44 @@ def ask(question: str, as_json: bool, top: int):
 
 @click.command()
 @click.argument("file", required=False, type=PATH)
-@click.option("--level", default="brief", show_default=True, help="brief or full.")
-@click.option("--arch", default=None, help="With --framework and --theory-md: a zoo model.")
-@click.option("--framework", default=None)
-@click.option("--theory-md", type=PATH, default=None, help="Write THEORY.md here.")
-def annotate(file: Path | None, level: str, arch: str | None, framework: str | None, theory_md: Path | None):
+@click.option("--level", type=click.Choice(["brief", "full"]), default="brief", show_default=True,
+              help="How much theory beside each line (printing only; THEORY.md is always full).")
+@click.option("--arch", default=None, help="With --framework: a zoo model instead of FILE.")
+@click.option("--framework", default=None, help="With --arch: torch, flax, equinox, haiku or keras.")
+@click.option("--theory-md", type=PATH, default=None, help="Write THEORY.md here (a folder means FOLDER/THEORY.md).")
+@OVERWRITE_OPTION
+@click.pass_context
+def annotate(ctx: click.Context, file: Path | None, level: str, arch: str | None, framework: str | None,
+             theory_md: Path | None, overwrite: bool):
     """Print a file with the theory beside the lines it explains, or write THEORY.md for a zoo model.
 
-    FILE is a Python file with `# theory: <id>` markers.
+    FILE is a Python file with `# theory: <id>` markers. Exit status 1 when it has none.
     """
-    from .annotate import annotate_source, model_files, write_theory_md
+    from ..zoo.files import check_output_file
+    from .annotate import annotate_source, model_files, theory_md_path, write_theory_md
 
+    if file is not None and (arch or framework) and theory_md is None:
+        raise click.UsageError("give FILE, or --arch and --framework, not both "
+                               "(with --theory-md, --arch and --framework only name FILE's model)")
+    if theory_md is None and overwrite:
+        raise click.UsageError("--overwrite applies to --theory-md")
+    if theory_md is not None and explicit(ctx, "level"):
+        raise click.UsageError("--level applies to printing; THEORY.md always holds the full entries")
     if theory_md is not None:
-        if file is not None:
-            files = [file]
-            written = write_theory_md(arch or file.stem, framework or "torch", theory_md, files=files)
-        else:
-            if not (arch and framework):
-                raise ZooError("--theory-md needs FILE or both --arch and --framework "
-                               "(e.g. dlzoo annotate --arch gpt --framework torch --theory-md THEORY.md)")
-            written = write_theory_md(arch, framework, theory_md)
+        if file is None and not (arch and framework):
+            raise ZooError("--theory-md needs FILE or both --arch and --framework "
+                           "(e.g. dlzoo annotate --arch gpt --framework torch --theory-md THEORY.md)")
+        files = [file] if file is not None else model_files(arch, framework)
+        out = check_output_file(theory_md_path(theory_md), overwrite=overwrite, what="THEORY.md file")
+        _require_markers(files[0])
+        written = write_theory_md(arch or files[0].stem, framework or "torch", out, files=files, overwrite=overwrite)
         _out(f"wrote {written}")
         return
     if file is None:
         if not (arch and framework):
             raise ZooError("expected FILE, or --arch and --framework (e.g. dlzoo annotate zoo/torch/gpt.py)")
         file = model_files(arch, framework)[0]
+    _require_markers(file)
     text = annotate_source(file, level=level)
     if _tty():
         from rich.console import Console
@@ -188,22 +217,37 @@ def annotate(file: Path | None, level: str, arch: str | None, framework: str | N
         sys.stdout.write(text)
 
 
+def _require_markers(file: Path) -> None:
+    from .annotate import find_markers
+
+    if not find_markers(file):
+        fail(f"{file} has no `# theory: <id>` markers, so there is nothing to annotate; "
+             "mark a line with e.g. `# theory: layer-norm` (ids: dlzoo explain --list)")
+
+
 @click.command()
 @click.argument("metrics", type=PATH)
 @click.option("--json", "as_json", is_flag=True, help='{"findings": [...]} (docs/diagnose.md).')
-@click.option("--plot", type=PATH, default=None, help="Write a PNG of the curves with findings marked.")
-def diagnose(metrics: Path, as_json: bool, plot: Path | None):
+@click.option("--plot", type=PATH, default=None,
+              help="Write the curves with findings marked to this .png, .svg or .pdf file.")
+@OVERWRITE_OPTION
+def diagnose(metrics: Path, as_json: bool, plot: Path | None, overwrite: bool):
     """Find what went wrong in a training run: divergence, spikes, plateaus, over/underfitting, ...
 
     METRICS is the metrics.jsonl written by training (docs/metrics.md).
     """
-    from .diagnose import diagnose as _diagnose, plot as _plot, to_json
+    from ..zoo.files import check_output_file
+    from .diagnose import PLOT_SUFFIXES, diagnose as _diagnose, plot as _plot, to_json
     from .metrics import read_metrics
 
+    if plot is None and overwrite:
+        raise click.UsageError("--overwrite applies to --plot")
+    if plot is not None:  # before reading: a refused command writes nothing
+        check_output_file(plot, overwrite=overwrite, suffixes=PLOT_SUFFIXES, what="plot")
     run = read_metrics(metrics)
     findings = _diagnose(run)
     if plot is not None:
-        _plot(run, findings, plot)
+        plot = _plot(run, findings, plot, overwrite=overwrite)
     if as_json:
         _json(to_json(findings))
         return
@@ -221,19 +265,31 @@ def diagnose(metrics: Path, as_json: bool, plot: Path | None):
 
 
 @click.command()
-@click.option("--arch", required=True, help="bert, gpt, resnet or vit.")
-@click.option("--framework", required=True, help="torch, flax, equinox, haiku or keras.")
-@click.option("--preset", default="tiny", show_default=True, help="Config preset (small ones run in seconds).")
+@click.argument("arch", required=False)
+@click.option("--framework", "-f", required=True, help="torch, flax, equinox, haiku or keras.")
+@click.option("--preset", "-p", default="tiny", show_default=True, help="Config preset (small ones run in seconds).")
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
-@click.option("--seed", type=int, default=0, show_default=True)
-def doctor(arch: str, framework: str, preset: str, as_json: bool, seed: int):
-    """Pre-flight checks on a zoo model: init loss, overfit one batch, gradients, masking, determinism."""
-    from ..zoo.configs import check_arch
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--arch", "arch_option", default=None, hidden=True, help="Deprecated: give ARCH as the argument.")
+def doctor(arch: str | None, framework: str, preset: str, as_json: bool, seed: int, arch_option: str | None):
+    """Pre-flight checks on a zoo model: init loss, overfit one batch, gradients, masking, determinism.
+
+    ARCH is one of: bert, gpt, resnet, vit. Exit status 1 when a check fails.
+    """
+    from ..zoo.configs import check_arch, get_config
     from ..zoo.handle import backend
     from .doctor import run_checks
 
-    check_arch(arch)
+    if arch_option is not None:
+        if arch is not None and arch != arch_option:
+            raise click.UsageError(f"ARCH {arch!r} and --arch {arch_option!r} differ; give ARCH only")
+        arch = arch_option
+    if arch is None:
+        raise click.UsageError("missing argument 'ARCH' (one of: bert, gpt, resnet, vit)")
+    get_config(check_arch(arch), preset)  # names checked before the framework is imported
     backend(framework)  # a clear error when the framework is not installed
+    if arch_option is not None:
+        click.echo(f"note: --arch is deprecated; write `dlzoo doctor {arch} -f {framework}`", err=True)
     report = run_checks(arch, framework, preset, seed=seed)
     if as_json:
         _json(report.to_dict())

@@ -6,59 +6,28 @@ docs/cli.md.
 
 Errors: a command raises ``ZooError`` (or a click usage error) and :class:`ZooGroup` prints it as
 one line ``error: ...`` on stderr with exit status 2 -- the single place where user errors are
-rendered. Adding a command: write a ``@click.command`` in your own module, raise ``ZooError`` for
-bad input, and add it in that module's ``register(group)`` (see dlzoo/agents/cli.py), called below.
+rendered. Commands check every argument (paths included) before they start work, so a refused
+command creates and changes nothing. Library notices (the ``dlzoo`` logger at INFO, e.g. the keras
+backend dlzoo chose) are shown as ``note: ...`` lines on stderr.
+
+Adding a command: write a ``@click.command`` in your own module, raise ``ZooError`` for bad input,
+and add it in that module's ``register(group)`` (see dlzoo/agents/cli.py), called below.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
+from dlzoo import __version__
+from dlzoo.clitools import JSON_OPTION, OVERWRITE_OPTION, SEED, ZooGroup, print_json
 from dlzoo.zoo.configs import ARCHS, ALIASES, PRESETS, ZooError, check_arch, get_config
 
-JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-
-
-def print_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def _error_line(message: str) -> None:
-    text = " ".join(str(message).split())  # one line, whatever the message holds
-    click.echo(click.style("error:", fg="red") + " " + text, err=True)
-
-
-class ZooGroup(click.Group):
-    """A click group whose every user error -- ``ZooError`` raised by a command, or a usage error
-    click finds while parsing -- ends as one ``error:`` line on stderr and exit status 2."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except ZooError as error:
-            _error_line(str(error))
-            sys.exit(2)
-        except click.UsageError as error:
-            where = error.ctx.command_path if error.ctx is not None else (prog_name or "dlzoo")
-            _error_line(f"{where}: {error.format_message()} (see '{where} --help')")
-            sys.exit(error.exit_code)
-        except click.ClickException as error:
-            _error_line(error.format_message())
-            sys.exit(error.exit_code)
-        except click.Abort:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-        if standalone_mode:
-            sys.exit(code if isinstance(code, int) else 0)
-        return code
-
-
-@click.group(cls=ZooGroup, no_args_is_help=True,
+@click.group("dlzoo", cls=ZooGroup, no_args_is_help=True,
              help="dlzoo: BERT, GPT-2, ResNet and ViT in five frameworks, numerically identical.")
+@click.version_option(__version__, "--version", prog_name="dlzoo", message="%(prog)s %(version)s")
 def cli() -> None:
     pass
 
@@ -70,10 +39,31 @@ def _console(stderr: bool = False):
 
 
 def _frameworks_status():
-    from dlzoo.zoo.frameworks import FRAMEWORKS, installed_frameworks
+    from dlzoo.zoo.frameworks import FRAMEWORKS, KERAS_BACKENDS, _installed, installed_frameworks, keras_backend
 
     installed = set(installed_frameworks())
-    return [{"name": f, "installed": f in installed} for f in FRAMEWORKS]
+    status = [{"name": f, "installed": f in installed} for f in FRAMEWORKS]
+    name, source = keras_backend()
+    status[FRAMEWORKS.index("keras")].update(backend=name, backend_source=source,
+                                             backend_installed=name in KERAS_BACKENDS and _installed(name))
+    return status
+
+
+def _framework_cell(f: dict) -> str:
+    text = f["name"]
+    if f["name"] == "keras" and f["installed"]:
+        missing = "" if f["backend_installed"] else ", [red]not installed[/red]"
+        text += f" (backend {f['backend']}: {f['backend_source']}{missing})"
+    return text + ("" if f["installed"] else " [dim](not installed)[/dim]")
+
+
+def _preset_cell(arch: str, presets: list[dict], aliases: dict[str, str]) -> str:
+    cells = []
+    for p in presets:
+        names = [alias for alias, target in aliases.items() if target == p["name"]]
+        cells.append(f"{p['name']} ({_human(p['params'])}" + (f"; aka {', '.join(names)}" if names else "") + ")")
+    grammar = ", or any SIZE/PATCH (e.g. S/8)" if arch == "vit" else ""
+    return ", ".join(cells) + grammar
 
 
 def list_data() -> dict:
@@ -102,11 +92,10 @@ def list_models(as_json: bool):
     table.add_column("arch", style="bold")
     table.add_column("presets (parameters)")
     for entry in archs:
-        table.add_row(entry["arch"], ", ".join(f"{p['name']} ({_human(p['params'])})" for p in entry["presets"]))
+        table.add_row(entry["arch"], _preset_cell(entry["arch"], entry["presets"], entry["aliases"]))
     console = _console()
     console.print(table)
-    console.print("frameworks: " + ", ".join(
-        f"{f['name']}" + ("" if f["installed"] else " [dim](not installed)[/dim]") for f in frameworks))
+    console.print("frameworks: " + ", ".join(_framework_cell(f) for f in frameworks))
 
 
 def _human(n: float, unit: str = "") -> str:
@@ -125,12 +114,23 @@ def _bytes(n: int) -> str:
 
 def info_data(arch: str, preset: str = "tiny", seq_len: int | None = None, image_size: int | None = None) -> dict:
     """What ``dlzoo info --json`` prints (docs/cli.md); the MCP ``info`` tool returns the same.
-    Raises ZooError for an unknown arch or preset or a bad size."""
+    Raises ZooError for an unknown arch or preset, or a size that does not apply."""
     from dlzoo.zoo.estimates import estimate
 
     config = get_config(check_arch(arch), preset)
-    if seq_len is not None and seq_len <= 0 or image_size is not None and image_size <= 0:
-        raise ZooError("--seq-len and --image-size must be positive integers")
+    if seq_len is not None:
+        if arch not in ("bert", "gpt"):
+            raise ZooError(f"--seq-len applies to bert and gpt; {arch} takes images (resnet: --image-size)")
+        context = config.context_length if arch == "gpt" else config.max_positions
+        if seq_len > context:
+            raise ZooError(f"--seq-len {seq_len} exceeds the {arch} {preset} context of {context} tokens; "
+                           f"choose at most {context}")
+    if image_size is not None:
+        if arch == "vit" and image_size != config.image_size:
+            raise ZooError(f"a vit preset fixes its image size ({preset}: {config.image_size} px; its position "
+                           f"embeddings are sized for it); --image-size applies to resnet")
+        if arch in ("bert", "gpt"):
+            raise ZooError(f"--image-size applies to resnet; {arch} takes tokens (--seq-len)")
     est = estimate(arch, config, seq_len=seq_len, image_size=image_size)
     return {"arch": arch, "preset": preset, "config": config.to_dict(), **est.as_dict()}
 
@@ -138,8 +138,10 @@ def info_data(arch: str, preset: str = "tiny", seq_len: int | None = None, image
 @cli.command()
 @click.argument("arch")
 @click.option("--preset", "-p", default="tiny", show_default=True, help="Preset name, e.g. base, 124M, 50, B/16.")
-@click.option("--seq-len", type=int, default=None, help="Tokens per example (default: the context length).")
-@click.option("--image-size", type=int, default=None, help="ResNet input size (default 224).")
+@click.option("--seq-len", type=click.IntRange(min=1), default=None,
+              help="bert, gpt: tokens per example, at most the context length (default: the context length).")
+@click.option("--image-size", type=click.IntRange(min=1), default=None,
+              help="resnet: input size in pixels (default 224); a vit preset fixes its own.")
 @JSON_OPTION
 def info(arch: str, preset: str, seq_len: int | None, image_size: int | None, as_json: bool):
     """Parameters, FLOPs per example and a memory estimate.
@@ -164,57 +166,76 @@ def info(arch: str, preset: str, seq_len: int | None, image_size: int | None, as
     _console().print(table)
 
 
-def convert_data(src: str, dst: str | Path) -> dict:
+def convert_data(src: str, dst: str | Path, *, arch: str | None = None, preset: str | None = None,
+                 num_classes: int | None = None, image_size: int | None = None, seed: int = 0,
+                 overwrite: bool = False) -> dict:
     """Convert as ``dlzoo convert`` does and return what ``--json`` prints (docs/cli.md); the MCP
-    ``convert`` tool returns the same. Raises ZooError when DST exists or SRC is unusable."""
-    from dlzoo.zoo import hub, weights
+    ``convert`` tool returns the same. Raises ZooError when DST exists (unless ``overwrite``, for
+    a file) or SRC is unusable."""
+    from dlzoo.zoo import checkpoints, files, hub, weights
 
     dst = Path(dst)
-
-    if dst.exists() and (dst.is_file() or any(dst.iterdir())):
-        raise ZooError(f"{dst} already exists; choose a new destination (dlzoo never overwrites files)")
-    src_path = Path(src)
-    if src_path.is_file() and src_path.suffix == ".safetensors":
+    src_path = Path(src).expanduser()
+    options = {k: v for k, v in (("num_classes", num_classes), ("image_size", image_size)) if v is not None}
+    if dst.suffix != ".safetensors" and src_path.is_file() and src_path.suffix == ".safetensors" \
+            and checkpoints._is_canonical(src_path) and not options:
+        if overwrite:
+            raise ZooError("--overwrite applies to a .safetensors destination; dlzoo never replaces a folder")
+        files.check_output_folder(dst)
         arch, config, tensors = weights.load(src_path)
         hub.export(arch, config, tensors, dst)
-        direction, ignored = "canonical->published", []
+        direction, report = "canonical->published", None
     else:
         if dst.suffix != ".safetensors":
-            raise ZooError(f"destination {dst} must end in .safetensors when converting a published checkpoint")
-        arch, config, tensors, ignored = hub.load_checkpoint(src)
-        weights.save(dst, arch, config, tensors)
-        direction = "published->canonical"
+            raise ZooError(f"destination {dst} must end in .safetensors when converting a checkpoint")
+        files.check_output_file(dst, overwrite=overwrite, suffixes=(".safetensors",), what="canonical weights file")
+        arch, config, tensors, report = checkpoints.read_pretrained(src, arch=arch, preset=preset, seed=seed, **options)
+        weights.save(dst, arch, config, tensors, overwrite=overwrite)
+        direction = "published->canonical" if report.layout != "dlzoo" else "canonical->canonical"
     result = {"src": src, "dst": str(dst), "direction": direction, "arch": arch, "config": config.to_dict(),
-              "params": weights.count_params(arch, config), "tensors": len(tensors), "ignored": ignored}
+              "params": weights.count_params(arch, config), "tensors": len(tensors),
+              "ignored": report.ignored if report else [], "report": report.to_dict() if report else None}
     return result
 
 
 @cli.command()
 @click.argument("src")
 @click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--arch", default=None, help="What a state dict holds (default: inferred from its names).")
+@click.option("--preset", "-p", default=None, help="Preset of a torchvision/timm state dict (default: inferred from shapes).")
+@click.option("--num-classes", type=int, default=None, help="Head size; a head of another size is initialised fresh.")
+@click.option("--image-size", type=int, default=None, help="ViT resolution; position embeddings are resized.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of freshly initialised heads.")
+@OVERWRITE_OPTION
 @JSON_OPTION
-def convert(src: str, dst: Path, as_json: bool):
-    """Convert a published checkpoint to a canonical file, or a canonical file to the published layout.
+def convert(src: str, dst: Path, arch: str | None, preset: str | None, num_classes: int | None,
+            image_size: int | None, seed: int, overwrite: bool, as_json: bool):
+    """Convert a checkpoint to a canonical file, or a canonical file to the published layout.
 
-    SRC: hub id, published checkpoint folder, or canonical .safetensors file.
+    SRC: hub id, published checkpoint folder, torchvision/timm state dict (.pth, .pt, .safetensors)
+    or canonical .safetensors file (docs/checkpoints.md lists the layouts).
     DST: canonical .safetensors file, or a new folder for the published layout.
     """
-    result = convert_data(src, dst)
+    result = convert_data(src, dst, arch=arch, preset=preset, num_classes=num_classes, image_size=image_size,
+                          seed=seed, overwrite=overwrite)
     if as_json:
         print_json(result)
     else:
-        ignored = result["ignored"]
-        _console().print(f"[green]wrote[/green] {dst} ({result['direction']}, {result['arch']}, {result['params']:,} parameters"
-                         + (f", ignored {len(ignored)} non-parameter tensors" if ignored else "") + ")")
+        _console().print(f"[green]wrote[/green] {dst} ({result['direction']}, {result['arch']}, "
+                         f"{result['params']:,} parameters)", highlight=False)
+        if result["report"] is not None:
+            from dlzoo.zoo.checkpoints import LoadReport
+
+            _console().print(LoadReport(**result["report"]).summary(), highlight=False, markup=False)
 
 
 @cli.command()
 @click.argument("arch")
-@click.option("--preset", "-p", default="tiny", show_default=True, help="Preset when no --weights are given.")
+@click.option("--preset", "-p", default=None, help="Preset of the random weights (default tiny); not with --weights.")
 @click.option("--weights", "-w", "weights_src", default=None, help="Canonical file, published folder or hub id.")
-@click.option("--tol", type=float, default=1e-5, show_default=True,
+@click.option("--tol", type=click.FloatRange(min=0), default=1e-5, show_default=True,
               help="Max abs diff allowed, relative to the output scale when > 1.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random weights and inputs.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for random weights (numpy) and inputs.")
 @click.option("--framework", "-f", "frameworks", multiple=True,
               help="Only these frameworks (repeatable); default: all installed.")
 @JSON_OPTION
@@ -222,7 +243,9 @@ def verify(arch: str, preset: str, weights_src: str | None, tol: float, seed: in
            as_json: bool):
     """Run the same weights in every installed framework and compare outputs against torch and transformers.
 
-    ARCH is one of: bert, gpt, resnet, vit. Exit status 1 when a pair exceeds the tolerance.
+    ARCH is one of: bert, gpt, resnet, vit. Random weights come from numpy (--seed), so the
+    result does not depend on -f; torch and transformers always run as the references when
+    installed. Exit status 1 when a pair exceeds the tolerance.
     """
     from dlzoo.verify import run_verify
 

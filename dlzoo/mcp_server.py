@@ -85,15 +85,20 @@ def _elements(path: Path) -> int:
 
 
 def _safetensors_files(folder: Path) -> list[Path]:
-    """The weight files ``dlzoo.zoo.hub.read_checkpoint`` would read from ``folder``, refusing
-    the PyTorch pickle layouts."""
+    """The weight files ``dlzoo.zoo.checkpoints.read_pretrained`` would read from ``folder`` (the
+    published layout, else a folder's single state-dict file), refusing PyTorch pickles. Empty
+    when the folder holds no usable weights: the loader then says what it expected."""
+    from dlzoo.zoo.checkpoints import STATE_DICT_SUFFIXES
     from dlzoo.zoo.hub import WEIGHT_FILES
 
-    found = next((name for name in WEIGHT_FILES if (folder / name).is_file()), None)
+    has_config = (folder / "config.json").is_file()
+    found = next((name for name in WEIGHT_FILES if (folder / name).is_file()), None) if has_config else None
     if found is None:
-        raise ToolError(f"{folder}: no weights; expected model.safetensors (or a sharded "
-                        "model.safetensors.index.json) beside config.json")
-    if found.endswith(".index.json"):
+        files = [p.name for p in sorted(folder.iterdir()) if p.is_file() and p.suffix in STATE_DICT_SUFFIXES]
+        if len(files) != 1:
+            return []
+        shards = files
+    elif found.endswith(".index.json"):
         try:
             shards = sorted(set(json.loads((folder / found).read_text())["weight_map"].values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -174,10 +179,9 @@ class Policy:
         tensor is read. Returns the local path to pass on."""
         if not isinstance(value, str) or not value.strip():
             raise ToolError(f"{what}: expected a .safetensors file, a checkpoint folder or a hub id")
-        local = (self.root / value)
-        looks_like_hub_id = not os.path.lexists(local) and not value.startswith((".", "/", "~")) \
-            and value.count("/") <= 1 and not value.endswith((".safetensors", ".bin", ".json"))
-        if looks_like_hub_id:
+        from dlzoo.zoo.files import looks_like_path
+
+        if not os.path.lexists(self.root / value) and not looks_like_path(value):  # the CLI's rule for hub ids
             if not self.allow_hub:
                 raise ToolError(f"{what} {value!r}: not a file or folder under the server's root {self.root}, and hub "
                                 "downloads are off; start the server with --allow-hub to fetch hub ids")
@@ -276,6 +280,14 @@ def _info(policy: Policy, args: dict) -> dict:
 def _explain(policy: Policy, args: dict) -> dict | list:
     from dlzoo.agents.cli import explain_data
 
+    papers = "paper" in args or (args.get("list") and args.get("topic") == "papers")
+    if "paper" in args and "topic" in args:
+        raise ToolError("give topic or paper, not both")
+    if "framework" in args and not papers:
+        raise ToolError("framework applies to paper")
+    if args.get("list") and "topic" in args and not papers:
+        raise ToolError("list takes no topic; give topic, or list=true alone")
+
     return explain_data(args.get("topic"), paper=args.get("paper"), framework=args.get("framework", "torch"),
                         list_all=args.get("list", False))
 
@@ -287,7 +299,7 @@ def _ask(policy: Policy, args: dict) -> dict:
 
 
 def _annotate(policy: Policy, args: dict) -> dict:
-    from dlzoo.agents.annotate import annotate_source, find_markers, model_files, write_theory_md
+    from dlzoo.agents.annotate import annotate_source, find_markers, model_files, theory_md_path, write_theory_md
 
     file, arch, framework = args.get("file"), args.get("arch"), args.get("framework")
     if file is None and not (arch and framework):
@@ -295,11 +307,13 @@ def _annotate(policy: Policy, args: dict) -> dict:
     if file is not None and (arch or framework) and "theory_md" not in args:
         raise ToolError("give file, or arch and framework, not both")
     files = [policy.read_path(file, "file")] if file is not None else model_files(arch, framework)
+    if not find_markers(files[0]):  # the CLI's message (it exits 1 there)
+        raise ToolError(f"{files[0]} has no `# theory: <id>` markers, so there is nothing to annotate; "
+                        "mark a line with e.g. `# theory: layer-norm` (ids: explain with list=true)")
     if "theory_md" in args:
         if "level" in args:
             raise ToolError("level applies to the annotated text; THEORY.md always holds the full entries")
-        out = policy.inside(args["theory_md"], "theory_md")
-        out = policy.write_path(str(out / "THEORY.md") if out.is_dir() else args["theory_md"], "theory_md")
+        out = policy.write_path(str(theory_md_path(policy.inside(args["theory_md"], "theory_md"))), "theory_md")
         written = write_theory_md(arch or files[0].stem, framework or "torch", out, files=files)
         return {"theory_md": str(written), "files": [str(f) for f in files]}
     level = args.get("level", "brief")
@@ -309,14 +323,14 @@ def _annotate(policy: Policy, args: dict) -> dict:
 
 
 def _diagnose(policy: Policy, args: dict) -> dict:
-    from dlzoo.agents.diagnose import diagnose, plot, to_json
+    from dlzoo.agents.diagnose import PLOT_SUFFIXES, diagnose, plot, to_json
     from dlzoo.agents.metrics import read_metrics
 
     path = policy.read_path(args["metrics"], "metrics")
     out = None
     if "plot" in args:
-        if not args["plot"].endswith(".png"):
-            raise ToolError(f"plot {args['plot']!r}: expected a .png file name")
+        if not args["plot"].lower().endswith(PLOT_SUFFIXES):
+            raise ToolError(f"plot {args['plot']!r}: expected a file name ending in {', '.join(PLOT_SUFFIXES)}")
         out = policy.write_path(args["plot"], "plot")
     run = read_metrics(path)
     findings = diagnose(run)
@@ -339,15 +353,12 @@ def _doctor(policy: Policy, args: dict) -> dict:
 def _verify(policy: Policy, args: dict) -> dict:
     from dlzoo.verify import run_verify
 
-    if "weights" in args and "preset" in args:
-        raise ToolError("give preset (random weights) or weights, not both: the weights' own config sets the size")
-    preset = args.get("preset", "tiny")
     source = None
     if "weights" in args:
         source = policy.weights_source(args["weights"], "weights")
     else:
-        policy.check_preset(args["arch"], preset)
-    return run_verify(args["arch"], preset=preset, source=source, tol=args.get("tol", 1e-5),
+        policy.check_preset(args["arch"], args.get("preset", "tiny"))
+    return run_verify(args["arch"], preset=args.get("preset"), source=source, tol=args.get("tol", 1e-5),
                       seed=args.get("seed", 0), frameworks=args.get("frameworks") or None)
 
 
@@ -355,11 +366,9 @@ def _convert(policy: Policy, args: dict) -> dict:
     from dlzoo.cli import convert_data
 
     src = policy.weights_source(args["src"], "src")
-    canonical_src = Path(src).is_file()
-    if not canonical_src and not args["dst"].endswith(".safetensors"):
-        raise ToolError(f"dst {args['dst']!r} must end in .safetensors when converting a published checkpoint")
-    dst = policy.write_path(args["dst"], "dst", empty_folder_ok=canonical_src)
-    return convert_data(src, dst)
+    dst = policy.write_path(args["dst"], "dst", empty_folder_ok=not args["dst"].endswith(".safetensors"))
+    return convert_data(src, dst, arch=args.get("arch"), preset=args.get("preset"), num_classes=args.get("num_classes"),
+                        image_size=args.get("image_size"), seed=args.get("seed", 0), overwrite=False)
 
 
 def _new(policy: Policy, args: dict) -> Any:
@@ -415,8 +424,9 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
                   "theory_md": {**PATH, "description": "Write THEORY.md here (a folder means FOLDER/THEORY.md)."}}),
          _annotate, writes=True, annotations=WRITES),
     Tool("diagnose", "Find what went wrong in a training run from its metrics.jsonl: divergence, spikes, plateaus, "
-         "over/underfitting, with evidence, cause and fix (dlzoo diagnose --json). plot: also write a PNG.",
-         _schema({"metrics": PATH, "plot": {**PATH, "description": "A new .png file under the root."}}, ("metrics",)),
+         "over/underfitting, with evidence, cause and fix (dlzoo diagnose --json). plot: also draw the curves.",
+         _schema({"metrics": PATH, "plot": {**PATH, "description": "A new .png, .svg or .pdf file under the root."}},
+                 ("metrics",)),
          _diagnose, writes=True, annotations=WRITES),
     Tool("doctor", "Pre-flight checks on a zoo model in one framework: loss at init, overfitting one batch, "
          "gradient coverage, causal and padding masks, determinism, activation scale (dlzoo doctor --json).",
@@ -430,9 +440,15 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
                   "tol": {"type": "number", "minimum": 0, "default": 1e-5}, "seed": SEED,
                   "frameworks": {"type": "array", "items": FRAMEWORK, "uniqueItems": True}}, ("arch",)),
          _verify, annotations=READ_ONLY),
-    Tool("convert", "Convert a published checkpoint folder to a canonical .safetensors file, or a canonical file "
-         "to the published layout in a new folder (dlzoo convert --json). Both paths under the root; dst must be new.",
-         _schema({"src": {"type": "string", "minLength": 1}, "dst": PATH}, ("src", "dst")),
+    Tool("convert", "Convert a checkpoint (published folder, or a torchvision/timm state dict in safetensors) to a "
+         "canonical .safetensors file, or a canonical file to the published layout in a new folder "
+         "(dlzoo convert --json). Both paths under the root; dst must be new.",
+         _schema({"src": {"type": "string", "minLength": 1}, "dst": PATH,
+                  "arch": {**ARCH, "description": "What a state dict holds (default: inferred from its names)."},
+                  "preset": {**PRESET, "description": "Preset of a torchvision/timm state dict (default: from shapes)."},
+                  "num_classes": {"type": "integer", "minimum": 1, "description": "Head size; another size starts fresh."},
+                  "image_size": {"type": "integer", "minimum": 1, "description": "ViT resolution (position embeddings resized)."},
+                  "seed": {**SEED, "description": "Seed of freshly initialised heads."}}, ("src", "dst")),
          _convert, writes=True, annotations=WRITES),
     Tool("new", "Write a self-contained training project (model copied from the zoo, data, train/evaluate/predict, "
          "tests) as a new folder under the root (dlzoo new --json).",
@@ -504,6 +520,8 @@ def call_tool(policy: Policy, name: str, arguments: Any) -> tuple[Any, str | Non
         return data, None
     except ZooError as error:
         return None, one_line(error)
+    except click.ClickException as error:
+        return None, one_line(error.format_message())
     except ImportError as error:
         return None, _missing_module(error)
     except (Exception, SystemExit) as error:  # a bug, not the user's doing: keep serving, say so

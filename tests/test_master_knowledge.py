@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from dlzoo.agents.annotate import annotate_source, find_markers, theory_markdown, write_theory_md
 from dlzoo.cli import cli
 from dlzoo.agents.theory import UnknownTopicError, load_knowledge, lookup, unlisted_citations, zoo_lines
+from dlzoo.zoo.files import OutputExistsError
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO_FILES = sorted((ROOT / "zoo").rglob("*.py"))
@@ -154,6 +155,9 @@ def test_theory_md_in_reading_order_with_links(tmp_path, app, framework):
     for m in markers:
         assert f"gpt.py:{m.line}](" in text
     assert "$$" in text and "Papers:" in text
-    assert write_theory_md("gpt", framework, tmp_path).name == "THEORY.md"
+    with pytest.raises(OutputExistsError, match="already exists"):  # the folder's THEORY.md is out, above
+        write_theory_md("gpt", framework, tmp_path)
+    assert out.read_text() == text
+    assert write_theory_md("gpt", framework, tmp_path, overwrite=True).name == "THEORY.md"
     with pytest.raises(Exception, match="does not exist"):
         theory_markdown([tmp_path / "missing.py"], "x")

@@ -119,6 +119,8 @@ def test_tools_listed_with_schemas(policy):
     ("explain", {"topic": "flux capacitor"}, "no theory entry for 'flux capacitor'"),
     ("explain", {"paper": "no-such-paper"}, "no-such-paper"),
     ("explain", {"paper": "bert", "framework": "jax"}, "argument 'framework'"),
+    ("explain", {"topic": "adamw", "paper": "adam"}, "give topic or paper, not both"),
+    ("explain", {"topic": "adamw", "framework": "all"}, "framework applies to paper"),
     ("annotate", {}, "give file, or arch and framework"),
     ("doctor", {"arch": "gpt", "framework": "mxnet"}, "argument 'framework'"),
     ("verify", {"arch": "gpt", "frameworks": ["torch", "torch"]}, "non-unique elements"),
@@ -192,14 +194,14 @@ def test_diagnose_equals_the_cli_and_writes_a_new_plot_only(policy):
     first, plotted, again, not_png, bad = calls(
         policy, ("diagnose", {"metrics": "metrics.jsonl"}), ("diagnose", {"metrics": "metrics.jsonl", "plot": "run.png"}),
         ("diagnose", {"metrics": "metrics.jsonl", "plot": "run.png"}),
-        ("diagnose", {"metrics": "metrics.jsonl", "plot": "run.pdf"}), ("diagnose", {"metrics": "missing.jsonl"}))
+        ("diagnose", {"metrics": "metrics.jsonl", "plot": "run.jpg"}), ("diagnose", {"metrics": "missing.jsonl"}))
     data = ok(first)
     assert data == cli_json("diagnose", str(metrics)) and data["findings"]
     assert ok(plotted) == data
     png = (policy.root / "run.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert "already exists" in error(again) and (policy.root / "run.png").read_bytes() == png
-    assert "expected a .png" in error(not_png)
+    assert "expected a file name ending in .png, .svg, .pdf" in error(not_png)
     assert "no such file or folder" in error(bad)
 
 
@@ -208,7 +210,7 @@ def test_doctor_equals_the_cli_and_refuses_large_presets(policy, tmp_path):
     good, large = calls(policy, ("doctor", {"arch": "gpt", "framework": "torch"}),
                         ("doctor", {"arch": "gpt", "framework": "torch", "preset": "medium"}))
     data = ok(good)
-    assert data == cli_json("doctor", "--arch", "gpt", "--framework", "torch") and data["passed"]
+    assert data == cli_json("doctor", "gpt", "-f", "torch") and data["passed"]
     assert "354,823,168 parameters, above this server's limit of 130,000,000" in error(large)
     small = Policy.create(policy.root, max_params=100_000)
     assert "--max-params" in error(call(small, "doctor", {"arch": "gpt", "framework": "torch"}))
@@ -235,7 +237,7 @@ def test_verify_equals_the_cli_with_a_preset_and_with_weights_under_the_root(pol
     data = ok(weighted)
     assert data["passed"] and data["notes"][0] == f"weights: {policy.root / 'gpt.safetensors'}"
     assert data == cli_json("verify", "gpt", "-f", "torch", "--weights", str(policy.root / "gpt.safetensors"))
-    assert "not both" in error(both)
+    assert "drop --preset" in error(both)
 
 
 def test_weights_are_counted_from_headers_before_loading(policy, monkeypatch):
@@ -275,7 +277,12 @@ def test_pickle_checkpoints_are_refused_unread(policy, monkeypatch):
     (folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
     (policy.root / "model.bin").write_bytes(b"\x80\x04")
+    (policy.root / "resnet.pth").write_bytes(b"\x80\x04")
+    (policy.root / "state").mkdir()
+    (policy.root / "state" / "resnet50.pth").write_bytes(b"\x80\x04")
     for name, args in [("convert", {"src": "bin", "dst": "x.safetensors"}),
+                       ("convert", {"src": "resnet.pth", "dst": "x.safetensors"}),
+                       ("convert", {"src": "state", "dst": "x.safetensors", "arch": "resnet"}),
                        ("verify", {"arch": "gpt", "weights": "bin"}),
                        ("verify", {"arch": "gpt", "weights": "model.bin"})]:
         assert "pickle" in error(call(policy, name, args))

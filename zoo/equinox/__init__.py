@@ -69,7 +69,10 @@ def load_state_dict(arch: str, config, native, tensors: dict[str, np.ndarray]):
 
 
 def _forward(arch: str, module, state, inputs: dict, key, inference: bool):
-    """The batched model: one vmap over rows, each with its own dropout key."""
+    """The batched model: one vmap over rows, each with its own dropout key. Python bools among
+    the inputs (``interpolate_pos_encoding``) are options: static under filter_jit, not mapped."""
+    flags = {k: v for k, v in inputs.items() if isinstance(v, bool)}
+    inputs = {k: v for k, v in inputs.items() if k not in flags}
     batch = next(iter(inputs.values())).shape[0]
     keys = jax.random.split(key, batch)
     if arch == "resnet":
@@ -78,7 +81,7 @@ def _forward(arch: str, module, state, inputs: dict, key, inference: bool):
         # The new running statistics are batch means (pmean over "batch"): unbatched outputs.
         return jax.vmap(one, axis_name="batch", in_axes=(0, None, 0),
                         out_axes=(0, None))(inputs["pixel_values"], state, keys)
-    return jax.vmap(lambda example, k: module(**example, key=k, inference=inference))(inputs, keys), state
+    return jax.vmap(lambda example, k: module(**example, **flags, key=k, inference=inference))(inputs, keys), state
 
 
 @eqx.filter_jit
@@ -111,6 +114,8 @@ def block_outputs(arch: str, config, native, inputs: dict[str, np.ndarray]) -> d
     records its output, and the vmapped function returns the records as outputs."""
     module, state = native
     names = config.block_names()
+    flags = {k: v for k, v in inputs.items() if isinstance(v, bool)}
+    inputs = {k: v for k, v in inputs.items() if k not in flags}
 
     def one(example):
         sink: dict = {}
@@ -119,7 +124,7 @@ def block_outputs(arch: str, config, native, inputs: dict[str, np.ndarray]) -> d
         if arch == "resnet":
             recorded(example["pixel_values"], state, inference=True)
         else:
-            recorded(**example, inference=True)
+            recorded(**example, **flags, inference=True)
         return [sink[name] for name in names]
 
     return {name: np.asarray(out, dtype=np.float32)

@@ -44,10 +44,17 @@ def _example_inputs(arch: str, config) -> dict[str, np.ndarray]:
     return {"pixel_values": np.zeros((1, size, size, config.num_channels), np.float32)}
 
 
+def _split_flags(inputs: dict) -> tuple[dict, tuple]:
+    """(arrays, options): Python bools such as ``interpolate_pos_encoding`` are baked into the
+    compiled function (one compilation per value), never traced."""
+    return ({k: v for k, v in inputs.items() if not isinstance(v, bool)},
+            tuple(sorted((k, v) for k, v in inputs.items() if isinstance(v, bool))))
+
+
 @functools.lru_cache(maxsize=None)
-def _compiled(transformed: hk.TransformedWithState, kind: str, train: bool = False):
+def _compiled(transformed: hk.TransformedWithState, kind: str, train: bool = False, flags: tuple = ()):
     def forward(params, state, rng, inputs):
-        return transformed.apply(params, state, rng, **inputs, is_training=train)
+        return transformed.apply(params, state, rng, **inputs, **dict(flags), is_training=train)
 
     def objective(params, state, rng, inputs, cotangents):
         outputs, _ = forward(params, state, rng, inputs)
@@ -97,7 +104,8 @@ def load_state_dict(arch: str, config, native, tensors: dict[str, np.ndarray]):
 def apply(arch: str, config, native, inputs: dict[str, np.ndarray], *, train: bool = False, seed: int = 0):
     """Outputs as numpy; in training the returned native carries the updated batch-norm state."""
     transformed, params, state = native
-    outputs, new_state = _compiled(transformed, "apply", train)(params, state, jax.random.key(seed), inputs)
+    inputs, flags = _split_flags(inputs)
+    outputs, new_state = _compiled(transformed, "apply", train, flags)(params, state, jax.random.key(seed), inputs)
     return {k: np.asarray(v) for k, v in outputs.items()}, (transformed, params, new_state)
 
 
@@ -128,8 +136,9 @@ def vjp(arch: str, config, native, inputs, cotangents, *, train: bool = False, s
     """Gradients of sum_k sum(outputs[k] * cotangents[k]) w.r.t. the parameters (batch-norm
     running statistics are state, not parameters, so they have none)."""
     transformed, params, state = native
-    grads = _compiled(transformed, "grad", train)(params, state, jax.random.key(seed), inputs,
-                                                  _cotangents(cotangents))
+    inputs, flags = _split_flags(inputs)
+    grads = _compiled(transformed, "grad", train, flags)(params, state, jax.random.key(seed), inputs,
+                                                         _cotangents(cotangents))
     return _to_canonical(grads)
 
 
@@ -139,6 +148,7 @@ def adamw_step(arch: str, config, native, inputs, cotangents, *, lr: float, beta
     batch-norm statistics), so the step is deterministic and comparable across frameworks."""
     transformed, params, state = native
     hyper = (np.float32(x) for x in (lr, betas[0], betas[1], eps, weight_decay))
-    params = _compiled(transformed, "adamw")(params, state, jax.random.key(seed), inputs,
-                                             _cotangents(cotangents), *hyper)
+    inputs, flags = _split_flags(inputs)
+    params = _compiled(transformed, "adamw", False, flags)(params, state, jax.random.key(seed), inputs,
+                                                           _cotangents(cotangents), *hyper)
     return transformed, params, state

@@ -3,7 +3,8 @@
 The seven functions below are the backend contract of ``dlzoo.zoo.handle``; the handle's framework
 id is "keras" whatever keras runs on (jax, torch or tensorflow). When ``KERAS_BACKEND`` is unset
 and tensorflow (keras' default) is not installed, an installed backend is chosen before keras is
-imported (jax, then torch) and the choice is printed to stderr, instead of failing inside keras.
+imported (jax, then torch) and the choice is logged (``dlzoo.zoo.frameworks``), instead of failing
+inside keras.
 
 Canonical names come from ``variable.path`` (``layers.canonical_name``): the model's own name is
 dropped, ``blocks_0/attn/qkv/kernel`` becomes ``blocks.0.attn.qkv.kernel``, keras' leaf names are
@@ -17,35 +18,11 @@ autograd, tf.GradientTape), and that backend-specific code lives here and nowher
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 import weakref
 
+from ..frameworks import choose_keras_backend
 
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a broken or deliberately hidden package counts as absent
-        return False
-
-
-def _choose_keras_backend() -> None:
-    if "keras" in sys.modules or os.environ.get("KERAS_BACKEND") or _installed("tensorflow"):
-        return  # keras decides (or already has): its default is tensorflow
-    for name in ("jax", "torch"):
-        if _installed(name):
-            os.environ["KERAS_BACKEND"] = name
-            print(f"dlzoo: KERAS_BACKEND is unset and tensorflow is not installed; using keras' "
-                  f"{name} backend (set KERAS_BACKEND=jax|torch|tensorflow to choose)", file=sys.stderr)
-            return
-    from ..configs import ZooError
-
-    raise ZooError("keras needs a backend and none is installed; install one with: "
-                   "pip install jax  (or torch, or tensorflow) and set KERAS_BACKEND to it")
-
-
-_choose_keras_backend()
+choose_keras_backend()  # before keras is imported; logged, never printed (see dlzoo.zoo.frameworks)
 
 import numpy as np  # noqa: E402
 import keras  # noqa: E402
@@ -123,21 +100,30 @@ def _reseed(native: keras.Model, seed: int) -> None:
 _JAX_CACHE: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
 
 
-def _jax_function(arch: str, native: keras.Model, what: str, train: bool):
+def _split_flags(inputs: dict) -> tuple[dict, dict]:
+    """(arrays, options): Python bools such as ``interpolate_pos_encoding`` are call keywords of
+    the model (and part of the jit cache key), never traced."""
+    return ({k: v for k, v in inputs.items() if not isinstance(v, bool)},
+            {k: v for k, v in inputs.items() if isinstance(v, bool)})
+
+
+def _jax_function(arch: str, native: keras.Model, what: str, train: bool, flags: dict | None = None):
     import jax
 
+    flags = flags or {}
     cache = _JAX_CACHE.setdefault(native, {})
-    if (what, train) not in cache:
+    key = (what, train, tuple(sorted(flags.items())))
+    if key not in cache:
         model = weakref.ref(native)  # the cache must not keep the model alive
 
         def forward(params, state, inputs):
-            return model().stateless_call(params, state, inputs, training=train)
+            return model().stateless_call(params, state, inputs, training=train, **flags)
 
         def objective(params, state, inputs, cotangents):
             return _objective(forward(params, state, inputs)[0], cotangents, arch)
 
-        cache[(what, train)] = jax.jit(forward if what == "apply" else jax.grad(objective))
-    return cache[(what, train)]
+        cache[key] = jax.jit(forward if what == "apply" else jax.grad(objective))
+    return cache[key]
 
 
 def _values(variables) -> list:
@@ -148,13 +134,14 @@ def apply(arch: str, config, native: keras.Model, inputs: dict[str, np.ndarray],
           seed: int = 0) -> tuple[dict[str, np.ndarray], keras.Model]:
     if train:
         _reseed(native, seed)
+    inputs, flags = _split_flags(inputs)
     if keras.backend.backend() == "jax":
-        forward = _jax_function(arch, native, "apply", train)
+        forward = _jax_function(arch, native, "apply", train, flags)
         outputs, state = forward(_values(native.trainable_variables), _values(native.non_trainable_variables), inputs)
         for v, value in zip(native.non_trainable_variables, state):  # batch-norm statistics, seeds
             v.assign(value)
     else:
-        outputs = native(inputs, training=train)
+        outputs = native(inputs, training=train, **flags)
     return {k: _numpy(v) for k, v in outputs.items()}, native
 
 
@@ -174,8 +161,9 @@ def block_outputs(arch: str, config, native: keras.Model, inputs: dict[str, np.n
 
     for name, layer in blocks.items():
         layer.call = recording(name, layer.call)
+    inputs, flags = _split_flags(inputs)
     try:
-        native(inputs, training=False)
+        native(inputs, training=False, **flags)
     finally:
         for layer in blocks.values():
             del layer.call  # the class's own call again
@@ -196,8 +184,9 @@ def _gradients(arch: str, native: keras.Model, inputs, cotangents, *, train: boo
     a question about the model, not a training step."""
     variables = native.trainable_variables
     backend = keras.backend.backend()
+    inputs, flags = _split_flags(inputs)
     if backend == "jax":  # stateless: the returned statistics are simply dropped
-        grad = _jax_function(arch, native, "grad", train)
+        grad = _jax_function(arch, native, "grad", train, flags)
         cots = {k: np.asarray(c, np.float32) for k, c in cotangents.items()}
         return list(grad(_values(variables), _values(native.non_trainable_variables), inputs, cots))
     saved = [(v, ops.copy(v.value)) for v in native.non_trainable_variables]
@@ -205,13 +194,13 @@ def _gradients(arch: str, native: keras.Model, inputs, cotangents, *, train: boo
         if backend == "torch":
             import torch
 
-            loss = _objective(native(inputs, training=train), cotangents, arch)
+            loss = _objective(native(inputs, training=train, **flags), cotangents, arch)
             grads = torch.autograd.grad(loss, [v.value for v in variables], allow_unused=True)
         elif backend == "tensorflow":
             import tensorflow as tf
 
             with tf.GradientTape() as tape:
-                loss = _objective(native(inputs, training=train), cotangents, arch)
+                loss = _objective(native(inputs, training=train, **flags), cotangents, arch)
             grads = [None if g is None else tf.convert_to_tensor(g)  # embeddings give IndexedSlices
                      for g in tape.gradient(loss, variables)]
         else:

@@ -109,6 +109,9 @@ def load_state_dict(arch: str, config, native: nn.Module, tensors: dict[str, np.
 def _torch_inputs(arch: str, inputs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in inputs.items():
+        if isinstance(value, bool):  # an option such as interpolate_pos_encoding
+            out[key] = value
+            continue
         t = torch.from_numpy(np.asarray(value))
         if key == "pixel_values":
             t = t.float().permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW, torch's layout
