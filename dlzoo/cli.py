@@ -188,6 +188,11 @@ def convert_data(src: str, dst: str | Path, *, arch: str | None = None, preset: 
     else:
         if dst.suffix != ".safetensors":
             raise ZooError(f"destination {dst} must end in .safetensors when converting a checkpoint")
+        if src_path.is_file() and src_path.suffix == ".safetensors" and checkpoints._is_canonical(src_path) \
+                and not options:
+            raise ZooError(f"{src} is already a canonical file; to write the published layout, give DST as a "
+                           f"new folder name (e.g. {dst.with_suffix('')}); to change its head or resolution, "
+                           "pass --num-classes or --image-size")
         files.check_output_file(dst, overwrite=overwrite, suffixes=(".safetensors",), what="canonical weights file")
         arch, config, tensors, report = checkpoints.read_pretrained(src, arch=arch, preset=preset, seed=seed, **options)
         weights.save(dst, arch, config, tensors, overwrite=overwrite)

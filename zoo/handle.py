@@ -106,8 +106,8 @@ def output_shapes(arch: str, config, inputs: dict[str, np.ndarray]) -> dict[str,
         shapes["pooler_output"] = (B, config.hidden_size)
     if config.mlm_head:
         shapes["mlm_logits"] = (B, T, config.vocab_size)
-    if config.num_labels:
-        shapes["logits"] = (B, config.num_labels)
+    if config.num_classes:
+        shapes["logits"] = (B, config.num_classes)
     return shapes
 
 
@@ -161,7 +161,7 @@ class Handle:
         """Run the model: ``inputs`` (see the class docstring) -> outputs, float32 numpy arrays.
 
         Outputs: gpt ``logits`` [B, T, vocab]; bert ``last_hidden_state`` [B, T, D], plus
-        ``pooler_output`` [B, D], ``mlm_logits`` [B, T, vocab] and ``logits`` [B, num_labels] when
+        ``pooler_output`` [B, D], ``mlm_logits`` [B, T, vocab] and ``logits`` [B, num_classes] when
         the config has those heads; vit and resnet ``logits`` [B, num_classes] (unnormalised).
         ``train=True`` applies dropout drawn from ``seed`` and, for ResNet, normalises with the
         batch's statistics and updates the running ones (momentum per the config). Raises ZooError
