@@ -35,7 +35,7 @@ import importlib.util
 import json
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -72,15 +72,15 @@ def _elements(path: Path) -> int:
             if size > 100_000_000:
                 raise ValueError("header too large")
             header = json.loads(f.read(size))
-    except (OSError, ValueError, struct.error) as error:
-        raise ToolError(f"{path}: not a readable safetensors file ({one_line(error)})") from None
-    total = 0
-    for name, entry in header.items():
-        if name != "__metadata__":
-            count = 1
-            for dim in entry.get("shape", []):
-                count *= int(dim)
-            total += count
+        total = 0
+        for name, entry in header.items():
+            if name != "__metadata__":
+                count = 1
+                for dim in entry["shape"]:
+                    count *= int(dim)
+                total += count
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error) as error:
+        raise ToolError(f"{path}: not a readable safetensors file ({type(error).__name__}: {one_line(error)})") from None
     return total
 
 
@@ -225,7 +225,12 @@ class Tool:
     run: Callable[[Policy, dict], Any]
     writes: bool = False
     provider: str | None = None   # "module:function"; the tool exists only when it does
-    annotations: dict = field(default_factory=dict)
+
+    def annotations(self, policy: Policy) -> dict:
+        """MCP tool hints: read-only or not; never destructive (nothing is overwritten); open to
+        the world only where a hub id may be fetched."""
+        fetches = policy.allow_hub and bool({"weights", "src"} & set(self.schema["properties"]))
+        return {"read_only_hint": not self.writes, "destructive_hint": False, "open_world_hint": fetches}
 
 
 def _provided(provider: str) -> bool:
@@ -287,7 +292,6 @@ def _explain(policy: Policy, args: dict) -> dict | list:
         raise ToolError("framework applies to paper")
     if args.get("list") and "topic" in args and not papers:
         raise ToolError("list takes no topic; give topic, or list=true alone")
-
     return explain_data(args.get("topic"), paper=args.get("paper"), framework=args.get("framework", "torch"),
                         list_all=args.get("list", False))
 
@@ -392,17 +396,14 @@ def _migrate(policy: Policy, args: dict) -> Any:
     return _call_provider(TOOLS["migrate"], project=str(project), to=args["to"], out=None if out is None else str(out))
 
 
-READ_ONLY = {"readOnlyHint": True, "openWorldHint": False}
-WRITES = {"readOnlyHint": False, "destructiveHint": False, "idempotentHint": False, "openWorldHint": False}
-
 TOOLS: dict[str, Tool] = {t.name: t for t in [
     Tool("list", "Architectures x frameworks x presets with parameter counts, and which frameworks are installed "
-         "(dlzoo list --json).", _schema({}), _list, annotations=READ_ONLY),
+         "(dlzoo list --json).", _schema({}), _list),
     Tool("info", "Parameters, FLOPs per example and a memory estimate for a preset (dlzoo info --json).",
          _schema({"arch": ARCH, "preset": {**PRESET, "default": "tiny"},
                   "seq_len": {"type": "integer", "minimum": 1, "description": "bert, gpt: tokens per example."},
                   "image_size": {"type": "integer", "minimum": 1, "description": "resnet: input size in pixels."}},
-                 ("arch",)), _info, annotations=READ_ONLY),
+                 ("arch",)), _info),
     Tool("explain", "A concept from the master agent's knowledge base (summary, explanation, math, practice, "
          "papers, the zoo lines that show it), or a paper behind the zoo with its equations mapped to zoo lines "
          "(dlzoo explain --json). list: every concept id; paper='list': every paper id.",
@@ -411,27 +412,27 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
                   "framework": {"type": "string", "enum": [*FRAMEWORKS, "all"], "default": "torch",
                                 "description": "With paper: whose zoo lines to show."},
                   "list": {"type": "boolean", "default": False, "description": "List every concept id."}}),
-         _explain, annotations=READ_ONLY),
+         _explain),
     Tool("ask", "Answer a question in plain words from the knowledge base (offline BM25), naming its sources; "
          "declines (declined: true, with related entries) when no entry covers it (dlzoo ask --json).",
          _schema({"question": {"type": "string", "minLength": 1, "pattern": "\\S"},
                   "top": {"type": "integer", "minimum": 1, "maximum": 10, "default": 3}}, ("question",)),
-         _ask, annotations=READ_ONLY),
+         _ask),
     Tool("annotate", "A Python file (or a zoo model: arch and framework) with the theory beside the lines its "
          "'# theory:' markers point at; with theory_md, writes THEORY.md there instead (a new file under the root).",
          _schema({"file": PATH, "arch": ARCH, "framework": FRAMEWORK,
                   "level": {"type": "string", "enum": ["brief", "full"], "default": "brief"},
                   "theory_md": {**PATH, "description": "Write THEORY.md here (a folder means FOLDER/THEORY.md)."}}),
-         _annotate, writes=True, annotations=WRITES),
+         _annotate, writes=True),
     Tool("diagnose", "Find what went wrong in a training run from its metrics.jsonl: divergence, spikes, plateaus, "
          "over/underfitting, with evidence, cause and fix (dlzoo diagnose --json). plot: also draw the curves.",
          _schema({"metrics": PATH, "plot": {**PATH, "description": "A new .png, .svg or .pdf file under the root."}},
                  ("metrics",)),
-         _diagnose, writes=True, annotations=WRITES),
+         _diagnose, writes=True),
     Tool("doctor", "Pre-flight checks on a zoo model in one framework: loss at init, overfitting one batch, "
          "gradient coverage, causal and padding masks, determinism, activation scale (dlzoo doctor --json).",
          _schema({"arch": ARCH, "framework": FRAMEWORK, "preset": {**PRESET, "default": "tiny"}, "seed": SEED},
-                 ("arch", "framework")), _doctor, annotations=READ_ONLY),
+                 ("arch", "framework")), _doctor),
     Tool("verify", "Run the same weights in every installed framework (or those named) and compare every output "
          "against torch and transformers (dlzoo verify --json).",
          _schema({"arch": ARCH, "preset": {**PRESET, "description": "Preset of random weights (default tiny)."},
@@ -439,7 +440,7 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
                               "description": "Canonical .safetensors file or published checkpoint folder under the root."},
                   "tol": {"type": "number", "minimum": 0, "default": 1e-5}, "seed": SEED,
                   "frameworks": {"type": "array", "items": FRAMEWORK, "uniqueItems": True}}, ("arch",)),
-         _verify, annotations=READ_ONLY),
+         _verify),
     Tool("convert", "Convert a checkpoint (published folder, or a torchvision/timm state dict in safetensors) to a "
          "canonical .safetensors file, or a canonical file to the published layout in a new folder "
          "(dlzoo convert --json). Both paths under the root; dst must be new.",
@@ -449,7 +450,7 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
                   "num_classes": {"type": "integer", "minimum": 1, "description": "Head size; another size starts fresh."},
                   "image_size": {"type": "integer", "minimum": 1, "description": "ViT resolution (position embeddings resized)."},
                   "seed": {**SEED, "description": "Seed of freshly initialised heads."}}, ("src", "dst")),
-         _convert, writes=True, annotations=WRITES),
+         _convert, writes=True),
     Tool("new", "Write a self-contained training project (model copied from the zoo, data, train/evaluate/predict, "
          "tests) as a new folder under the root (dlzoo new --json).",
          _schema({"name": {"type": "string", "minLength": 1, "description": "Project folder to create."},
@@ -457,19 +458,18 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
                   "weights": {"type": "string", "minLength": 1, "description": "Start from these weights."},
                   "annotate": {"type": "string", "enum": ["none", "brief", "full"]},
                   "folder": {**PATH, "default": ".", "description": "Existing folder under the root to create it in."}},
-                 ("name", "arch")), _new, writes=True, provider="dlzoo.scaffold.generate:new_project",
-         annotations=WRITES),
+                 ("name", "arch")), _new, writes=True, provider="dlzoo.scaffold.generate:new_project"),
     Tool("recommend", "The engineer agent: frameworks ranked for the stated needs, with reasons, and a training "
          "recipe (dlzoo recommend --json).",
          _schema({"arch": ARCH, "needs": {"type": "array", "items": {"type": "string"}},
                   "task": {"type": "string"}, "dataset_size": {"type": "integer", "minimum": 1},
                   "input_size": {"type": "integer", "minimum": 1}, "budget_hours": {"type": "number", "exclusiveMinimum": 0},
                   "device": {"type": "string"}}),
-         _recommend, provider="dlzoo.agents.engineer:recommend", annotations=READ_ONLY),
+         _recommend, provider="dlzoo.agents.engineer:recommend"),
     Tool("migrate", "The engineer agent: the same generated project in another framework, with its weights "
          "converted, written as a new folder under the root (dlzoo migrate --json).",
          _schema({"project": PATH, "to": FRAMEWORK, "out": PATH}, ("project", "to")),
-         _migrate, writes=True, provider="dlzoo.agents.engineer:migrate", annotations=WRITES),
+         _migrate, writes=True, provider="dlzoo.agents.engineer:migrate"),
 ]}
 
 
@@ -622,7 +622,7 @@ def build_server(policy: Policy):
     async def list_tools(ctx, params) -> types.ListToolsResult:
         return types.ListToolsResult(tools=[
             types.Tool(name=t.name, description=t.description, input_schema=t.schema,
-                       annotations=types.ToolAnnotations(**t.annotations) if t.annotations else None)
+                       annotations=types.ToolAnnotations(**t.annotations(policy)))
             for t in available_tools()])
 
     async def call(ctx, params) -> types.CallToolResult:
