@@ -112,9 +112,13 @@ def _bytes(n: int) -> str:
     return f"{n} B"
 
 
-def info_data(arch: str, preset: str = "tiny", seq_len: int | None = None, image_size: int | None = None) -> dict:
-    """What ``dlzoo info --json`` prints (docs/cli.md); the MCP ``info`` tool returns the same.
-    Raises ZooError for an unknown arch or preset, or a size that does not apply."""
+def info_data(arch: str, preset: str = "tiny", seq_len: int | None = None, image_size: int | None = None, *,
+              batch_size: int = 1, precision: str = "fp32", checkpointing: bool = False, device: str | None = None,
+              utilisation: float | None = None) -> dict:
+    """What ``dlzoo info --json`` prints (docs/cli.md, docs/engineer.md); the MCP ``info`` tool
+    returns the same. Raises ZooError for an unknown arch, preset, precision or device, or a size
+    that does not apply."""
+    from dlzoo.agents.engineer.costs import cost_report
     from dlzoo.zoo.estimates import estimate
 
     config = get_config(check_arch(arch), preset)
@@ -132,7 +136,9 @@ def info_data(arch: str, preset: str = "tiny", seq_len: int | None = None, image
         if arch in ("bert", "gpt"):
             raise ZooError(f"--image-size applies to resnet; {arch} takes tokens (--seq-len)")
     est = estimate(arch, config, seq_len=seq_len, image_size=image_size)
-    return {"arch": arch, "preset": preset, "config": config.to_dict(), **est.as_dict()}
+    costs = cost_report(arch, config, batch_size=batch_size, precision=precision, device=device,
+                        utilisation=utilisation, checkpointing=checkpointing, seq_len=seq_len, image_size=image_size)
+    return {"arch": arch, "preset": preset, "config": config.to_dict(), **est.as_dict(), "costs": costs}
 
 
 @cli.command()
@@ -142,28 +148,53 @@ def info_data(arch: str, preset: str = "tiny", seq_len: int | None = None, image
               help="bert, gpt: tokens per example, at most the context length (default: the context length).")
 @click.option("--image-size", type=click.IntRange(min=1), default=None,
               help="resnet: input size in pixels (default 224); a vit preset fixes its own.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batch for the memory and time estimate.")
+@click.option("--precision", default="fp32", show_default=True, help="fp32, tf32, bf16 or fp16 (mixed).")
+@click.option("--checkpointing", is_flag=True, help="Activation checkpointing per residual block.")
+@click.option("--device", default=None, help="cpu (measured), a100, h100 or h200: largest batch and time per step.")
+@click.option("--utilisation", type=float, default=None, help="Model FLOPs utilisation (default per device, see docs).")
 @JSON_OPTION
-def info(arch: str, preset: str, seq_len: int | None, image_size: int | None, as_json: bool):
-    """Parameters, FLOPs per example and a memory estimate.
+def info(arch: str, preset: str, seq_len: int | None, image_size: int | None, batch_size: int, precision: str,
+         checkpointing: bool, device: str | None, utilisation: float | None, as_json: bool):
+    """Parameters, FLOPs, training memory and, with --device, largest batch and time per step.
 
-    ARCH is one of: bert, gpt, resnet, vit.
+    ARCH is one of: bert, gpt, resnet, vit. Estimates: docs/engineer.md.
     """
-    data = info_data(arch, preset, seq_len=seq_len, image_size=image_size)
+    data = info_data(arch, preset, seq_len=seq_len, image_size=image_size, batch_size=batch_size, precision=precision,
+                     checkpointing=checkpointing, device=device, utilisation=utilisation)
     if as_json:
         print_json(data)
         return
     from rich.table import Table
 
+    costs = data["costs"]
+    f, mem = costs["flops"], costs["memory"]
     table = Table(title=f"{arch} {preset}", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_row("parameters", f"{data['params']:,}")
-    table.add_row(f"forward FLOPs per example ({data['tokens_or_pixels']})", _human(data['flops_forward']))
-    table.add_row("training FLOPs per example (fwd + bwd)", _human(data['flops_train_step']))
-    table.add_row("weights (fp32)", _bytes(data['weights_bytes']))
-    table.add_row("training state (weights, grads, AdamW)", _bytes(data['training_state_bytes']))
-    table.add_row("activations per example (fp32, training)", _bytes(data['activation_bytes_per_example']))
-    _console().print(table)
+    table.add_row(f"forward FLOPs per example ({data['tokens_or_pixels']})", _human(f["forward"]))
+    table.add_row("training FLOPs per example (fwd + bwd)", _human(f["train"]))
+    if f["tokens"]:
+        table.add_row("training FLOPs per token", _human(f["train_per_token"]))
+    label = f"{precision}, batch {batch_size}" + (", checkpointing" if checkpointing else "")
+    table.add_row(f"weights + grads + AdamW ({precision})",
+                  _bytes(mem["weights_bytes"] + mem["weight_copy_bytes"] + mem["gradient_bytes"] + mem["optimizer_bytes"]))
+    table.add_row(f"activations ({label}, {mem['kernels']} kernels)", _bytes(mem["activation_bytes"]))
+    table.add_row(f"training memory ({label})", _bytes(mem["total_bytes"]))
+    dev = costs.get("device")
+    if dev:
+        if "max_batch_size" in dev:
+            table.add_row(f"largest batch on {dev['name']} (without / with checkpointing)",
+                          f"{dev['max_batch_size']} / {dev['max_batch_size_checkpointing']}")
+        step = dev["step_seconds"]
+        table.add_row(f"time per step at {dev['utilisation']:.0%} of peak",
+                      f"{step * 1e3:.3g} ms" if step < 1 else f"{step:.3g} s")
+    console = _console()
+    console.print(table)
+    if dev:
+        console.print(f"[dim]peak: {dev['basis']}; utilisation: {dev['utilisation_basis']}[/dim]", highlight=False)
 
 
 def convert_data(src: str, dst: str | Path, *, arch: str | None = None, preset: str | None = None,
@@ -289,9 +320,11 @@ def _print_verify(report: dict) -> None:
 
 def _register_commands() -> None:
     from dlzoo.agents.cli import register as register_master
+    from dlzoo.agents.engineer.cli import register as register_engineer
     from dlzoo.mcp_server import register as register_mcp
 
     register_master(cli)
+    register_engineer(cli)
     register_mcp(cli)
 
 

@@ -279,7 +279,9 @@ def _info(policy: Policy, args: dict) -> dict:
     from dlzoo.cli import info_data
 
     return info_data(args["arch"], args.get("preset", "tiny"), seq_len=args.get("seq_len"),
-                     image_size=args.get("image_size"))
+                     image_size=args.get("image_size"), batch_size=args.get("batch_size", 1),
+                     precision=args.get("precision", "fp32"), checkpointing=args.get("checkpointing", False),
+                     device=args.get("device"), utilisation=args.get("utilisation"))
 
 
 def _explain(policy: Policy, args: dict) -> dict | list:
@@ -386,14 +388,30 @@ def _new(policy: Policy, args: dict) -> Any:
                           annotate=args.get("annotate"), force=False, parent=str(folder))
 
 
-def _recommend(policy: Policy, args: dict) -> Any:
-    return _call_provider(TOOLS["recommend"], **args)
+def _recommend(policy: Policy, args: dict) -> dict:
+    from dlzoo.agents.engineer.cli import recommend_data
+
+    return recommend_data(args.get("arch"), tuple(args.get("needs", ())), task=args.get("task"),
+                          dataset_size=args.get("dataset_size"), input_size=args.get("input_size"),
+                          budget_hours=args.get("budget_hours"), device=args.get("device", "cpu"),
+                          num_classes=args.get("num_classes"), utilisation=args.get("utilisation"))
 
 
-def _migrate(policy: Policy, args: dict) -> Any:
+def _migrate(policy: Policy, args: dict) -> dict:
+    from dlzoo.agents.engineer.migrate import latest_checkpoint, migrate_project, read_provenance
+
     project = policy.read_path(args["project"], "project")
-    out = policy.write_path(args["out"], "out", empty_folder_ok=True) if "out" in args else None
-    return _call_provider(TOOLS["migrate"], project=str(project), to=args["to"], out=None if out is None else str(out))
+    provenance = read_provenance(project)  # refuses a folder dlzoo new did not write
+    out = args.get("out", str((project.parent / f"{project.name}_{args['to']}").relative_to(policy.root))
+                   if project != policy.root else "")
+    out = policy.write_path(out, "out", empty_folder_ok=True)
+    # migrate runs the model in both frameworks: the same size limit as verify
+    checkpoint = latest_checkpoint(project)
+    if checkpoint is not None and (checkpoint / "model.safetensors").is_file():
+        policy.check_params(_elements(checkpoint / "model.safetensors"), f"project {args['project']!r}")
+    elif provenance.get("options", {}).get("preset"):
+        policy.check_preset(provenance["arch"], provenance["options"]["preset"])
+    return migrate_project(project, args["to"], out=out)
 
 
 TOOLS: dict[str, Tool] = {t.name: t for t in [
@@ -402,7 +420,16 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
     Tool("info", "Parameters, FLOPs per example and a memory estimate for a preset (dlzoo info --json).",
          _schema({"arch": ARCH, "preset": {**PRESET, "default": "tiny"},
                   "seq_len": {"type": "integer", "minimum": 1, "description": "bert, gpt: tokens per example."},
-                  "image_size": {"type": "integer", "minimum": 1, "description": "resnet: input size in pixels."}},
+                  "image_size": {"type": "integer", "minimum": 1, "description": "resnet: input size in pixels."},
+                  "batch_size": {"type": "integer", "minimum": 1, "default": 1,
+                                 "description": "Batch for the memory and time estimate."},
+                  "precision": {"type": "string", "enum": ["fp32", "tf32", "bf16", "fp16"], "default": "fp32"},
+                  "checkpointing": {"type": "boolean", "default": False,
+                                    "description": "Activation checkpointing per residual block."},
+                  "device": {"type": "string", "description": "cpu (measured), a100, h100 or h200: largest batch, "
+                                                              "time per step."},
+                  "utilisation": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                                  "description": "Model FLOPs utilisation (default per device)."}},
                  ("arch",)), _info),
     Tool("explain", "A concept from the master agent's knowledge base (summary, explanation, math, practice, "
          "papers, the zoo lines that show it), or a paper behind the zoo with its equations mapped to zoo lines "
@@ -459,17 +486,26 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
                   "annotate": {"type": "string", "enum": ["none", "brief", "full"]},
                   "folder": {**PATH, "default": ".", "description": "Existing folder under the root to create it in."}},
                  ("name", "arch")), _new, writes=True, provider="dlzoo.scaffold.generate:new_project"),
-    Tool("recommend", "The engineer agent: frameworks ranked for the stated needs, with reasons, and a training "
-         "recipe (dlzoo recommend --json).",
-         _schema({"arch": ARCH, "needs": {"type": "array", "items": {"type": "string"}},
-                  "task": {"type": "string"}, "dataset_size": {"type": "integer", "minimum": 1},
-                  "input_size": {"type": "integer", "minimum": 1}, "budget_hours": {"type": "number", "exclusiveMinimum": 0},
-                  "device": {"type": "string"}}),
-         _recommend, provider="dlzoo.agents.engineer:recommend"),
-    Tool("migrate", "The engineer agent: the same generated project in another framework, with its weights "
-         "converted, written as a new folder under the root (dlzoo migrate --json).",
-         _schema({"project": PATH, "to": FRAMEWORK, "out": PATH}, ("project", "to")),
-         _migrate, writes=True, provider="dlzoo.agents.engineer:migrate"),
+    Tool("recommend", "The engineer agent: the five frameworks ranked for the stated needs, each reason tied to a "
+         "need or a dated, sourced fact; with task, dataset_size, input_size and budget_hours, the training design "
+         "too (architecture, preset, batch, optimizer, schedule, ...) (dlzoo recommend --json).",
+         _schema({"arch": ARCH,
+                  "needs": {"type": "array", "items": {"type": "string"}, "uniqueItems": True,
+                            "description": "Needs from the vocabulary, e.g. onnx-export, tpu, beginner-friendly."},
+                  "task": {"type": "string", "enum": ["image-classification", "text-classification", "language-modeling"]},
+                  "dataset_size": {"type": "integer", "minimum": 1, "description": "Labelled examples (LM: tokens)."},
+                  "input_size": {"type": "integer", "minimum": 1, "description": "Image side, or tokens per example."},
+                  "budget_hours": {"type": "number", "exclusiveMinimum": 0},
+                  "device": {"type": "string", "default": "cpu", "description": "cpu (measured), a100, h100 or h200."},
+                  "num_classes": {"type": "integer", "minimum": 1},
+                  "utilisation": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}}),
+         _recommend),
+    Tool("migrate", "The engineer agent: a generated project as the same project in another framework (same config, "
+         "the latest checkpoint's weights converted and checked), written as a new folder under the root "
+         "(dlzoo migrate --json).",
+         _schema({"project": PATH, "to": FRAMEWORK,
+                  "out": {**PATH, "description": "New folder (default: PROJECT_<framework> beside it)."}},
+                 ("project", "to")), _migrate, writes=True),
 ]}
 
 

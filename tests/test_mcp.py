@@ -26,9 +26,9 @@ from dlzoo.zoo import get_config, weights  # noqa: E402
 from dlzoo.zoo.handle import installed_frameworks  # noqa: E402
 from dlzoo.zoo.spec import canonical_spec  # noqa: E402
 
-BUILT_IN = {"list", "info", "explain", "ask", "annotate", "diagnose", "doctor", "verify", "convert"}
-OPTIONAL = {"new": "dlzoo.scaffold.generate:new_project", "recommend": "dlzoo.agents.engineer:recommend",
-            "migrate": "dlzoo.agents.engineer:migrate"}
+BUILT_IN = {"list", "info", "explain", "ask", "annotate", "diagnose", "doctor", "verify", "convert", "recommend",
+            "migrate"}
+OPTIONAL = {"new": "dlzoo.scaffold.generate:new_project"}
 HEAVY = ("torch", "jax", "flax", "keras", "tensorflow", "haiku", "equinox", "transformers")
 
 
@@ -103,6 +103,7 @@ def test_tools_listed_with_schemas(policy):
         assert schema["type"] == "object" and schema["additionalProperties"] is False and tool.description
         assert set(schema["required"]) <= set(schema["properties"])
     assert tools["info"].input_schema["properties"]["arch"]["enum"] == ["bert", "gpt", "resnet", "vit"]
+    assert tools["migrate"].annotations.read_only_hint is False
     assert tools["list"].annotations.read_only_hint and tools["convert"].annotations.destructive_hint is False
 
 
@@ -144,14 +145,16 @@ def test_the_server_keeps_serving_after_an_internal_error(policy, monkeypatch):
 # --------------------------------------------------------------------------- results equal the CLI's --json
 
 def test_list_info_explain_ask_equal_the_cli_json(policy):
-    results = calls(policy, ("list", {}), ("info", {"arch": "resnet", "preset": "50", "image_size": 160}),
+    results = calls(policy, ("list", {}), ("info", {"arch": "resnet", "preset": "50", "image_size": 160,
+                                                     "batch_size": 8, "precision": "bf16", "device": "h100"}),
                     ("explain", {"topic": "pre-ln"}), ("explain", {"list": True}), ("explain", {"paper": "list"}),
                     ("explain", {"paper": "transformer", "framework": "all"}),
                     ("ask", {"question": "why warm up the learning rate?", "top": 2}),
                     ("ask", {"question": "what is the capital of France?"}))
     data = [ok(r) for r in results]
     assert data[0] == cli_json("list")
-    assert data[1] == cli_json("info", "resnet", "-p", "50", "--image-size", "160")
+    assert data[1] == cli_json("info", "resnet", "-p", "50", "--image-size", "160", "--batch-size", "8",
+                               "--precision", "bf16", "--device", "h100")
     assert data[1]["params"] == 25_557_032
     assert data[2] == cli_json("explain", "pre-ln") and data[2]["zoo_lines"]
     assert data[3]["result"] == cli_json("explain", "--list")
@@ -342,9 +345,18 @@ def test_policy_rejects_a_missing_root_and_the_cli_says_so_in_one_line(tmp_path)
 
 # --------------------------------------------------------------------------- commands other branches add
 
-@pytest.mark.skipif(_present("new"), reason="dlzoo new is in this version; test_new_writes_a_project covers it")
-def test_a_missing_command_is_unlisted_and_a_clear_error(policy):
-    assert "new is not available in this version of dlzoo" in error(call(policy, "new", {"name": "p", "arch": "vit"}))
+def test_a_command_this_version_lacks_is_unlisted_and_a_clear_error(policy, monkeypatch):
+    absent = mcp_server.Tool("new", "x", mcp_server._schema({"name": {"type": "string"}}), mcp_server._new,
+                             provider="dlzoo.no_such_module:new_project")
+    monkeypatch.setitem(TOOLS, "new", absent)
+
+    async def go():
+        async with Client(build_server(policy)) as client:
+            return (await client.list_tools()).tools, await client.call_tool("new", {"name": "p"})
+
+    tools, result = anyio.run(go)
+    assert "new" not in {t.name for t in tools}
+    assert "new is not available in this version of dlzoo (dlzoo.no_such_module:new_project is missing)" in error(result)
 
 
 @pytest.mark.skipif(not _present("new"), reason=_absent_reason("new"))
@@ -361,26 +373,37 @@ def test_new_writes_a_project_under_the_root_only(policy):
     assert not (policy.root.parent / "escape").exists()
 
 
-@pytest.mark.skipif(not _present("recommend"), reason=_absent_reason("recommend"))
-def test_recommend_returns_the_engineer_agents_ranking(policy):
-    import importlib
+def test_recommend_equals_the_cli_json(policy):
+    ranked, designed, unknown, half = calls(
+        policy, ("recommend", {"needs": ["onnx-export", "beginner-friendly"]}),
+        ("recommend", {"task": "image-classification", "dataset_size": 1797, "input_size": 8, "budget_hours": 0.1,
+                       "device": "a100"}),
+        ("recommend", {"needs": ["no-such-need"]}), ("recommend", {"task": "image-classification"}))
+    data = ok(ranked)
+    assert data == cli_json("recommend", "--need", "onnx-export", "--need", "beginner-friendly")
+    assert data["training"] is None and data["frameworks"]["ranking"][0]["eligible"]
+    data = ok(designed)
+    assert data == cli_json("recommend", "--task", "image-classification", "--dataset-size", "1797", "--input-size", "8",
+                            "--budget-hours", "0.1", "--device", "a100")
+    assert data["training"]["arch"] in ("resnet", "vit")
+    assert "no-such-need" in error(unknown)
+    assert "--task needs --dataset-size, --input-size, --budget-hours" in error(half)
 
-    module, function = OPTIONAL["recommend"].split(":")
-    expected = getattr(importlib.import_module(module), function)(needs=["onnx-export"])
-    expected = expected.to_dict() if hasattr(expected, "to_dict") else expected
-    assert ok(call(policy, "recommend", {"needs": ["onnx-export"]})) == expected
-    error(call(policy, "recommend", {"needs": ["no-such-need"]}))
 
-
-@pytest.mark.skipif(not (_present("migrate") and _present("new")), reason=_absent_reason("migrate"))
-def test_migrate_writes_a_new_project_under_the_root_only(policy):
-    made, migrated, escaping = calls(
-        policy, ("new", {"name": "p", "arch": "vit", "framework": "torch"}),
-        ("migrate", {"project": "p", "to": "flax", "out": "p_flax"}),
-        ("migrate", {"project": "p", "to": "flax", "out": "../p_flax"}))
-    ok(made), ok(migrated)
-    assert (policy.root / "p_flax").is_dir()
-    assert "outside the server's root" in error(escaping)
+@pytest.mark.skipif(not _present("new"), reason=_absent_reason("new"))
+def test_migrate_writes_a_new_project_under_the_root_only(policy, tmp_path):
+    (policy.root / "plain").mkdir()
+    made, migrated, again, escaping, not_ours = calls(
+        policy, ("new", {"name": "p", "arch": "vit", "framework": "torch"}), ("migrate", {"project": "p", "to": "flax"}),
+        ("migrate", {"project": "p", "to": "flax"}), ("migrate", {"project": "p", "to": "haiku", "out": "../p_haiku"}),
+        ("migrate", {"project": "plain", "to": "flax"}))
+    ok(made)
+    data = ok(migrated)
+    assert data["from"] == "torch" and data["to"] == "flax" and Path(data["out"]) == policy.root / "p_flax"
+    assert (policy.root / "p_flax" / ".dlzoo.json").is_file()
+    assert "already exists" in error(again)
+    assert "outside the server's root" in error(escaping) and not (tmp_path / "p_haiku").exists()
+    error(not_ours)
 
 
 # --------------------------------------------------------------------------- resources
