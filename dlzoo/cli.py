@@ -321,10 +321,12 @@ def _print_verify(report: dict) -> None:
 def _register_commands() -> None:
     from dlzoo.agents.cli import register as register_master
     from dlzoo.agents.engineer.cli import register as register_engineer
+    from dlzoo.cli_bench import register as register_bench
     from dlzoo.mcp_server import register as register_mcp
 
     register_master(cli)
     register_engineer(cli)
+    register_bench(cli)
     register_mcp(cli)
 
 

@@ -393,7 +393,7 @@ def _recommend(policy: Policy, args: dict) -> dict:
 
     return recommend_data(args.get("arch"), tuple(args.get("needs", ())), task=args.get("task"),
                           dataset_size=args.get("dataset_size"), input_size=args.get("input_size"),
-                          budget_hours=args.get("budget_hours"), device=args.get("device", "cpu"),
+                          budget_hours=args.get("budget_hours"), device=args.get("device"),
                           num_classes=args.get("num_classes"), utilisation=args.get("utilisation"))
 
 
@@ -496,7 +496,7 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
                   "dataset_size": {"type": "integer", "minimum": 1, "description": "Labelled examples (LM: tokens)."},
                   "input_size": {"type": "integer", "minimum": 1, "description": "Image side, or tokens per example."},
                   "budget_hours": {"type": "number", "exclusiveMinimum": 0},
-                  "device": {"type": "string", "default": "cpu", "description": "cpu (measured), a100, h100 or h200."},
+                  "device": {"type": "string", "description": "With task: cpu (measured, the default), a100, h100 or h200."},
                   "num_classes": {"type": "integer", "minimum": 1},
                   "utilisation": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}}),
          _recommend),

@@ -27,7 +27,7 @@ STRATEGY_OPTIONS = ("dataset_size", "input_size", "budget_hours")
 
 
 def recommend_data(arch: str | None = None, needs=(), *, task: str | None = None, dataset_size: int | None = None,
-                   input_size: int | None = None, budget_hours: float | None = None, device: str = "cpu",
+                   input_size: int | None = None, budget_hours: float | None = None, device: str | None = None,
                    num_classes: int | None = None, utilisation: float | None = None) -> dict:
     """What ``dlzoo recommend --json`` prints (docs/engineer.md); the MCP ``recommend`` tool
     returns the same. Raises ZooError for an unknown need, or training options without --task."""
@@ -38,7 +38,8 @@ def recommend_data(arch: str | None = None, needs=(), *, task: str | None = None
     training = None
     if task is None:
         stray = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
-        stray += ["--num-classes"] if num_classes is not None else []
+        stray += [f"--{name}" for name, value in (("num-classes", num_classes), ("device", device),
+                                                   ("utilisation", utilisation)) if value is not None]
         if stray:
             raise ZooError(f"{', '.join(stray)} design a training run and need --task "
                            "(image-classification, text-classification or language-modeling)")
@@ -47,7 +48,7 @@ def recommend_data(arch: str | None = None, needs=(), *, task: str | None = None
         if missing:
             raise ZooError(f"--task needs {', '.join(missing)} as well")
         training = design_training(task, dataset_size=dataset_size, input_size=input_size, budget_hours=budget_hours,
-                                   device=device, arch=arch, num_classes=num_classes, utilisation=utilisation)
+                                   device=device or "cpu", arch=arch, num_classes=num_classes, utilisation=utilisation)
         arch = training["arch"]
     return {"frameworks": recommend_frameworks(arch, needs), "training": training}
 
@@ -60,7 +61,7 @@ def recommend_data(arch: str | None = None, needs=(), *, task: str | None = None
 @click.option("--dataset-size", type=int, default=None, help="Labelled examples (language modeling: tokens).")
 @click.option("--input-size", type=int, default=None, help="Image side in pixels, or tokens per example.")
 @click.option("--budget-hours", type=float, default=None, help="Training time budget on the device, in hours.")
-@click.option("--device", default="cpu", show_default=True, help="cpu (measured), a100, h100 or h200.")
+@click.option("--device", default=None, help="cpu (measured, the default), a100, h100 or h200.")
 @click.option("--num-classes", type=int, default=None, help="Classes, written into the model config.")
 @click.option("--utilisation", type=float, default=None,
               help="Model FLOPs utilisation for the time estimate (default: per device and arch, see docs).")

@@ -130,3 +130,41 @@ def adamw_step(arch: str, config, native: nnx.Module, inputs, cotangents, *, lr:
                     f32(lr), f32(betas[0]), f32(betas[1]), f32(eps), f32(weight_decay), flags=flags)
     nnx.update(native, params)
     return native
+
+
+def benchmark_step(arch: str, config, native: nnx.Module, inputs: dict[str, np.ndarray],
+                   cotangents: dict[str, np.ndarray], *, mode: str, seed: int = 0):
+    """A function that runs one step and returns once it is done (see the torch backend): NNX's
+    low-overhead path, the module split once and a plain ``jax.jit`` over its state, buffers
+    donated. The step's state lives in the closure; ``native`` is left as it was. A train step
+    returns the objective before its update."""
+    graphdef, params, rest = nnx.split(native, nnx.Param, ...)
+    inputs = {k: jnp.asarray(v) for k, v in inputs.items()}
+    cots = {k: jnp.asarray(v, jnp.float32) for k, v in cotangents.items()}
+    if mode == "forward":
+        forward = jax.jit(lambda params, rest: _call(nnx.merge(graphdef, params, rest), inputs, False,
+                                                     jax.random.key(0)))
+        return lambda: jax.block_until_ready(forward(params, rest))
+    optimizer = optax.adamw(1e-4)
+
+    @partial(jax.jit, donate_argnums=(0, 1, 2))
+    def train(params, rest, opt_state, key):
+        def loss(params):
+            model = nnx.merge(graphdef, params, rest, copy=True)
+            outputs = _call(model, inputs, True, key)
+            return sum(jnp.sum(outputs[k] * cots[k]) for k in cots), nnx.state(model, nnx.BatchStat)
+
+        (value, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        rest = nnx.merge_state(rest, batch_stats)
+        return optax.apply_updates(params, updates), rest, opt_state, value
+
+    # copies: the step donates its buffers, and these arrays still belong to the model
+    state = [*jax.tree.map(jnp.copy, (params, rest)), optimizer.init(params), 0]
+
+    def step():
+        params, rest, opt_state, i = state
+        *new, value = train(params, rest, opt_state, jax.random.fold_in(jax.random.key(seed), i))
+        state[:] = [*new, i + 1]
+        return jax.block_until_ready(value)
+    return step

@@ -133,3 +133,37 @@ def adamw_step(arch: str, config, native, inputs, cotangents, *, lr: float, beta
     params = _compiled(transformed, "adamw", False, flags)(params, state, jax.random.key(seed), inputs,
                                                            _cotangents(cotangents), *hyper)
     return transformed, params, state
+
+
+def benchmark_step(arch: str, config, native, inputs: dict[str, np.ndarray],
+                   cotangents: dict[str, np.ndarray], *, mode: str, seed: int = 0):
+    """A function that runs one step and returns once it is done (see the torch backend):
+    ``transformed.apply`` under ``jax.jit`` with optax.adamw, buffers donated. A train step
+    returns the objective before its update; ``native`` is left as it was."""
+    transformed, params, state = native
+    inputs = {k: jnp.asarray(v) for k, v in inputs.items()}
+    cots = {k: jnp.asarray(v, jnp.float32) for k, v in cotangents.items()}
+    if mode == "forward":
+        forward = jax.jit(lambda params, state: transformed.apply(params, state, None, **inputs, is_training=False))
+        return lambda: jax.block_until_ready(forward(params, state))
+    optimizer = optax.adamw(1e-4)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def train(params, state, opt_state, key):
+        def loss(params):
+            outputs, new_state = transformed.apply(params, state, key, **inputs, is_training=True)
+            return sum(jnp.sum(outputs[k] * cots[k]) for k in cots), new_state
+
+        (value, state), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), state, opt_state, value
+
+    # copies: the step donates its buffers, and these arrays still belong to the model
+    carry = [*jax.tree.map(jnp.copy, (params, state)), optimizer.init(params), 0]
+
+    def step():
+        params, state, opt_state, i = carry
+        *new, value = train(params, state, opt_state, jax.random.fold_in(jax.random.key(seed), i))
+        carry[:] = [*new, i + 1]
+        return jax.block_until_ready(value)
+    return step

@@ -18,6 +18,7 @@ autograd, tf.GradientTape), and that backend-specific code lives here and nowher
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 from ..frameworks import choose_keras_backend
@@ -205,11 +206,106 @@ def adamw_step(arch: str, config, native: keras.Model, inputs: dict[str, np.ndar
     two identical at step t, here t = 1.
     """
     # theory: adamw
+    def make_optimizer(learning_rate):
+        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay, beta_1=betas[0],
+                                      beta_2=betas[1], epsilon=eps * (1.0 - betas[1]) ** 0.5)
+
+    if keras.backend.backend() == "jax":
+        # Eagerly, keras' optimizer runs op by op (and compiles each op on first use); one jitted
+        # stateless step per (model, betas, eps, weight decay) with the learning rate as data
+        # compiles once, whatever schedule the caller follows.
+        key = ("adamw", tuple(betas), eps, weight_decay)
+        cache = _JAX_CACHE.setdefault(native, {})
+        if key not in cache:
+            cache[key] = _jax_adamw(arch, native, make_optimizer(1.0))
+        step, fresh, lr_index = cache[key]
+        opt_vars = list(fresh)
+        opt_vars[lr_index] = np.float32(lr)
+        cots = {k: np.asarray(c, np.float32) for k, c in cotangents.items()}
+        params = step(_values(native.trainable_variables), _values(native.non_trainable_variables), opt_vars,
+                      inputs, cots)
+        for v, value in zip(native.trainable_variables, params):
+            v.assign(value)
+        return native
     grads = _gradients(arch, native, inputs, cotangents, train=False)
-    optimizer = keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay, beta_1=betas[0],
-                                       beta_2=betas[1], epsilon=eps * (1.0 - betas[1]) ** 0.5)
-    optimizer.apply_gradients(zip(grads, native.trainable_variables))
+    make_optimizer(lr).apply_gradients(zip(grads, native.trainable_variables))
     return native
+
+
+def _jax_adamw(arch: str, native: keras.Model, optimizer):
+    """A jitted AdamW step from a fresh optimizer state: (step, fresh state, index of the lr)."""
+    import jax
+
+    optimizer.build(native.trainable_variables)
+    fresh = [np.array(ops.convert_to_numpy(v.value)) for v in optimizer.variables]
+    lr_index = next(i for i, v in enumerate(optimizer.variables) if v.path.endswith("learning_rate"))
+    grad = _jax_function(arch, native, "grad", False)
+
+    def step(params, state, opt_vars, inputs, cotangents):
+        grads = grad(params, state, inputs, cotangents)
+        params, _ = optimizer.stateless_apply(opt_vars, grads, params)
+        return params
+
+    return jax.jit(step), fresh, lr_index
+
+
+def benchmark_step(arch: str, config, native: keras.Model, inputs: dict[str, np.ndarray],
+                   cotangents: dict[str, np.ndarray], *, mode: str, seed: int = 0, fit: bool = False):
+    """A function that runs one step and returns once it is done (see the torch backend). On the
+    jax backend: a jitted stateless step (``stateless_call`` + ``optimizer.stateless_apply``),
+    keras' low-overhead path. With ``fit=True``, or on another backend: keras' own compiled
+    ``train_on_batch`` / ``predict_on_batch``, the path ``model.fit`` takes. A train step returns
+    the objective before its update (``train_on_batch``: keras' reported loss)."""
+    if mode == "forward":
+        if keras.backend.backend() == "jax" and not fit:
+            forward = _jax_function(arch, native, "apply", False)
+            params, state = _values(native.trainable_variables), _values(native.non_trainable_variables)
+            return lambda: _block(forward(params, state, inputs))
+        return lambda: _block(native.predict_on_batch(inputs))
+    optimizer = keras.optimizers.AdamW(learning_rate=1e-4)
+    _reseed(native, seed)
+    if keras.backend.backend() != "jax" or fit:
+        names = list(native(inputs, training=False))
+        native.compile(optimizer=optimizer, loss={k: _dot_loss for k in names if k in cotangents},
+                       jit_compile="auto")
+        targets = {k: np.asarray(v, np.float32) for k, v in cotangents.items()}
+        return lambda: _block(native.train_on_batch(inputs, targets))
+    import jax
+
+    optimizer.build(native.trainable_variables)
+    cots = {k: np.asarray(v, np.float32) for k, v in cotangents.items()}
+
+    def loss(params, state):
+        outputs, state = native.stateless_call(params, state, inputs, training=True)
+        return _objective(outputs, cots, arch), state
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def train(params, state, opt_vars):
+        (value, state), grads = jax.value_and_grad(loss, has_aux=True)(params, state)
+        params, opt_vars = optimizer.stateless_apply(opt_vars, grads, params)
+        return params, state, opt_vars, value
+
+    carry = [[jax.numpy.copy(v.value) for v in variables]
+             for variables in (native.trainable_variables, native.non_trainable_variables, optimizer.variables)]
+
+    def step():
+        *carry[:], value = train(*carry)
+        return _block(value)
+    return step
+
+
+def _dot_loss(y_true, y_pred):
+    """sum(outputs * cotangents) as a keras loss (y_true carries the cotangents)."""
+    return ops.sum(y_true * y_pred)
+
+
+def _block(tree):
+    """Wait for asynchronously dispatched results (jax) by reading them back."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        jax.block_until_ready(tree)
+    return tree
 
 
 __all__ = ["MODELS", "adamw_step", "apply", "block_outputs", "build", "load_state_dict", "state_dict", "vjp"]
