@@ -11,10 +11,10 @@ Rules (:class:`Policy`, fixed when the server starts):
 
 - Every path a tool reads or writes is taken relative to the root folder (default: the current
   directory) and must resolve inside it, symlinks followed; anything else is refused.
-- Tools that write (``new``, ``convert``, ``annotate`` with ``theory_md``, ``diagnose`` with
-  ``plot``) never replace an existing file or a non-empty folder, and write into existing folders
-  only.
-- Tools that load or run a model (``verify``, ``doctor``, ``convert``, ``new`` with weights)
+- Tools that write (``new``, ``migrate``, ``convert``, ``annotate`` with ``theory_md``,
+  ``diagnose`` with ``plot``) never replace an existing file or a non-empty folder, and write
+  into existing folders only.
+- Tools that load or run a model (``verify``, ``doctor``, ``convert``, ``migrate``, ``new`` with weights)
   refuse models above ``max_params`` parameters, counted from the preset or from the weight
   files' headers before anything is loaded.
 - Weights are read from safetensors only: a PyTorch pickle checkpoint is refused (no tool
@@ -727,7 +727,7 @@ def _host_port(text: str) -> tuple[str, int]:
 @click.option("--root", default=".", show_default=True, type=click.Path(path_type=Path),
               help="The only folder tools read and write in (paths outside it are refused).")
 @click.option("--max-params", type=click.IntRange(min=1), default=DEFAULT_MAX_PARAMS, show_default=True,
-              help="Largest model (parameters) that verify, doctor, convert and new will load.")
+              help="Largest model (parameters) that verify, doctor, convert, migrate and new will load.")
 @click.option("--allow-hub", is_flag=True, help="Let tools download hub ids (into the Hugging Face cache).")
 @click.option("--http", default=None, metavar="[HOST:]PORT",
               help="Serve streamable HTTP on a loopback address instead of stdio.")
