@@ -199,6 +199,14 @@ CASES = {
         (["doctor", "gpt", "--arch", "bert", "-f", "torch"], "ARCH 'gpt' and --arch 'bert' differ"),
         (["doctor", "--arch", "gtp", "--framework", "torch"], "unknown architecture 'gtp'"),
     ],
+    "mcp": [
+        (["mcp", "--root", "missing_dir"], "--root missing_dir: not an existing folder"),
+        (["mcp", "--root", "afile"], "--root afile: not an existing folder"),
+        (["mcp", "--max-params", "0"], "'--max-params': 0 is not in the range x>=1"),
+        (["mcp", "--http", "0.0.0.0:8765"], "the server listens on loopback only"),
+        (["mcp", "--http", "port"], "expected [HOST:]PORT"),
+        (["mcp", "--http", "127.0.0.1:70000"], "expected [HOST:]PORT"),
+    ],
 }
 # Not bad input but "ran and found nothing": exit 1 (docs/cli.md).
 EXIT_1 = {("annotate", "plain.py"), ("annotate", "plain.py", "--theory-md", "T.md")}
