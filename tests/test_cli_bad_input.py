@@ -254,7 +254,7 @@ def test_missing_keras_backend_fails_at_once_naming_the_extra(tmp_path, args):
 
 def test_missing_framework_names_its_extra(tmp_path):
     result = _without("equinox", tmp_path, "verify", "gpt", "-f", "equinox")
-    assert result.returncode == 2 and result.stderr.startswith("error: not installed: equinox")
+    assert result.returncode == 2 and result.stderr.startswith("error: framework 'equinox' needs equinox, which is not installed")
     result = _without("equinox", tmp_path, "doctor", "gpt", "-f", "equinox")
     assert result.returncode == 2
     assert result.stderr.strip() == ("error: framework 'equinox' needs equinox, which is not installed; "

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import dlzoo
-from dlzoo.zoo import ZooError, get_config, hub, weights
+from dlzoo.zoo import get_config, hub, weights
 from dlzoo.zoo.frameworks import EXTRAS, FRAMEWORKS, installed_frameworks
 
 INSTALLED = installed_frameworks()
