@@ -63,7 +63,7 @@ def transformers_model_from_folder(arch: str, config, folder) -> object:
 
 
 def _bert_class(config) -> str:
-    if config.num_labels:
+    if config.num_classes:
         return "BertForSequenceClassification"
     if config.mlm_head:
         # BertForPreTraining holds both the pooler and the MLM head; its next-sentence head is

@@ -72,8 +72,8 @@ def _bert_spec(c: BertConfig) -> dict[str, TensorSpec]:
         if not c.tie_word_embeddings:
             _dense(spec, "mlm.decoder", d, c.vocab_size, bias=False)
         spec["mlm.bias"] = TensorSpec((c.vocab_size,))
-    if c.num_labels:
-        _dense(spec, "classifier", d, c.num_labels)
+    if c.num_classes:
+        _dense(spec, "classifier", d, c.num_classes)
     return spec
 
 

@@ -23,6 +23,7 @@ import optax
 
 from ..configs import ZooError
 from . import bert, gpt, resnet, vit
+from .canonical import _to_canonical, load_state_dict, state_dict
 from .layers import canonical_name
 
 MODELS = {"bert": bert.transform, "gpt": gpt.transform, "resnet": resnet.transform, "vit": vit.transform}
@@ -44,10 +45,17 @@ def _example_inputs(arch: str, config) -> dict[str, np.ndarray]:
     return {"pixel_values": np.zeros((1, size, size, config.num_channels), np.float32)}
 
 
+def _split_flags(inputs: dict) -> tuple[dict, tuple]:
+    """(arrays, options): Python bools such as ``interpolate_pos_encoding`` are baked into the
+    compiled function (one compilation per value), never traced."""
+    return ({k: v for k, v in inputs.items() if not isinstance(v, bool)},
+            tuple(sorted((k, v) for k, v in inputs.items() if isinstance(v, bool))))
+
+
 @functools.lru_cache(maxsize=None)
-def _compiled(transformed: hk.TransformedWithState, kind: str, train: bool = False):
+def _compiled(transformed: hk.TransformedWithState, kind: str, train: bool = False, flags: tuple = ()):
     def forward(params, state, rng, inputs):
-        return transformed.apply(params, state, rng, **inputs, is_training=train)
+        return transformed.apply(params, state, rng, **inputs, **dict(flags), is_training=train)
 
     def objective(params, state, rng, inputs, cotangents):
         outputs, _ = forward(params, state, rng, inputs)
@@ -68,36 +76,17 @@ def _compiled(transformed: hk.TransformedWithState, kind: str, train: bool = Fal
     return jax.jit(functions[kind])
 
 
-def _to_canonical(tree) -> dict[str, np.ndarray]:
-    return {canonical_name(module, leaf): np.array(value, dtype=np.float32)
-            for module, leaves in tree.items() for leaf, value in leaves.items()}
-
-
-def _from_canonical(tree, tensors: dict[str, np.ndarray]):
-    return {module: {leaf: jnp.asarray(tensors[canonical_name(module, leaf)]) for leaf in leaves}
-            for module, leaves in tree.items()}
-
-
 def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32"):
     transformed = _transform(arch, config, compute_dtype)
     params, state = _compiled(transformed, "init")(jax.random.key(seed), _example_inputs(arch, config))
     return transformed, params, state
 
 
-def state_dict(arch: str, config, native) -> dict[str, np.ndarray]:
-    _, params, state = native
-    return {**_to_canonical(params), **_to_canonical(state)}
-
-
-def load_state_dict(arch: str, config, native, tensors: dict[str, np.ndarray]):
-    transformed, params, state = native
-    return transformed, _from_canonical(params, tensors), _from_canonical(state, tensors)
-
-
 def apply(arch: str, config, native, inputs: dict[str, np.ndarray], *, train: bool = False, seed: int = 0):
     """Outputs as numpy; in training the returned native carries the updated batch-norm state."""
     transformed, params, state = native
-    outputs, new_state = _compiled(transformed, "apply", train)(params, state, jax.random.key(seed), inputs)
+    inputs, flags = _split_flags(inputs)
+    outputs, new_state = _compiled(transformed, "apply", train, flags)(params, state, jax.random.key(seed), inputs)
     return {k: np.asarray(v) for k, v in outputs.items()}, (transformed, params, new_state)
 
 
@@ -128,8 +117,9 @@ def vjp(arch: str, config, native, inputs, cotangents, *, train: bool = False, s
     """Gradients of sum_k sum(outputs[k] * cotangents[k]) w.r.t. the parameters (batch-norm
     running statistics are state, not parameters, so they have none)."""
     transformed, params, state = native
-    grads = _compiled(transformed, "grad", train)(params, state, jax.random.key(seed), inputs,
-                                                  _cotangents(cotangents))
+    inputs, flags = _split_flags(inputs)
+    grads = _compiled(transformed, "grad", train, flags)(params, state, jax.random.key(seed), inputs,
+                                                         _cotangents(cotangents))
     return _to_canonical(grads)
 
 
@@ -139,8 +129,9 @@ def adamw_step(arch: str, config, native, inputs, cotangents, *, lr: float, beta
     batch-norm statistics), so the step is deterministic and comparable across frameworks."""
     transformed, params, state = native
     hyper = (np.float32(x) for x in (lr, betas[0], betas[1], eps, weight_decay))
-    params = _compiled(transformed, "adamw")(params, state, jax.random.key(seed), inputs,
-                                             _cotangents(cotangents), *hyper)
+    inputs, flags = _split_flags(inputs)
+    params = _compiled(transformed, "adamw", False, flags)(params, state, jax.random.key(seed), inputs,
+                                                           _cotangents(cotangents), *hyper)
     return transformed, params, state
 
 
@@ -152,3 +143,37 @@ def generate(arch: str, config, native, input_ids: np.ndarray, attention_mask: n
     out = gpt.generate(config, transformed, params, state, input_ids, attention_mask, max_new_tokens=max_new_tokens,
                        temperature=temperature, top_k=top_k, top_p=top_p, key=jax.random.key(seed))
     return np.asarray(out, dtype=np.int32)
+
+
+def benchmark_step(arch: str, config, native, inputs: dict[str, np.ndarray],
+                   cotangents: dict[str, np.ndarray], *, mode: str, seed: int = 0):
+    """A function that runs one step and returns once it is done (see the torch backend):
+    ``transformed.apply`` under ``jax.jit`` with optax.adamw, buffers donated. A train step
+    returns the objective before its update; ``native`` is left as it was."""
+    transformed, params, state = native
+    inputs = {k: jnp.asarray(v) for k, v in inputs.items()}
+    cots = {k: jnp.asarray(v, jnp.float32) for k, v in cotangents.items()}
+    if mode == "forward":
+        forward = jax.jit(lambda params, state: transformed.apply(params, state, None, **inputs, is_training=False))
+        return lambda: jax.block_until_ready(forward(params, state))
+    optimizer = optax.adamw(1e-4)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def train(params, state, opt_state, key):
+        def loss(params):
+            outputs, new_state = transformed.apply(params, state, key, **inputs, is_training=True)
+            return sum(jnp.sum(outputs[k] * cots[k]) for k in cots), new_state
+
+        (value, state), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), state, opt_state, value
+
+    # copies: the step donates its buffers, and these arrays still belong to the model
+    carry = [*jax.tree.map(jnp.copy, (params, state)), optimizer.init(params), 0]
+
+    def step():
+        params, state, opt_state, i = carry
+        *new, value = train(params, state, opt_state, jax.random.fold_in(jax.random.key(seed), i))
+        carry[:] = [*new, i + 1]
+        return jax.block_until_ready(value)
+    return step

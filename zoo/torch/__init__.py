@@ -1,24 +1,20 @@
 """PyTorch backend: the reference implementation every other framework is compared against.
 
-The seven functions below are the backend contract of ``dlzoo.zoo.handle``. Models are plain
-``nn.Module`` s whose module names are the canonical names, so the canonical mapping is decided
-by module type alone: nn.Linear weight [out, in] -> ``kernel`` [in, out]; nn.Conv2d weight OIHW
--> ``kernel`` HWIO; nn.LayerNorm weight -> ``scale``; nn.BatchNorm2d weight, bias, running_mean,
-running_var -> ``scale``, ``bias``, ``mean``, ``var``; nn.Embedding weight -> ``embedding``; any
-other parameter (``cls_token``, ``pos_embed``, ``mlm.bias``) keeps its name.
+The seven functions below are the backend contract of ``dlzoo.zoo.handle``; the mapping between
+models and canonical tensors (``state_dict``, ``load_state_dict``) lives in ``canonical.py``,
+which generated projects copy beside their model.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 from torch import nn
 
 from ..configs import ZooError
 from .bert import BERT
+from .canonical import _leaves, _to_canonical, load_state_dict, state_dict
 from .gpt import GPT
 from .resnet import ResNet
 from .vit import ViT
@@ -41,74 +37,14 @@ def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32") -
     return model.eval()
 
 
-# --------------------------------------------------------------------------- canonical mapping
-
-def _leaves(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, str]]:
-    """(canonical name, tensor, layout) of every canonical tensor; layout is "linear", "conv"
-    or "same". Tied weights (the GPT and MLM decoders) are no modules, so they appear once."""
-    for prefix, module in model.named_modules():
-        p = f"{prefix}." if prefix else ""
-        if isinstance(module, nn.Linear):
-            yield f"{p}kernel", module.weight, "linear"
-            if module.bias is not None:
-                yield f"{p}bias", module.bias, "same"
-        elif isinstance(module, nn.Conv2d):
-            yield f"{p}kernel", module.weight, "conv"
-            if module.bias is not None:
-                yield f"{p}bias", module.bias, "same"
-        elif isinstance(module, nn.LayerNorm):
-            yield f"{p}scale", module.weight, "same"
-            yield f"{p}bias", module.bias, "same"
-        elif isinstance(module, nn.BatchNorm2d):
-            yield f"{p}scale", module.weight, "same"
-            yield f"{p}bias", module.bias, "same"
-            yield f"{p}mean", module.running_mean, "same"
-            yield f"{p}var", module.running_var, "same"
-        elif isinstance(module, nn.Embedding):
-            yield f"{p}embedding", module.weight, "same"
-        else:
-            for name, param in module.named_parameters(recurse=False):
-                yield f"{p}{name}", param, "same"
-
-
-def _to_canonical(tensor: torch.Tensor, layout: str) -> np.ndarray:
-    t = tensor.detach().to("cpu", torch.float32)
-    if layout == "linear":
-        t = t.T                      # [out, in] -> [in, out]
-    elif layout == "conv":
-        t = t.permute(2, 3, 1, 0)    # OIHW -> HWIO
-    return np.array(t.numpy(), dtype=np.float32, order="C")  # a copy, never a view of the model
-
-
-def _from_canonical(array: np.ndarray, layout: str) -> torch.Tensor:
-    if layout == "linear":
-        array = array.T
-    elif layout == "conv":
-        array = array.transpose(3, 2, 0, 1)  # HWIO -> OIHW
-    return torch.from_numpy(np.ascontiguousarray(array))
-
-
-def state_dict(arch: str, config, native: nn.Module) -> dict[str, np.ndarray]:
-    return {name: _to_canonical(t, layout) for name, t, layout in _leaves(native)}
-
-
-@torch.no_grad()
-def load_state_dict(arch: str, config, native: nn.Module, tensors: dict[str, np.ndarray]) -> nn.Module:
-    leaves = {name: (t, layout) for name, t, layout in _leaves(native)}
-    if set(leaves) != set(tensors):
-        raise ZooError(f"the torch {arch} model does not match its config: missing "
-                       f"{sorted(set(tensors) - set(leaves))[:8]}, extra {sorted(set(leaves) - set(tensors))[:8]}; "
-                       "build it with dlzoo.zoo.load(arch, 'torch', config)")
-    for name, (t, layout) in leaves.items():
-        t.copy_(_from_canonical(tensors[name], layout))
-    return native
-
-
 # --------------------------------------------------------------------------- running the model
 
 def _torch_inputs(arch: str, inputs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in inputs.items():
+        if isinstance(value, bool):  # an option such as interpolate_pos_encoding
+            out[key] = value
+            continue
         t = torch.from_numpy(np.asarray(value))
         if key == "pixel_values":
             t = t.float().permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW, torch's layout
@@ -194,7 +130,10 @@ def adamw_step(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarra
                weight_decay: float, seed: int = 0) -> nn.Module:
     """One torch.optim.AdamW step (fresh state) on the vjp objective, in eval mode."""
     # theory: adamw
-    optimizer = torch.optim.AdamW(native.parameters(), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    # fused: one kernel over all parameters instead of a Python loop of small ops (the loop
+    # dominates a tiny model's step; the math is the same).
+    optimizer = torch.optim.AdamW(native.parameters(), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                  fused=True)
     optimizer.zero_grad(set_to_none=True)
     with _mode(native, train=False, seed=seed) as device:
         loss = _objective(native, arch, inputs, cotangents, device)
@@ -216,5 +155,36 @@ def generate(arch: str, config, native: nn.Module, input_ids: np.ndarray, attent
     return out.cpu().numpy().astype(np.int32)
 
 
-__all__ = ["MODELS", "adamw_step", "apply", "block_outputs", "build", "generate", "load_state_dict",
+__all__ = ["MODELS", "adamw_step", "apply", "benchmark_step", "block_outputs", "build", "generate", "load_state_dict",
            "state_dict", "vjp"]
+
+
+def benchmark_step(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarray],
+                   cotangents: dict[str, np.ndarray], *, mode: str, seed: int = 0):
+    """A function that runs one step and returns once it is done: ``mode="forward"`` an
+    inference forward pass; ``"train"`` forward + backward + a fused torch.optim.AdamW update
+    (lr 1e-4) in train mode (dropout on, batch statistics) on the objective
+    ``sum(outputs * cotangents)``, returning the objective before the update (a 0-d value). The
+    module's weights change with every train step. Used by ``dlzoo bench``."""
+    device = next(native.parameters()).device
+    tensors = _torch_inputs(arch, inputs, device)
+    cots = {k: torch.as_tensor(np.asarray(v, np.float32), device=device) for k, v in cotangents.items()}
+    torch.manual_seed(seed)
+    if mode == "forward":
+        native.eval()
+
+        @torch.no_grad()
+        def step():
+            native(**tensors)
+        return step
+    native.train()
+    optimizer = torch.optim.AdamW(native.parameters(), lr=1e-4, fused=True)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        outputs = native(**tensors)
+        loss = sum((outputs[k] * c).sum() for k, c in cots.items())
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+    return step
