@@ -3,7 +3,8 @@
     python benchmarks/verify_stability.py [--preset 124M] [--runs 3] [--out DIR]
     python benchmarks/verify_stability.py --noise 124M medium [--frameworks torch flax]
 
-Writes GPT weights of the preset (dlzoo torch init, seed 0) once in the published layout, then
+Writes GPT weights of the preset (verify's random weights, ``weights.random_tensors``, seed 0)
+once in the published layout, then
 runs transformers' GPT2LMHeadModel on verify's sample inputs in FRESH processes (each verify run
 is one), under every combination of attention path (sdpa, eager) and torch thread count (1, 2,
 and the default), several times each. It reports, for each setting, the spread across runs, and
@@ -54,14 +55,14 @@ def child(folder: Path, attn: str, threads: str, dtype: str, out: Path) -> dict:
 def noise(presets: list[str], frameworks: list[str]) -> None:
     import gc
 
-    from dlzoo.zoo import load
+    from dlzoo.zoo import load, weights
     from dlzoo.zoo.configs import get_config
     from dlzoo.zoo.reference import sample_inputs, transformers_model, transformers_outputs
 
     print(f"{'preset':8} {'params':>12} {'scale':>8}  {'implementation':22} {'max abs vs fp64':>16} {'relative':>9}")
     for preset in presets:
         config = get_config("gpt", preset)
-        tensors = load("gpt", "torch", config=config, seed=0).state_dict()
+        tensors = weights.random_tensors("gpt", config, 0)  # what verify draws
         inputs = sample_inputs("gpt", config, seed=0)
         model = transformers_model("gpt", config, tensors)
         fp32 = transformers_outputs("gpt", model, inputs)["logits"].astype(np.float64)
@@ -94,14 +95,14 @@ def main() -> None:
     if args.noise:
         return noise(args.noise, args.frameworks)
 
-    from dlzoo.zoo import hub, load
+    from dlzoo.zoo import hub, load, weights
     from dlzoo.zoo.configs import get_config
     from dlzoo.zoo.reference import sample_inputs
 
     work = Path(args.out or tempfile.mkdtemp(prefix="verify-stability-"))
     folder = work / "model"
     config = get_config("gpt", args.preset)
-    handle = load("gpt", "torch", config=config, seed=0)
+    handle = load("gpt", "torch", config=config, weights=weights.random_tensors("gpt", config, 0))
     inputs = sample_inputs("gpt", config, seed=0)["input_ids"]
     if not folder.exists():
         hub.export("gpt", config, handle.state_dict(), folder)
