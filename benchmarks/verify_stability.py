@@ -100,6 +100,7 @@ def main() -> None:
     from dlzoo.zoo.reference import sample_inputs
 
     work = Path(args.out or tempfile.mkdtemp(prefix="verify-stability-"))
+    work.mkdir(parents=True, exist_ok=True)
     folder = work / "model"
     config = get_config("gpt", args.preset)
     handle = load("gpt", "torch", config=config, weights=weights.random_tensors("gpt", config, 0))
