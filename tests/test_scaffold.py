@@ -206,11 +206,12 @@ def test_non_empty_folder_is_refused_and_force_keeps_user_files(tmp_path):
     assert (target / "README.md.dlzoo-new").read_text().startswith("# proj")
     # Again with --force: our unchanged files are replaced, an edited one is kept.
     (target / "proj" / "train.py").write_text("# my edits\n")
-    before = (target / "proj" / "data.py").stat().st_mtime_ns
+    (target / "proj" / "data.py").unlink()
     result = g.new_project("proj", arch="resnet", framework="torch", parent=tmp_path, force=True)
     assert set(result["kept"]) == {"README.md", "proj/train.py"}
     assert (target / "proj" / "train.py").read_text() == "# my edits\n"
-    assert (target / "proj" / "data.py").stat().st_mtime_ns >= before
+    assert (target / "proj" / "train.py.dlzoo-new").read_text().startswith('"""Train')
+    assert (target / "proj" / "data.py").is_file() and not (target / "proj" / "config.py.dlzoo-new").exists()
     assert not [p for p in tmp_path.iterdir() if p.name != "proj"], "no temporary folder left behind"
 
 
