@@ -16,6 +16,17 @@ nox.options.sessions = ["ci"]
 nox.options.reuse_existing_virtualenvs = True
 
 KERAS_BACKENDS = {"jax": ["jax"], "torch": ["torch"], "tensorflow": ["tensorflow-cpu"]}
+# torchvision and timm, the references for torchvision/timm-named checkpoints. PyPI's torchvision
+# links CUDA torch, so beside the CPU build its C ops cannot load and importing it fails; and
+# transformers imports torchvision whenever it can. So they go outside site-packages, found by
+# conformance/vision_refs.py through DLZOO_VISION_REFS (0.28.0 is the torchvision of torch 2.13).
+VISION_REFS = ["torchvision==0.28.0", "timm==1.0.31"]
+
+
+def _vision_refs(session) -> dict:
+    target = f"{session.virtualenv.location}/vision-refs"
+    session.run("python", "-m", "pip", "install", "--quiet", "--no-deps", "--target", target, *VISION_REFS)
+    return {"DLZOO_VISION_REFS": target}
 PYTEST = ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2"]
 
 
@@ -52,19 +63,21 @@ def keras(session, backend):
 @nox.session
 def conformance(session):
     session.install("-e", ".[all,test,reference]", "tensorflow-cpu")
-    _pytest(session, "conformance", "-k", "not keras", env={"KERAS_BACKEND": "jax"})
+    refs = _vision_refs(session)
+    _pytest(session, "conformance", "-k", "not keras", env={"KERAS_BACKEND": "jax", **refs})
     for backend in KERAS_BACKENDS:
-        _pytest(session, "conformance", "-k", "keras", env={"KERAS_BACKEND": backend})
+        _pytest(session, "conformance", "-k", "keras", env={"KERAS_BACKEND": backend, **refs})
 
 
 @nox.session
 def ci(session):
     """Every test in one environment: the suite, then every Keras test and conformance case per backend."""
     session.install("-e", ".[all,test,reference]", "tensorflow-cpu", "scikit-learn")
-    _pytest(session, "tests", "conformance", "-k", "not keras", env={"KERAS_BACKEND": "jax"})
+    refs = _vision_refs(session)
+    _pytest(session, "tests", "conformance", "-k", "not keras", env={"KERAS_BACKEND": "jax", **refs})
     for backend in KERAS_BACKENDS:
         # every test with keras in its id: test_keras.py, and the keras cases of the shared tests
-        _pytest(session, "tests", "conformance", "-k", "keras", env={"KERAS_BACKEND": backend})
+        _pytest(session, "tests", "conformance", "-k", "keras", env={"KERAS_BACKEND": backend, **refs})
 
 
 @nox.session

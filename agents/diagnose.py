@@ -674,9 +674,17 @@ def to_json(findings: list[Finding]) -> dict[str, Any]:
     return {"findings": [f.to_dict() for f in findings]}
 
 
-def plot(run: Run, findings: list[Finding], path: str | os.PathLike) -> str:
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def plot(run: Run, findings: list[Finding], path: str | os.PathLike, *, overwrite: bool = False) -> str:
     """Loss (and validation loss), learning rate and gradient norm over steps, with each finding
-    shaded over its step range and labelled with its kind. Writes a PNG; returns its path."""
+    shaded over its step range and labelled with its kind. Writes a .png, .svg or .pdf (by the
+    suffix) with the write policy of ``dlzoo.zoo.files`` (existing folder, no overwrite unless
+    ``overwrite=True``, atomic); returns its path. Raises PathError / OutputExistsError."""
+    from ..zoo.files import check_output_file, write_atomic
+
+    check_output_file(path, overwrite=overwrite, suffixes=PLOT_SUFFIXES, what="plot")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -707,7 +715,9 @@ def plot(run: Run, findings: list[Finding], path: str | os.PathLike) -> str:
     axes[-1, 0].set_xlabel("step")
     axes[0, 0].set_title(f"{len(findings)} finding(s)" if findings else "no findings")
     fig.tight_layout()
-    path = os.fspath(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        written = write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100), overwrite=overwrite,
+                               suffixes=PLOT_SUFFIXES, what="plot")
+    finally:
+        plt.close(fig)
+    return os.fspath(written)

@@ -51,7 +51,7 @@ def test_gpt_aliases(alias, preset):
     (lambda: ResNetConfig(depths=(1, 2), widths=(8,)), "equal length"),
     (lambda: ResNetConfig(bn_momentum=0.99 + 0.02), "torch convention"),
     (lambda: GPTConfig(dropout=1.5), "in [0, 1)"),
-    (lambda: BertConfig(num_labels=3, pooler=False), "needs the pooler"),
+    (lambda: BertConfig(num_classes=3, pooler=False), "needs the pooler"),
 ])
 def test_invalid_configs_fail_with_a_clear_message(make, fragment):
     with pytest.raises(ConfigError, match="") as info:
@@ -84,7 +84,7 @@ def test_overrides_are_validated():
        vocab=st.integers(2, 500), mlm=st.booleans(), labels=st.integers(0, 4))
 def test_config_json_round_trip(heads, head_dim, layers, vocab, mlm, labels):
     config = BertConfig(vocab_size=vocab, hidden_size=heads * head_dim, num_heads=heads, num_layers=layers,
-                        mlp_dim=4, mlm_head=mlm, num_labels=labels)
+                        mlp_dim=4, mlm_head=mlm, num_classes=labels)
     assert BertConfig.from_dict(json.loads(config.to_json())) == config
     resnet = ResNetConfig(depths=(1,) * (layers), widths=(4,) * layers)
     assert ResNetConfig.from_dict(json.loads(resnet.to_json())) == resnet

@@ -23,7 +23,7 @@ from dlzoo.zoo.haiku.layers import MLP, Attention, BatchNorm, canonical_name, no
 CONFIGS = {
     "gpt": get_config("gpt", "tiny", vocab_size=64, context_length=16, dropout=0.1, attention_dropout=0.1),
     "bert": get_config("bert", "tiny", vocab_size=64, max_positions=16, num_layers=1, mlm_head=True,
-                       num_labels=3),
+                       num_classes=3),
     "vit": get_config("vit", "tiny", image_size=16, num_layers=1, dropout=0.1, attention_dropout=0.1),
     "resnet": get_config("resnet", "tiny"),
 }

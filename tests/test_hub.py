@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch", reason="published checkpoints are written b
 transformers = pytest.importorskip("transformers", reason="the reference checkpoints are built with transformers")
 
 from dlzoo.zoo import from_pretrained, hub  # noqa: E402
+from dlzoo.zoo.files import OutputExistsError  # noqa: E402
 from dlzoo.zoo.reference import sample_inputs, transformers_model, transformers_outputs  # noqa: E402
 
 
@@ -97,7 +98,7 @@ def test_bert_tf_era_names_and_heads_are_detected(tmp_path):
     _write_config(model, folder)
     torch.save(state, folder / "pytorch_model.bin")
     arch, config, _, ignored = hub.load_checkpoint(folder)
-    assert arch == "bert" and config.pooler and config.mlm_head and config.num_labels == 0
+    assert arch == "bert" and config.pooler and config.mlm_head and config.num_classes == 0
     assert "cls.seq_relationship.weight" in ignored
     inputs = sample_inputs("bert", config)
     got = from_pretrained(folder).apply(inputs)
@@ -189,7 +190,7 @@ def test_unknown_hub_id_offline_is_one_line(tmp_path):
 def test_export_loads_in_transformers_with_the_same_outputs(tmp_path, arch, preset):
     from dlzoo.zoo import load
 
-    overrides = {"mlm_head": True, "num_labels": 0, "vocab_size": 500} if arch == "bert" else {}
+    overrides = {"mlm_head": True, "num_classes": 0, "vocab_size": 500} if arch == "bert" else {}
     handle = load(arch, "torch", config=preset, seed=4, **overrides)
     folder = hub.export(arch, handle.config, handle.state_dict(), tmp_path / "published")
     assert sorted(os.listdir(folder)) == ["config.json", "model.safetensors"]
@@ -210,6 +211,65 @@ def test_export_refuses_to_overwrite(tmp_path):
     handle = load("gpt", "torch")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
-    with pytest.raises(hub.HubError, match="not an empty folder"):
+    with pytest.raises(OutputExistsError, match="not an empty folder"):
         hub.export("gpt", handle.config, handle.state_dict(), tmp_path / "taken")
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+
+
+def test_convert_prints_and_returns_the_load_report(tmp_path):
+    """A backbone (ViTModel) converted with a new head at another resolution, behind a DDP prefix."""
+    config = transformers.ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=24)
+    transformers.ViTModel(config, add_pooling_layer=False).save_pretrained(tmp_path / "saved")
+    from safetensors.torch import load_file
+
+    # save_pretrained writes the published names (transformers 5's in-memory names differ)
+    state = load_file(tmp_path / "saved" / "model.safetensors")
+    (tmp_path / "backbone").mkdir()
+    config.to_json_file(tmp_path / "backbone" / "config.json")
+    torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "backbone" / "model.pth")
+    command = [sys.executable, "-m", "dlzoo.cli", "convert", str(tmp_path / "backbone"), str(tmp_path / "v.safetensors"),
+               "--num-classes", "3", "--image-size", "32", "--seed", "5"]
+    data = json.loads(subprocess.run(command + ["--json"], capture_output=True, text=True, check=True).stdout)
+    report = data["report"]
+    assert (report["layout"], report["stripped_prefixes"], sorted(report["initialised"])) == (
+        "transformers", ["module."], ["head.bias", "head.kernel"])
+    assert report["resized"] == {"pos_embed": [[1, 5, 16], [1, 17, 16]]} and data["config"]["num_classes"] == 3
+    text = subprocess.run(command[:5] + [str(tmp_path / "w.safetensors")] + command[6:], capture_output=True,
+                          text=True, check=True).stdout
+    assert "stripped wrapper prefix 'module.'" in text and "freshly initialised" in text and "resized pos_embed" in text
+
+
+def test_wrapper_prefixes_strip_nested_and_only_when_every_name_has_one():
+    from dlzoo.zoo.checkpoints import common_prefix, strip_wrappers
+
+    x = np.zeros(1)
+    assert strip_wrappers({"module._orig_mod.a.b": x, "module._orig_mod.c": x}) == ({"a.b": x, "c": x}, ["module.", "_orig_mod."])
+    assert strip_wrappers({"module.a": x, "b": x})[1] == []
+    assert common_prefix(["model.backbone.conv1.weight", "model.backbone.fc.bias"]) == "model.backbone."
+    assert common_prefix(["conv1.weight", "fc.bias"]) == ""
+
+
+@pytest.mark.parametrize("n_in,n_out", [(4, 6), (14, 24), (14, 7), (3, 1), (5, 5), (2, 9)])
+def test_bicubic_matrix_is_torchs_bicubic(n_in, n_out):
+    """Rows sum to one (Keys' kernel interpolates constants exactly) and the matrix equals
+    torch's F.interpolate(mode="bicubic", align_corners=False) on a one-hot basis."""
+    from dlzoo.zoo.configs import bicubic_resize_matrix
+
+    matrix = np.asarray(bicubic_resize_matrix(n_in, n_out))
+    np.testing.assert_allclose(matrix.sum(axis=1), 1.0, atol=1e-12)
+    basis = torch.eye(n_in, dtype=torch.float64)[:, None, :, None].expand(n_in, 1, n_in, 1)
+    torch_matrix = torch.nn.functional.interpolate(basis, size=(n_out, 1), mode="bicubic", align_corners=False)
+    np.testing.assert_allclose(matrix, torch_matrix[:, 0, :, 0].numpy().T, atol=1e-12)
+
+
+def test_canonical_file_with_a_new_head_and_resolution(tmp_path):
+    from dlzoo.zoo import load
+
+    load("vit", "torch", config="tiny", seed=1).save(tmp_path / "v.safetensors")
+    h = from_pretrained(tmp_path / "v.safetensors", num_classes=4, image_size=48)
+    report = h.load_report
+    assert (report.layout, sorted(report.initialised), report.ignored) == (
+        "dlzoo", ["head.bias", "head.kernel"], ["head.bias", "head.kernel"])
+    assert report.resized == {"pos_embed": [[1, 17, 64], [1, 37, 64]]}
+    assert h.apply({"pixel_values": np.zeros((1, 48, 48, 3), np.float32)})["logits"].shape == (1, 4)

@@ -21,7 +21,7 @@ from dlzoo.zoo.torch.layers import MLP, Attention  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "gpt": get_config("gpt", "tiny"),
-    "bert": get_config("bert", "tiny", vocab_size=512, max_positions=64, mlm_head=True, num_labels=3),
+    "bert": get_config("bert", "tiny", vocab_size=512, max_positions=64, mlm_head=True, num_classes=3),
     "vit": get_config("vit", "tiny"),
     "resnet": get_config("resnet", "tiny"),
     "resnet-basic": get_config("resnet", "tiny", block="basic"),

@@ -15,7 +15,7 @@ def configs(num_layers: int = 1, vit_dropout: float = 0.1) -> dict:
         "gpt": GPTConfig(vocab_size=64, context_length=16, hidden_size=32, num_layers=num_layers, num_heads=4,
                          mlp_dim=64, dropout=0.1, attention_dropout=0.1),
         "bert": BertConfig(vocab_size=64, max_positions=16, hidden_size=32, num_layers=num_layers, num_heads=4,
-                           mlp_dim=64, mlm_head=True, num_labels=3),
+                           mlp_dim=64, mlm_head=True, num_classes=3),
         "vit": ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_layers=1, num_heads=4, mlp_dim=64,
                          num_classes=5, dropout=vit_dropout),
         "resnet": ResNetConfig(depths=(1, 1), widths=(4, 8), stem_width=8, num_classes=5),

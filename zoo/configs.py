@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -47,6 +49,27 @@ def _heads_divide(config: Any) -> None:
              f"num_heads {config.num_heads}; choose num_heads that divides it")
 
 
+# One name for the size of the classification head in every architecture: ``num_classes``, as
+# torchvision, timm, keras-hub and big_vision spell it. transformers' ``num_labels`` (BERT's field
+# before) is still accepted: silently from stored configs, with a FutureWarning from user code.
+RENAMED_FIELDS = {"num_labels": "num_classes"}
+
+
+def _rename_fields(cls_name: str, values: dict[str, Any], *, warn: bool) -> dict[str, Any]:
+    values = dict(values)
+    for old, new in RENAMED_FIELDS.items():
+        if old not in values:
+            continue
+        if new in values and values[new] != values[old]:
+            raise ConfigError(f"{cls_name}: {old}={values[old]!r} and {new}={values[new]!r} disagree; "
+                              f"pass {new} only ({old} is its deprecated name)")
+        if warn:
+            warnings.warn(f"{old} is deprecated in dlzoo; use {new} (one name for the head size in every "
+                          "architecture)", FutureWarning, stacklevel=4)
+        values[new] = values.pop(old)
+    return values
+
+
 class _Config:
     """Shared behaviour: JSON round trip (canonical weight files store the config as JSON)."""
 
@@ -60,6 +83,7 @@ class _Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
+        data = _rename_fields(cls.__name__, data, warn=False)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -74,6 +98,7 @@ class _Config:
         return [f"blocks.{i}" for i in range(self.num_layers)]
 
     def replace(self, **overrides: Any):
+        overrides = _rename_fields(type(self).__name__, overrides, warn=True)
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
@@ -99,7 +124,7 @@ class BertConfig(_Config):
     attention_dropout: float = 0.1
     pooler: bool = True           # tanh dense over [CLS] (BertModel's pooler)
     mlm_head: bool = False        # transform + layer norm + decoder tied to word embeddings
-    num_labels: int = 0           # > 0: sequence-classification dense over the pooled output
+    num_classes: int = 0          # > 0: sequence-classification dense over the pooled output
 
     def __post_init__(self):
         _positive(self, "vocab_size", "max_positions", "type_vocab_size", "hidden_size",
@@ -107,10 +132,15 @@ class BertConfig(_Config):
         _heads_divide(self)
         _probability(self, "dropout", "attention_dropout")
         _require(self.layer_norm_eps > 0, f"BertConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps}")
-        _require(isinstance(self.num_labels, int) and self.num_labels >= 0,
-                 f"BertConfig.num_labels must be an integer >= 0, got {self.num_labels!r}")
-        _require(self.num_labels == 0 or self.pooler,
-                 "BertConfig: a classifier (num_labels > 0) needs the pooler; set pooler=True")
+        _require(isinstance(self.num_classes, int) and self.num_classes >= 0,
+                 f"BertConfig.num_classes must be an integer >= 0, got {self.num_classes!r}")
+        _require(self.num_classes == 0 or self.pooler,
+                 "BertConfig: a classifier (num_classes > 0) needs the pooler; set pooler=True")
+
+    @property
+    def num_labels(self) -> int:
+        """Deprecated name of ``num_classes`` (transformers' spelling), kept for readers."""
+        return self.num_classes
 
 
 @dataclass(frozen=True)
@@ -166,6 +196,35 @@ class ViTConfig(_Config):
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+
+def bicubic_resize_matrix(in_size: int, out_size: int) -> tuple[tuple[float, ...], ...]:
+    """The [out_size, in_size] matrix of 1-D bicubic resampling exactly as torch's
+    ``F.interpolate(mode="bicubic", align_corners=False)`` with an explicit output size (what
+    transformers' ``interpolate_pos_encoding`` and timm's ``resample_abs_pos_embed`` call):
+    source coordinate ``(dst + 0.5) * in / out - 0.5`` (not clamped), Keys' cubic kernel with
+    A = -0.75 (``jax.image.resize``'s "cubic" uses A = -0.5 and renormalises at the borders, so
+    it differs), taps outside the input replicate the border. A 2-D resize is ``M_h @ x @ M_w.T``.
+    Pure Python: every framework (and the checkpoint importer) builds its constant from it.
+    """
+    A = -0.75
+
+    def near(x: float) -> float:  # |x| <= 1
+        return ((A + 2) * x - (A + 3)) * x * x + 1
+
+    def far(x: float) -> float:  # 1 < |x| < 2
+        return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A
+
+    rows = []
+    for dst in range(out_size):
+        src = (dst + 0.5) * in_size / out_size - 0.5
+        base = math.floor(src)
+        t = src - base
+        row = [0.0] * in_size
+        for offset, weight in zip((-1, 0, 1, 2), (far(t + 1), near(t), near(1 - t), far(2 - t))):
+            row[min(max(base + offset, 0), in_size - 1)] += weight
+        rows.append(tuple(row))
+    return tuple(rows)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from .configs import BertConfig, GPTConfig, ResNetConfig, ViTConfig, ZooError, check_arch
-from .weights import canonical_spec, validate
+from .files import check_output_folder, looks_like_path
+from .weights import validate
 
 
 class HubError(ZooError):
@@ -72,7 +73,7 @@ def _bert_rules(c: BertConfig) -> list[Rule]:
         rules += [Rule("mlm.transform", "cls.predictions.transform.dense", "linear"),
                   Rule("mlm.ln", "cls.predictions.transform.LayerNorm", "ln"),
                   Rule("mlm.bias", "cls.predictions.bias", "raw")]
-    if c.num_labels:
+    if c.num_classes:
         rules.append(Rule("classifier", "classifier", "linear"))
     return rules
 
@@ -192,11 +193,47 @@ def _expect(hf: dict, key: str, allowed, what: str) -> None:
                        "dlzoo implements the published architecture only")
 
 
-def config_from_hf(arch: str, hf: dict, tensors: dict[str, np.ndarray]):
-    """Our config from a published config.json and the (normalised) tensor names present."""
+# transformers' activation names (transformers/activations.py, ACT2CLS) for the two GELU forms
+# dlzoo implements. "exact" is x * Phi(x) with erf; "tanh" is 0.5 x (1 + tanh(sqrt(2/pi) (x +
+# 0.044715 x^3))). gelu_fast writes sqrt(2/pi) as 0.7978845608 and factors x out of the cube;
+# gelu_accurate precomputes sqrt(2/pi): both are the tanh form to float32 rounding.
+GELU_FORMS = {"gelu": "exact", "gelu_python": "exact",
+              "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_python_tanh": "tanh",
+              "gelu_fast": "tanh", "gelu_accurate": "tanh"}
+_NOT_GELU = {"quick_gelu": "x * sigmoid(1.702 x), a different curve",
+             "gelu_10": "GELU clipped to [-10, 10]"}
+
+
+def _gelu(hf: dict, key: str, form: str, what: str) -> None:
+    """Accept every spelling of the GELU form the architecture uses; refuse anything else."""
+    name = hf.get(key, next(k for k, v in GELU_FORMS.items() if v == form))
+    if not isinstance(name, str) or name not in GELU_FORMS:
+        detail = f" ({_NOT_GELU[name]})" if name in _NOT_GELU else ""
+        spellings = ", ".join(k for k, v in GELU_FORMS.items() if v == form)
+        raise HubError(f"{what}: {key}={name!r}{detail} is not supported; dlzoo's {what} uses the {form} GELU "
+                       f"({spellings})")
+    if GELU_FORMS[name] != form:
+        raise HubError(f"{what}: {key}={name!r} is the {GELU_FORMS[name]} GELU; dlzoo's {what} implements the "
+                       f"{form} form only (as the published checkpoints use)")
+
+
+def _head_size(arch: str, tensors: dict, name: str, num_classes: int | None, model: str) -> int:
+    if num_classes is not None:
+        return num_classes
+    if name in tensors:
+        return int(tensors[name].shape[0])
+    raise HubError(f"{arch} checkpoint without a classifier (a bare {model}): pass num_classes=N to "
+                   "add a freshly initialised head of N classes")
+
+
+def config_from_hf(arch: str, hf: dict, tensors: dict[str, np.ndarray], num_classes: int | None = None):
+    """Our config from a published config.json and the (normalised) tensor names present.
+
+    The heads present are read from the tensors; ``num_classes`` (when given) sets the size of
+    the classification head instead, whatever the checkpoint holds."""
     try:
         if arch == "bert":
-            _expect(hf, "hidden_act", ("gelu",), "BERT")
+            _gelu(hf, "hidden_act", "exact", "BERT")
             _expect(hf, "position_embedding_type", ("absolute",), "BERT")
             return BertConfig(
                 vocab_size=hf["vocab_size"], max_positions=hf["max_position_embeddings"],
@@ -205,11 +242,13 @@ def config_from_hf(arch: str, hf: dict, tensors: dict[str, np.ndarray]):
                 mlp_dim=hf["intermediate_size"], layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
                 dropout=hf.get("hidden_dropout_prob", 0.1),
                 attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
-                pooler="pooler.dense.weight" in tensors,
-                mlm_head="cls.predictions.transform.dense.weight" in tensors,
-                num_labels=int(tensors["classifier.weight"].shape[0]) if "classifier.weight" in tensors else 0)
+                pooler="pooler.dense.weight" in tensors or bool(num_classes),
+                # a classification start drops the MLM head, as BertForSequenceClassification does
+                mlm_head="cls.predictions.transform.dense.weight" in tensors and not num_classes,
+                num_classes=(num_classes if num_classes is not None else
+                             int(tensors["classifier.weight"].shape[0]) if "classifier.weight" in tensors else 0))
         if arch == "gpt":
-            _expect(hf, "activation_function", ("gelu_new",), "GPT-2")
+            _gelu(hf, "activation_function", "tanh", "GPT-2")
             for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
                 _expect(hf, flag, (False,), "GPT-2")
             _expect(hf, "scale_attn_weights", (True,), "GPT-2")
@@ -220,16 +259,14 @@ def config_from_hf(arch: str, hf: dict, tensors: dict[str, np.ndarray]):
                 layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5), dropout=hf.get("resid_pdrop", 0.1),
                 attention_dropout=hf.get("attn_pdrop", 0.1))
         if arch == "vit":
-            _expect(hf, "hidden_act", ("gelu",), "ViT")
+            _gelu(hf, "hidden_act", "exact", "ViT")
             _expect(hf, "qkv_bias", (True,), "ViT")
-            if "classifier.weight" not in tensors:
-                raise HubError("ViT checkpoint without a classifier (a bare ViTModel); dlzoo's ViT "
-                               "carries a head: use a ViTForImageClassification checkpoint")
             return ViTConfig(
                 image_size=hf["image_size"], patch_size=hf["patch_size"],
                 num_channels=hf.get("num_channels", 3), hidden_size=hf["hidden_size"],
                 num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
-                mlp_dim=hf["intermediate_size"], num_classes=int(tensors["classifier.weight"].shape[0]),
+                mlp_dim=hf["intermediate_size"],
+                num_classes=_head_size(arch, tensors, "classifier.weight", num_classes, "ViTModel"),
                 layer_norm_eps=hf.get("layer_norm_eps", 1e-12), dropout=hf.get("hidden_dropout_prob", 0.0),
                 attention_dropout=hf.get("attention_probs_dropout_prob", 0.0))
         if arch == "resnet":
@@ -238,14 +275,11 @@ def config_from_hf(arch: str, hf: dict, tensors: dict[str, np.ndarray]):
             _expect(hf, "downsample_in_first_stage", (False,), "ResNet")
             block = hf.get("layer_type", "bottleneck")
             expansion = 4 if block == "bottleneck" else 1
-            if "classifier.1.weight" not in tensors:
-                raise HubError("ResNet checkpoint without a classifier (a bare ResNetModel); use a "
-                               "ResNetForImageClassification checkpoint")
             return ResNetConfig(
                 block=block, depths=tuple(hf["depths"]),
                 widths=tuple(h // expansion for h in hf["hidden_sizes"]), stem_width=hf["embedding_size"],
                 num_channels=hf.get("num_channels", 3),
-                num_classes=int(tensors["classifier.1.weight"].shape[0]))
+                num_classes=_head_size(arch, tensors, "classifier.1.weight", num_classes, "ResNetModel"))
     except KeyError as error:
         raise HubError(f"config.json lacks {error.args[0]!r}, which a {arch} config needs") from None
     raise AssertionError(arch)
@@ -253,7 +287,7 @@ def config_from_hf(arch: str, hf: dict, tensors: dict[str, np.ndarray]):
 
 def config_to_hf(arch: str, c) -> dict:
     if arch == "bert":
-        archs = (["BertForSequenceClassification"] if c.num_labels else
+        archs = (["BertForSequenceClassification"] if c.num_classes else
                  ["BertForMaskedLM"] if c.mlm_head else ["BertModel"])
         hf = {"model_type": "bert", "architectures": archs, "vocab_size": c.vocab_size,
               "max_position_embeddings": c.max_positions, "type_vocab_size": c.type_vocab_size,
@@ -262,9 +296,9 @@ def config_to_hf(arch: str, c) -> dict:
               "hidden_act": "gelu", "layer_norm_eps": c.layer_norm_eps,
               "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.attention_dropout,
               "position_embedding_type": "absolute", "pad_token_id": 0, "tie_word_embeddings": True}
-        if c.num_labels:
-            hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.num_labels)}
-            hf["label2id"] = {f"LABEL_{i}": i for i in range(c.num_labels)}
+        if c.num_classes:
+            hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.num_classes)}
+            hf["label2id"] = {f"LABEL_{i}": i for i in range(c.num_classes)}
         return hf
     if arch == "gpt":
         return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": c.vocab_size,
@@ -300,6 +334,8 @@ def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> Pat
         return path
     if path.exists():
         raise HubError(f"{path} is a file; expected a checkpoint folder (config.json + weights) or a hub id")
+    if looks_like_path(name_or_path):  # the path rule of dlzoo.zoo.files: never looked up on the hub
+        raise HubError(f"{name_or_path}: no such file or folder")
     name = str(name_or_path)
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
         raise HubError(f"{name!r} is neither an existing folder nor a hub id like 'openai-community/gpt2'")
@@ -370,8 +406,12 @@ def _read_bin(path: Path) -> dict[str, np.ndarray]:
     except Exception as error:
         raise HubError(f"{path}: refused or unreadable with torch.load(weights_only=True) "
                        f"({_first_line(error)}); dlzoo never executes pickled code") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    # Training scripts wrap the weights: {"state_dict": ...} (timm, lightning), {"model": ...}
+    # (torchvision's reference scripts), beside optimizer state that is not read.
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
     return {k: v.detach().float().numpy() if v.is_floating_point() else v.detach().numpy()
             for k, v in state.items() if isinstance(v, torch.Tensor)}
 
@@ -438,44 +478,20 @@ def _normalise(arch: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarra
     return out
 
 
-class _Missing(Exception):
-    pass
+def to_canonical(arch: str, hf: dict, tensors: dict[str, np.ndarray], num_classes: int | None = None,
+                 seed: int = 0):
+    """(config, canonical tensors, ignored published names) from a published checkpoint; a head
+    the checkpoint lacks, or holds at another size than ``num_classes``, is drawn fresh from
+    ``seed`` (see ``checkpoints.map_tensors``)."""
+    from .checkpoints import LoadReport, map_tensors
 
-
-def to_canonical(arch: str, hf: dict, tensors: dict[str, np.ndarray]):
-    """(config, canonical tensors, ignored published names) from a published checkpoint."""
     check_arch(arch)
     tensors = _normalise(arch, tensors)
-    config = config_from_hf(arch, hf, tensors)
-    spec = canonical_spec(arch, config)
-    used: set[str] = set()
-    missing: list[str] = []
-
-    def get(name: str) -> np.ndarray:
-        if name not in tensors:
-            missing.append(name)
-            raise _Missing
-        used.add(name)
-        return np.asarray(tensors[name])
-
-    canonical: dict[str, np.ndarray] = {}
-    for rule in RULES[arch](config):
-        try:
-            canonical.update(_to_canonical(rule, get, spec))
-        except _Missing:
-            continue
-    unexpected = sorted(n for n in tensors if n not in used and not _IGNORED.search(n))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)}: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:8])}" + (" ..." if len(unexpected) > 8 else ""))
-        raise HubError(f"checkpoint does not match a {arch} model with {config}: " + " | ".join(parts))
-    canonical = {k: np.ascontiguousarray(v, dtype=np.float32) if _is_float(v.dtype) else v
-                 for k, v in canonical.items()}
-    ignored = sorted(n for n in tensors if n not in used)
-    return config, validate(arch, config, canonical, source="checkpoint"), ignored
+    config = config_from_hf(arch, hf, tensors, num_classes)
+    report = LoadReport(source="tensors", layout="transformers", arch=arch)
+    canonical = map_tensors(arch, config, RULES[arch](config), tensors, "transformers", seed=seed,
+                            ignorable=_IGNORED, report=report)
+    return config, canonical, report.ignored
 
 
 def from_published(arch: str, config, tensors: dict[str, np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
@@ -492,25 +508,23 @@ def from_published(arch: str, config, tensors: dict[str, np.ndarray]) -> tuple[d
     return hf, {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
-def load_checkpoint(name_or_path, revision: str | None = None):
-    """(arch, config, canonical tensors, ignored names) from a hub id or a published folder."""
-    folder = resolve(name_or_path, revision)
-    hf, tensors = read_checkpoint(folder)
-    arch = detect_arch(hf)
-    config, canonical, ignored = to_canonical(arch, hf, tensors)
-    return arch, config, canonical, ignored
+def load_checkpoint(name_or_path, revision: str | None = None, **options):
+    """(arch, config, canonical tensors, ignored names) from a hub id, a published folder, a
+    torchvision/timm state dict or a canonical file; ``options`` as ``checkpoints.read_pretrained``."""
+    from .checkpoints import read_pretrained
+
+    arch, config, canonical, report = read_pretrained(name_or_path, revision, **options)
+    return arch, config, canonical, report.ignored
 
 
 def export(arch: str, config, tensors: dict[str, np.ndarray], folder: str | os.PathLike) -> Path:
     """Write a folder in the published layout (config.json + model.safetensors) that transformers
-    loads. Refuses to overwrite a non-empty folder; writes into a temporary sibling, then renames."""
+    loads. The folder must be new or empty and its parent must exist (``files.check_output_folder``);
+    writes into a temporary sibling, then renames."""
     from safetensors.numpy import save_file
 
-    folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise HubError(f"{folder} exists and is not an empty folder; choose a new output folder")
+    folder = check_output_folder(folder)
     hf, published = from_published(arch, config, tensors)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
@@ -525,9 +539,18 @@ def export(arch: str, config, tensors: dict[str, np.ndarray], folder: str | os.P
 
 
 def from_pretrained(name_or_path, framework: str = "torch", revision: str | None = None,
-                    seed: int = 0, compute_dtype: str = "float32"):
-    """A Handle for a hub id or a published folder, in ``framework``."""
+                    seed: int = 0, compute_dtype: str = "float32", *, arch: str | None = None,
+                    preset: str | None = None, **overrides):
+    """A Handle for a hub id, a published folder, a torchvision/timm state dict or a canonical
+    file, in ``framework``. ``arch``/``preset`` name what a state dict holds (else inferred);
+    ``overrides`` are config fields, e.g. ``num_classes=N`` for a fresh head of N classes or
+    ``image_size`` for a ViT at another resolution. ``handle.load_report`` (a
+    ``checkpoints.LoadReport``) lists loaded, freshly initialised and ignored tensors."""
+    from .checkpoints import read_pretrained
     from .handle import load
 
-    arch, config, tensors, _ = load_checkpoint(name_or_path, revision)
-    return load(arch, framework, config=config, weights=tensors, seed=seed, compute_dtype=compute_dtype)
+    arch, config, tensors, report = read_pretrained(name_or_path, revision, arch=arch, preset=preset, seed=seed,
+                                                    **overrides)
+    handle = load(arch, framework, config=config, weights=tensors, seed=seed, compute_dtype=compute_dtype)
+    handle.load_report = report
+    return handle

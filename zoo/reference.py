@@ -50,7 +50,7 @@ def transformers_model(arch: str, config, tensors: dict[str, np.ndarray]):
 
 
 def _bert_class(config) -> str:
-    if config.num_labels:
+    if config.num_classes:
         return "BertForSequenceClassification"
     if config.mlm_head:
         # BertForPreTraining holds both the pooler and the MLM head; its next-sentence head is

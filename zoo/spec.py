@@ -70,8 +70,8 @@ def _bert_spec(c: BertConfig) -> dict[str, TensorSpec]:
         _dense(spec, "mlm.transform", d, d)
         _norm(spec, "mlm.ln", d)
         spec["mlm.bias"] = TensorSpec((c.vocab_size,))
-    if c.num_labels:
-        _dense(spec, "classifier", d, c.num_labels)
+    if c.num_classes:
+        _dense(spec, "classifier", d, c.num_classes)
     return spec
 
 

@@ -13,6 +13,8 @@ hyperparameters) and on array shapes, so repeated calls with the same shapes do 
 
 from __future__ import annotations
 
+from functools import partial
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -37,7 +39,10 @@ def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32"):
 
 
 def _forward(arch: str, module, state, inputs: dict, key, inference: bool):
-    """The batched model: one vmap over rows, each with its own dropout key."""
+    """The batched model: one vmap over rows, each with its own dropout key. Python bools among
+    the inputs (``interpolate_pos_encoding``) are options: static under filter_jit, not mapped."""
+    flags = {k: v for k, v in inputs.items() if isinstance(v, bool)}
+    inputs = {k: v for k, v in inputs.items() if k not in flags}
     batch = next(iter(inputs.values())).shape[0]
     keys = jax.random.split(key, batch)
     if arch == "resnet":
@@ -46,7 +51,7 @@ def _forward(arch: str, module, state, inputs: dict, key, inference: bool):
         # The new running statistics are batch means (pmean over "batch"): unbatched outputs.
         return jax.vmap(one, axis_name="batch", in_axes=(0, None, 0),
                         out_axes=(0, None))(inputs["pixel_values"], state, keys)
-    return jax.vmap(lambda example, k: module(**example, key=k, inference=inference))(inputs, keys), state
+    return jax.vmap(lambda example, k: module(**example, **flags, key=k, inference=inference))(inputs, keys), state
 
 
 @eqx.filter_jit
@@ -79,6 +84,8 @@ def block_outputs(arch: str, config, native, inputs: dict[str, np.ndarray]) -> d
     records its output, and the vmapped function returns the records as outputs."""
     module, state = native
     names = config.block_names()
+    flags = {k: v for k, v in inputs.items() if isinstance(v, bool)}
+    inputs = {k: v for k, v in inputs.items() if k not in flags}
 
     def one(example):
         sink: dict = {}
@@ -87,7 +94,7 @@ def block_outputs(arch: str, config, native, inputs: dict[str, np.ndarray]) -> d
         if arch == "resnet":
             recorded(example["pixel_values"], state, inference=True)
         else:
-            recorded(**example, inference=True)
+            recorded(**example, **flags, inference=True)
         return [sink[name] for name in names]
 
     return {name: np.asarray(out, dtype=np.float32)
@@ -137,6 +144,45 @@ def adamw_step(arch: str, config, native, inputs, cotangents, *, lr: float, beta
     batch-norm statistics), so the step is deterministic and comparable across frameworks."""
     module, state = native
     cotangents = {k: np.asarray(v, dtype=np.float32) for k, v in cotangents.items()}
-    module = _adamw(arch, module, state, inputs, cotangents, jax.random.key(seed),
-                    float(lr), float(betas[0]), float(betas[1]), float(eps), float(weight_decay))
+    # Hyperparameters travel as arrays: filter_jit treats Python floats as static, so a learning-rate
+    # schedule would recompile on every call.
+    hyper = (jnp.asarray(x, dtype=jnp.float32) for x in (lr, betas[0], betas[1], eps, weight_decay))
+    module = _adamw(arch, module, state, inputs, cotangents, jax.random.key(seed), *hyper)
     return module, state
+
+
+def benchmark_step(arch: str, config, native, inputs: dict[str, np.ndarray],
+                   cotangents: dict[str, np.ndarray], *, mode: str, seed: int = 0):
+    """A function that runs one step and returns once it is done (see the torch backend): the
+    module partitioned once into arrays and static structure, a plain ``jax.jit`` over the
+    arrays (no per-call filtering), buffers donated. A train step returns the objective before
+    its update; ``native`` is left as it was."""
+    module, state = native
+    params, static = eqx.partition(module, eqx.is_inexact_array)
+    inputs = {k: jnp.asarray(v) for k, v in inputs.items()}
+    cots = {k: jnp.asarray(v, jnp.float32) for k, v in cotangents.items()}
+    if mode == "forward":
+        forward = jax.jit(lambda params, state: _forward(arch, eqx.combine(params, static), state, inputs,
+                                                         jax.random.key(0), True))
+        return lambda: jax.block_until_ready(forward(params, state))
+    optimizer = optax.adamw(1e-4)
+
+    @partial(jax.jit, donate_argnums=(0, 1, 2))
+    def train(params, state, opt_state, key):
+        def loss(params):
+            outputs, new_state = _forward(arch, eqx.combine(params, static), state, inputs, key, False)
+            return sum(jnp.sum(outputs[k] * cots[k]) for k in cots), new_state
+
+        (value, state), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), state, opt_state, value
+
+    # copies: the step donates its buffers, and these arrays still belong to the model
+    carry = [*jax.tree.map(jnp.copy, (params, state)), optimizer.init(params), 0]
+
+    def step():
+        params, state, opt_state, i = carry
+        *new, value = train(params, state, opt_state, jax.random.fold_in(jax.random.key(seed), i))
+        carry[:] = [*new, i + 1]
+        return jax.block_until_ready(value)
+    return step

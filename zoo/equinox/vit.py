@@ -9,7 +9,8 @@ mlp_dim, num_classes, layer_norm_eps, dropout, attention_dropout. ``dtype="bfloa
 activations and matmuls in bfloat16; parameters stay float32.
 
 The model maps ONE channels-last image (H, W, C), as Equinox layers do; ``jax.vmap`` it over
-the batch. Example::
+the batch. ``interpolate_pos_encoding=True`` runs images of another size, the patch position
+embeddings resized bicubically to the new grid (transformers' scheme). Example::
 
     import jax, jax.numpy as jnp
     from dlzoo.zoo.configs import get_config
@@ -18,6 +19,7 @@ the batch. Example::
     model = ViT(get_config("vit", "tiny"), key=jax.random.key(0))
     images = jnp.zeros((2, 32, 32, 3))                                    # NHWC
     logits = jax.vmap(lambda x: model(x)["logits"])(images)               # (2, 10)
+    larger = model(jnp.zeros((48, 64, 3)), interpolate_pos_encoding=True)["logits"]  # (10,)
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..configs import ViTConfig
+from ..configs import ViTConfig, ZooError, bicubic_resize_matrix
 from .layers import Block, Conv2d, Dense, LayerNorm, cast_floating, split_key, truncated_normal
 
 _INIT = truncated_normal(0.02)  # theory: initialization
@@ -63,12 +65,33 @@ class ViT(eqx.Module):
         self.head = Dense(d, config.num_classes, init=_INIT, key=keys[3])
         self.config, self.dtype = config, dtype
 
+    def position_embeddings(self, h: int, w: int) -> Float[Array, "P D"]:
+        """Position embeddings (1 + h*w, D) for a grid of h x w patches: the learned table at the
+        training grid, else its patch part resized bicubically exactly as torch's
+        F.interpolate(mode="bicubic", align_corners=False) (transformers'
+        ``interpolate_pos_encoding``), the [CLS] position kept as is."""
+        n = self.config.image_size // self.config.patch_size
+        table = self.pos_embed[0]  # (1 + n*n, D)
+        if (h, w) == (n, n):
+            return table
+        rows = jnp.asarray(bicubic_resize_matrix(n, h), jnp.float32)  # (h, n)
+        cols = jnp.asarray(bicubic_resize_matrix(n, w), jnp.float32)  # (w, n)
+        grid = table[1:].reshape(n, n, -1)  # (n, n, D)
+        grid = jnp.einsum("hi,ijd,wj->hwd", rows, grid.astype(jnp.float32), cols,
+                          precision=jax.lax.Precision.HIGHEST)  # (h, w, D)
+        return jnp.concatenate([table[:1], grid.reshape(h * w, -1).astype(table.dtype)])
+
     def forward_features(self, pixel_values: Float[Array, "H W C"], *, key: PRNGKeyArray | None = None,
-                         inference: bool = True) -> Float[Array, "P D"]:
+                         inference: bool = True, interpolate_pos_encoding: bool = False) -> Float[Array, "P D"]:
+        size = self.config.image_size
+        if not interpolate_pos_encoding and tuple(pixel_values.shape[:2]) != (size, size):
+            raise ZooError(f"ViT expects images of {size}x{size}, got {list(pixel_values.shape)}; pass "
+                             "interpolate_pos_encoding=True to run other sizes")
         keys = split_key(key, len(self.blocks) + 1)
         x = self.patch_embed(pixel_values)  # (H/p, W/p, D)
+        pos = self.position_embeddings(x.shape[0], x.shape[1])  # (N + 1, D)
         x = x.reshape(-1, x.shape[-1])  # (N, D), patches in row-major order
-        x = jnp.concatenate([self.cls_token[0], x]) + self.pos_embed[0]  # (N + 1, D)
+        x = jnp.concatenate([self.cls_token[0], x]) + pos  # (N + 1, D)
         x = self.drop(x, key=keys[0], inference=inference)
         for block, k in zip(self.blocks, keys[1:]):
             x = block(x, key=k, inference=inference)
@@ -78,9 +101,10 @@ class ViT(eqx.Module):
         return self.head(x[0])  # theory: cls-pooling
 
     def __call__(self, pixel_values: Float[Array, "H W C"], *, key: PRNGKeyArray | None = None,
-                 inference: bool = True) -> dict[str, Float[Array, "..."]]:
+                 inference: bool = True, interpolate_pos_encoding: bool = False) -> dict[str, Float[Array, "..."]]:
         """``pixel_values`` (H, W, C) -> {"logits": (num_classes,)} float32."""
         # theory: mixed-precision
         model = cast_floating(self, self.dtype)
-        x = model.forward_features(pixel_values.astype(self.dtype), key=key, inference=inference)
+        x = model.forward_features(pixel_values.astype(self.dtype), key=key, inference=inference,
+                                   interpolate_pos_encoding=interpolate_pos_encoding)
         return {"logits": model.forward_head(x).astype(jnp.float32)}

@@ -39,35 +39,43 @@ def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32") -
 
 # --- compiled entry points ---------------------------------------------------------------------
 
-def _call(model: nnx.Module, inputs: dict, train: bool, key: jax.Array) -> dict:
+def _split_flags(inputs: dict) -> tuple[dict, tuple]:
+    """(arrays, options): Python bools such as ``interpolate_pos_encoding`` are static arguments
+    of the compiled functions (one compilation per value), never traced."""
+    return ({k: v for k, v in inputs.items() if not isinstance(v, bool)},
+            tuple(sorted((k, v) for k, v in inputs.items() if isinstance(v, bool))))
+
+
+def _call(model: nnx.Module, inputs: dict, train: bool, key: jax.Array, flags: tuple = ()) -> dict:
+    inputs = {**inputs, **dict(flags)}
     if isinstance(model, ResNet):  # no dropout, so no randomness
         return model(**inputs, train=train)
     return model(**inputs, train=train, rngs=nnx.Rngs(dropout=key))
 
 
-def _objective(graphdef, params, rest, inputs, cotangents, key, train):
+def _objective(graphdef, params, rest, inputs, cotangents, key, train, flags=()):
     # copy: train-mode batch norm writes its statistics, and the variables passed in belong to
     # the enclosing jit trace, not to grad's.
     model = nnx.merge(graphdef, params, rest, copy=True)
-    outputs = _call(model, inputs, train, key)
+    outputs = _call(model, inputs, train, key, flags)
     return sum(jnp.sum(outputs[k] * cotangents[k]) for k in cotangents)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "train"))
-def _apply(graphdef, state, inputs, key, *, train):
+@partial(jax.jit, static_argnames=("graphdef", "train", "flags"))
+def _apply(graphdef, state, inputs, key, *, train, flags=()):
     model = nnx.merge(graphdef, state)
-    outputs = _call(model, inputs, train, key)
+    outputs = _call(model, inputs, train, key, flags)
     return outputs, nnx.state(model, nnx.BatchStat)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "train"))
-def _grads(graphdef, params, rest, inputs, cotangents, key, *, train):
-    return jax.grad(_objective, argnums=1)(graphdef, params, rest, inputs, cotangents, key, train)
+@partial(jax.jit, static_argnames=("graphdef", "train", "flags"))
+def _grads(graphdef, params, rest, inputs, cotangents, key, *, train, flags=()):
+    return jax.grad(_objective, argnums=1)(graphdef, params, rest, inputs, cotangents, key, train, flags)
 
 
-@partial(jax.jit, static_argnames=("graphdef",))
-def _adamw(graphdef, params, rest, inputs, cotangents, key, lr, b1, b2, eps, weight_decay):
-    grads = jax.grad(_objective, argnums=1)(graphdef, params, rest, inputs, cotangents, key, False)
+@partial(jax.jit, static_argnames=("graphdef", "flags"))
+def _adamw(graphdef, params, rest, inputs, cotangents, key, lr, b1, b2, eps, weight_decay, flags=()):
+    grads = jax.grad(_objective, argnums=1)(graphdef, params, rest, inputs, cotangents, key, False, flags)
     # theory: adamw
     optimizer = optax.adamw(lr, b1=b1, b2=b2, eps=eps, eps_root=0.0, weight_decay=weight_decay)
     updates, _ = optimizer.update(grads, optimizer.init(params), params)
@@ -77,7 +85,8 @@ def _adamw(graphdef, params, rest, inputs, cotangents, key, lr, b1, b2, eps, wei
 def apply(arch: str, config, native: nnx.Module, inputs: dict[str, np.ndarray], *,
           train: bool = False, seed: int = 0):
     graphdef, state = nnx.split(native)
-    outputs, batch_stats = _apply(graphdef, state, inputs, jax.random.key(seed), train=train)
+    inputs, flags = _split_flags(inputs)
+    outputs, batch_stats = _apply(graphdef, state, inputs, jax.random.key(seed), train=train, flags=flags)
     if train:
         nnx.update(native, batch_stats)
     return {k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()}, native
@@ -96,30 +105,8 @@ def block_outputs(arch: str, config, native: nnx.Module, inputs: dict[str, np.nd
     return outputs
 
 
-def _output_shapes(arch: str, config, inputs: dict[str, np.ndarray]) -> dict[str, tuple]:
-    if arch in ("vit", "resnet"):
-        return {"logits": (len(inputs["pixel_values"]), config.num_classes)}
-    B, T = inputs["input_ids"].shape
-    if arch == "gpt":
-        return {"logits": (B, T, config.vocab_size)}
-    shapes = {"last_hidden_state": (B, T, config.hidden_size)}
-    if config.pooler:
-        shapes["pooler_output"] = (B, config.hidden_size)
-    if config.mlm_head:
-        shapes["mlm_logits"] = (B, T, config.vocab_size)
-    if config.num_labels:
-        shapes["logits"] = (B, config.num_labels)
-    return shapes
-
-
 def _cotangents(arch: str, config, inputs, cotangents) -> dict[str, jax.Array]:
-    expected = _output_shapes(arch, config, inputs)
-    for name, value in cotangents.items():
-        if name not in expected:
-            raise ZooError(f"cotangent {name!r} names no output of this {arch}; outputs: {', '.join(expected)}")
-        if tuple(np.shape(value)) != expected[name]:
-            raise ZooError(f"cotangent {name!r} has shape {list(np.shape(value))}, expected "
-                           f"{list(expected[name])} (the output's shape)")
+    # names and shapes are checked by the handle (handle._check_cotangents)
     return {k: jnp.asarray(v, dtype=jnp.float32) for k, v in cotangents.items()}
 
 
@@ -127,7 +114,8 @@ def vjp(arch: str, config, native: nnx.Module, inputs, cotangents, *, train: boo
         seed: int = 0) -> dict[str, np.ndarray]:
     cotangents = _cotangents(arch, config, inputs, cotangents)
     graphdef, params, rest = nnx.split(native, nnx.Param, ...)
-    grads = _grads(graphdef, params, rest, inputs, cotangents, jax.random.key(seed), train=train)
+    inputs, flags = _split_flags(inputs)
+    grads = _grads(graphdef, params, rest, inputs, cotangents, jax.random.key(seed), train=train, flags=flags)
     return {_name(path): np.array(g.get_value(), dtype=np.float32) for path, g in nnx.to_flat_state(grads)}
 
 
@@ -137,7 +125,46 @@ def adamw_step(arch: str, config, native: nnx.Module, inputs, cotangents, *, lr:
     cotangents = _cotangents(arch, config, inputs, cotangents)
     graphdef, params, rest = nnx.split(native, nnx.Param, ...)
     f32 = partial(jnp.asarray, dtype=jnp.float32)
+    inputs, flags = _split_flags(inputs)
     params = _adamw(graphdef, params, rest, inputs, cotangents, jax.random.key(seed),
-                    f32(lr), f32(betas[0]), f32(betas[1]), f32(eps), f32(weight_decay))
+                    f32(lr), f32(betas[0]), f32(betas[1]), f32(eps), f32(weight_decay), flags=flags)
     nnx.update(native, params)
     return native
+
+
+def benchmark_step(arch: str, config, native: nnx.Module, inputs: dict[str, np.ndarray],
+                   cotangents: dict[str, np.ndarray], *, mode: str, seed: int = 0):
+    """A function that runs one step and returns once it is done (see the torch backend): NNX's
+    low-overhead path, the module split once and a plain ``jax.jit`` over its state, buffers
+    donated. The step's state lives in the closure; ``native`` is left as it was. A train step
+    returns the objective before its update."""
+    graphdef, params, rest = nnx.split(native, nnx.Param, ...)
+    inputs = {k: jnp.asarray(v) for k, v in inputs.items()}
+    cots = {k: jnp.asarray(v, jnp.float32) for k, v in cotangents.items()}
+    if mode == "forward":
+        forward = jax.jit(lambda params, rest: _call(nnx.merge(graphdef, params, rest), inputs, False,
+                                                     jax.random.key(0)))
+        return lambda: jax.block_until_ready(forward(params, rest))
+    optimizer = optax.adamw(1e-4)
+
+    @partial(jax.jit, donate_argnums=(0, 1, 2))
+    def train(params, rest, opt_state, key):
+        def loss(params):
+            model = nnx.merge(graphdef, params, rest, copy=True)
+            outputs = _call(model, inputs, True, key)
+            return sum(jnp.sum(outputs[k] * cots[k]) for k in cots), nnx.state(model, nnx.BatchStat)
+
+        (value, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        rest = nnx.merge_state(rest, batch_stats)
+        return optax.apply_updates(params, updates), rest, opt_state, value
+
+    # copies: the step donates its buffers, and these arrays still belong to the model
+    state = [*jax.tree.map(jnp.copy, (params, rest)), optimizer.init(params), 0]
+
+    def step():
+        params, rest, opt_state, i = state
+        *new, value = train(params, rest, opt_state, jax.random.fold_in(jax.random.key(seed), i))
+        state[:] = [*new, i + 1]
+        return jax.block_until_ready(value)
+    return step

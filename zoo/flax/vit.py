@@ -9,11 +9,13 @@ mlp_dim, num_classes, layer_norm_eps, dropout (embedding and residual), attentio
 Keywords: ``rngs`` (``nnx.Rngs``) draws the initial weights; ``dtype`` is the compute dtype
 (``jnp.bfloat16`` for mixed precision: parameters stay float32, logits are returned in float32).
 Images are NHWC, JAX's layout. At call time ``train=True`` turns dropout on, drawing from the
-``rngs`` passed to the call.
+``rngs`` passed to the call; ``interpolate_pos_encoding=True`` runs images of another size, the
+patch position embeddings resized bicubically to the new grid (transformers' scheme).
 
 Example::
 
     import jax
+    import jax.numpy as jnp
     from flax import nnx
     from dlzoo.zoo.configs import get_config
     from dlzoo.zoo.flax.vit import ViT
@@ -21,15 +23,17 @@ Example::
     model = ViT(get_config("vit", "tiny"), rngs=nnx.Rngs(0))
     images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     logits = model(images)["logits"]                                      # (2, 10)
+    larger = model(jnp.zeros((2, 48, 64, 3)), interpolate_pos_encoding=True)["logits"]  # (2, 10)
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float
 
-from ..configs import ViTConfig, ZooError
+from ..configs import ViTConfig, ZooError, bicubic_resize_matrix
 from .layers import Block, layer_norm, truncated_normal
 
 # theory: initialization
@@ -57,18 +61,35 @@ class ViT(nnx.Module):
         self.ln_f = layer_norm(d, config.layer_norm_eps, dtype=dtype, rngs=rngs)  # theory: layer-norm
         self.head = nnx.Linear(d, config.num_classes, kernel_init=INIT, dtype=dtype, rngs=rngs)
 
+    def position_embeddings(self, h: int, w: int) -> Float[Array, "1 T C"]:
+        """Position embeddings [1, 1 + h*w, C] for a grid of h x w patches: the learned table at
+        the training grid, else its patch part resized bicubically exactly as torch's
+        F.interpolate(mode="bicubic", align_corners=False) (transformers'
+        ``interpolate_pos_encoding``), the [CLS] position kept as is."""
+        n = self.config.image_size // self.config.patch_size
+        table = self.pos_embed[...]  # [1, 1 + n*n, C]
+        if (h, w) == (n, n):
+            return table
+        rows = jnp.asarray(bicubic_resize_matrix(n, h), jnp.float32)  # [h, n]
+        cols = jnp.asarray(bicubic_resize_matrix(n, w), jnp.float32)  # [w, n]
+        grid = table[0, 1:].reshape(n, n, -1)  # [n, n, C]
+        grid = jnp.einsum("hi,ijc,wj->hwc", rows, grid, cols, precision=jax.lax.Precision.HIGHEST)  # [h, w, C]
+        return jnp.concatenate([table[:, :1], grid.reshape(1, h * w, -1)], axis=1)
+
     def forward_features(self, pixel_values: Float[Array, "B H W C_in"], *, train: bool = False,
-                         rngs: nnx.Rngs | None = None) -> Float[Array, "B T C"]:
+                         rngs: nnx.Rngs | None = None, interpolate_pos_encoding: bool = False) -> Float[Array, "B T C"]:
         """``pixel_values`` [B, H, W, C_in] -> hidden states [B, 1 + N, C] after ln_f."""
         size, channels = self.config.image_size, self.config.num_channels
-        if tuple(pixel_values.shape[1:]) != (size, size, channels):
+        if pixel_values.shape[-1] != channels or (
+                not interpolate_pos_encoding and tuple(pixel_values.shape[1:3]) != (size, size)):
             raise ZooError(f"ViT expects NHWC images [B, {size}, {size}, {channels}], got "
-                           f"{list(pixel_values.shape)}; resize the images or build with another image_size")
+                           f"{list(pixel_values.shape)}; pass interpolate_pos_encoding=True to run other sizes")
         x = self.patch_embed(pixel_values.astype(self.dtype))  # [B, H/P, W/P, C]
         B, h, w, C = x.shape
+        pos = self.position_embeddings(h, w)  # [1, 1 + N, C]
         x = x.reshape(B, h * w, C)  # [B, N, C], patches in row-major order
         cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (B, 1, C))  # [B, 1, C]
-        x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)  # [B, 1 + N, C]
+        x = jnp.concatenate([cls, x], axis=1) + pos.astype(x.dtype)  # [B, 1 + N, C]
         x = self.drop(x, deterministic=not train, rngs=rngs)
         # Bidirectional (not causal): every patch attends to every other patch and to [CLS].
         for block in self.blocks:
@@ -80,7 +101,8 @@ class ViT(nnx.Module):
         return self.head(x[:, 0])  # [B, num_classes]
 
     def __call__(self, pixel_values: Float[Array, "B H W C_in"], *, train: bool = False,
-                 rngs: nnx.Rngs | None = None) -> dict[str, Float[Array, "B K"]]:
+                 rngs: nnx.Rngs | None = None, interpolate_pos_encoding: bool = False) -> dict[str, Float[Array, "B K"]]:
         """``pixel_values`` [B, H, W, C_in] -> {"logits": [B, num_classes]} (float32)."""
-        logits = self.forward_head(self.forward_features(pixel_values, train=train, rngs=rngs))
+        logits = self.forward_head(self.forward_features(pixel_values, train=train, rngs=rngs,
+                                                         interpolate_pos_encoding=interpolate_pos_encoding))
         return {"logits": logits.astype(jnp.float32)}

@@ -45,10 +45,17 @@ def _example_inputs(arch: str, config) -> dict[str, np.ndarray]:
     return {"pixel_values": np.zeros((1, size, size, config.num_channels), np.float32)}
 
 
+def _split_flags(inputs: dict) -> tuple[dict, tuple]:
+    """(arrays, options): Python bools such as ``interpolate_pos_encoding`` are baked into the
+    compiled function (one compilation per value), never traced."""
+    return ({k: v for k, v in inputs.items() if not isinstance(v, bool)},
+            tuple(sorted((k, v) for k, v in inputs.items() if isinstance(v, bool))))
+
+
 @functools.lru_cache(maxsize=None)
-def _compiled(transformed: hk.TransformedWithState, kind: str, train: bool = False):
+def _compiled(transformed: hk.TransformedWithState, kind: str, train: bool = False, flags: tuple = ()):
     def forward(params, state, rng, inputs):
-        return transformed.apply(params, state, rng, **inputs, is_training=train)
+        return transformed.apply(params, state, rng, **inputs, **dict(flags), is_training=train)
 
     def objective(params, state, rng, inputs, cotangents):
         outputs, _ = forward(params, state, rng, inputs)
@@ -78,7 +85,8 @@ def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32"):
 def apply(arch: str, config, native, inputs: dict[str, np.ndarray], *, train: bool = False, seed: int = 0):
     """Outputs as numpy; in training the returned native carries the updated batch-norm state."""
     transformed, params, state = native
-    outputs, new_state = _compiled(transformed, "apply", train)(params, state, jax.random.key(seed), inputs)
+    inputs, flags = _split_flags(inputs)
+    outputs, new_state = _compiled(transformed, "apply", train, flags)(params, state, jax.random.key(seed), inputs)
     return {k: np.asarray(v) for k, v in outputs.items()}, (transformed, params, new_state)
 
 
@@ -109,8 +117,9 @@ def vjp(arch: str, config, native, inputs, cotangents, *, train: bool = False, s
     """Gradients of sum_k sum(outputs[k] * cotangents[k]) w.r.t. the parameters (batch-norm
     running statistics are state, not parameters, so they have none)."""
     transformed, params, state = native
-    grads = _compiled(transformed, "grad", train)(params, state, jax.random.key(seed), inputs,
-                                                  _cotangents(cotangents))
+    inputs, flags = _split_flags(inputs)
+    grads = _compiled(transformed, "grad", train, flags)(params, state, jax.random.key(seed), inputs,
+                                                         _cotangents(cotangents))
     return _to_canonical(grads)
 
 
@@ -120,6 +129,41 @@ def adamw_step(arch: str, config, native, inputs, cotangents, *, lr: float, beta
     batch-norm statistics), so the step is deterministic and comparable across frameworks."""
     transformed, params, state = native
     hyper = (np.float32(x) for x in (lr, betas[0], betas[1], eps, weight_decay))
-    params = _compiled(transformed, "adamw")(params, state, jax.random.key(seed), inputs,
-                                             _cotangents(cotangents), *hyper)
+    inputs, flags = _split_flags(inputs)
+    params = _compiled(transformed, "adamw", False, flags)(params, state, jax.random.key(seed), inputs,
+                                                           _cotangents(cotangents), *hyper)
     return transformed, params, state
+
+
+def benchmark_step(arch: str, config, native, inputs: dict[str, np.ndarray],
+                   cotangents: dict[str, np.ndarray], *, mode: str, seed: int = 0):
+    """A function that runs one step and returns once it is done (see the torch backend):
+    ``transformed.apply`` under ``jax.jit`` with optax.adamw, buffers donated. A train step
+    returns the objective before its update; ``native`` is left as it was."""
+    transformed, params, state = native
+    inputs = {k: jnp.asarray(v) for k, v in inputs.items()}
+    cots = {k: jnp.asarray(v, jnp.float32) for k, v in cotangents.items()}
+    if mode == "forward":
+        forward = jax.jit(lambda params, state: transformed.apply(params, state, None, **inputs, is_training=False))
+        return lambda: jax.block_until_ready(forward(params, state))
+    optimizer = optax.adamw(1e-4)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def train(params, state, opt_state, key):
+        def loss(params):
+            outputs, new_state = transformed.apply(params, state, key, **inputs, is_training=True)
+            return sum(jnp.sum(outputs[k] * cots[k]) for k in cots), new_state
+
+        (value, state), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), state, opt_state, value
+
+    # copies: the step donates its buffers, and these arrays still belong to the model
+    carry = [*jax.tree.map(jnp.copy, (params, state)), optimizer.init(params), 0]
+
+    def step():
+        params, state, opt_state, i = carry
+        *new, value = train(params, state, opt_state, jax.random.fold_in(jax.random.key(seed), i))
+        carry[:] = [*new, i + 1]
+        return jax.block_until_ready(value)
+    return step

@@ -75,8 +75,8 @@ def transform_model(model: type[hk.Module], config, *, dtype: str = "float32") -
     torch's autocast), so the models hold no dtype of their own: floating inputs are cast to it,
     every parameter is read in it (``cast_params``), floating outputs come back float32. The
     stored parameters and state stay float32."""
-    def cast(x, to):
-        return jnp.asarray(x, to) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    def cast(x, to):  # flags such as interpolate_pos_encoding pass through as Python values
+        return jnp.asarray(x, to) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) else x
 
     def forward(*inputs, is_training: bool = False, **named_inputs) -> dict[str, Array]:
         inputs, named_inputs = jax.tree.map(lambda x: cast(x, dtype), (inputs, named_inputs))

@@ -6,8 +6,9 @@ Recognition at Scale".
 Args (``ViTConfig``): image_size, patch_size, num_channels, hidden_size, num_layers, num_heads,
 mlp_dim, num_classes, layer_norm_eps, dropout, attention_dropout.
 ``transform(config, dtype="bfloat16")`` runs activations and matmuls in bfloat16 while the
-parameters stay float32. ``is_training=True`` turns dropout on and needs an rng key in ``apply``.
-Images are NHWC.
+parameters stay float32. ``is_training=True`` turns dropout on and needs an rng key in ``apply``;
+``interpolate_pos_encoding=True`` runs images of another size, the patch position embeddings
+resized bicubically to the new grid (transformers' scheme). Images are NHWC.
 
 Module paths map onto dlzoo's canonical names ("vit/~/blocks_0/~/attn/~/qkv" + "kernel" ->
 "blocks.0.attn.qkv.kernel"; the root's own "cls_token" -> "cls_token", see
@@ -22,15 +23,17 @@ Module paths map onto dlzoo's canonical names ("vit/~/blocks_0/~/attn/~/qkv" + "
     params, state = model.init(jax.random.key(0), images)
     out, _ = jax.jit(model.apply)(params, state, None, images)
     out["logits"]                                                 # (2, 10)
+    larger, _ = model.apply(params, state, None, jnp.zeros((2, 48, 64, 3)), interpolate_pos_encoding=True)
 """
 
 from __future__ import annotations
 
 import haiku as hk
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ..configs import ViTConfig
+from ..configs import ViTConfig, ZooError, bicubic_resize_matrix
 from .layers import Block, Conv2D, Dense, LayerNorm, dropout, transform_model, truncated_normal
 
 _INIT = truncated_normal(0.02)  # theory: initialization
@@ -53,17 +56,35 @@ class ViT(hk.Module):
         self.ln_f = LayerNorm(eps=config.layer_norm_eps, name="ln_f")  # theory: layer-norm
         self.head = Dense(config.num_classes, init=_INIT, name="head")
 
-    def forward_features(self, pixel_values: Float[Array, "B H W C_in"], *,
-                         is_training: bool = False) -> Float[Array, "B T D"]:
+    def position_embeddings(self, pos_embed: Float[Array, "1 T D"], h: int, w: int) -> Float[Array, "1 T2 D"]:
+        """Position embeddings (1, 1 + h*w, D) for a grid of h x w patches: the learned table at
+        the training grid, else its patch part resized bicubically exactly as torch's
+        F.interpolate(mode="bicubic", align_corners=False) (transformers'
+        ``interpolate_pos_encoding``), the [CLS] position kept as is."""
+        n = self.config.image_size // self.config.patch_size
+        if (h, w) == (n, n):
+            return pos_embed
+        rows = jnp.asarray(bicubic_resize_matrix(n, h), jnp.float32)  # (h, n)
+        cols = jnp.asarray(bicubic_resize_matrix(n, w), jnp.float32)  # (w, n)
+        grid = pos_embed[0, 1:].reshape(n, n, -1)  # (n, n, D)
+        grid = jnp.einsum("hi,ijd,wj->hwd", rows, grid, cols, precision=jax.lax.Precision.HIGHEST)  # (h, w, D)
+        return jnp.concatenate([pos_embed[:, :1], grid.reshape(1, h * w, -1)], axis=1)
+
+    def forward_features(self, pixel_values: Float[Array, "B H W C_in"], *, is_training: bool = False,
+                         interpolate_pos_encoding: bool = False) -> Float[Array, "B T D"]:
         """``pixel_values`` (B, H, W, C_in) -> hidden states (B, 1 + N, D) after ln_f."""
-        d = self.config.hidden_size
+        d, size = self.config.hidden_size, self.config.image_size
+        if not interpolate_pos_encoding and tuple(pixel_values.shape[1:3]) != (size, size):
+            raise ZooError(f"ViT expects images of {size}x{size}, got {list(pixel_values.shape)}; pass "
+                           "interpolate_pos_encoding=True to run other sizes")
         cls_token = hk.get_parameter("cls_token", (1, 1, d), init=_INIT)
         # theory: position-embeddings
         pos_embed = hk.get_parameter("pos_embed", (1, self.config.num_patches + 1, d), init=_INIT)
         x = self.patch_embed(pixel_values)  # (B, H/P, W/P, D)
+        pos = self.position_embeddings(pos_embed, x.shape[1], x.shape[2])  # (1, 1 + N, D)
         x = x.reshape(x.shape[0], -1, d)  # (B, N, D), patches in row-major order
         cls = jnp.broadcast_to(cls_token, (x.shape[0], 1, d))  # (B, 1, D)
-        x = jnp.concatenate([cls, x], axis=1) + pos_embed  # (B, 1 + N, D)
+        x = jnp.concatenate([cls, x], axis=1) + pos.astype(x.dtype)  # (B, 1 + N, D)
         x = dropout(x, self.config.dropout, is_training)  # theory: dropout
         for block in self.blocks:
             # Bidirectional (is_causal=False): every patch attends to every other patch and to [CLS].
@@ -74,9 +95,11 @@ class ViT(hk.Module):
         # theory: cls-pooling
         return self.head(x[:, 0])  # (B, num_classes)
 
-    def __call__(self, pixel_values: Float[Array, "B H W C_in"], *, is_training: bool = False) -> dict[str, Array]:
+    def __call__(self, pixel_values: Float[Array, "B H W C_in"], *, is_training: bool = False,
+                 interpolate_pos_encoding: bool = False) -> dict[str, Array]:
         """``pixel_values`` (B, H, W, C_in) -> {"logits": (B, num_classes)}."""
-        return {"logits": self.forward_head(self.forward_features(pixel_values, is_training=is_training))}
+        return {"logits": self.forward_head(self.forward_features(
+            pixel_values, is_training=is_training, interpolate_pos_encoding=interpolate_pos_encoding))}
 
 
 def transform(config: ViTConfig, *, dtype: str = "float32") -> hk.TransformedWithState:

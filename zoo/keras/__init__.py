@@ -3,7 +3,8 @@
 The seven functions below are the backend contract of ``dlzoo.zoo.handle``; the handle's framework
 id is "keras" whatever keras runs on (jax, torch or tensorflow). When ``KERAS_BACKEND`` is unset
 and tensorflow (keras' default) is not installed, an installed backend is chosen before keras is
-imported (jax, then torch) and the choice is printed to stderr, instead of failing inside keras.
+imported (jax, then torch) and the choice is logged (``dlzoo.zoo.frameworks``), instead of failing
+inside keras.
 
 Canonical names come from ``variable.path`` (``layers.canonical_name``): the model's own name is
 dropped, ``blocks_0/attn/qkv/kernel`` becomes ``blocks.0.attn.qkv.kernel``, keras' leaf names are
@@ -17,35 +18,12 @@ autograd, tf.GradientTape), and that backend-specific code lives here and nowher
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
+import functools
 import weakref
 
+from ..frameworks import choose_keras_backend
 
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a broken or deliberately hidden package counts as absent
-        return False
-
-
-def _choose_keras_backend() -> None:
-    if "keras" in sys.modules or os.environ.get("KERAS_BACKEND") or _installed("tensorflow"):
-        return  # keras decides (or already has): its default is tensorflow
-    for name in ("jax", "torch"):
-        if _installed(name):
-            os.environ["KERAS_BACKEND"] = name
-            print(f"dlzoo: KERAS_BACKEND is unset and tensorflow is not installed; using keras' "
-                  f"{name} backend (set KERAS_BACKEND=jax|torch|tensorflow to choose)", file=sys.stderr)
-            return
-    from ..configs import ZooError
-
-    raise ZooError("keras needs a backend and none is installed; install one with: "
-                   "pip install jax  (or torch, or tensorflow) and set KERAS_BACKEND to it")
-
-
-_choose_keras_backend()
+choose_keras_backend()  # before keras is imported; logged, never printed (see dlzoo.zoo.frameworks)
 
 import numpy as np  # noqa: E402
 import keras  # noqa: E402
@@ -97,21 +75,30 @@ def _reseed(native: keras.Model, seed: int) -> None:
 _JAX_CACHE: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
 
 
-def _jax_function(arch: str, native: keras.Model, what: str, train: bool):
+def _split_flags(inputs: dict) -> tuple[dict, dict]:
+    """(arrays, options): Python bools such as ``interpolate_pos_encoding`` are call keywords of
+    the model (and part of the jit cache key), never traced."""
+    return ({k: v for k, v in inputs.items() if not isinstance(v, bool)},
+            {k: v for k, v in inputs.items() if isinstance(v, bool)})
+
+
+def _jax_function(arch: str, native: keras.Model, what: str, train: bool, flags: dict | None = None):
     import jax
 
+    flags = flags or {}
     cache = _JAX_CACHE.setdefault(native, {})
-    if (what, train) not in cache:
+    key = (what, train, tuple(sorted(flags.items())))
+    if key not in cache:
         model = weakref.ref(native)  # the cache must not keep the model alive
 
         def forward(params, state, inputs):
-            return model().stateless_call(params, state, inputs, training=train)
+            return model().stateless_call(params, state, inputs, training=train, **flags)
 
         def objective(params, state, inputs, cotangents):
             return _objective(forward(params, state, inputs)[0], cotangents, arch)
 
-        cache[(what, train)] = jax.jit(forward if what == "apply" else jax.grad(objective))
-    return cache[(what, train)]
+        cache[key] = jax.jit(forward if what == "apply" else jax.grad(objective))
+    return cache[key]
 
 
 def _values(variables) -> list:
@@ -122,13 +109,14 @@ def apply(arch: str, config, native: keras.Model, inputs: dict[str, np.ndarray],
           seed: int = 0) -> tuple[dict[str, np.ndarray], keras.Model]:
     if train:
         _reseed(native, seed)
+    inputs, flags = _split_flags(inputs)
     if keras.backend.backend() == "jax":
-        forward = _jax_function(arch, native, "apply", train)
+        forward = _jax_function(arch, native, "apply", train, flags)
         outputs, state = forward(_values(native.trainable_variables), _values(native.non_trainable_variables), inputs)
         for v, value in zip(native.non_trainable_variables, state):  # batch-norm statistics, seeds
             v.assign(value)
     else:
-        outputs = native(inputs, training=train)
+        outputs = native(inputs, training=train, **flags)
     return {k: _numpy(v) for k, v in outputs.items()}, native
 
 
@@ -148,8 +136,9 @@ def block_outputs(arch: str, config, native: keras.Model, inputs: dict[str, np.n
 
     for name, layer in blocks.items():
         layer.call = recording(name, layer.call)
+    inputs, flags = _split_flags(inputs)
     try:
-        native(inputs, training=False)
+        native(inputs, training=False, **flags)
     finally:
         for layer in blocks.values():
             del layer.call  # the class's own call again
@@ -170,8 +159,9 @@ def _gradients(arch: str, native: keras.Model, inputs, cotangents, *, train: boo
     a question about the model, not a training step."""
     variables = native.trainable_variables
     backend = keras.backend.backend()
+    inputs, flags = _split_flags(inputs)
     if backend == "jax":  # stateless: the returned statistics are simply dropped
-        grad = _jax_function(arch, native, "grad", train)
+        grad = _jax_function(arch, native, "grad", train, flags)
         cots = {k: np.asarray(c, np.float32) for k, c in cotangents.items()}
         return list(grad(_values(variables), _values(native.non_trainable_variables), inputs, cots))
     saved = [(v, ops.copy(v.value)) for v in native.non_trainable_variables]
@@ -179,13 +169,13 @@ def _gradients(arch: str, native: keras.Model, inputs, cotangents, *, train: boo
         if backend == "torch":
             import torch
 
-            loss = _objective(native(inputs, training=train), cotangents, arch)
+            loss = _objective(native(inputs, training=train, **flags), cotangents, arch)
             grads = torch.autograd.grad(loss, [v.value for v in variables], allow_unused=True)
         elif backend == "tensorflow":
             import tensorflow as tf
 
             with tf.GradientTape() as tape:
-                loss = _objective(native(inputs, training=train), cotangents, arch)
+                loss = _objective(native(inputs, training=train, **flags), cotangents, arch)
             grads = [None if g is None else tf.convert_to_tensor(g)  # embeddings give IndexedSlices
                      for g in tape.gradient(loss, variables)]
         else:
@@ -216,11 +206,106 @@ def adamw_step(arch: str, config, native: keras.Model, inputs: dict[str, np.ndar
     two identical at step t, here t = 1.
     """
     # theory: adamw
+    def make_optimizer(learning_rate):
+        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay, beta_1=betas[0],
+                                      beta_2=betas[1], epsilon=eps * (1.0 - betas[1]) ** 0.5)
+
+    if keras.backend.backend() == "jax":
+        # Eagerly, keras' optimizer runs op by op (and compiles each op on first use); one jitted
+        # stateless step per (model, betas, eps, weight decay) with the learning rate as data
+        # compiles once, whatever schedule the caller follows.
+        key = ("adamw", tuple(betas), eps, weight_decay)
+        cache = _JAX_CACHE.setdefault(native, {})
+        if key not in cache:
+            cache[key] = _jax_adamw(arch, native, make_optimizer(1.0))
+        step, fresh, lr_index = cache[key]
+        opt_vars = list(fresh)
+        opt_vars[lr_index] = np.float32(lr)
+        cots = {k: np.asarray(c, np.float32) for k, c in cotangents.items()}
+        params = step(_values(native.trainable_variables), _values(native.non_trainable_variables), opt_vars,
+                      inputs, cots)
+        for v, value in zip(native.trainable_variables, params):
+            v.assign(value)
+        return native
     grads = _gradients(arch, native, inputs, cotangents, train=False)
-    optimizer = keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay, beta_1=betas[0],
-                                       beta_2=betas[1], epsilon=eps * (1.0 - betas[1]) ** 0.5)
-    optimizer.apply_gradients(zip(grads, native.trainable_variables))
+    make_optimizer(lr).apply_gradients(zip(grads, native.trainable_variables))
     return native
+
+
+def _jax_adamw(arch: str, native: keras.Model, optimizer):
+    """A jitted AdamW step from a fresh optimizer state: (step, fresh state, index of the lr)."""
+    import jax
+
+    optimizer.build(native.trainable_variables)
+    fresh = [np.array(ops.convert_to_numpy(v.value)) for v in optimizer.variables]
+    lr_index = next(i for i, v in enumerate(optimizer.variables) if v.path.endswith("learning_rate"))
+    grad = _jax_function(arch, native, "grad", False)
+
+    def step(params, state, opt_vars, inputs, cotangents):
+        grads = grad(params, state, inputs, cotangents)
+        params, _ = optimizer.stateless_apply(opt_vars, grads, params)
+        return params
+
+    return jax.jit(step), fresh, lr_index
+
+
+def benchmark_step(arch: str, config, native: keras.Model, inputs: dict[str, np.ndarray],
+                   cotangents: dict[str, np.ndarray], *, mode: str, seed: int = 0, fit: bool = False):
+    """A function that runs one step and returns once it is done (see the torch backend). On the
+    jax backend: a jitted stateless step (``stateless_call`` + ``optimizer.stateless_apply``),
+    keras' low-overhead path. With ``fit=True``, or on another backend: keras' own compiled
+    ``train_on_batch`` / ``predict_on_batch``, the path ``model.fit`` takes. A train step returns
+    the objective before its update (``train_on_batch``: keras' reported loss)."""
+    if mode == "forward":
+        if keras.backend.backend() == "jax" and not fit:
+            forward = _jax_function(arch, native, "apply", False)
+            params, state = _values(native.trainable_variables), _values(native.non_trainable_variables)
+            return lambda: _block(forward(params, state, inputs))
+        return lambda: _block(native.predict_on_batch(inputs))
+    optimizer = keras.optimizers.AdamW(learning_rate=1e-4)
+    _reseed(native, seed)
+    if keras.backend.backend() != "jax" or fit:
+        names = list(native(inputs, training=False))
+        native.compile(optimizer=optimizer, loss={k: _dot_loss for k in names if k in cotangents},
+                       jit_compile="auto")
+        targets = {k: np.asarray(v, np.float32) for k, v in cotangents.items()}
+        return lambda: _block(native.train_on_batch(inputs, targets))
+    import jax
+
+    optimizer.build(native.trainable_variables)
+    cots = {k: np.asarray(v, np.float32) for k, v in cotangents.items()}
+
+    def loss(params, state):
+        outputs, state = native.stateless_call(params, state, inputs, training=True)
+        return _objective(outputs, cots, arch), state
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
+    def train(params, state, opt_vars):
+        (value, state), grads = jax.value_and_grad(loss, has_aux=True)(params, state)
+        params, opt_vars = optimizer.stateless_apply(opt_vars, grads, params)
+        return params, state, opt_vars, value
+
+    carry = [[jax.numpy.copy(v.value) for v in variables]
+             for variables in (native.trainable_variables, native.non_trainable_variables, optimizer.variables)]
+
+    def step():
+        *carry[:], value = train(*carry)
+        return _block(value)
+    return step
+
+
+def _dot_loss(y_true, y_pred):
+    """sum(outputs * cotangents) as a keras loss (y_true carries the cotangents)."""
+    return ops.sum(y_true * y_pred)
+
+
+def _block(tree):
+    """Wait for asynchronously dispatched results (jax) by reading them back."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        jax.block_until_ready(tree)
+    return tree
 
 
 __all__ = ["MODELS", "adamw_step", "apply", "block_outputs", "build", "load_state_dict", "state_dict", "vjp"]

@@ -8,6 +8,9 @@ Args:
     seed: seed for initialization and dropout.
     dtype: keras dtype policy, e.g. ``"mixed_bfloat16"`` (float32 variables, bfloat16 compute).
 
+Call with ``interpolate_pos_encoding=True`` to run images of another size: the patch position
+embeddings are resized bicubically to the new grid (transformers' scheme).
+
 Example:
     >>> import os; _ = os.environ.setdefault("KERAS_BACKEND", "jax")  # before keras is imported
     >>> import numpy as np
@@ -16,6 +19,9 @@ Example:
     >>> model = ViT(get_config("vit", "tiny"), seed=0)
     >>> tuple(model({"pixel_values": np.zeros((2, 32, 32, 3), "float32")})["logits"].shape)
     (2, 10)
+    >>> larger = model({"pixel_values": np.zeros((2, 48, 64, 3), "float32")}, interpolate_pos_encoding=True)
+    >>> tuple(larger["logits"].shape)
+    (2, 10)
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from ..configs import ViTConfig
+from ..configs import ViTConfig, ZooError, bicubic_resize_matrix
 from .layers import Block, Seeds, normal_init
 
 
@@ -50,16 +56,36 @@ class ViT(keras.Model):
         self.ln_f = layers.LayerNormalization(epsilon=config.layer_norm_eps, name="ln_f", dtype=policy)
         self.head = layers.Dense(config.num_classes, kernel_initializer=normal_init(seeds()), name="head", dtype=policy)
 
-    def call(self, inputs, training=False):
-        h = self.forward_features(inputs["pixel_values"], training=training)
+    def call(self, inputs, training=False, interpolate_pos_encoding=False):
+        h = self.forward_features(inputs["pixel_values"], training=training,
+                                  interpolate_pos_encoding=interpolate_pos_encoding)
         return {"logits": self.forward_head(h)}
 
-    def forward_features(self, pixel_values, training=False):
+    def position_embeddings(self, h, w):
+        """Position embeddings (1, 1 + h*w, C) for a grid of h x w patches: the learned table at
+        the training grid, else its patch part resized bicubically exactly as torch's
+        F.interpolate(mode="bicubic", align_corners=False) (transformers'
+        ``interpolate_pos_encoding``), the [CLS] position kept as is."""
+        n = self.config.image_size // self.config.patch_size
+        if (h, w) == (n, n):
+            return self.pos_embed
+        rows = ops.convert_to_tensor(bicubic_resize_matrix(n, h), "float32")  # (h, n)
+        cols = ops.convert_to_tensor(bicubic_resize_matrix(n, w), "float32")  # (w, n)
+        grid = ops.reshape(self.pos_embed[0, 1:], (n, n, -1))  # (n, n, C)
+        grid = ops.einsum("hi,ijc,wj->hwc", rows, grid, cols)  # (h, w, C)
+        return ops.concatenate([self.pos_embed[:, :1], ops.reshape(grid, (1, h * w, -1))], axis=1)
+
+    def forward_features(self, pixel_values, training=False, interpolate_pos_encoding=False):
+        size = self.config.image_size
+        if not interpolate_pos_encoding and tuple(pixel_values.shape[1:3]) != (size, size):
+            raise ZooError(f"ViT expects images of {size}x{size}, got {list(pixel_values.shape)}; pass "
+                           "interpolate_pos_encoding=True to run other sizes")
         x = self.patch_embed(pixel_values)  # (B, H/P, W/P, C)
-        B, C = ops.shape(x)[0], ops.shape(x)[-1]
+        B, h, w, C = ops.shape(x)
+        pos = self.position_embeddings(h, w)  # (1, N+1, C)
         x = ops.reshape(x, (B, -1, C))  # (B, N, C), patches in row-major order
         cls = ops.broadcast_to(ops.cast(self.cls_token, x.dtype), (B, 1, C))
-        x = ops.concatenate([cls, x], axis=1) + ops.cast(self.pos_embed, x.dtype)  # (B, N+1, C)
+        x = ops.concatenate([cls, x], axis=1) + ops.cast(pos, x.dtype)  # (B, N+1, C)
         x = self.drop(x, training=training)
         for block in self.blocks:
             x = block(x, training=training)

@@ -42,6 +42,9 @@ def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32") -
 def _torch_inputs(arch: str, inputs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in inputs.items():
+        if isinstance(value, bool):  # an option such as interpolate_pos_encoding
+            out[key] = value
+            continue
         t = torch.from_numpy(np.asarray(value))
         if key == "pixel_values":
             t = t.float().permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW, torch's layout
@@ -127,7 +130,10 @@ def adamw_step(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarra
                weight_decay: float, seed: int = 0) -> nn.Module:
     """One torch.optim.AdamW step (fresh state) on the vjp objective, in eval mode."""
     # theory: adamw
-    optimizer = torch.optim.AdamW(native.parameters(), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    # fused: one kernel over all parameters instead of a Python loop of small ops (the loop
+    # dominates a tiny model's step; the math is the same).
+    optimizer = torch.optim.AdamW(native.parameters(), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                  fused=True)
     optimizer.zero_grad(set_to_none=True)
     with _mode(native, train=False, seed=seed) as device:
         loss = _objective(native, arch, inputs, cotangents, device)
@@ -137,4 +143,35 @@ def adamw_step(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarra
     return native
 
 
-__all__ = ["MODELS", "adamw_step", "apply", "block_outputs", "build", "load_state_dict", "state_dict", "vjp"]
+__all__ = ["MODELS", "adamw_step", "apply", "benchmark_step", "block_outputs", "build", "load_state_dict", "state_dict", "vjp"]
+
+
+def benchmark_step(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarray],
+                   cotangents: dict[str, np.ndarray], *, mode: str, seed: int = 0):
+    """A function that runs one step and returns once it is done: ``mode="forward"`` an
+    inference forward pass; ``"train"`` forward + backward + a fused torch.optim.AdamW update
+    (lr 1e-4) in train mode (dropout on, batch statistics) on the objective
+    ``sum(outputs * cotangents)``, returning the objective before the update (a 0-d value). The
+    module's weights change with every train step. Used by ``dlzoo bench``."""
+    device = next(native.parameters()).device
+    tensors = _torch_inputs(arch, inputs, device)
+    cots = {k: torch.as_tensor(np.asarray(v, np.float32), device=device) for k, v in cotangents.items()}
+    torch.manual_seed(seed)
+    if mode == "forward":
+        native.eval()
+
+        @torch.no_grad()
+        def step():
+            native(**tensors)
+        return step
+    native.train()
+    optimizer = torch.optim.AdamW(native.parameters(), lr=1e-4, fused=True)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        outputs = native(**tensors)
+        loss = sum((outputs[k] * c).sum() for k, c in cots.items())
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+    return step

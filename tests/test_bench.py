@@ -1,0 +1,67 @@
+"""dlzoo bench: every implementation steps on the same weights; the report's schema and its
+refusals. Speed itself is measured by running the command, never asserted in a test."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dlzoo.zoo import ZooError, installed_frameworks, load
+from dlzoo.zoo.bench import run
+from dlzoo.zoo.frameworks import backend
+
+FRAMEWORKS = installed_frameworks()
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS + (["keras-fit"] if "keras" in FRAMEWORKS else []))
+@pytest.mark.parametrize("arch", ["gpt", "resnet"])
+def test_train_step_is_a_real_step(framework, arch):
+    """The benchmarked training step descends its objective (dropout off, so it is
+    deterministic): a step that skipped the backward pass or the update would not."""
+    overrides = {"dropout": 0.0, "attention_dropout": 0.0} if arch == "gpt" else {}
+    name, kwargs = ("keras", {"fit": True}) if framework == "keras-fit" else (framework, {})
+    handle = load(arch, name, config="tiny", seed=1, **overrides)
+    if arch == "gpt":
+        inputs = {"input_ids": (np.arange(16, dtype=np.int32).reshape(2, 8) * 7) % 256}
+    else:
+        inputs = {"pixel_values": np.random.default_rng(0).standard_normal((4, 32, 32, 3)).astype(np.float32)}
+    out = handle.apply(inputs)
+    cotangents = {k: np.random.default_rng(1).standard_normal(v.shape).astype(np.float32) for k, v in out.items()}
+    step = backend(name).benchmark_step(arch, handle.config, handle.native, inputs, cotangents, mode="train", **kwargs)
+    values = [float(np.asarray(step())) for _ in range(4)]
+    assert values[0] > values[1] > values[2] > values[3], values
+
+
+def test_report_schema_and_interleaving():
+    chosen = [f for f in ("torch", "equinox") if f in FRAMEWORKS] or FRAMEWORKS[:1]
+    report = run("gpt", "tiny", batch=2, seq_len=8, implementations=chosen, mode="forward", trials=3)
+    assert [r["implementation"] for r in report["results"]] == chosen
+    assert report["inputs"] == {"input_ids": [2, 8]}
+    assert report["ceiling_gflops"] > 0 and report["flops_per_step"] > 0
+    assert min(r["ratio_to_fastest"] for r in report["results"]) == 1.0
+    for row in report["results"]:
+        assert row["median_s"] > 0 and row["compile_s"] > 0 and row["iqr_s"][0] <= row["iqr_s"][1]
+        assert row["tokens_per_s"] == pytest.approx(16 / row["median_s"])
+        assert row["gflops"] == pytest.approx(report["flops_per_step"] / row["median_s"] / 1e9)
+    json.dumps(report)  # the --json document is plain JSON
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"seq_len": 5000}, "exceeds the gpt context"),
+    ({"image_size": 64}, "does not apply to gpt"),
+    ({"implementations": ["mxnet"]}, "unknown implementation"),
+    ({"mode": "backward"}, "--mode must be"),
+    ({"trials": 1}, "at least 3"),
+])
+def test_refusals(kwargs, message):
+    with pytest.raises(ZooError, match=message):
+        run("gpt", "tiny", **kwargs)
+
+
+def test_cli_refuses_in_one_line():
+    result = subprocess.run([sys.executable, "-m", "dlzoo.cli", "bench", "resnet", "--seq-len", "8"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: --seq-len does not apply to resnet; use --image-size"]

@@ -1,0 +1,242 @@
+"""Side-by-side speed of every installed framework and the reference implementations.
+
+Every implementation runs the SAME canonical weights on the SAME inputs. A step is either a
+forward pass (``mode="forward"``) or a training step (``mode="train"``: forward, backward and an
+AdamW update, dropout on) on the fixed objective ``sum(outputs * cotangents)``, in each
+framework's low-overhead path (``benchmark_step`` of each backend: torch eager with fused
+AdamW; NNX split once under ``jax.jit``; equinox partitioned once under ``jax.jit``; haiku
+``jax.jit``; keras' jitted stateless step on jax, and keras' own ``train_on_batch`` as
+"keras-fit"). The reference is ``transformers``' model on the same weights, stepped with the
+same fused torch AdamW.
+
+Timings on a shared machine drift, and whichever implementation runs first in a fresh process
+looks slower: trials are interleaved (every round runs each implementation once, in a rotated
+order), and the headline is the ratio of medians, never an absolute time. The first call of a
+step is timed on its own as the compile time (it includes one step).
+
+Throughput counts examples (and tokens for the text models); achieved GFLOP/s uses the
+analytic FLOPs of ``dlzoo.zoo.estimates`` (a multiply-add is 2 FLOPs; training = 3x forward)
+against this machine's fp32 matmul ceiling, measured at the start of the run (a square matmul
+of ``CEILING_SIZE``, best of 10). Peak step memory is the growth of the process's peak resident
+set (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) over the resident set before the
+implementation's first three steps: activations, gradients, optimizer temporaries and compiled
+buffers, not the weights already held.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .configs import ZooError, get_config
+from .estimates import estimate
+from .frameworks import backend, installed_frameworks
+
+CEILING_SIZE = 2048
+IMPLEMENTATIONS = ("torch", "transformers", "flax", "equinox", "haiku", "keras", "keras-fit")
+
+
+def matmul_ceiling_gflops(size: int = CEILING_SIZE, repeats: int = 10) -> tuple[float, str]:
+    """fp32 GFLOP/s of the best of ``repeats`` square matmuls, with the library that ran them
+    (torch when installed, whose kernels the torch models use; else numpy)."""
+    try:
+        import torch
+
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        run, library = (lambda: a @ b), f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    except ImportError:
+        a, b = np.random.rand(size, size).astype(np.float32), np.random.rand(size, size).astype(np.float32)
+        run, library = (lambda: a @ b), f"numpy {np.__version__}"
+    run()
+    best = min(_seconds(run) for _ in range(repeats))
+    return 2 * size ** 3 / best / 1e9, library
+
+
+def _seconds(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _memory_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _peak_step_memory(step: Callable[[], None]) -> int | None:
+    """Bytes the peak resident set grows by over three steps (None where Linux' counters are absent)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # resets VmHWM to the current resident set
+    except OSError:
+        return None
+    before = _memory_kib("VmRSS")
+    for _ in range(3):
+        step()
+    peak = _memory_kib("VmHWM")
+    return None if before is None or peak is None else max(0, peak - before) * 1024
+
+
+def bench_inputs(arch: str, config, batch: int, seq_len: int | None, image_size: int | None, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    if arch in ("gpt", "bert"):
+        limit = config.context_length if arch == "gpt" else config.max_positions
+        length = seq_len or min(128, limit)
+        if length > limit:
+            raise ZooError(f"--seq-len {length} exceeds the {arch} context of {limit} positions; "
+                           f"use at most {limit} or a config with a longer context")
+        return {"input_ids": rng.integers(0, config.vocab_size, (batch, length)).astype(np.int32)}
+    size = image_size or (config.image_size if arch == "vit" else 64)
+    return {"pixel_values": rng.standard_normal((batch, size, size, config.num_channels)).astype(np.float32)}
+
+
+def _reference_step(arch: str, config, tensors, inputs, cotangents, mode: str) -> Callable[[], None]:
+    """transformers' model on the same weights, stepped like dlzoo's torch model."""
+    import torch
+
+    from .reference import transformers_model
+
+    model = transformers_model(arch, config, tensors)
+    tin = {k: (torch.from_numpy(v).permute(0, 3, 1, 2).contiguous() if k == "pixel_values"
+               else torch.from_numpy(v.astype(np.int64))) for k, v in inputs.items()}
+    cots = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in cotangents.items()}
+
+    def outputs():
+        out = model(**tin)
+        if arch == "bert":
+            backbone = getattr(out, "last_hidden_state", None)
+            return {"last_hidden_state": backbone, "pooler_output": getattr(out, "pooler_output", None)}
+        return {"logits": out.logits}
+
+    if mode == "forward":
+        model.eval()
+
+        @torch.no_grad()
+        def forward():
+            model(**tin)
+        return forward
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        out = outputs()
+        sum((out[k] * c).sum() for k, c in cots.items() if out.get(k) is not None).backward()
+        optimizer.step()
+    return step
+
+
+def run(arch: str, preset: str = "tiny", *, batch: int = 8, seq_len: int | None = None,
+        image_size: int | None = None, implementations: list[str] | None = None, mode: str = "train",
+        trials: int = 15, overrides: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
+    """Benchmark ``arch`` in every requested (default: every installed) implementation.
+
+    Returns the ``--json`` document of ``dlzoo bench`` (docs/bench.md): the setup, the machine's
+    matmul ceiling, and per implementation the median step time and its interquartile range in
+    seconds, the ratio to the fastest and to torch, compile time (s), throughput (examples/s and
+    tokens/s), achieved GFLOP/s and its fraction of the ceiling, and peak step memory (bytes).
+
+    Raises ZooError for an unknown implementation, one that is not installed, a sequence longer
+    than the context, or an image size a ViT config was not built for.
+    """
+    if mode not in ("forward", "train"):
+        raise ZooError(f"--mode must be forward or train, got {mode!r}")
+    if trials < 3:
+        raise ZooError(f"--trials must be at least 3 for a median and spread, got {trials}")
+    overrides = dict(overrides or {})
+    if arch == "vit" and image_size:
+        overrides.setdefault("image_size", image_size)
+    config = get_config(arch, preset, **overrides)
+    if arch in ("gpt", "bert") and image_size:
+        raise ZooError(f"--image-size does not apply to {arch}; use --seq-len")
+    if arch in ("vit", "resnet") and seq_len:
+        raise ZooError(f"--seq-len does not apply to {arch}; use --image-size")
+    available = _available()
+    chosen = list(implementations or [name for name in IMPLEMENTATIONS if name in available])
+    unknown = [name for name in chosen if name not in IMPLEMENTATIONS]
+    if unknown:
+        raise ZooError(f"unknown implementation(s) {', '.join(unknown)}; expected some of: {', '.join(IMPLEMENTATIONS)}")
+    missing = [name for name in chosen if name not in available]
+    if missing:
+        raise ZooError(f"not installed: {', '.join(missing)}; installed: {', '.join(available) or 'none'} "
+                       "(pip install 'dlzoo[all,reference]' for every one)")
+    if not chosen:
+        raise ZooError("no framework is installed; install one, e.g. pip install 'dlzoo[torch]'")
+
+    inputs = bench_inputs(arch, config, batch, seq_len, image_size, seed)
+    from .handle import load
+
+    first = next(f for f in chosen if f in installed_frameworks()) if set(chosen) & set(installed_frameworks()) else "torch"
+    source = load(arch, first, config=config, seed=seed)
+    tensors = source.state_dict()
+    shapes = {k: v.shape for k, v in source.apply(inputs).items()}
+    rng = np.random.default_rng(seed + 1)
+    cotangents = {k: rng.standard_normal(shape).astype(np.float32) / np.sqrt(np.prod(shape)) for k, shape in shapes.items()}
+
+    ceiling, library = matmul_ceiling_gflops()
+    steps, compile_s, memory = {}, {}, {}
+    for name in chosen:
+        if name == "transformers":
+            step = _reference_step(arch, config, tensors, inputs, cotangents, mode)
+        else:
+            framework = "keras" if name == "keras-fit" else name
+            handle = load(arch, framework, config=config, weights=tensors)
+            kwargs = {"fit": True} if name == "keras-fit" else {}
+            step = backend(framework).benchmark_step(arch, config, handle.native, inputs, cotangents,
+                                                     mode=mode, seed=seed, **kwargs)
+        compile_s[name] = _seconds(step)
+        memory[name] = _peak_step_memory(step)
+        steps[name] = step
+
+    times: dict[str, list[float]] = {name: [] for name in chosen}
+    for trial in range(trials):
+        order = chosen[trial % len(chosen):] + chosen[:trial % len(chosen)]  # rotate who goes first
+        for name in order:
+            times[name].append(_seconds(steps[name]))
+
+    cost = estimate(arch, config, seq_len=inputs["input_ids"].shape[1] if "input_ids" in inputs else None,
+                    image_size=inputs["pixel_values"].shape[1] if "pixel_values" in inputs else None)
+    flops = (cost.flops_train_step if mode == "train" else cost.flops_forward) * batch
+    tokens = batch * inputs["input_ids"].shape[1] if "input_ids" in inputs else None
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    fastest = min(medians.values())
+    rows = []
+    for name in chosen:
+        median = medians[name]
+        q1, _, q3 = statistics.quantiles(times[name], n=4)
+        rows.append({
+            "implementation": name, "median_s": median, "iqr_s": [q1, q3],
+            "ratio_to_fastest": median / fastest,
+            "ratio_to_torch": median / medians["torch"] if "torch" in medians else None,
+            "compile_s": compile_s[name], "examples_per_s": batch / median,
+            "tokens_per_s": tokens / median if tokens else None,
+            "gflops": flops / median / 1e9, "fraction_of_ceiling": flops / median / 1e9 / ceiling,
+            "peak_step_memory_bytes": memory[name],
+        })
+    return {"arch": arch, "preset": preset, "config": config.to_dict(), "mode": mode, "batch": batch,
+            "inputs": {k: list(v.shape) for k, v in inputs.items()}, "trials": trials,
+            "flops_per_step": flops, "ceiling_gflops": ceiling, "ceiling_library": library,
+            "threads": os.cpu_count(), "results": rows}
+
+
+def _available() -> list[str]:
+    import importlib.util
+
+    installed = installed_frameworks()
+    names = [f for f in installed]
+    if "torch" in installed and importlib.util.find_spec("transformers"):
+        names.append("transformers")
+    if "keras" in installed:
+        names.append("keras-fit")
+    return names
