@@ -290,10 +290,12 @@ def _register_commands() -> None:
     from dlzoo.agents.cli import register as register_master
     from dlzoo.agents.engineer.cli import register as register_engineer
     from dlzoo.cli_bench import register as register_bench
+    from dlzoo.scaffold.cli import register as register_scaffold
 
     register_master(cli)
     register_engineer(cli)
     register_bench(cli)
+    register_scaffold(cli)
 
 
 _register_commands()

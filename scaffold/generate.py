@@ -211,20 +211,15 @@ class Weights:
 
 
 def read_weights(source: str, arch: str) -> Weights:
-    """A published folder, a canonical .safetensors file or a hub id, as canonical tensors."""
-    from ..zoo import hub, weights
+    """Canonical tensors from what ``dlzoo.zoo.hub.load_checkpoint`` reads: a canonical or
+    torchvision/timm state-dict file, a published checkpoint folder, or a hub id."""
+    from ..zoo import hub
 
     path = Path(source).expanduser()
-    if path.is_file():
-        if path.suffix != ".safetensors":
-            raise ZooError(f"--weights {source}: expected a canonical .safetensors file, a published checkpoint folder "
-                           "(config.json + model.safetensors) or a hub id")
-        file_arch, config, tensors = weights.load(path)
-    else:
-        if not path.exists() and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-            raise ZooError(f"--weights {source}: not a local file or folder, and HF_HUB_OFFLINE is set so the hub "
-                           "cannot be asked; pass a local checkpoint folder or canonical .safetensors file")
-        file_arch, config, tensors, _ = hub.load_checkpoint(source)
+    if not path.exists() and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        raise ZooError(f"--weights {source}: not a local file or folder, and HF_HUB_OFFLINE is set so the hub "
+                       "cannot be asked; pass a local checkpoint folder or canonical .safetensors file")
+    file_arch, config, tensors, _ = hub.load_checkpoint(source)
     if file_arch != arch:
         raise ZooError(f"--weights {source} holds {file_arch} weights; the project is --arch {arch}")
     return Weights(source, config, tensors, [], [])
