@@ -22,7 +22,7 @@ import re
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ from ..zoo.frameworks import FRAMEWORKS, check_framework
 
 SCAFFOLD_DIR = Path(__file__).resolve().parent
 TEMPLATES = SCAFFOLD_DIR / "templates"
-ZOO_DIR = SCAFFOLD_DIR.parent / "zoo" if (SCAFFOLD_DIR.parent / "zoo" / "configs.py").is_file() else None
 RESULTS = SCAFFOLD_DIR / "results.json"   # measured by benchmarks/scaffold_quality.py
 
 TASKS = {"vit": ("image-classification",), "resnet": ("image-classification",)}
@@ -115,7 +114,6 @@ class Copied:
     source: str             # path inside dlzoo, e.g. "zoo/torch/vit.py"
     original: str           # the zoo file's text
     text: str = ""          # as written into the project
-    notes: list[str] = field(default_factory=list)
 
 
 def copied_sources(arch: str, framework: str) -> list[tuple[str, str]]:
@@ -207,27 +205,21 @@ class Weights:
     config: Any             # the checkpoint's model config
     tensors: dict
     fresh: list[str]        # canonical names the project initialises anew (a head for another class count)
-    notes: list[str]
 
 
 def read_weights(source: str, arch: str) -> Weights:
-    """A published folder, a canonical .safetensors file or a hub id, as canonical tensors."""
-    from ..zoo import hub, weights
+    """Canonical tensors from what ``dlzoo.zoo.hub.load_checkpoint`` reads: a canonical or
+    torchvision/timm state-dict file, a published checkpoint folder, or a hub id."""
+    from ..zoo import hub
 
     path = Path(source).expanduser()
-    if path.is_file():
-        if path.suffix != ".safetensors":
-            raise ZooError(f"--weights {source}: expected a canonical .safetensors file, a published checkpoint folder "
-                           "(config.json + model.safetensors) or a hub id")
-        file_arch, config, tensors = weights.load(path)
-    else:
-        if not path.exists() and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-            raise ZooError(f"--weights {source}: not a local file or folder, and HF_HUB_OFFLINE is set so the hub "
-                           "cannot be asked; pass a local checkpoint folder or canonical .safetensors file")
-        file_arch, config, tensors, _ = hub.load_checkpoint(source)
+    if not path.exists() and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        raise ZooError(f"--weights {source}: not a local file or folder, and HF_HUB_OFFLINE is set so the hub "
+                       "cannot be asked; pass a local checkpoint folder or canonical .safetensors file")
+    file_arch, config, tensors, _ = hub.load_checkpoint(source)
     if file_arch != arch:
         raise ZooError(f"--weights {source} holds {file_arch} weights; the project is --arch {arch}")
-    return Weights(source, config, tensors, [], [])
+    return Weights(source, config, tensors, [])
 
 
 # --------------------------------------------------------------------------- rendering
