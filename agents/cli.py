@@ -28,6 +28,43 @@ def _tty() -> bool:
     return sys.stdout.isatty()
 
 
+def _paper_frameworks(framework: str) -> tuple[str, ...]:
+    from .papers import FRAMEWORKS
+
+    if framework != "all" and framework not in FRAMEWORKS:
+        raise ZooError(f"--framework must be one of {', '.join(FRAMEWORKS)} or all, got {framework!r}")
+    return FRAMEWORKS if framework == "all" else (framework,)
+
+
+def _require_topic(topic: str | None) -> str:
+    if not topic:
+        raise ZooError("expected a TOPIC (e.g. `dlzoo explain sdpa`), --paper ID, or --list to see every concept")
+    return topic
+
+
+def explain_data(topic: str | None = None, *, paper: str | None = None, framework: str = "torch",
+                 list_all: bool = False) -> dict | list:
+    """What ``dlzoo explain --json`` prints (docs/ask.md, docs/papers.md); the MCP ``explain`` tool
+    returns the same. A concept entry with its zoo lines; with ``paper``, the paper mapped to code
+    (``framework``: one framework or "all"); with ``list_all``, every concept id (every paper id
+    with ``paper="list"`` or ``topic="papers"``). Raises ZooError for an unknown topic or paper."""
+    if paper is not None or (list_all and topic == "papers"):
+        from .papers import load_papers, lookup_paper, paper_dict
+
+        if list_all or paper == "list":
+            return [{"id": p.id, "title": p.title, "year": p.year} for p in load_papers().values()]
+        frameworks = _paper_frameworks(framework)
+        return paper_dict(lookup_paper(paper), frameworks)
+    from .theory import load_knowledge, lookup, zoo_lines
+
+    if list_all:
+        return [{"id": e.id, "title": e.title} for e in load_knowledge().values()]
+    entry = lookup(_require_topic(topic))
+    data = entry.to_dict()
+    data["zoo_lines"] = [{"file": m.path, "line": m.line, "concept": m.concept} for m in zoo_lines(entry)]
+    return data
+
+
 @click.command()
 @click.argument("topic", required=False)
 @click.option("--level", type=click.Choice(["intro", "standard", "deep"]), default="standard", show_default=True,
@@ -46,44 +83,30 @@ def explain(ctx: click.Context, topic: str | None, level: str, brief: bool, pape
     TOPIC is a concept id, title or alias, e.g. 'sdpa', 'pre-ln'.
     """
     _refuse_ignored_explain_options(ctx, topic, paper_id, list_all, as_json, brief)
+    if as_json:
+        _json(explain_data(topic, paper=paper_id, framework=framework, list_all=list_all))
+        return
     if paper_id is not None or (list_all and topic == "papers"):
         list_all = list_all or paper_id == "list"
-        from .papers import FRAMEWORKS, load_papers, lookup_paper, paper_dict, render_paper
+        from .papers import load_papers, lookup_paper, render_paper
 
         if list_all:
-            papers = load_papers().values()
-            if as_json:
-                _json([{"id": p.id, "title": p.title, "year": p.year} for p in papers])
-            else:
-                for p in papers:
-                    _out(f"{p.id:<14}  {p.title} ({p.year})")
+            for p in load_papers().values():
+                _out(f"{p.id:<14}  {p.title} ({p.year})")
             return
-        if framework != "all" and framework not in FRAMEWORKS:
-            raise ZooError(f"--framework must be one of {', '.join(FRAMEWORKS)} or all, got {framework!r}")
-        frameworks = FRAMEWORKS if framework == "all" else (framework,)
-        paper = lookup_paper(paper_id)
-        sys.stdout.write(json.dumps(paper_dict(paper, frameworks), indent=2) + "\n" if as_json
-                         else render_paper(paper, frameworks))
+        frameworks = _paper_frameworks(framework)
+        sys.stdout.write(render_paper(lookup_paper(paper_id), frameworks))
         return
-    from .theory import load_knowledge, lookup, render, zoo_lines
+    from .theory import load_knowledge, lookup, render
 
     if list_all:
         entries = load_knowledge()
-        if as_json:
-            _json([{"id": e.id, "title": e.title} for e in entries.values()])
-        else:
-            width = max(map(len, entries))
-            for e in entries.values():
-                _out(f"{e.id:<{width}}  {e.title}")
+        width = max(map(len, entries))
+        for e in entries.values():
+            _out(f"{e.id:<{width}}  {e.title}")
         return
-    if not topic:
-        raise ZooError("expected a TOPIC (e.g. `dlzoo explain sdpa`), --paper ID, or --list to see every concept")
-    entry = lookup(topic)
-    if as_json:
-        data = entry.to_dict()
-        data["zoo_lines"] = [{"file": m.path, "line": m.line, "concept": m.concept} for m in zoo_lines(entry)]
-        _json(data)
-    elif brief:
+    entry = lookup(_require_topic(topic))
+    if brief:
         _out(f"{entry.title}  [{entry.id}]\n\n{entry.brief}")
     else:
         sys.stdout.write(render(entry, level))

@@ -112,8 +112,18 @@ def _bert_reference(model, inputs):
     with torch.no_grad():
         out = model.bert(**_torch_in(inputs))
         mlm = model.cls.predictions(out.last_hidden_state)
-    return {"last_hidden_state": out.last_hidden_state.numpy(), "pooler_output": out.pooler_output.numpy(),
-            "mlm_logits": mlm.numpy()}
+    result = {"last_hidden_state": out.last_hidden_state.numpy(), "mlm_logits": mlm.numpy()}
+    if out.pooler_output is not None:  # BertForMaskedLM has no pooler
+        result["pooler_output"] = out.pooler_output.numpy()
+    return result
+
+
+def _bert_mlm_untied():
+    """BertForMaskedLM whose decoder is its own matrix, not the word embedding."""
+    import transformers as T
+    config = T.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                          intermediate_size=37, max_position_embeddings=64, tie_word_embeddings=False)
+    return _perturb(T.BertForMaskedLM(config), seed=2)
 
 
 def _bert_cls():
@@ -137,6 +147,14 @@ def _gpt():
     config = T.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64,
                           bos_token_id=0, eos_token_id=0)
     return _perturb(T.GPT2LMHeadModel(config))
+
+
+def _gpt_untied():
+    """GPT-2 with tie_word_embeddings=false: lm_head.weight is its own matrix."""
+    import transformers as T
+    config = T.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                          bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
+    return _perturb(T.GPT2LMHeadModel(config), seed=3)
 
 
 def _logits_reference(model, inputs):
@@ -165,7 +183,9 @@ def _resnet(block: str):
 CASES = {
     "bert": Case("bert", "bert", _bert, _token_inputs(99, bert=True), _bert_reference),
     "bert-cls": Case("bert-cls", "bert", _bert_cls, _token_inputs(99, bert=True), _bert_cls_reference),
+    "bert-mlm-untied": Case("bert-mlm-untied", "bert", _bert_mlm_untied, _token_inputs(99, bert=True), _bert_reference),
     "gpt": Case("gpt", "gpt", _gpt, _token_inputs(99), _logits_reference),
+    "gpt-untied": Case("gpt-untied", "gpt", _gpt_untied, _token_inputs(99), _logits_reference),
     "vit": Case("vit", "vit", _vit, _image_inputs(32), _logits_reference),
     "resnet": Case("resnet", "resnet", _resnet("bottleneck"), _image_inputs(40), _logits_reference),
     "resnet-basic": Case("resnet-basic", "resnet", _resnet("basic"), _image_inputs(40), _logits_reference),

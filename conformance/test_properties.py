@@ -44,6 +44,22 @@ def test_gpt_never_sees_the_future(framework, t, seed):
 
 @pytest.mark.parametrize("framework", FRAMEWORKS, ids=framework_id)
 @SETTINGS
+@given(lengths=st.lists(st.sampled_from([1, 6, 11, T]), min_size=B, max_size=B), seed=st.integers(0, 2**16))
+def test_gpt_left_padded_rows_equal_the_unpadded_prompts(framework, lengths, seed):
+    """Left padding (random ids under a 0 mask) changes no logit of a real token: each padded
+    row equals its prompt run alone (lengths from a fixed set, so compiled frameworks compile
+    a few shapes only)."""
+    h = _handle("gpt", framework)
+    ids = _ids(seed, h.config.vocab_size)
+    mask = (np.arange(T)[None, :] >= T - np.array(lengths)[:, None]).astype(np.int32)
+    padded = h.apply({"input_ids": ids, "attention_mask": mask})["logits"]
+    for row, n in enumerate(lengths):
+        alone = h.apply({"input_ids": ids[row:row + 1, T - n:]})["logits"][0]
+        assert max_abs(padded[row, T - n:], alone) <= 1e-5, (row, n)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS, ids=framework_id)
+@SETTINGS
 @given(lengths=st.lists(st.integers(1, T), min_size=B, max_size=B), seed=st.integers(0, 2**16))
 def test_bert_padding_content_is_invisible(framework, lengths, seed):
     h = _handle("bert", framework)

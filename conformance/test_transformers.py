@@ -24,7 +24,9 @@ def _hf_outputs(case, model, inputs):
     tin = _torch_in(inputs)
     if CASES[case].arch == "bert":
         out = model.bert(**tin)
-        result = {"last_hidden_state": out.last_hidden_state, "pooler_output": out.pooler_output}
+        result = {"last_hidden_state": out.last_hidden_state}
+        if out.pooler_output is not None:  # BertForMaskedLM has no pooler
+            result["pooler_output"] = out.pooler_output
         if hasattr(model, "cls"):
             result["mlm_logits"] = model.cls.predictions(out.last_hidden_state)
         else:

@@ -66,20 +66,26 @@ def _preset_cell(arch: str, presets: list[dict], aliases: dict[str, str]) -> str
     return ", ".join(cells) + grammar
 
 
-@cli.command("list")
-@JSON_OPTION
-def list_models(as_json: bool):
-    """Architectures x frameworks x presets."""
+def list_data() -> dict:
+    """What ``dlzoo list --json`` prints (docs/cli.md); the MCP ``list`` tool returns the same."""
     from dlzoo.zoo.spec import count_params
 
-    frameworks = _frameworks_status()
     archs = [{"arch": arch,
               "presets": [{"name": name, "params": count_params(arch, config)}
                           for name, config in PRESETS[arch].items()],
               "aliases": dict(ALIASES[arch])} for arch in ARCHS]
+    return {"archs": archs, "frameworks": _frameworks_status()}
+
+
+@cli.command("list")
+@JSON_OPTION
+def list_models(as_json: bool):
+    """Architectures x frameworks x presets."""
+    data = list_data()
     if as_json:
-        print_json({"archs": archs, "frameworks": frameworks})
+        print_json(data)
         return
+    archs, frameworks = data["archs"], data["frameworks"]
     from rich.table import Table
 
     table = Table(title="dlzoo models")
@@ -106,26 +112,12 @@ def _bytes(n: int) -> str:
     return f"{n} B"
 
 
-@cli.command()
-@click.argument("arch")
-@click.option("--preset", "-p", default="tiny", show_default=True, help="Preset name, e.g. base, 124M, 50, B/16.")
-@click.option("--seq-len", type=click.IntRange(min=1), default=None,
-              help="bert, gpt: tokens per example, at most the context length (default: the context length).")
-@click.option("--image-size", type=click.IntRange(min=1), default=None,
-              help="resnet: input size in pixels (default 224); a vit preset fixes its own.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Batch for the memory and time estimate.")
-@click.option("--precision", default="fp32", show_default=True, help="fp32, tf32, bf16 or fp16 (mixed).")
-@click.option("--checkpointing", is_flag=True, help="Activation checkpointing per residual block.")
-@click.option("--device", default=None, help="cpu (measured), a100, h100 or h200: largest batch and time per step.")
-@click.option("--utilisation", type=float, default=None, help="Model FLOPs utilisation (default per device, see docs).")
-@JSON_OPTION
-def info(arch: str, preset: str, seq_len: int | None, image_size: int | None, batch_size: int, precision: str,
-         checkpointing: bool, device: str | None, utilisation: float | None, as_json: bool):
-    """Parameters, FLOPs, training memory and, with --device, largest batch and time per step.
-
-    ARCH is one of: bert, gpt, resnet, vit. Estimates: docs/engineer.md.
-    """
+def info_data(arch: str, preset: str = "tiny", seq_len: int | None = None, image_size: int | None = None, *,
+              batch_size: int = 1, precision: str = "fp32", checkpointing: bool = False, device: str | None = None,
+              utilisation: float | None = None) -> dict:
+    """What ``dlzoo info --json`` prints (docs/cli.md, docs/engineer.md); the MCP ``info`` tool
+    returns the same. Raises ZooError for an unknown arch, preset, precision or device, or a size
+    that does not apply."""
     from dlzoo.agents.engineer.costs import cost_report
     from dlzoo.zoo.estimates import estimate
 
@@ -146,17 +138,43 @@ def info(arch: str, preset: str, seq_len: int | None, image_size: int | None, ba
     est = estimate(arch, config, seq_len=seq_len, image_size=image_size)
     costs = cost_report(arch, config, batch_size=batch_size, precision=precision, device=device,
                         utilisation=utilisation, checkpointing=checkpointing, seq_len=seq_len, image_size=image_size)
+    return {"arch": arch, "preset": preset, "config": config.to_dict(), **est.as_dict(), "costs": costs}
+
+
+@cli.command()
+@click.argument("arch")
+@click.option("--preset", "-p", default="tiny", show_default=True, help="Preset name, e.g. base, 124M, 50, B/16.")
+@click.option("--seq-len", type=click.IntRange(min=1), default=None,
+              help="bert, gpt: tokens per example, at most the context length (default: the context length).")
+@click.option("--image-size", type=click.IntRange(min=1), default=None,
+              help="resnet: input size in pixels (default 224); a vit preset fixes its own.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batch for the memory and time estimate.")
+@click.option("--precision", default="fp32", show_default=True, help="fp32, tf32, bf16 or fp16 (mixed).")
+@click.option("--checkpointing", is_flag=True, help="Activation checkpointing per residual block.")
+@click.option("--device", default=None, help="cpu (measured), a100, h100 or h200: largest batch and time per step.")
+@click.option("--utilisation", type=float, default=None, help="Model FLOPs utilisation (default per device, see docs).")
+@JSON_OPTION
+def info(arch: str, preset: str, seq_len: int | None, image_size: int | None, batch_size: int, precision: str,
+         checkpointing: bool, device: str | None, utilisation: float | None, as_json: bool):
+    """Parameters, FLOPs, training memory and, with --device, largest batch and time per step.
+
+    ARCH is one of: bert, gpt, resnet, vit. Estimates: docs/engineer.md.
+    """
+    data = info_data(arch, preset, seq_len=seq_len, image_size=image_size, batch_size=batch_size, precision=precision,
+                     checkpointing=checkpointing, device=device, utilisation=utilisation)
     if as_json:
-        print_json({"arch": arch, "preset": preset, "config": config.to_dict(), **est.as_dict(), "costs": costs})
+        print_json(data)
         return
     from rich.table import Table
 
+    costs = data["costs"]
     f, mem = costs["flops"], costs["memory"]
     table = Table(title=f"{arch} {preset}", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
-    table.add_row("parameters", f"{est.params:,}")
-    table.add_row(f"forward FLOPs per example ({est.tokens_or_pixels})", _human(f["forward"]))
+    table.add_row("parameters", f"{data['params']:,}")
+    table.add_row(f"forward FLOPs per example ({data['tokens_or_pixels']})", _human(f["forward"]))
     table.add_row("training FLOPs per example (fwd + bwd)", _human(f["train"]))
     if f["tokens"]:
         table.add_row("training FLOPs per token", _human(f["train_per_token"]))
@@ -179,26 +197,15 @@ def info(arch: str, preset: str, seq_len: int | None, image_size: int | None, ba
         console.print(f"[dim]peak: {dev['basis']}; utilisation: {dev['utilisation_basis']}[/dim]", highlight=False)
 
 
-@cli.command()
-@click.argument("src")
-@click.argument("dst", type=click.Path(path_type=Path))
-@click.option("--arch", default=None, help="What a state dict holds (default: inferred from its names).")
-@click.option("--preset", "-p", default=None, help="Preset of a torchvision/timm state dict (default: inferred from shapes).")
-@click.option("--num-classes", type=int, default=None, help="Head size; a head of another size is initialised fresh.")
-@click.option("--image-size", type=int, default=None, help="ViT resolution; position embeddings are resized.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of freshly initialised heads.")
-@OVERWRITE_OPTION
-@JSON_OPTION
-def convert(src: str, dst: Path, arch: str | None, preset: str | None, num_classes: int | None,
-            image_size: int | None, seed: int, overwrite: bool, as_json: bool):
-    """Convert a checkpoint to a canonical file, or a canonical file to the published layout.
-
-    SRC: hub id, published checkpoint folder, torchvision/timm state dict (.pth, .pt, .safetensors)
-    or canonical .safetensors file (docs/checkpoints.md lists the layouts).
-    DST: canonical .safetensors file, or a new folder for the published layout.
-    """
+def convert_data(src: str, dst: str | Path, *, arch: str | None = None, preset: str | None = None,
+                 num_classes: int | None = None, image_size: int | None = None, seed: int = 0,
+                 overwrite: bool = False) -> dict:
+    """Convert as ``dlzoo convert`` does and return what ``--json`` prints (docs/cli.md); the MCP
+    ``convert`` tool returns the same. Raises ZooError when DST exists (unless ``overwrite``, for
+    a file) or SRC is unusable."""
     from dlzoo.zoo import checkpoints, files, hub, weights
 
+    dst = Path(dst)
     src_path = Path(src).expanduser()
     options = {k: v for k, v in (("num_classes", num_classes), ("image_size", image_size)) if v is not None}
     if dst.suffix != ".safetensors" and src_path.is_file() and src_path.suffix == ".safetensors" \
@@ -224,13 +231,38 @@ def convert(src: str, dst: Path, arch: str | None, preset: str | None, num_class
     result = {"src": src, "dst": str(dst), "direction": direction, "arch": arch, "config": config.to_dict(),
               "params": weights.count_params(arch, config), "tensors": len(tensors),
               "ignored": report.ignored if report else [], "report": report.to_dict() if report else None}
+    return result
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--arch", default=None, help="What a state dict holds (default: inferred from its names).")
+@click.option("--preset", "-p", default=None, help="Preset of a torchvision/timm state dict (default: inferred from shapes).")
+@click.option("--num-classes", type=int, default=None, help="Head size; a head of another size is initialised fresh.")
+@click.option("--image-size", type=int, default=None, help="ViT resolution; position embeddings are resized.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of freshly initialised heads.")
+@OVERWRITE_OPTION
+@JSON_OPTION
+def convert(src: str, dst: Path, arch: str | None, preset: str | None, num_classes: int | None,
+            image_size: int | None, seed: int, overwrite: bool, as_json: bool):
+    """Convert a checkpoint to a canonical file, or a canonical file to the published layout.
+
+    SRC: hub id, published checkpoint folder, torchvision/timm state dict (.pth, .pt, .safetensors)
+    or canonical .safetensors file (docs/checkpoints.md lists the layouts).
+    DST: canonical .safetensors file, or a new folder for the published layout.
+    """
+    result = convert_data(src, dst, arch=arch, preset=preset, num_classes=num_classes, image_size=image_size,
+                          seed=seed, overwrite=overwrite)
     if as_json:
         print_json(result)
     else:
-        _console().print(f"[green]wrote[/green] {dst} ({direction}, {arch}, {result['params']:,} parameters)",
-                         highlight=False)
-        if report is not None:
-            _console().print(report.summary(), highlight=False, markup=False)
+        _console().print(f"[green]wrote[/green] {dst} ({result['direction']}, {result['arch']}, "
+                         f"{result['params']:,} parameters)", highlight=False)
+        if result["report"] is not None:
+            from dlzoo.zoo.checkpoints import LoadReport
+
+            _console().print(LoadReport(**result["report"]).summary(), highlight=False, markup=False)
 
 
 @cli.command()
@@ -290,11 +322,13 @@ def _register_commands() -> None:
     from dlzoo.agents.cli import register as register_master
     from dlzoo.agents.engineer.cli import register as register_engineer
     from dlzoo.cli_bench import register as register_bench
+    from dlzoo.mcp_server import register as register_mcp
     from dlzoo.scaffold.cli import register as register_scaffold
 
     register_master(cli)
     register_engineer(cli)
     register_bench(cli)
+    register_mcp(cli)
     register_scaffold(cli)
 
 

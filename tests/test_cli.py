@@ -126,6 +126,20 @@ def test_verify_passes_and_reports_every_framework():
 
 
 @needs_torch
+def test_verify_reference_is_float64_and_repeats_exactly():
+    """The transformers reference runs in float64, so kernel choices cannot move it; its float32
+    evaluation is reported as the model's noise floor. Two runs give identical numbers."""
+    pytest.importorskip("transformers", reason="the reference implementation is transformers")
+    from dlzoo.verify import run_verify
+
+    first = run_verify("gpt", frameworks=["torch"])
+    assert first["reference"]["dtype"] == "float64" and first["reference"]["class"] == "GPT2LMHeadModel"
+    floor = first["reference"]["float32_diffs"]["logits"]
+    assert 0 < floor <= 1e-5  # float32 is not exact, and is within the tolerance of the exact answer
+    assert first["rows"] == run_verify("gpt", frameworks=["torch"])["rows"]
+
+
+@needs_torch
 @pytest.mark.skipif("flax" not in installed_frameworks(), reason="compares flax selected alone and with torch")
 def test_verify_does_not_depend_on_the_frameworks_selected():
     alone = json.loads(runner.invoke(app, ["verify", "gpt", "-f", "flax", "--json"]).stdout)

@@ -217,6 +217,14 @@ CASES = {
         (["doctor", "gpt", "--arch", "bert", "-f", "torch"], "ARCH 'gpt' and --arch 'bert' differ"),
         (["doctor", "--arch", "gtp", "--framework", "torch"], "unknown architecture 'gtp'"),
     ],
+    "mcp": [
+        (["mcp", "--root", "missing_dir"], "--root missing_dir: not an existing folder"),
+        (["mcp", "--root", "afile"], "--root afile: not an existing folder"),
+        (["mcp", "--max-params", "0"], "'--max-params': 0 is not in the range x>=1"),
+        (["mcp", "--http", "0.0.0.0:8765"], "the server listens on loopback only"),
+        (["mcp", "--http", "port"], "expected [HOST:]PORT"),
+        (["mcp", "--http", "127.0.0.1:70000"], "expected [HOST:]PORT"),
+    ],
 }
 # Not bad input but "ran and found nothing": exit 1 (docs/cli.md).
 EXIT_1 = {("annotate", "plain.py"), ("annotate", "plain.py", "--theory-md", "T.md")}
@@ -264,7 +272,7 @@ def test_missing_keras_backend_fails_at_once_naming_the_extra(tmp_path, args):
 
 def test_missing_framework_names_its_extra(tmp_path):
     result = _without("equinox", tmp_path, "verify", "gpt", "-f", "equinox")
-    assert result.returncode == 2 and result.stderr.startswith("error: not installed: equinox")
+    assert result.returncode == 2 and result.stderr.startswith("error: framework 'equinox' needs equinox, which is not installed")
     result = _without("equinox", tmp_path, "doctor", "gpt", "-f", "equinox")
     assert result.returncode == 2
     assert result.stderr.strip() == ("error: framework 'equinox' needs equinox, which is not installed; "

@@ -216,6 +216,97 @@ def test_export_refuses_to_overwrite(tmp_path):
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
 
 
+# --- untied output heads ------------------------------------------------------------------------
+
+def _untied_gpt2():
+    config = transformers.GPT2Config(vocab_size=61, n_embd=16, n_layer=1, n_head=2, n_positions=32,
+                                     bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
+    torch.manual_seed(1)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def _untied_bert_mlm():
+    config = transformers.BertConfig(vocab_size=61, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=24, max_position_embeddings=32, tie_word_embeddings=False)
+    torch.manual_seed(2)
+    model = transformers.BertForMaskedLM(config).eval()
+    with torch.no_grad():  # a trained decoder bias: transformers >= 5 applies the decoder's own
+        model.cls.predictions.decoder.bias.normal_()
+    return model
+
+
+@pytest.mark.parametrize("build, head", [(_untied_gpt2, "lm_head.kernel"), (_untied_bert_mlm, "mlm.decoder.kernel")])
+def test_untied_heads_load_their_own_matrix(tmp_path, build, head):
+    model = build()
+    model.save_pretrained(tmp_path / "untied")
+    arch, config, tensors, _ = hub.load_checkpoint(tmp_path / "untied")
+    assert config.tie_word_embeddings is False and head in tensors
+    # The spec counts the head. transformers >= 5 keeps an unused cls.predictions.bias beside
+    # the untied decoder's own bias; dlzoo counts the parameters the model applies.
+    unused = 0
+    if arch == "bert" and model.cls.predictions.decoder.bias is not model.cls.predictions.bias:
+        unused = model.cls.predictions.bias.numel()
+    from dlzoo.zoo import count_params
+    assert count_params(arch, config) == sum(t.size for t in tensors.values()) == model.num_parameters() - unused
+    handle = from_pretrained(tmp_path / "untied", framework="torch")
+    inputs = sample_inputs(arch, config)
+    want = transformers_outputs(arch, model, inputs)
+    got = handle.apply(inputs)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=key)
+    # export writes tie_word_embeddings=false and the head; transformers reads the same model back
+    folder = hub.export(arch, config, tensors, tmp_path / "again")
+    assert json.loads((folder / "config.json").read_text())["tie_word_embeddings"] is False
+    again = transformers_model(arch, config, tensors)
+    for key, value in transformers_outputs(arch, again, inputs).items():
+        np.testing.assert_allclose(value, want[key], atol=1e-6, err_msg=key)
+    _, config_back, tensors_back, _ = hub.load_checkpoint(folder)
+    assert config_back == config and all(np.array_equal(tensors_back[k], v) for k, v in tensors.items())
+
+
+@pytest.mark.parametrize("published_head, embedding", [
+    ("lm_head.weight", "transformer.wte.weight"),
+    ("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight"),
+])
+def test_tied_checkpoint_with_a_different_head_names_both_tensors(tmp_path, published_head, embedding):
+    from safetensors.numpy import load_file, save_file
+
+    model = _gpt2() if published_head.startswith("lm_head") else _bert()
+    model.save_pretrained(tmp_path / "tied")
+    tensors = load_file(str(tmp_path / "tied" / "model.safetensors"))
+    tensors[published_head] = tensors[embedding] + 0.5  # a stale or retrained head the config says is tied
+    save_file(tensors, str(tmp_path / "tied" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(hub.HubError) as error:
+        hub.load_checkpoint(tmp_path / "tied")
+    message = str(error.value)
+    assert published_head in message and embedding in message and "tie_word_embeddings" in message
+    assert "\n" not in message
+    tensors[published_head] = tensors[embedding].copy()  # an equal copy is what tied files hold
+    save_file(tensors, str(tmp_path / "tied" / "model.safetensors"), metadata={"format": "pt"})
+    assert hub.load_checkpoint(tmp_path / "tied")[1].tie_word_embeddings is True
+
+
+def test_verify_compares_against_the_folder_not_dlzoos_reading_of_it(tmp_path, monkeypatch):
+    """verify --weights FOLDER runs transformers on the folder itself: an untied checkpoint
+    passes, and a loader that silently dropped the head (the bug this guards) would fail."""
+    from dlzoo.verify import run_verify
+
+    _untied_gpt2().save_pretrained(tmp_path / "untied")
+    report = run_verify("gpt", source=str(tmp_path / "untied"), frameworks=["torch"])
+    assert report["passed"], report
+    assert any("loaded from" in note for note in report["notes"])
+
+    real = hub.to_canonical
+
+    def drops_the_head(arch, hf, tensors):  # the old behaviour: the head silently tied to wte
+        return real(arch, {**hf, "tie_word_embeddings": True},
+                    {k: v for k, v in tensors.items() if k != "lm_head.weight"})
+
+    monkeypatch.setattr(hub, "to_canonical", drops_the_head)
+    report = run_verify("gpt", source=str(tmp_path / "untied"), frameworks=["torch"])
+    assert not report["passed"] and report["rows"][0]["diffs"]["logits"] > 1e-2
+
+
 def test_convert_prints_and_returns_the_load_report(tmp_path):
     """A backbone (ViTModel) converted with a new head at another resolution, behind a DDP prefix."""
     config = transformers.ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1,

@@ -35,7 +35,7 @@ import numpy as np
 
 from .configs import ZooError, get_config
 from .estimates import estimate
-from .frameworks import backend, installed_frameworks
+from .frameworks import backend, installed_frameworks, require
 
 CEILING_SIZE = 2048
 IMPLEMENTATIONS = ("torch", "transformers", "flax", "equinox", "haiku", "keras", "keras-fit")
@@ -167,6 +167,9 @@ def run(arch: str, preset: str = "tiny", *, batch: int = 8, seq_len: int | None 
     unknown = [name for name in chosen if name not in IMPLEMENTATIONS]
     if unknown:
         raise ZooError(f"unknown implementation(s) {', '.join(unknown)}; expected some of: {', '.join(IMPLEMENTATIONS)}")
+    for name in chosen:
+        if name in ("torch", "flax", "equinox", "haiku", "keras", "keras-fit"):
+            require("keras" if name == "keras-fit" else name)  # names the extra to install
     missing = [name for name in chosen if name not in available]
     if missing:
         raise ZooError(f"not installed: {', '.join(missing)}; installed: {', '.join(available) or 'none'} "

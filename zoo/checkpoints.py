@@ -441,11 +441,12 @@ def read_pretrained(name_or_path, revision: str | None = None, *, arch: str | No
     else:
         if preset is not None:
             raise HubError(f"{source} has a config.json, which defines the config; drop preset={preset!r}")
-        tensors = hub._normalise(found, tensors)
+        published, tensors = list(tensors), hub._normalise(found, tensors)
         if _SIGNATURE[found] not in tensors:  # say so before the config asks for a head
             raise HubError(f"{source}: config.json says {hf.get('model_type')!r} but the tensors lack transformers' "
                            f"{_SIGNATURE[found]} ({_names_problem(list(tensors), 'names')})")
         config = hub.config_from_hf(found, hf, tensors, num_classes)
+        tensors = hub.resolve_heads(found, config, tensors, published)
         rules, ignorable = hub.RULES[found](config.replace(**overrides)), hub._IGNORED
     config = config.replace(**overrides)
     report = LoadReport(source=source, layout=layout, arch=found, stripped_prefixes=stripped, notes=notes)

@@ -123,8 +123,9 @@ class BertConfig(_Config):
     dropout: float = 0.1
     attention_dropout: float = 0.1
     pooler: bool = True           # tanh dense over [CLS] (BertModel's pooler)
-    mlm_head: bool = False        # transform + layer norm + decoder tied to word embeddings
+    mlm_head: bool = False        # transform + layer norm + decoder (tied to word embeddings by default)
     num_classes: int = 0          # > 0: sequence-classification dense over the pooled output
+    tie_word_embeddings: bool = True  # False: the MLM decoder has its own kernel, mlm.decoder.kernel
 
     def __post_init__(self):
         _positive(self, "vocab_size", "max_positions", "type_vocab_size", "hidden_size",
@@ -136,6 +137,8 @@ class BertConfig(_Config):
                  f"BertConfig.num_classes must be an integer >= 0, got {self.num_classes!r}")
         _require(self.num_classes == 0 or self.pooler,
                  "BertConfig: a classifier (num_classes > 0) needs the pooler; set pooler=True")
+        _require(isinstance(self.tie_word_embeddings, bool),
+                 f"BertConfig.tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}")
 
     @property
     def num_labels(self) -> int:
@@ -145,7 +148,11 @@ class BertConfig(_Config):
 
 @dataclass(frozen=True)
 class GPTConfig(_Config):
-    """GPT-2 (Radford et al., 2019), pre-LN decoder with tied LM head. Defaults: GPT-2 124M."""
+    """GPT-2 (Radford et al., 2019), pre-LN decoder with tied LM head. Defaults: GPT-2 124M.
+
+    ``tie_word_embeddings=False`` gives the LM head its own kernel, ``lm_head.kernel`` [D, V]
+    (transformers' ``tie_word_embeddings: false`` with a stored ``lm_head.weight``).
+    """
 
     arch: ClassVar[str] = "gpt"
     vocab_size: int = 50257
@@ -157,8 +164,11 @@ class GPTConfig(_Config):
     layer_norm_eps: float = 1e-5
     dropout: float = 0.1          # embedding and residual dropout
     attention_dropout: float = 0.1
+    tie_word_embeddings: bool = True  # False: a separate LM head kernel, lm_head.kernel
 
     def __post_init__(self):
+        _require(isinstance(self.tie_word_embeddings, bool),
+                 f"GPTConfig.tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}")
         _positive(self, "vocab_size", "context_length", "hidden_size", "num_layers",
                   "num_heads", "mlp_dim")
         _heads_divide(self)
@@ -389,3 +399,24 @@ def config_from_json(arch: str, text: str):
     except json.JSONDecodeError as error:
         raise ConfigError(f"config is not valid JSON ({error})") from None
     return CONFIGS[check_arch(arch)].from_dict(data)
+
+
+def check_generation(config: GPTConfig, prompt_length: int, max_new_tokens: int, temperature: float,
+                     top_k: int | None, top_p: float | None, last_mask_column=None) -> None:
+    """The arguments of every framework's GPT ``generate``, checked once. ``last_mask_column``:
+    the attention mask's last column (iterable) or None; generation needs left padding, so every
+    row's last prompt token must be real."""
+    _require(isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool) and max_new_tokens >= 1,
+             f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    _require(prompt_length + max_new_tokens <= config.context_length,
+             f"prompt length {prompt_length} + max_new_tokens {max_new_tokens} exceeds context_length "
+             f"{config.context_length}; shorten the prompt or generate fewer tokens")
+    _require(last_mask_column is None or all(int(v) == 1 for v in last_mask_column),
+             "generate needs left padding: every row's last prompt token must be real "
+             "(attention_mask[:, -1] == 1); pad prompts on the left")
+    _require(isinstance(temperature, (int, float)) and temperature >= 0.0,
+             f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    _require(top_k is None or (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1),
+             f"top_k must be a positive integer or None, got {top_k!r}")
+    _require(top_p is None or (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0),
+             f"top_p must be in (0, 1] or None, got {top_p!r}")

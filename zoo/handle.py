@@ -32,13 +32,13 @@ from typing import Any
 import numpy as np
 
 from . import weights as _weights
-from .configs import ZooError, check_arch, get_config
+from .configs import ZooError, check_arch, check_generation, get_config
 from .frameworks import FRAMEWORKS, backend, check_framework, installed_frameworks  # noqa: F401  (re-exported)
 
 # Inputs each architecture accepts, and which of them are required.
 INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "bert": (("input_ids",), ("input_ids", "token_type_ids", "attention_mask")),
-    "gpt": (("input_ids",), ("input_ids",)),
+    "gpt": (("input_ids",), ("input_ids", "attention_mask")),
     "vit": (("pixel_values",), ("pixel_values", "interpolate_pos_encoding")),
     "resnet": (("pixel_values",), ("pixel_values",)),
 }
@@ -87,6 +87,9 @@ def _check_inputs(arch: str, config, inputs: dict[str, Any]) -> dict[str, np.nda
             if key == "input_ids" and (value.min(initial=0) < 0 or value.max(initial=0) >= config.vocab_size):
                 raise ZooError(f"{arch} input_ids must be in [0, {config.vocab_size}), "
                                f"got values in [{value.min()}, {value.max()}]")
+            if key == "attention_mask" and not np.isin(value, (0, 1)).all():
+                raise ZooError(f"{arch} attention_mask must hold 1 (real token) or 0 (padding), "
+                               f"got values {sorted(set(np.unique(value).tolist()) - {0, 1})[:5]}")
             out[key] = value.astype(np.int32)
     shapes = {k: v.shape for k, v in out.items() if k != "pixel_values" and k not in FLAGS}
     if len(set(shapes.values())) > 1:
@@ -236,6 +239,31 @@ class Handle:
             raise ZooError(f"the {self.framework} backend returned outputs for blocks {sorted(outputs)}, "
                            f"the config has {names}")
         return {name: np.asarray(outputs[name]) for name in names}
+
+    def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None, *, max_new_tokens: int,
+                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                 seed: int = 0) -> np.ndarray:
+        """GPT only: prompts ``input_ids`` int [B, T], left-padded where ``attention_mask`` [B, T]
+        is 0, -> int32 [B, T + max_new_tokens], the prompts followed by the new tokens (as
+        transformers' ``generate`` returns them). ``temperature=0`` (the default) is greedy; a
+        positive temperature samples from softmax(logits / temperature), restricted to the
+        ``top_k`` most likely tokens and then to the smallest set whose probability reaches
+        ``top_p`` (transformers' order). ``seed`` feeds the framework's own random generator, so
+        sampled tokens are reproducible within a framework, not across frameworks. Runs the
+        framework's native ``generate`` (a key/value cache: one forward pass per new token) in
+        eval mode. Raises ZooError on bad arguments, right padding or a result longer than the
+        context."""
+        if self.arch != "gpt":
+            raise ZooError(f"generate is for gpt; this handle holds {self.arch}")
+        inputs = {"input_ids": input_ids} if attention_mask is None else {"input_ids": input_ids,
+                                                                          "attention_mask": attention_mask}
+        inputs = _check_inputs(self.arch, self.config, inputs)
+        mask = inputs.get("attention_mask")
+        check_generation(self.config, inputs["input_ids"].shape[1], max_new_tokens, temperature, top_k, top_p,
+                         None if mask is None else mask[:, -1])
+        return self._backend.generate(self.arch, self.config, self.native, inputs["input_ids"], mask,
+                                      max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k,
+                                      top_p=None if top_p is None else float(top_p), seed=seed)
 
     @property
     def num_params(self) -> int:

@@ -51,7 +51,7 @@ _IGNORED = re.compile(r"(^|\.)(attn\.bias|attn\.masked_bias|position_ids|token_t
 class Rule:
     canonical: str   # canonical module name, e.g. "blocks.0.attn.qkv"
     published: str   # published module name (prefix stripped), e.g. "h.0.attn.c_attn"
-    kind: str        # linear | conv1d | qkv | ln | emb | conv | bn | raw
+    kind: str        # linear | head (linear without bias) | conv1d | qkv | ln | emb | conv | bn | raw
 
 
 def _bert_rules(c: BertConfig) -> list[Rule]:
@@ -73,6 +73,8 @@ def _bert_rules(c: BertConfig) -> list[Rule]:
         rules += [Rule("mlm.transform", "cls.predictions.transform.dense", "linear"),
                   Rule("mlm.ln", "cls.predictions.transform.LayerNorm", "ln"),
                   Rule("mlm.bias", "cls.predictions.bias", "raw")]
+        if not c.tie_word_embeddings:
+            rules.append(Rule("mlm.decoder", "cls.predictions.decoder", "head"))
     if c.num_classes:
         rules.append(Rule("classifier", "classifier", "linear"))
     return rules
@@ -88,7 +90,10 @@ def _gpt_rules(c: GPTConfig) -> list[Rule]:
                   Rule(f"{b}.ln2", f"{h}.ln_2", "ln"),
                   Rule(f"{b}.mlp.fc", f"{h}.mlp.c_fc", "conv1d"),
                   Rule(f"{b}.mlp.out", f"{h}.mlp.c_proj", "conv1d")]
-    return rules + [Rule("ln_f", "ln_f", "ln")]
+    rules.append(Rule("ln_f", "ln_f", "ln"))
+    if not c.tie_word_embeddings:
+        rules.append(Rule("lm_head", "lm_head", "head"))
+    return rules
 
 
 def _vit_rules(c: ViTConfig) -> list[Rule]:
@@ -126,7 +131,11 @@ RULES = {"bert": _bert_rules, "gpt": _gpt_rules, "vit": _vit_rules, "resnet": _r
 
 # Published head modules live outside the backbone prefix ("bert.", "transformer.", ...).
 _PREFIX = {"bert": "bert.", "gpt": "transformer.", "vit": "vit.", "resnet": "resnet."}
-_HEAD_MODULES = ("cls.", "classifier")
+_HEAD_MODULES = ("cls.", "classifier", "lm_head")
+# Output heads that transformers ties to the input embedding unless tie_word_embeddings is false:
+# (published head, published embedding) by arch, names after the backbone prefix is stripped.
+_TIED_HEADS = {"gpt": ("lm_head.weight", "wte.weight"),
+               "bert": ("cls.predictions.decoder.weight", "embeddings.word_embeddings.weight")}
 
 
 def _to_canonical(rule: Rule, get, spec) -> dict[str, np.ndarray]:
@@ -144,6 +153,8 @@ def _to_canonical(rule: Rule, get, spec) -> dict[str, np.ndarray]:
         return {f"{c}.kernel": get(f"{p}.weight").T, f"{c}.bias": get(f"{p}.bias")}
     if rule.kind == "conv1d":  # GPT-2's Conv1D already stores [in, out]
         return {f"{c}.kernel": get(f"{p}.weight"), f"{c}.bias": get(f"{p}.bias")}
+    if rule.kind == "head":
+        return {f"{c}.kernel": get(f"{p}.weight").T}
     if rule.kind == "conv":  # OIHW -> HWIO
         out = {f"{c}.kernel": get(f"{p}.weight").transpose(2, 3, 1, 0)}
         if f"{c}.bias" in spec:
@@ -171,6 +182,8 @@ def _to_published(rule: Rule, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]
         return {f"{p}.weight": t[f"{c}.kernel"].T, f"{p}.bias": t[f"{c}.bias"]}
     if rule.kind == "conv1d":
         return {f"{p}.weight": t[f"{c}.kernel"], f"{p}.bias": t[f"{c}.bias"]}
+    if rule.kind == "head":
+        return {f"{p}.weight": t[f"{c}.kernel"].T}
     if rule.kind == "conv":
         out = {f"{p}.weight": t[f"{c}.kernel"].transpose(3, 2, 0, 1)}
         if f"{c}.bias" in t:
@@ -191,6 +204,13 @@ def _expect(hf: dict, key: str, allowed, what: str) -> None:
     if value not in allowed:
         raise HubError(f"{what}: {key}={value!r} is not supported (expected {allowed[0]!r}); "
                        "dlzoo implements the published architecture only")
+
+
+def _tied(hf: dict) -> bool:
+    value = hf.get("tie_word_embeddings", True)  # transformers' default
+    if not isinstance(value, bool):
+        raise HubError(f"config.json: tie_word_embeddings must be true or false, got {value!r}")
+    return value
 
 
 # transformers' activation names (transformers/activations.py, ACT2CLS) for the two GELU forms
@@ -246,7 +266,10 @@ def config_from_hf(arch: str, hf: dict, tensors: dict[str, np.ndarray], num_clas
                 # a classification start drops the MLM head, as BertForSequenceClassification does
                 mlm_head="cls.predictions.transform.dense.weight" in tensors and not num_classes,
                 num_classes=(num_classes if num_classes is not None else
-                             int(tensors["classifier.weight"].shape[0]) if "classifier.weight" in tensors else 0))
+                             int(tensors["classifier.weight"].shape[0]) if "classifier.weight" in tensors else 0),
+                # Only the MLM decoder can be untied; without it the flag means nothing.
+                tie_word_embeddings=_tied(hf) or "cls.predictions.transform.dense.weight" not in tensors
+                or bool(num_classes))
         if arch == "gpt":
             _gelu(hf, "activation_function", "tanh", "GPT-2")
             for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
@@ -257,7 +280,7 @@ def config_from_hf(arch: str, hf: dict, tensors: dict[str, np.ndarray], num_clas
                 num_layers=hf["n_layer"], num_heads=hf["n_head"],
                 mlp_dim=hf.get("n_inner") or 4 * hf["n_embd"],
                 layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5), dropout=hf.get("resid_pdrop", 0.1),
-                attention_dropout=hf.get("attn_pdrop", 0.1))
+                attention_dropout=hf.get("attn_pdrop", 0.1), tie_word_embeddings=_tied(hf))
         if arch == "vit":
             _gelu(hf, "hidden_act", "exact", "ViT")
             _expect(hf, "qkv_bias", (True,), "ViT")
@@ -295,7 +318,8 @@ def config_to_hf(arch: str, c) -> dict:
               "num_attention_heads": c.num_heads, "intermediate_size": c.mlp_dim,
               "hidden_act": "gelu", "layer_norm_eps": c.layer_norm_eps,
               "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.attention_dropout,
-              "position_embedding_type": "absolute", "pad_token_id": 0, "tie_word_embeddings": True}
+              "position_embedding_type": "absolute", "pad_token_id": 0,
+              "tie_word_embeddings": c.tie_word_embeddings}
         if c.num_classes:
             hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.num_classes)}
             hf["label2id"] = {f"LABEL_{i}": i for i in range(c.num_classes)}
@@ -305,7 +329,7 @@ def config_to_hf(arch: str, c) -> dict:
                 "n_positions": c.context_length, "n_embd": c.hidden_size, "n_layer": c.num_layers,
                 "n_head": c.num_heads, "n_inner": c.mlp_dim, "activation_function": "gelu_new",
                 "layer_norm_epsilon": c.layer_norm_eps, "resid_pdrop": c.dropout, "embd_pdrop": c.dropout,
-                "attn_pdrop": c.attention_dropout, "tie_word_embeddings": True}
+                "attn_pdrop": c.attention_dropout, "tie_word_embeddings": c.tie_word_embeddings}
     if arch == "vit":
         return {"model_type": "vit", "architectures": ["ViTForImageClassification"],
                 "image_size": c.image_size, "patch_size": c.patch_size, "num_channels": c.num_channels,
@@ -478,6 +502,25 @@ def _normalise(arch: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarra
     return out
 
 
+def resolve_heads(arch: str, config, tensors: dict[str, np.ndarray], published: list[str]) -> dict[str, np.ndarray]:
+    """Output heads, before the rules run (``tensors`` normalised, ``published`` the names as
+    stored). A checkpoint that says its head is tied but stores a different head matrix is
+    ambiguous (transformers would silently keep one of the two): refused, naming both tensors.
+    An untied BERT decoder brings its own bias: transformers >= 5 unties it along with the
+    weight and applies the decoder's (before 5 both names held one tensor)."""
+    if arch in _TIED_HEADS and config.tie_word_embeddings:
+        head, embedding = _TIED_HEADS[arch]
+        if head in tensors and embedding in tensors and not np.array_equal(tensors[head], tensors[embedding]):
+            head, embedding = (next((n for n in published if n == short or n.endswith("." + short)), short)
+                               for short in (head, embedding))
+            raise HubError(f"config.json says tie_word_embeddings=true, but {head} differs from "
+                           f"{embedding}; set \"tie_word_embeddings\": false in config.json if the "
+                           "head is meant to be separate, or remove the stale head tensor")
+    if arch == "bert" and not config.tie_word_embeddings and "cls.predictions.decoder.bias" in tensors:
+        tensors = {**tensors, "cls.predictions.bias": tensors["cls.predictions.decoder.bias"]}
+    return tensors
+
+
 def to_canonical(arch: str, hf: dict, tensors: dict[str, np.ndarray], num_classes: int | None = None,
                  seed: int = 0):
     """(config, canonical tensors, ignored published names) from a published checkpoint; a head
@@ -486,8 +529,10 @@ def to_canonical(arch: str, hf: dict, tensors: dict[str, np.ndarray], num_classe
     from .checkpoints import LoadReport, map_tensors
 
     check_arch(arch)
+    published = list(tensors)
     tensors = _normalise(arch, tensors)
     config = config_from_hf(arch, hf, tensors, num_classes)
+    tensors = resolve_heads(arch, config, tensors, published)
     report = LoadReport(source="tensors", layout="transformers", arch=arch)
     canonical = map_tensors(arch, config, RULES[arch](config), tensors, "transformers", seed=seed,
                             ignorable=_IGNORED, report=report)
@@ -500,6 +545,8 @@ def from_published(arch: str, config, tensors: dict[str, np.ndarray]) -> tuple[d
     out: dict[str, np.ndarray] = {}
     for rule in RULES[arch](config):
         out.update(_to_published(rule, tensors))
+    if arch == "bert" and config.mlm_head and not config.tie_word_embeddings:
+        out["cls.predictions.decoder.bias"] = tensors["mlm.bias"]  # read by transformers >= 5 when untied
     hf = config_to_hf(arch, config)
     head_model = hf["architectures"][0] not in ("BertModel",)
     if head_model:  # the backbone lives under a prefix; heads sit beside it

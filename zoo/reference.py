@@ -49,6 +49,19 @@ def transformers_model(arch: str, config, tensors: dict[str, np.ndarray]):
     return model.eval()
 
 
+def transformers_model_from_folder(arch: str, config, folder) -> object:
+    """The transformers model (eval mode, float32) that the published checkpoint ``folder``
+    itself holds: the reference for ``dlzoo verify --weights FOLDER``, which must not be rebuilt
+    from dlzoo's own reading of the folder (a mis-read head would then agree with itself)."""
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    name = _CLASSES.get(arch) or _bert_class(config)
+    return getattr(transformers, name).from_pretrained(str(folder), dtype=torch.float32).eval()
+
+
 def _bert_class(config) -> str:
     if config.num_classes:
         return "BertForSequenceClassification"
@@ -60,11 +73,16 @@ def _bert_class(config) -> str:
 
 
 def transformers_outputs(arch: str, model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The model's outputs under dlzoo's names, as numpy."""
+    """The model's outputs under dlzoo's names, as numpy in the model's own dtype (images are cast
+    to it, so a model converted with ``.double()`` gives the float64 evaluation)."""
     import torch
 
-    tin = {k: (torch.from_numpy(v).permute(0, 3, 1, 2).contiguous() if k == "pixel_values"
+    dtype = next(model.parameters()).dtype
+    tin = {k: (torch.from_numpy(v).permute(0, 3, 1, 2).contiguous().to(dtype) if k == "pixel_values"
                else torch.from_numpy(v.astype(np.int64))) for k, v in inputs.items()}
+    if arch == "gpt" and "attention_mask" in tin:  # positions from the mask, as transformers' generate does
+        mask = tin["attention_mask"]
+        tin["position_ids"] = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
     with torch.no_grad():
         if arch != "bert":
             return {"logits": model(**tin).logits.numpy()}

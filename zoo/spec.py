@@ -69,6 +69,8 @@ def _bert_spec(c: BertConfig) -> dict[str, TensorSpec]:
     if c.mlm_head:
         _dense(spec, "mlm.transform", d, d)
         _norm(spec, "mlm.ln", d)
+        if not c.tie_word_embeddings:
+            _dense(spec, "mlm.decoder", d, c.vocab_size, bias=False)
         spec["mlm.bias"] = TensorSpec((c.vocab_size,))
     if c.num_classes:
         _dense(spec, "classifier", d, c.num_classes)
@@ -83,6 +85,8 @@ def _gpt_spec(c: GPTConfig) -> dict[str, TensorSpec]:
     for i in range(c.num_layers):
         _transformer_block(spec, f"blocks.{i}", d, c.mlp_dim)
     _norm(spec, "ln_f", d)
+    if not c.tie_word_embeddings:
+        _dense(spec, "lm_head", d, c.vocab_size, bias=False)
     return spec
 
 

@@ -26,6 +26,33 @@ def _out(text: str = "") -> None:
 STRATEGY_OPTIONS = ("dataset_size", "input_size", "budget_hours")
 
 
+def recommend_data(arch: str | None = None, needs=(), *, task: str | None = None, dataset_size: int | None = None,
+                   input_size: int | None = None, budget_hours: float | None = None, device: str | None = None,
+                   num_classes: int | None = None, utilisation: float | None = None) -> dict:
+    """What ``dlzoo recommend --json`` prints (docs/engineer.md); the MCP ``recommend`` tool
+    returns the same. Raises ZooError for an unknown need, or training options without --task."""
+    from .frameworks import recommend_frameworks
+    from .strategy import design_training
+
+    given = {"dataset_size": dataset_size, "input_size": input_size, "budget_hours": budget_hours}
+    training = None
+    if task is None:
+        stray = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
+        stray += [f"--{name}" for name, value in (("num-classes", num_classes), ("device", device),
+                                                   ("utilisation", utilisation)) if value is not None]
+        if stray:
+            raise ZooError(f"{', '.join(stray)} design a training run and need --task "
+                           "(image-classification, text-classification or language-modeling)")
+    else:
+        missing = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is None]
+        if missing:
+            raise ZooError(f"--task needs {', '.join(missing)} as well")
+        training = design_training(task, dataset_size=dataset_size, input_size=input_size, budget_hours=budget_hours,
+                                   device=device or "cpu", arch=arch, num_classes=num_classes, utilisation=utilisation)
+        arch = training["arch"]
+    return {"frameworks": recommend_frameworks(arch, needs), "training": training}
+
+
 @click.command()
 @click.option("--arch", default=None, help="Architecture (bert, gpt, resnet, vit); with --task, fixes the choice.")
 @click.option("--need", "needs", multiple=True, metavar="NEED",
@@ -46,29 +73,12 @@ def recommend(arch, needs, task, dataset_size, input_size, budget_hours, device,
     dlzoo recommend --need onnx-export --need beginner-friendly
     dlzoo recommend --task image-classification --dataset-size 1797 --input-size 8 --budget-hours 0.1
     """
-    from .frameworks import recommend_frameworks
-    from .strategy import design_training
-
-    given = {"dataset_size": dataset_size, "input_size": input_size, "budget_hours": budget_hours}
-    training = None
-    if task is None:
-        stray = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
-        stray += [f"--{name}" for name, value in (("num-classes", num_classes), ("device", device),
-                                                   ("utilisation", utilisation)) if value is not None]
-        if stray:
-            raise ZooError(f"{', '.join(stray)} design a training run and need --task "
-                           "(image-classification, text-classification or language-modeling)")
-    else:
-        missing = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is None]
-        if missing:
-            raise ZooError(f"--task needs {', '.join(missing)} as well")
-        training = design_training(task, dataset_size=dataset_size, input_size=input_size, budget_hours=budget_hours,
-                                   device=device or "cpu", arch=arch, num_classes=num_classes, utilisation=utilisation)
-        arch = training["arch"]
-    frameworks = recommend_frameworks(arch, needs)
+    data = recommend_data(arch, needs, task=task, dataset_size=dataset_size, input_size=input_size,
+                          budget_hours=budget_hours, device=device, num_classes=num_classes, utilisation=utilisation)
     if as_json:
-        _json({"frameworks": frameworks, "training": training})
+        _json(data)
         return
+    frameworks, training = data["frameworks"], data["training"]
     _print_frameworks(frameworks)
     if training is not None:
         _out()

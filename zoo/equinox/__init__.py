@@ -25,13 +25,14 @@ from ..configs import ZooError
 from .bert import Bert
 from .canonical import _name, load_state_dict, state_dict
 from .gpt import GPT
+from .gpt import generate as gpt_generate
 from .resnet import ResNet
 from .vit import ViT
 
 MODELS = {"bert": Bert, "gpt": GPT, "resnet": ResNet, "vit": ViT}
 
 __all__ = ["MODELS", "Bert", "GPT", "ResNet", "ViT", "adamw_step", "apply", "block_outputs", "build",
-           "load_state_dict", "state_dict", "vjp"]
+           "generate", "load_state_dict", "state_dict", "vjp"]
 
 
 def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32"):
@@ -149,6 +150,16 @@ def adamw_step(arch: str, config, native, inputs, cotangents, *, lr: float, beta
     hyper = (jnp.asarray(x, dtype=jnp.float32) for x in (lr, betas[0], betas[1], eps, weight_decay))
     module = _adamw(arch, module, state, inputs, cotangents, jax.random.key(seed), *hyper)
     return module, state
+
+
+def generate(arch: str, config, native, input_ids: np.ndarray, attention_mask: np.ndarray | None, *,
+             max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+             seed: int) -> np.ndarray:
+    """``gpt.generate``: one compiled prefill + scan, vmapped over rows; keys from ``seed``."""
+    module, _ = native
+    out = gpt_generate(module, input_ids, attention_mask, max_new_tokens=max_new_tokens, temperature=temperature,
+                       top_k=top_k, top_p=top_p, key=jax.random.key(seed))
+    return np.asarray(out, dtype=np.int32)
 
 
 def benchmark_step(arch: str, config, native, inputs: dict[str, np.ndarray],

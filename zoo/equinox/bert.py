@@ -87,18 +87,25 @@ class Block(eqx.Module):
 
 
 class MLMHead(eqx.Module):
+    """transform -> GELU -> layer norm -> decoder tied to the word embedding (or its own
+    ``decoder`` when ``tie_word_embeddings=False``), plus its own bias."""
+
     transform: Dense
     ln: LayerNorm
+    decoder: Dense | None
     bias: Float[Array, " V"]
 
     def __init__(self, config: BertConfig, *, key: PRNGKeyArray):
         self.transform = Dense(config.hidden_size, config.hidden_size, init=_INIT, key=key)
         self.ln = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = None if config.tie_word_embeddings else Dense(
+            config.hidden_size, config.vocab_size, init=_INIT, use_bias=False, key=jax.random.fold_in(key, 1))
         self.bias = jnp.zeros((config.vocab_size,))
 
     def __call__(self, x: Float[Array, "T D"], word: Float[Array, "V D"]) -> Float[Array, "T V"]:
         x = self.ln(jax.nn.gelu(self.transform(x), approximate=False))
-        return x @ word.T + self.bias  # theory: weight-tying
+        decoded = x @ word.T if self.decoder is None else self.decoder(x)  # theory: weight-tying
+        return decoded + self.bias
 
 
 class Bert(eqx.Module):

@@ -178,8 +178,12 @@ class Attention(eqx.Module):
     """Multi-head self-attention with a fused q|k|v projection, shared by GPT-2, BERT and ViT.
 
     ``is_causal`` lets each position see only itself and the past (GPT-2); a ``bias`` at call
-    time is added to the logits (BERT's padding mask). ``out_init`` initialises the residual
-    projection ``out`` (GPT-2 scales it down with depth); by default it is ``init``.
+    time is added to the logits (BERT's padding mask) and, in a causal layer, replaces the
+    built-in causal mask, so it must carry it (GPT-2's causal and padding bias). ``out_init``
+    initialises the residual projection ``out`` (GPT-2 scales it down with depth); by default it
+    is ``init``. ``cache`` = (keys, values, index), keys and values (S, N, H) preallocated: this
+    call's keys and values are written at slots index..index+T, the queries attend over all S
+    slots (the bias hides the unwritten ones), and the call returns (y, (keys, values)).
     """
 
     qkv: Dense
@@ -198,17 +202,23 @@ class Attention(eqx.Module):
         self.resid_drop = eqx.nn.Dropout(dropout)
         self.num_heads, self.is_causal = num_heads, is_causal
 
-    def __call__(self, x: Float[Array, "T D"], bias: Float[Array, "1 1 T"] | None = None, *,
-                 key: PRNGKeyArray | None, inference: bool) -> Float[Array, "T D"]:
+    def __call__(self, x: Float[Array, "T D"], bias: Float[Array, "1 T S"] | None = None, *,
+                 key: PRNGKeyArray | None, inference: bool, cache: tuple[Array, Array, Array] | None = None):
         k_attn, k_resid = split_key(key, 2)
         T, D = x.shape
         # theory: multi-head-attention
         q, k, v = (t.reshape(T, self.num_heads, D // self.num_heads)
                    for t in jnp.split(self.qkv(x), 3, axis=-1))  # (T, N, H), heads contiguous
+        if cache is not None:
+            keys, values, index = cache  # (S, N, H) each
+            # theory: kv-cache
+            k = keys = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (index, 0, 0))
+            v = values = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (index, 0, 0))
         # theory: scaled-dot-product-attention
-        y = attention(q, k, v, bias=bias, is_causal=self.is_causal, dropout=self.attn_drop, key=k_attn,
-                      inference=inference)
-        return self.resid_drop(self.out(y.reshape(T, D)), key=k_resid, inference=inference)
+        y = attention(q, k, v, bias=bias, is_causal=self.is_causal and bias is None, dropout=self.attn_drop,
+                      key=k_attn, inference=inference)
+        y = self.resid_drop(self.out(y.reshape(T, D)), key=k_resid, inference=inference)  # (T, D)
+        return y if cache is None else (y, (keys, values))
 
 
 class MLP(eqx.Module):
@@ -255,10 +265,13 @@ class Block(eqx.Module):
         self.mlp = MLP(dim, mlp_dim, approximate=approximate, dropout=dropout, init=init,
                        out_init=out_init, key=k2)
 
-    def __call__(self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None,
-                 inference: bool) -> Float[Array, "T D"]:
+    def __call__(self, x: Float[Array, "T D"], bias: Float[Array, "1 T S"] | None = None, *,
+                 key: PRNGKeyArray | None, inference: bool, cache: tuple[Array, Array, Array] | None = None):
+        """-> x (T, D), or (x, (keys, values)) with a ``cache`` (see ``Attention``)."""
         k1, k2 = split_key(key, 2)
+        attended = self.attn(self.ln1(x), bias, key=k1, inference=inference, cache=cache)
+        attended, kv = attended if cache is not None else (attended, None)
         # theory: pre-ln-vs-post-ln
-        x = x + self.attn(self.ln1(x), key=k1, inference=inference)  # theory: residual-connections
+        x = x + attended  # theory: residual-connections
         x = x + self.mlp(self.ln2(x), key=k2, inference=inference)
-        return x
+        return x if cache is None else (x, kv)

@@ -21,6 +21,7 @@ from ..configs import ZooError
 from .bert import BERT
 from .canonical import _name, load_state_dict, state_dict
 from .gpt import GPT
+from .gpt import generate as gpt_generate
 from .resnet import ResNet
 from .vit import ViT
 
@@ -28,7 +29,7 @@ MODELS = {"bert": BERT, "gpt": GPT, "resnet": ResNet, "vit": ViT}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 __all__ = ["MODELS", "BERT", "GPT", "ResNet", "ViT", "adamw_step", "apply", "block_outputs", "build",
-           "load_state_dict", "state_dict", "vjp"]
+           "generate", "load_state_dict", "state_dict", "vjp"]
 
 
 def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32") -> nnx.Module:
@@ -130,6 +131,15 @@ def adamw_step(arch: str, config, native: nnx.Module, inputs, cotangents, *, lr:
                     f32(lr), f32(betas[0]), f32(betas[1]), f32(eps), f32(weight_decay), flags=flags)
     nnx.update(native, params)
     return native
+
+
+def generate(arch: str, config, native: nnx.Module, input_ids: np.ndarray, attention_mask: np.ndarray | None, *,
+             max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+             seed: int) -> np.ndarray:
+    """``gpt.generate``: one jitted prefill + scan; sampling keys from ``jax.random.key(seed)``."""
+    out = gpt_generate(native, input_ids, attention_mask, max_new_tokens=max_new_tokens, temperature=temperature,
+                       top_k=top_k, top_p=top_p, key=jax.random.key(seed))
+    return np.asarray(out, dtype=np.int32)
 
 
 def benchmark_step(arch: str, config, native: nnx.Module, inputs: dict[str, np.ndarray],

@@ -82,18 +82,21 @@ class Block(nnx.Module):
 
 
 class MLMHead(nnx.Module):
-    """transform -> GELU -> layer norm -> decoder tied to the word embedding, plus its own bias."""
+    """transform -> GELU -> layer norm -> decoder tied to the word embedding (or its own
+    ``decoder`` when ``tie_word_embeddings=False``), plus its own bias."""
 
     def __init__(self, config: BertConfig, *, dtype, rngs: nnx.Rngs):
         d = config.hidden_size
         self.transform = nnx.Linear(d, d, kernel_init=INIT, dtype=dtype, rngs=rngs)
         self.ln = layer_norm(d, config.layer_norm_eps, dtype=dtype, rngs=rngs)
+        self.decoder = None if config.tie_word_embeddings else nnx.Linear(
+            d, config.vocab_size, use_bias=False, kernel_init=INIT, dtype=dtype, rngs=rngs)
         self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
 
     def __call__(self, x: Float[Array, "B T C"], word: nnx.Embed) -> Float[Array, "B T V"]:
         h = self.ln(jax.nn.gelu(self.transform(x), approximate=False))  # [B, T, C]
         # theory: weight-tying
-        logits = word.attend(h)  # h @ word.embedding.T, in the compute dtype
+        logits = word.attend(h) if self.decoder is None else self.decoder(h)  # h @ word.embedding.T, in the compute dtype
         return logits + self.bias[...].astype(logits.dtype)  # [B, T, V]  # theory: masked-lm
 
 

@@ -89,9 +89,13 @@ def attention(
 class Attention(nnx.Module):
     """Multi-head self-attention with a fused q|k|v projection (heads contiguous within each).
 
-    ``__call__(x, is_causal=..., attn_bias=..., train=..., rngs=...)``: ``is_causal`` hides the
-    future (GPT-2); ``attn_bias`` [B, 1, 1, T] is added to the scores before the softmax (BERT's
-    padding mask). ``rngs`` is needed only when ``train=True`` and a dropout rate is non-zero.
+    ``__call__(x, is_causal=..., attn_bias=..., train=..., rngs=..., cache=...)``: ``is_causal``
+    hides the future (GPT-2); ``attn_bias`` [B, 1, 1, S] or [B, 1, T, S] is added to the scores
+    before the softmax (BERT's padding mask; GPT-2's causal and padding mask). ``rngs`` is needed
+    only when ``train=True`` and a dropout rate is non-zero. ``cache`` = (keys, values, index),
+    keys and values [B, S, N, H] preallocated: this call's keys and values are written at slots
+    index..index+T, the queries attend over all S slots (``attn_bias`` hides the unwritten ones),
+    and the call returns (y, (keys, values)).
     """
 
     def __init__(self, dim: int, num_heads: int, *, dropout: float, attention_dropout: float,
@@ -102,16 +106,22 @@ class Attention(nnx.Module):
         self.num_heads, self.attention_dropout = num_heads, attention_dropout
 
     def __call__(self, x: Float[Array, "B T C"], *, is_causal: bool = False,
-                 attn_bias: Float[Array, "B 1 1 T"] | None = None, train: bool,
-                 rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
+                 attn_bias: Float[Array, "B 1 T S"] | None = None, train: bool, rngs: nnx.Rngs | None,
+                 cache: tuple[Array, Array, Array] | None = None):
         B, T, C = x.shape
         # theory: multi-head-attention
         q, k, v = (t.reshape(B, T, self.num_heads, C // self.num_heads)
                    for t in jnp.split(self.qkv(x), 3, axis=-1))  # [B, T, N, H], heads contiguous
+        if cache is not None:
+            keys, values, index = cache  # [B, S, N, H] each
+            # theory: kv-cache
+            k = keys = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, index, 0, 0))
+            v = values = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, index, 0, 0))
         # theory: scaled-dot-product-attention
         y = attention(q, k, v, bias=attn_bias, is_causal=is_causal,
                       dropout_rate=self.attention_dropout if train else 0.0, rngs=rngs)
-        return self.resid_drop(self.out(y.reshape(B, T, C)), deterministic=not train, rngs=rngs)
+        y = self.resid_drop(self.out(y.reshape(B, T, C)), deterministic=not train, rngs=rngs)  # [B, T, C]
+        return y if cache is None else (y, (keys, values))
 
 
 class MLP(nnx.Module):
@@ -145,12 +155,17 @@ class Block(nnx.Module):
         self.mlp = MLP(dim, mlp_dim, approximate=approximate, dropout=dropout,
                        kernel_init=kernel_init, out_init=out_init, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: Float[Array, "B T C"], *, is_causal: bool = False, train: bool,
-                 rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
+    def __call__(self, x: Float[Array, "B T C"], *, is_causal: bool = False,
+                 attn_bias: Float[Array, "B 1 T S"] | None = None, train: bool, rngs: nnx.Rngs | None,
+                 cache: tuple[Array, Array, Array] | None = None):
+        """-> x [B, T, C], or (x, (keys, values)) with a ``cache`` (see ``Attention``)."""
+        attended = self.attn(self.ln1(x), is_causal=is_causal, attn_bias=attn_bias, train=train, rngs=rngs,
+                             cache=cache)
+        attended, kv = attended if cache is not None else (attended, None)
         # theory: pre-ln-vs-post-ln
-        x = x + self.attn(self.ln1(x), is_causal=is_causal, train=train, rngs=rngs)  # theory: residual-connections
+        x = x + attended  # theory: residual-connections
         x = x + self.mlp(self.ln2(x), train=train, rngs=rngs)
-        return x
+        return x if cache is None else (x, kv)
 
 
 class BatchNorm(nnx.Module):

@@ -28,8 +28,8 @@ from .layers import canonical_name
 
 MODELS = {"bert": bert.transform, "gpt": gpt.transform, "resnet": resnet.transform, "vit": vit.transform}
 
-__all__ = ["MODELS", "adamw_step", "apply", "block_outputs", "build", "canonical_name", "load_state_dict",
-           "state_dict", "vjp"]
+__all__ = ["MODELS", "adamw_step", "apply", "block_outputs", "build", "canonical_name", "generate",
+           "load_state_dict", "state_dict", "vjp"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -133,6 +133,16 @@ def adamw_step(arch: str, config, native, inputs, cotangents, *, lr: float, beta
     params = _compiled(transformed, "adamw", False, flags)(params, state, jax.random.key(seed), inputs,
                                                            _cotangents(cotangents), *hyper)
     return transformed, params, state
+
+
+def generate(arch: str, config, native, input_ids: np.ndarray, attention_mask: np.ndarray | None, *,
+             max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+             seed: int) -> np.ndarray:
+    """``gpt.generate``: one jitted prefill + scan; sampling keys from ``jax.random.key(seed)``."""
+    transformed, params, state = native
+    out = gpt.generate(config, transformed, params, state, input_ids, attention_mask, max_new_tokens=max_new_tokens,
+                       temperature=temperature, top_k=top_k, top_p=top_p, key=jax.random.key(seed))
+    return np.asarray(out, dtype=np.int32)
 
 
 def benchmark_step(arch: str, config, native, inputs: dict[str, np.ndarray],

@@ -79,19 +79,23 @@ class Block(hk.Module):
 
 
 class MLMHead(hk.Module):
-    """transform -> GELU -> layer norm -> decoder tied to the word embedding, plus its own bias."""
+    """transform -> GELU -> layer norm -> decoder tied to the word embedding (or its own
+    ``decoder`` when ``tie_word_embeddings=False``), plus its own bias."""
 
     def __init__(self, config: BertConfig, *, name: str = "mlm"):
         super().__init__(name=name)
         self.transform = Dense(config.hidden_size, init=_INIT, name="transform")
         self.ln = LayerNorm(eps=config.layer_norm_eps, name="ln")
+        self.decoder = None if config.tie_word_embeddings else Dense(
+            config.vocab_size, init=_INIT, use_bias=False, name="decoder")
         self.vocab_size = config.vocab_size
 
     def __call__(self, x: Float[Array, "B T D"], word_embedding: Float[Array, "V D"]) -> Float[Array, "B T V"]:
         h = self.ln(jax.nn.gelu(self.transform(x), approximate=False))  # (B, T, D)
         bias = hk.get_parameter("bias", (self.vocab_size,), init=jnp.zeros)
         # theory: weight-tying
-        return h @ word_embedding.T + bias.astype(h.dtype)  # theory: masked-lm
+        decoded = h @ word_embedding.T if self.decoder is None else self.decoder(h)  # (B, T, V)
+        return decoded + bias.astype(h.dtype)  # theory: masked-lm
 
 
 class BERT(hk.Module):

@@ -215,9 +215,13 @@ def attention(q: Float[Array, "B T N H"], k: Float[Array, "B S N H"], v: Float[A
 class Attention(hk.Module):
     """Multi-head self-attention with a fused q|k|v projection (heads contiguous within each).
 
-    ``__call__(x, is_causal=..., attn_bias=..., is_training=...)``: ``is_causal`` hides the
-    future (GPT-2); ``attn_bias`` (B, 1, 1, T) is added to the scores before the softmax (BERT's
-    padding mask). Dropout needs an rng key in ``apply`` only when ``is_training=True``.
+    ``__call__(x, is_causal=..., attn_bias=..., is_training=..., cache=...)``: ``is_causal``
+    hides the future (GPT-2); ``attn_bias`` (B, 1, 1, S) or (B, 1, T, S) is added to the scores
+    before the softmax (BERT's padding mask; GPT-2's causal and padding mask). Dropout needs an
+    rng key in ``apply`` only when ``is_training=True``. ``cache`` = (keys, values, index), keys
+    and values (B, S, N, H) preallocated: this call's keys and values are written at slots
+    index..index+T, the queries attend over all S slots (``attn_bias`` hides the unwritten ones),
+    and the call returns (y, (keys, values)).
     """
 
     def __init__(self, dim: int, num_heads: int, *, dropout: float, attention_dropout: float,
@@ -229,15 +233,22 @@ class Attention(hk.Module):
         self.attention_dropout, self.dropout = attention_dropout, dropout
 
     def __call__(self, x: Float[Array, "B T D"], *, is_causal: bool = False,
-                 attn_bias: Float[Array, "B 1 1 T"] | None = None, is_training: bool) -> Float[Array, "B T D"]:
+                 attn_bias: Float[Array, "B 1 T S"] | None = None, is_training: bool,
+                 cache: tuple[Array, Array, Array] | None = None):
         B, T, D = x.shape
         # theory: multi-head-attention
         q, k, v = (t.reshape(B, T, self.num_heads, D // self.num_heads)
                    for t in jnp.split(self.qkv(x), 3, axis=-1))  # (B, T, N, H), heads contiguous
+        if cache is not None:
+            keys, values, index = cache  # (B, S, N, H) each
+            # theory: kv-cache
+            k = keys = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, index, 0, 0))
+            v = values = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, index, 0, 0))
         # theory: scaled-dot-product-attention
         y = attention(q, k, v, bias=attn_bias, is_causal=is_causal,
                       dropout_rate=self.attention_dropout, is_training=is_training)
-        return dropout(self.out(y.reshape(B, T, D)), self.dropout, is_training)
+        y = dropout(self.out(y.reshape(B, T, D)), self.dropout, is_training)  # (B, T, D)
+        return y if cache is None else (y, (keys, values))
 
 
 class MLP(hk.Module):
@@ -273,8 +284,13 @@ class Block(hk.Module):
         self.mlp = MLP(dim, mlp_dim, approximate=approximate, dropout=dropout, init=init, out_init=out_init)
 
     def __call__(self, x: Float[Array, "B T D"], *, is_causal: bool = False,
-                 is_training: bool) -> Float[Array, "B T D"]:
+                 attn_bias: Float[Array, "B 1 T S"] | None = None, is_training: bool,
+                 cache: tuple[Array, Array, Array] | None = None):
+        """-> x (B, T, D), or (x, (keys, values)) with a ``cache`` (see ``Attention``)."""
+        attended = self.attn(self.ln1(x), is_causal=is_causal, attn_bias=attn_bias, is_training=is_training,
+                             cache=cache)
+        attended, kv = attended if cache is not None else (attended, None)
         # theory: pre-ln-vs-post-ln
-        x = x + self.attn(self.ln1(x), is_causal=is_causal, is_training=is_training)  # theory: residual-connections
+        x = x + attended  # theory: residual-connections
         x = x + self.mlp(self.ln2(x), is_training=is_training)
-        return x
+        return x if cache is None else (x, kv)

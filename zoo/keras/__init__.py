@@ -232,6 +232,15 @@ def adamw_step(arch: str, config, native: keras.Model, inputs: dict[str, np.ndar
     return native
 
 
+def generate(arch: str, config, native: keras.Model, input_ids: np.ndarray, attention_mask: np.ndarray | None, *,
+             max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+             seed: int) -> np.ndarray:
+    """``GPT.generate`` (eager, any keras backend); sampling draws from keras.random with ``seed``."""
+    out = native.generate(input_ids, attention_mask, max_new_tokens=max_new_tokens, temperature=temperature,
+                          top_k=top_k, top_p=top_p, seed=seed)
+    return np.asarray(ops.convert_to_numpy(out), dtype=np.int32)
+
+
 def _jax_adamw(arch: str, native: keras.Model, optimizer):
     """A jitted AdamW step from a fresh optimizer state: (step, fresh state, index of the lr)."""
     import jax
@@ -308,4 +317,5 @@ def _block(tree):
     return tree
 
 
-__all__ = ["MODELS", "adamw_step", "apply", "block_outputs", "build", "load_state_dict", "state_dict", "vjp"]
+__all__ = ["MODELS", "adamw_step", "apply", "block_outputs", "build", "generate", "load_state_dict", "state_dict",
+           "vjp"]

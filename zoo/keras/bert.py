@@ -87,21 +87,29 @@ class BertBlock(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="dlzoo")
 class MLMHead(layers.Layer):
-    """transform -> exact GELU -> layer norm -> decoder tied to the word embeddings, plus a bias."""
+    """transform -> exact GELU -> layer norm -> decoder tied to the word embeddings (or its own
+    ``decoder`` when ``tie_word_embeddings=False``), plus a bias."""
 
     def __init__(self, config: BertConfig | dict, *, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.config = config = BertConfig.from_dict(config) if isinstance(config, dict) else config
         self.seed = seed
-        policy = self.dtype_policy
-        self.transform = layers.Dense(config.hidden_size, kernel_initializer=normal_init(Seeds(seed)()),
+        seeds, policy = Seeds(seed), self.dtype_policy
+        self.transform = layers.Dense(config.hidden_size, kernel_initializer=normal_init(seeds()),
                                       name="transform", dtype=policy)
         self.ln = layers.LayerNormalization(epsilon=config.layer_norm_eps, name="ln", dtype=policy)
+        self.decoder = None
+        if not config.tie_word_embeddings:  # its own decoder kernel instead of the word embeddings
+            self.decoder = layers.Dense(config.vocab_size, use_bias=False, kernel_initializer=normal_init(seeds()),
+                                        name="decoder", dtype=policy)
         self.bias = self.add_weight(shape=(config.vocab_size,), initializer="zeros", name="bias")
 
     def call(self, h, word_embeddings):
         h = self.ln(ops.gelu(self.transform(h), approximate=False))  # (B, T, C)
-        logits = ops.matmul(h, ops.transpose(ops.cast(word_embeddings, h.dtype)))  # theory: weight-tying
+        if self.decoder is None:
+            logits = ops.matmul(h, ops.transpose(ops.cast(word_embeddings, h.dtype)))  # theory: weight-tying
+        else:
+            logits = self.decoder(h)  # (B, T, V)
         return logits + ops.cast(self.bias, h.dtype)  # (B, T, V)  # theory: masked-lm
 
     def compute_output_shape(self, input_shape):

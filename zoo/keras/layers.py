@@ -86,7 +86,15 @@ def normal_init(seed: int, std: float = 0.02, *, truncated: bool = True) -> Norm
 
 @keras.saving.register_keras_serializable(package="dlzoo")
 class Attention(layers.Layer):
-    """Multi-head self-attention with a fused q|k|v projection (heads contiguous within each)."""
+    """Multi-head self-attention with a fused q|k|v projection (heads contiguous within each).
+
+    ``call(x, bias=..., is_causal=..., training=..., cache=..., cache_index=...)``: ``bias``,
+    broadcastable to (B, nh, T, S), is added to the scores before the softmax (BERT's padding
+    mask; GPT-2's causal and padding mask). ``cache`` = (keys, values), each (B, S, nh, hs)
+    preallocated: this call's keys and values are written at slots cache_index..cache_index+T,
+    the queries attend over all S slots (``bias`` hides the unwritten ones), and the call
+    returns (y, (keys, values)), as keras-hub's cached attention does.
+    """
 
     def __init__(self, dim: int, num_heads: int, *, dropout: float = 0.0, attention_dropout: float = 0.0,
                  init_std: float = 0.02, out_std: float = 0.02, truncated: bool = True, seed: int = 0, **kwargs):
@@ -99,11 +107,16 @@ class Attention(layers.Layer):
         self.attn_drop = layers.Dropout(attention_dropout, seed=seeds(), name="attn_drop", dtype=policy)
         self.resid_drop = layers.Dropout(dropout, seed=seeds(), name="resid_drop", dtype=policy)
 
-    def call(self, x, *, bias=None, is_causal=False, training=False):
+    def call(self, x, *, bias=None, is_causal=False, training=False, cache=None, cache_index=None):
         B, T = ops.shape(x)[0], ops.shape(x)[1]
         H = self.dim // self.num_heads
         q, k, v = ops.split(self.qkv(x), 3, axis=-1)  # 3 x (B, T, C)  # theory: multi-head-attention
         q, k, v = (ops.reshape(t, (B, T, self.num_heads, H)) for t in (q, k, v))  # (B, T, nh, hs)
+        if cache is not None:
+            keys, values = cache  # (B, S, nh, hs) each
+            # theory: kv-cache
+            k = keys = ops.slice_update(keys, [0, cache_index, 0, 0], ops.cast(k, keys.dtype))
+            v = values = ops.slice_update(values, [0, cache_index, 0, 0], ops.cast(v, values.dtype))
         if training and self.attn_drop.rate > 0:
             # keras.ops.dot_product_attention has no dropout: spell attention out only when it is on.
             scores = ops.einsum("btnh,bsnh->bnts", q, k) / ops.cast(H**0.5, q.dtype)  # (B, nh, T, T)
@@ -117,7 +130,8 @@ class Attention(layers.Layer):
         else:
             y = ops.dot_product_attention(q, k, v, bias=bias, is_causal=is_causal)  # theory: scaled-dot-product-attention
         y = ops.reshape(y, (B, T, self.dim))  # (B, T, C): heads side by side again
-        return self.resid_drop(self.out(y), training=training)
+        y = self.resid_drop(self.out(y), training=training)
+        return y if cache is None else (y, (keys, values))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -175,10 +189,14 @@ class Block(layers.Layer):
         self.mlp = MLP(dim, mlp_dim, approximate_gelu=approximate_gelu, dropout=dropout,
                        init_std=init_std, out_std=out_std, truncated=truncated, seed=seeds(), name="mlp", dtype=policy)
 
-    def call(self, x, *, is_causal=False, training=False):
-        x = x + self.attn(self.ln1(x), is_causal=is_causal, training=training)  # theory: pre-ln-vs-post-ln
+    def call(self, x, *, bias=None, is_causal=False, training=False, cache=None, cache_index=None):
+        """-> x (B, T, C), or (x, (keys, values)) with a ``cache`` (see ``Attention``)."""
+        attended = self.attn(self.ln1(x), bias=bias, is_causal=is_causal, training=training,
+                             cache=cache, cache_index=cache_index)
+        attended, kv = attended if cache is not None else (attended, None)
+        x = x + attended  # theory: pre-ln-vs-post-ln
         x = x + self.mlp(self.ln2(x), training=training)  # theory: residual-connections
-        return x  # (B, T, C)
+        return x if cache is None else (x, kv)  # (B, T, C)
 
     def compute_output_shape(self, input_shape):
         return input_shape

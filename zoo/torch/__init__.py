@@ -143,7 +143,20 @@ def adamw_step(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarra
     return native
 
 
-__all__ = ["MODELS", "adamw_step", "apply", "benchmark_step", "block_outputs", "build", "load_state_dict", "state_dict", "vjp"]
+def generate(arch: str, config, native: nn.Module, input_ids: np.ndarray, attention_mask: np.ndarray | None, *,
+             max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+             seed: int) -> np.ndarray:
+    """GPT.generate in eval mode; sampling draws from a torch.Generator seeded with ``seed``."""
+    with _mode(native, train=False, seed=seed) as device:
+        ids = torch.from_numpy(input_ids).long().to(device)
+        mask = None if attention_mask is None else torch.from_numpy(attention_mask).long().to(device)
+        out = native.generate(ids, mask, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                              top_p=top_p, generator=torch.Generator(device).manual_seed(seed))
+    return out.cpu().numpy().astype(np.int32)
+
+
+__all__ = ["MODELS", "adamw_step", "apply", "benchmark_step", "block_outputs", "build", "generate", "load_state_dict",
+           "state_dict", "vjp"]
 
 
 def benchmark_step(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarray],

@@ -72,18 +72,21 @@ class Block(nn.Module):
 
 
 class MLMHead(nn.Module):
-    """transform -> GELU -> layer norm -> decoder tied to the word embedding, plus its own bias."""
+    """transform -> GELU -> layer norm -> decoder tied to the word embedding (or its own
+    ``decoder`` when ``tie_word_embeddings=False``), plus its own bias."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
         self.transform = nn.Linear(config.hidden_size, config.hidden_size)
         self.ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, x: torch.Tensor, word_embedding: torch.Tensor) -> torch.Tensor:
         h = self.ln(F.gelu(self.transform(x), approximate="none"))  # (B, T, C)
         # theory: weight-tying
-        return h @ word_embedding.T + self.bias  # (B, T, V)  # theory: masked-lm
+        decoded = h @ word_embedding.T if self.decoder is None else self.decoder(h)  # (B, T, V)
+        return decoded + self.bias  # (B, T, V)  # theory: masked-lm
 
 
 class BERT(nn.Module):

@@ -59,12 +59,30 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 # --------------------------------------------------------------------------- transformer layers
 
+class LayerCache:
+    """One attention layer's keys and values (B, N, S, H) for every token seen so far, grown by
+    each call (torch's eager idiom, as transformers' DynamicCache: no preallocated length)."""
+
+    def __init__(self):
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # theory: kv-cache
+        if self.keys is not None:
+            k, v = torch.cat([self.keys, k], dim=2), torch.cat([self.values, v], dim=2)
+        self.keys, self.values = k, v
+        return k, v
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a fused q|k|v projection (heads contiguous within each).
 
-    ``forward(x, is_causal=..., attn_bias=...)``: ``is_causal`` hides the future (GPT-2);
-    ``attn_bias``, broadcastable to the scores (B, N, T, T), is added to them before the softmax
-    (BERT's padding mask, (B, 1, 1, T)).
+    ``forward(x, is_causal=..., attn_bias=..., cache=...)``: ``is_causal`` hides the future
+    (GPT-2); ``attn_bias``, broadcastable to the scores (B, N, T, S), is added to them before the
+    softmax (BERT's padding mask (B, 1, 1, T); GPT-2's causal and padding mask (B, 1, T, S)).
+    ``cache`` (a ``LayerCache``) holds the keys and values of earlier tokens: this call's are
+    appended to it and the queries attend over all S of them.
     """
 
     def __init__(self, dim: int, num_heads: int, *, dropout: float, attention_dropout: float):
@@ -74,12 +92,14 @@ class Attention(nn.Module):
         self.resid_drop = nn.Dropout(dropout)
         self.num_heads, self.attention_dropout = num_heads, attention_dropout
 
-    def forward(self, x: torch.Tensor, *, is_causal: bool = False,
-                attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, is_causal: bool = False, attn_bias: torch.Tensor | None = None,
+                cache: LayerCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         # theory: multi-head-attention
         q, k, v = (t.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
                    for t in self.qkv(x).split(C, dim=-1))  # (B, N, T, H), heads contiguous
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, N, S, H): earlier tokens' keys and values, then these
         # theory: scaled-dot-product-attention
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, is_causal=is_causal,
                                            dropout_p=self.attention_dropout if self.training else 0.0)
@@ -116,8 +136,9 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.mlp = MLP(dim, mlp_dim, approximate=approximate, dropout=dropout)
 
-    def forward(self, x: torch.Tensor, *, is_causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, is_causal: bool = False, attn_bias: torch.Tensor | None = None,
+                cache: LayerCache | None = None) -> torch.Tensor:
         # theory: pre-ln-vs-post-ln
-        x = x + self.attn(self.ln1(x), is_causal=is_causal)  # theory: residual-connections
+        x = x + self.attn(self.ln1(x), is_causal=is_causal, attn_bias=attn_bias, cache=cache)  # theory: residual-connections
         x = x + self.mlp(self.ln2(x))
         return x  # (B, T, C)
