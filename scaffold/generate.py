@@ -65,9 +65,9 @@ DEFAULTS = {
 _TEXT = {"weight_decay": 0.01, "warmup_fraction": 0.05, "label_smoothing": 0.0, "epochs": 1,
          "val_fraction": 0.05, "test_fraction": 0.05, "max_bytes": 8_000_000, "max_eval_rows": 512}
 TEXT_DEFAULTS = {
-    "lm": {**_TEXT, "lr": 2e-3, "batch_size": 32, "seq_len": 64, "max_steps": 3000},
-    "mlm": {**_TEXT, "lr": 1e-3, "batch_size": 32, "seq_len": 128, "max_steps": 2000},
-    "classify": {**_TEXT, "lr": 5e-4, "batch_size": 32, "seq_len": 128, "max_steps": 0, "epochs": 10,
+    "lm": {**_TEXT, "lr": 2e-3, "batch_size": 32, "seq_len": 64, "max_steps": 2000},
+    "mlm": {**_TEXT, "lr": 1e-3, "batch_size": 32, "seq_len": 64, "max_steps": 1000},
+    "classify": {**_TEXT, "lr": 5e-4, "batch_size": 32, "seq_len": 128, "max_steps": 0, "epochs": 15,
                  "val_fraction": 0.1, "test_fraction": 0.2},
 }
 TEXT_SPECIALS = {"gpt": ["<|endoftext|>"], "bert": ["[PAD]", "[CLS]", "[SEP]", "[MASK]"]}
@@ -251,10 +251,15 @@ def _model_class(source: str, arch: str) -> str | None:
     return next((n for n in names if n.lower() == arch), None)
 
 
-def _measured(arch: str, framework: str) -> dict | None:
+def results_key(arch: str, framework: str, task: str | None = None) -> str:
+    """The key of a project's measured row in scaffold/results.json: ``vit/torch``, ``bert-mlm/torch``."""
+    return f"{arch}-{task}/{framework}" if arch in TEXT_ARCHS else f"{arch}/{framework}"
+
+
+def _measured(arch: str, framework: str, task: str | None = None) -> dict | None:
     if not RESULTS.is_file():
         return None
-    return json.loads(RESULTS.read_text()).get(f"{arch}/{framework}")
+    return json.loads(RESULTS.read_text()).get(results_key(arch, framework, task))
 
 
 def _py_literal(value: Any, indent: str = "") -> str:
@@ -384,7 +389,7 @@ def plan(name: str, *, arch: str, framework: str, preset: str | None = None, tas
         "weights": {"source": weights, "source_name": Path(weights).name or weights, "fresh": loaded.fresh} if loaded else None,
         "dependencies": COMMON_DEPS + (["tokenizers>=0.15"] if tokenizer_file else []) + FRAMEWORK_DEPS[framework],
         "annotate": annotate,
-        "measured": _measured(arch, framework), "dlzoo_version": _version(),
+        "measured": _measured(arch, framework, task), "dlzoo_version": _version(),
     }
     env = _environment()
     files: dict[str, str | bytes] = {}
