@@ -111,9 +111,10 @@ def conformance(session):
 @nox.session
 def scaffold(session):
     """dlzoo new: command safety, copied zoo code, and every framework's generated project running
-    its own tests (shapes, learning, save/load, exact resume after SIGKILL)."""
+    its own tests (shapes, learning, save/load, exact resume after SIGKILL); text projects (gpt lm,
+    bert mlm and classify) in tests/test_scaffold_text.py."""
     session.install("-e", ".[all,test]")
-    _pytest(session, "tests/test_scaffold.py", env={"KERAS_BACKEND": "jax"})
+    _pytest(session, "tests/test_scaffold.py", "tests/test_scaffold_text.py", env={"KERAS_BACKEND": "jax"})
 
 
 @nox.session

@@ -14,24 +14,26 @@ from dlzoo.clitools import JSON_OPTION, print_json
 
 @click.command("new")
 @click.argument("name")
-@click.option("--arch", required=True, help="resnet or vit (text projects: later).")
+@click.option("--arch", required=True, help="resnet, vit, gpt or bert.")
 @click.option("--framework", "-f", default=None, help="torch, flax, equinox, haiku or keras.")
 @click.option("--preset", "-p", default=None, help="Any zoo preset (default: tiny, trains in minutes on a CPU).")
-@click.option("--task", default=None, help="Default: image-classification.")
+@click.option("--task", default=None, help="resnet/vit: image-classification; gpt: lm; bert: mlm (default) or classify.")
+@click.option("--tokenizer", "tokenizer", default=None,
+              help="Text projects: a Hugging Face tokenizer.json (default: byte-level).")
 @click.option("--weights", "-w", "weights_src", default=None,
               help="Start from: canonical .safetensors, published checkpoint folder or hub id.")
 @click.option("--annotate", type=click.Choice(["none", "brief", "full"]), default="brief", show_default=True,
               help="Theory notes in the code (full: also THEORY.md).")
 @click.option("--force", is_flag=True, help="Add to an existing folder; files you wrote are never replaced.")
 @JSON_OPTION
-def new(name: str, arch: str, framework: str | None, preset: str | None, task: str | None, weights_src: str | None,
-        annotate: str, force: bool, as_json: bool) -> None:
+def new(name: str, arch: str, framework: str | None, preset: str | None, task: str | None, tokenizer: str | None,
+        weights_src: str | None, annotate: str, force: bool, as_json: bool) -> None:
     """Write a self-contained training project NAME: the zoo's model copied, data, train, evaluate,
     predict, checkpoints, tests (docs/scaffold.md)."""
     from .generate import new_project, summary_text
 
     result = new_project(name, arch=arch, framework=framework, preset=preset, task=task, weights=weights_src,
-                         annotate=annotate, force=force)
+                         annotate=annotate, force=force, tokenizer=tokenizer)
     if as_json:
         print_json(result)
     else:

@@ -236,7 +236,7 @@ def test_templates_render_sandboxed_and_strict():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"arch": "gpt", "framework": "torch"}, "text projects"),
+    ({"arch": "gpt", "framework": "torch", "task": "mlm"}, "--task"),
     ({"arch": "vit", "framework": "mxnet"}, "unknown framework"),
     ({"arch": "vit", "framework": "torch", "preset": "huge"}, "unknown vit preset"),
     ({"arch": "vit", "framework": "torch", "task": "segmentation"}, "--task"),
