@@ -102,6 +102,10 @@ class Run:
     train: list[dict[str, Any]] = field(default_factory=list)
     eval: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    unit: str = "step"                 # what "step" counts: optimizer steps, or epochs for epoch-level logs
+    source: str = "dlzoo-jsonl"        # the format it was read from (logformats.FORMATS)
+    warnings: list[str] = field(default_factory=list)   # values read but not analysed, and why
+    path: str = ""                     # the file (or directory) it was read from
 
     def series(self, name: str) -> tuple[list[int], list[float]]:
         """Steps and values of a train metric, for the records that have it."""
@@ -181,7 +185,9 @@ def read_metrics(path: str | os.PathLike) -> Run:
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as file:
-            return parse_lines(file, name=path)
+            run = parse_lines(file, name=path)
+        run.path = path
+        return run
     except FileNotFoundError:
         raise MetricsError(f"metrics file {path} does not exist; pass the metrics.jsonl written by training") from None
     except IsADirectoryError:

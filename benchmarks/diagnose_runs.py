@@ -77,6 +77,12 @@ def _specs() -> dict[str, list[Spec]]:
         Spec("gpt_healthy", "gpt", lr=3e-3, warmup=20, healthy=True, note="AdamW 3e-3, 20-step warmup, cosine"),
         Spec("vit_digits_healthy", "vit", steps=400, lr=1e-3, warmup=20, batch=64, healthy=True,
              note="classifier on digits whose training loss approaches zero"),
+        Spec("vit_digits_long_healthy", "vit", steps=600, lr=2e-3, warmup=30, batch=64, seed=5, healthy=True,
+             note="600 steps: the training loss sits near zero for the last half"),
+        Spec("resnet_digits_healthy_seed0", "resnet", steps=300, lr=3e-3, batch=64, healthy=True,
+             note="ResNet classifier on digits, no warmup"),
+        Spec("gpt_constant_lr_healthy", "gpt", steps=300, lr=1e-3, schedule="constant", seed=2, healthy=True,
+             note="AdamW at a constant 1e-3"),
         Spec("gpt_lr_far_too_high", "gpt", lr=0.1, schedule="constant",
              note="AdamW at 0.1 without warmup: the loss jumps above ln V at step 2, then the model "
                   "collapses onto the unigram plateau and stays there",
