@@ -34,7 +34,7 @@ SEVERITIES = ("low", "medium", "high")
 LEVEL_FLOOR = 0.10           # relative measures use max(level, 10% of the loss at initialisation)
 SPIKE_Z = 6.0                # modified z-score of a value against its trailing window
 SPIKE_MIN_EXCESS = 0.10      # ... and at least 10% above the window's (floored) level
-ISOLATED_AFTER = 3           # a spike whose next 3 steps are back within 10% of the level is one bad batch
+ISOLATED_AFTER = 3           # a spike whose next 3 steps are back (median) within 10% of the level is one bad batch
 GRAD_SPIKE_RATIO = 10.0      # a gradient-norm spike is also >= 10x the trailing median (an order of magnitude)
 DIVERGENCE_RISE = 0.25       # smoothed loss above its running best by 25% of max(|best|, floor / 5)
 DIVERGENCE_FLOOR = 0.2
@@ -373,7 +373,7 @@ def _spikes(ctx: _Context) -> list[Finding]:
         # A batch unlike the others spikes its own step only; an overshooting update also spoils
         # the steps after it, until the optimizer has found its way back.
         after = loss[group[-1] + 1:group[-1] + 1 + ISOLATED_AFTER]
-        back = len(after) > 0 and bool(np.all(after <= med[peak] + SPIKE_MIN_EXCESS * max(abs(med[peak]), ctx.floor)))
+        back = len(after) > 0 and bool(np.median(after) <= med[peak] + SPIKE_MIN_EXCESS * max(abs(med[peak]), ctx.floor))
         isolated = len(group) <= 2 and back
         evidence = {"peak_step": ctx.at(peak), "peak_loss": float(loss[peak]),
                     "trailing_median": float(med[peak]), "robust_z": float(z[peak]), "spike_steps": len(group),
@@ -437,7 +437,8 @@ def _gradient_spikes(ctx: _Context, layers: list[tuple[str, np.ndarray]], loss_e
             "the loss surface is locally very steep (large curvature relative to the step size), or "
             "one batch was unlike the others",
             _clip_text(ctx).capitalize() + f"; if the spikes coincide with loss spikes, {LR_CHANGE}",
-            ("gradient-clipping", "sharpness-lr", "residual-connections")))
+            ("gradient-clipping", "sharpness-lr", "residual-connections"),
+            lr_proposal=(2.0, "half the rate, for gradient spikes that come with loss spikes", None)))
     covered = {i for g in global_groups for i in range(g[0] - gap, g[-1] + gap + 1)}
     layer_hits: dict[int, list[str]] = {}
     for name, found in hits.items():
@@ -635,15 +636,18 @@ def _stuck(ctx: _Context, after: Finding | None) -> list[Finding]:
     run while still far above zero (for a language model typically the unigram statistics)."""
     loss = ctx.loss[:ctx.usable]
     n = len(loss)
-    # Without an instability before it, a loss that fell fast and then held one level is what a run
-    # that converged early looks like too: only a blow-up first is evidence that it is stuck.
-    if n < 40 or after is None:
+    # A loss that fell fast and then held one level is also what a run that converged early looks
+    # like: it counts as stuck only after a blow-up, or when chance level (ln C) is known and the
+    # level sits between 25% of the start and 60% of ln C (above that, underfitting reports it).
+    if n < 40 or (after is None and ctx.ln_c is None):
         return []
     seg = max(5, n // 10)
     level = float(np.median(loss[-seg:]))
     initial = float(np.median(loss[:3]))
     if level < STUCK_LEVEL * initial or (ctx.ln_c is not None and level >= CHANCE_FRACTION * ctx.ln_c):
         return []
+    if after is None and level >= UNDERFIT_FRACTION * ctx.ln_c:
+        return []  # converged above 60% of chance without a blow-up: underfitting says it
     se = 1.2533 * ctx.noise * max(level, ctx.floor) / math.sqrt(seg)
     band = STUCK_FLAT * level + 3 * math.sqrt(2) * se
     # The earliest start from which every segment median stays within the band of the final level.
@@ -675,9 +679,16 @@ def _stuck(ctx: _Context, after: Finding | None) -> list[Finding]:
              "statistics: the same prediction whatever the context) and the updates no longer move it")
     fix = ("check that the model can use its input (`dlzoo doctor` overfits one batch), then lower the "
            "learning rate and warm it up: " + LR_CHANGE)
-    cause += f"; it began right after the {after.kind} at {ctx.words(after.start_step)}, which left the model degenerate"
+    proposal = None  # after an instability, the instability's own proposal sets the report's cut
+    if after is not None:
+        cause += f"; it began right after the {after.kind} at {ctx.words(after.start_step)}, which left the model degenerate"
+    else:
+        evidence["fraction_of_chance"] = level / ctx.ln_c
+        cause += (f", at {level / ctx.ln_c:.0%} of chance level: too large a learning rate collapses a model "
+                  "onto such a shortcut within its first steps, and a model that cannot see its input sits there too")
+        proposal = (3.0, "the usual first cut", None)
     return [Finding("plateau", ctx.at(first), ctx.at(n - 1), "medium", evidence, cause, fix,
-                    ("sharpness-lr", "lr-schedule", "initialization"))]
+                    ("sharpness-lr", "lr-schedule", "initialization"), lr_proposal=proposal)]
 
 
 def _plateaus(ctx: _Context) -> list[Finding]:
@@ -935,7 +946,7 @@ def diagnose_report(run: Run) -> tuple[list[Finding], dict[str, Any] | None]:
     if accumulating:  # the growth is the accumulation itself
         trends = [f for f in trends if f.kind != "exploding-gradients"]
     findings += trends
-    stuck = _stuck(ctx, min(early + diverged, key=lambda f: f.start_step) if early + diverged else None)
+    stuck = [] if accumulating else _stuck(ctx, min(early + diverged, key=lambda f: f.start_step) if early + diverged else None)
     findings += stuck
     if not unstable:
         stalled = [] if stuck else _no_progress(ctx)

@@ -28,6 +28,7 @@ from ..zoo.configs import ZooError
 
 TRAIN_FIELDS = ("loss", "lr", "grad_norm", "throughput")
 EVAL_FIELDS = ("val_loss", "val_accuracy")
+EVAL_PREFIXES = ("val_", "eval_", "validation_")
 META_FIELDS = ("num_classes", "vocab_size", "total_steps", "warmup_steps", "batch_size", "arch", "framework")
 
 
@@ -171,6 +172,12 @@ def parse_lines(lines, name: str = "<metrics>") -> Run:
         if norms is not None and (not isinstance(norms, dict) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in norms.values())):
             raise MetricsError(f"{where}: grad_norms must be an object mapping layer names to numbers")
+        if kind == "train":
+            # A train line may carry the step's evaluation too: it becomes an eval record at the
+            # same step, so validation values are analysed, never dropped.
+            evaluated = {k: record.pop(k) for k in list(record) if k in EVAL_FIELDS or k.startswith(EVAL_PREFIXES)}
+            if evaluated:
+                run.eval.append({"type": "eval", "step": step, **evaluated})
         (run.train if kind == "train" else run.eval).append(record)
     if not run.train:
         raise MetricsError(f"{name} has no training lines; expected JSON lines with at least step and loss "
