@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .. import zoo as _zoo
 from ..zoo.configs import ZooError, check_arch
+from ..zoo.files import check_output_file, write_atomic
 from ..zoo.handle import check_framework
 from .theory import load_knowledge
 
@@ -168,17 +169,20 @@ def theory_markdown(files: list[str | os.PathLike], title: str, link_base: str |
     return "\n".join(out) + "\n"
 
 
-def write_theory_md(arch: str, framework: str, out: str | os.PathLike,
-                    files: list[str | os.PathLike] | None = None) -> Path:
-    """Write THEORY.md for ``arch`` in ``framework`` (or for explicit ``files``, e.g. the model
-    files copied into a generated project). Links are relative to the output's folder. The file
-    is written atomically."""
-    files = files or model_files(arch, framework)
+def theory_md_path(out: str | os.PathLike) -> Path:
+    """Where ``write_theory_md`` writes: ``out``, or ``out/THEORY.md`` when ``out`` is a folder."""
     out = Path(out)
-    if out.is_dir():
-        out = out / "THEORY.md"
+    return out / "THEORY.md" if out.is_dir() else out
+
+
+def write_theory_md(arch: str, framework: str, out: str | os.PathLike,
+                    files: list[str | os.PathLike] | None = None, *, overwrite: bool = False) -> Path:
+    """Write THEORY.md for ``arch`` in ``framework`` (or for explicit ``files``, e.g. the model
+    files copied into a generated project) at ``out`` (a folder means ``out/THEORY.md``). Links
+    are relative to the output's folder. The write policy of ``dlzoo.zoo.files``: the folder must
+    exist, an existing file is replaced only with ``overwrite=True``, and the file is written
+    atomically. Raises PathError / OutputExistsError, or ZooError for an unknown marker."""
+    files = files or model_files(arch, framework)
+    out = check_output_file(theory_md_path(out), overwrite=overwrite, what="THEORY.md file")
     text = theory_markdown(files, f"Theory behind {arch} ({framework})", link_base=out.resolve().parent)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_atomic(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=overwrite)

@@ -1,108 +1,175 @@
-"""Free-text questions over the knowledge base: BM25 ranking, offline and deterministic.
+"""Free-text questions over the knowledge base: BM25 ranking and a decline rule, offline and deterministic.
 
-Every entry becomes one document: its title and aliases (repeated, so a match there weighs more),
-brief, full explanation, misconceptions and paper titles. Words are lower-cased, British
-spellings folded to American ones and light suffixes stripped, so "normalisation" and
-"normalizations" meet. A small synonym table expands the question with the words the entries
-use ("peek" -> "leak", "future", "causal"); expansions count half as much as the question's own
-words.
+Every entry becomes one document: its names (title, id, aliases and ``keywords``, the reviewed
+words users type that the text may lack), counted three times; its brief, twice; its intro,
+practice, full text, derivations, misconceptions and paper titles, once. Words are lower-cased,
+accents dropped, British spellings folded to American ones and reduced to their Snowball
+(Porter 2) English stem, so "spiked", "spikes" and "spike" meet. A question word that is in no
+document is matched to the nearest document word when one is close enough (difflib ratio >= 0.8:
+"lerning" -> "learning"). Generic words ("explain", "theory", "paper", "epoch", ...) carry no
+weight, so they cannot decide the ranking.
 
-    >>> from dlzoo.agents.ask import ask
-    >>> ask("why divide query-key products by the square root of the head size?")[0].id
+The best entry is returned only when it covers enough of the question: ``coverage`` is the share
+of the question's informative weight (IDF of each word) that the entry contains. Below
+``MIN_COVERAGE`` or below ``MIN_SCORE`` the answer is declined and the nearest entries are
+offered as related. Both thresholds were tuned on tests/data/ask_tuning.toml only; the held-out
+numbers are in docs/ask.md.
+
+    >>> from dlzoo.agents.ask import answer
+    >>> answer("why divide query-key products by the square root of the head size?").answers[0].id
     'scaled-dot-product-attention'
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
+import math
 import re
-from dataclasses import dataclass
+import unicodedata
+from dataclasses import dataclass, field
 
 from .theory import Entry, Paper, load_knowledge
+
+MIN_COVERAGE = 0.5   # share of the question's IDF weight the best entry must contain
+MIN_SCORE = 2.0      # BM25 score of the best entry (sum over the question's weighted words)
+K1, B = 1.5, 0.75     # BM25 (Okapi) term saturation and length normalisation
+UNKNOWN_IDF = 1.0     # weight of a word no entry contains, as a fraction of the largest IDF
+PHRASE_BONUS = 2.0   # added to the BM25 score per word of a multi-word name found as a phrase
+_TYPO_CUTOFF = 0.8   # difflib ratio for an unknown word to count as a misspelling of a known one
 
 _STOPWORDS = frozenset("""
 a an and are as at be been being but by can could do does doing did for from had has have how i if
 in into is it its itself me my no not of on or our so some such than that the their them then there
-these they this those to too us very was we were what when where which while who whom why will with
-would you your should shall may might must just also about after before over under again more most
-other only own same both each few any all get got make makes made one ones use used using""".split())
+these they this those to too us very was we were what whats when where which while who whom why will
+with would you your should shall may might must just also about over under again more
+most other only own same both each few any all get gets got make makes made one ones use used using
+im ive dont doesnt isnt arent wont cant vs versus really actually please thanks hi hey ok okay
+""".split())
 
-# Question words -> words the entries use. Keys and values are stems (after _stem).
-_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "nan": ("non-finite", "overflow", "inf"), "inf": ("overflow", "nan"),
-    "blow": ("explod", "diverg"), "explod": ("diverg", "clip"), "unstabl": ("diverg", "spike", "stabl"),
-    "instabil": ("diverg", "spike", "stabl"), "fp16": ("half", "precision"), "half": ("fp16", "bf16", "precision"),
-    "order": ("position", "permutation"), "word": ("token",), "pad": ("padd", "mask"),
-    "padd": ("pad", "mask"), "futur": ("causal", "leak"), "peek": ("causal", "leak", "futur"),
-    "cheat": ("leak", "causal"), "memoriz": ("random", "label", "capacit"), "shortcut": ("residual", "skip"),
-    "skip": ("residual", "shortcut"), "vanish": ("gradient", "residual"), "deep": ("depth",),
-    "depth": ("deep", "layer"), "sparse": ("prun", "lottery"), "prun": ("lottery", "sparse"),
-    "robust": ("adversarial",), "attack": ("adversarial", "perturbation"), "fool": ("adversarial", "perturbation"),
-    "perturbation": ("adversarial",), "warm": ("warmup",), "ramp": ("warmup",),
-    "rate": ("learning",), "lr": ("learning", "rate"), "step": ("learning", "rate"), "curvatur": ("sharpnes", "hessian"),
-    "flat": ("sharpnes", "minima"), "shift": ("translation", "equivarianc"), "symmetry": ("equivarianc", "invarianc"),
-    "classifier": ("cls", "pool"), "summary": ("cls", "pool"), "image": ("patch", "pixel"),
-    "picture": ("image", "patch"), "sentenc": ("sequenc", "cls"), "confidenc": ("calibration", "smooth"),
-    "overconfident": ("calibration", "smooth", "label"), "compress": ("bottleneck", "information"),
-    "ensembl": ("dropout",), "generaliz": ("generalization", "overfitt"), "overfit": ("overfitt", "generaliz"),
-    "param": ("parameter",), "parameter": ("capacit",), "bigger": ("capacit", "size", "larger"),
-    "larger": ("capacit", "size"), "scale": ("varianc", "sqrt"), "root": ("sqrt",), "squar": ("sqrt",),
-    "head": ("head", "d_k"), "saturat": ("softmax",), "decay": ("weight", "schedul"),
-    "regulariz": ("weight", "decay", "dropout"), "share": ("ti", "tied"), "reus": ("ti", "tied"),
-    "same": ("ti", "shar"), "downsampl": ("stride",), "resolution": ("stride", "patch"),
-    "mean": ("averag", "statistic"), "averag": ("mean",), "statistic": ("running", "mean", "varianc"),
-    "precision": ("fp16", "bf16"), "memory": ("precision", "fp16"), "hide": ("mask",), "blank": ("mask",),
-    "fill": ("mask", "cloz"), "predict": ("objectiv",), "smooth": ("gelu", "label"),
-    "nonlinear": ("activation", "gelu"), "relu": ("gelu", "activation"), "start": ("init", "initialization"),
-    "begin": ("init", "initialization"), "random": ("init",), "loss": ("loss",),
-}
+# Words that say what kind of answer is wanted, not what it is about. Their stems get no weight:
+# otherwise a rare one ("theory" appears in few entries) decides the ranking.
+_GENERIC = frozenset("""
+explain explanation explained theory theories theoretical paper papers epoch epochs question questions
+understand understanding intuition intuitive concept concepts idea ideas detail details
+basic basics overview summary tell know help happen happens happening thing things way work works
+working mean means meaning difference different differ point purpose reason reasons good better best
+bad worse problem problems issue issues anyone someone something somebody guys eli5 example examples
+""".split())
 
 
-def _stem(word: str) -> str:
-    word = re.sub(r"is(e|ed|es|ing|ation|ations|er|ers)$", r"iz\1", word)  # British -> American
-    for suffix, keep in (("ies", "y"), ("sses", "ss"), ("ings", ""), ("ing", ""), ("ations", "ation"),
-                         ("ed", ""), ("es", "e"), ("s", "")):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            if suffix == "s" and word.endswith(("ss", "us", "is")):
-                continue
-            return word[: len(word) - len(suffix)] + keep
-    return word
+# Abbreviations users type, spelled out before stemming. Topic vocabulary lives in each entry's
+# ``keywords``; this table only holds general shorthand that belongs to no single entry.
+_SHORTHAND = {"net": "network", "nets": "networks", "nn": "neural network", "nns": "neural networks",
+              "lr": "learning rate", "lrs": "learning rates", "llm": "large language model",
+              "llms": "large language models", "lm": "language model", "convnet": "convolutional network",
+              "convnets": "convolutional networks", "dl": "deep learning", "ml": "machine learning"}
 
 
-def tokenize(text: str) -> list[str]:
-    """Lower-cased stems of the words of ``text`` without stop words."""
-    words = re.findall(r"[a-z0-9]+(?:[-_/.][a-z0-9]+)*", text.lower())
-    tokens = []
-    for word in words:
-        parts = [word] + (re.split(r"[-_/.]", word) if re.search(r"[-_/.]", word) else [])
-        tokens.extend(_stem(p) for p in parts if p not in _STOPWORDS and len(p) > 1)
-    return tokens
-
-
-def _document(entry: Entry) -> list[str]:
-    names = " ".join([entry.title, entry.id, *entry.aliases])
-    text = " ".join([entry.brief, entry.brief, entry.full, *entry.misconceptions,
-                     *(p.title for p in entry.papers)])
-    return tokenize(names) * 3 + tokenize(text)
+def _fold(word: str) -> str:
+    """British -> American spelling for the -ise/-isation family (normalise -> normalize)."""
+    return re.sub(r"is(e|ed|es|ing|ation|ations|er|ers)$", r"iz\1", word)
 
 
 @functools.lru_cache(maxsize=1)
-def _index():
+def _stemmer():
+    import snowballstemmer
+
+    return snowballstemmer.stemmer("english")
+
+
+def _words(text: str) -> list[str]:
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    out = []
+    for word in re.findall(r"[a-z0-9]+(?:['\-_/.][a-z0-9]+)*", text):
+        word = word.replace("'", "")
+        if word in _SHORTHAND:
+            out.extend(_fold(w) for w in _SHORTHAND[word].split() if w not in _STOPWORDS)
+            continue
+        parts = re.split(r"[-_/.]", word) if re.search(r"[-_/.]", word) else []
+        for w in [word.replace("-", "").replace("_", "")] + parts if parts else [word]:
+            if len(w) > 1 and w not in _STOPWORDS:
+                out.append(_fold(w))
+    return out
+
+
+@functools.lru_cache(maxsize=8192)
+def stem(word: str) -> str:
+    return _stemmer().stemWord(word)
+
+
+def tokenize(text: str) -> list[str]:
+    """Stems of the words of ``text``: lower-cased, accents dropped, stop words removed,
+    British spellings folded, Snowball English stemmer; a hyphenated word also counts as its parts."""
+    return [stem(w) for w in _words(text)]
+
+
+def _document(entry: Entry) -> list[str]:
+    names = " ".join([entry.title, entry.id, *entry.aliases, *entry.keywords])
+    text = " ".join([entry.brief, entry.brief, entry.intro, entry.practice, entry.full, entry.deep,
+                     *entry.misconceptions, *(p.title for p in entry.papers)])
+    return tokenize(names) * 3 + tokenize(text)
+
+
+@dataclass(frozen=True)
+class _Index:
+    entries: list[Entry]
+    bm25: object
+    docs: list[frozenset]
+    idf: dict[str, float]
+    words: dict[str, str]          # surface word (folded) -> stem, over all documents
+    max_idf: float
+    phrases: list[tuple[tuple[str, ...], ...]]   # per entry: stem sequences of multi-word names
+
+
+@functools.lru_cache(maxsize=1)
+def _index() -> _Index:
     from rank_bm25 import BM25Okapi
 
     entries = list(load_knowledge().values())
-    return entries, BM25Okapi([_document(e) for e in entries])
+    tokens = [_document(e) for e in entries]
+    docs = [frozenset(t) for t in tokens]
+    n = len(entries)
+    df: dict[str, int] = {}
+    for d in docs:
+        for t in d:
+            df[t] = df.get(t, 0) + 1
+    # Lucene's non-negative BM25 IDF; a word in every document still weighs a little.
+    idf = {t: math.log(1 + (n - k + 0.5) / (k + 0.5)) for t, k in df.items()}
+    words: dict[str, str] = {}
+    for e in entries:
+        for w in _words(" ".join([e.title, *e.aliases, *e.keywords, e.brief, e.intro, e.practice, e.full])):
+            words.setdefault(w, stem(w))
+    phrases = [tuple(sorted({p for p in (tuple(tokenize(name)) for name in (e.title, *e.aliases, *e.keywords))
+                             if len(p) >= 2})) for e in entries]
+    return _Index(entries, BM25Okapi(tokens, k1=K1, b=B), docs, idf, words, UNKNOWN_IDF * math.log(1 + (n + 0.5) / 0.5),
+                  phrases)
+
+
+def _contains(seq: list[str], phrase: tuple[str, ...]) -> bool:
+    n = len(phrase)
+    return any(tuple(seq[i:i + n]) == phrase for i in range(len(seq) - n + 1))
 
 
 def expand(question: str) -> dict[str, float]:
-    """Query terms with weights: the question's own stems 1.0, synonym expansions 0.5."""
+    """Query stems with weights: 1 for each occurrence of an informative word, 0 for generic
+    words, 0.8 for a misspelling matched to the nearest word of the knowledge base."""
+    index = _index()
+    generic = {stem(_fold(w)) for w in _GENERIC}
     weights: dict[str, float] = {}
-    for token in tokenize(question):
-        weights[token] = weights.get(token, 0.0) + 1.0
-    for token in list(weights):
-        for extra in _SYNONYMS.get(token, ()):
-            for stem in tokenize(extra):
-                weights.setdefault(stem, 0.5)
+    for word in _words(question):
+        token = stem(word)
+        weight = 1.0
+        if token in generic:
+            weight = 0.0
+        elif token not in index.idf and len(word) >= 5 and word.isalpha():
+            # Only same-initial matches: users rarely mistype the first letter, and short or
+            # differently-starting words ("tree" vs "three") are other words, not typos.
+            close = difflib.get_close_matches(word, [w for w in index.words if w[0] == word[0]], n=1,
+                                              cutoff=_TYPO_CUTOFF)
+            if close:
+                token, weight = index.words[close[0]], 0.8
+        weights[token] = weights.get(token, 0.0) + weight
     return weights
 
 
@@ -111,14 +178,33 @@ class Answer:
     id: str
     title: str
     score: float
+    coverage: float
     brief: str
     passage: str
     papers: tuple[Paper, ...]
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "title": self.title, "score": round(self.score, 4), "brief": self.brief,
-                "passage": self.passage,
+        return {"id": self.id, "title": self.title, "score": round(self.score, 4),
+                "coverage": round(self.coverage, 4), "brief": self.brief, "passage": self.passage,
                 "papers": [{"authors": p.authors, "title": p.title, "year": p.year} for p in self.papers]}
+
+
+@dataclass(frozen=True)
+class Response:
+    """``answers``: the ranked entries (empty when declined); ``related``: the nearest entries
+    offered when declined (empty otherwise); ``declined``: whether the question was declined."""
+    question: str
+    declined: bool
+    answers: tuple[Answer, ...] = ()
+    related: tuple[Answer, ...] = ()
+    reason: str = ""
+    terms: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"question": self.question, "declined": self.declined, "reason": self.reason,
+                "answers": [a.to_dict() for a in self.answers],
+                "sources": [a.id for a in self.answers],
+                "related": [{"id": a.id, "title": a.title, "score": round(a.score, 4)} for a in self.related]}
 
 
 def _best_paragraph(entry: Entry, terms: dict[str, float]) -> str:
@@ -126,15 +212,87 @@ def _best_paragraph(entry: Entry, terms: dict[str, float]) -> str:
     return max(paragraphs, key=lambda p: sum(terms.get(t, 0.0) for t in set(tokenize(p))))
 
 
-def ask(question: str, k: int = 3) -> list[Answer]:
-    """The ``k`` best entries for ``question``, best first; empty when nothing matches."""
-    entries, bm25 = _index()
+def _coverage(terms: dict[str, float], doc: frozenset, index: _Index) -> float:
+    total = sum(w * index.idf.get(t, index.max_idf) for t, w in terms.items())
+    if total <= 0:
+        return 0.0
+    return sum(w * index.idf[t] for t, w in terms.items() if t in doc) / total
+
+
+def rank(question: str, k: int = 3) -> list[Answer]:
+    """The ``k`` best entries for ``question`` by BM25, best first, whatever their coverage; empty
+    when no informative word of the question occurs in any entry."""
+    index = _index()
     terms = expand(question)
-    scores = [0.0] * len(entries)
+    scores = [0.0] * len(index.entries)
     for term, weight in terms.items():
-        for i, s in enumerate(bm25.get_scores([term])):
-            scores[i] += weight * float(s)
-    ranked = sorted(range(len(entries)), key=lambda i: (-scores[i], entries[i].id))
-    return [Answer(entries[i].id, entries[i].title, scores[i], entries[i].brief,
-                   _best_paragraph(entries[i], terms), entries[i].papers)
-            for i in ranked[:k] if scores[i] > 0]
+        if weight and term in index.idf:
+            for i, s in enumerate(index.bm25.get_scores([term])):
+                scores[i] += weight * float(s)
+    # A multi-word name of an entry said as a phrase ("weight decay", "computational graph") is
+    # stronger evidence than its words scattered: each such phrase adds PHRASE_BONUS per word.
+    sequence = tokenize(question)
+    for i, phrases in enumerate(index.phrases):
+        if scores[i] > 0:
+            scores[i] += PHRASE_BONUS * sum(len(p) for p in phrases if _contains(sequence, p))
+    order = sorted(range(len(index.entries)), key=lambda i: (-scores[i], index.entries[i].id))
+    out = []
+    for i in order[:k]:
+        if scores[i] <= 0:
+            break
+        e = index.entries[i]
+        out.append(Answer(e.id, e.title, scores[i], _coverage(terms, index.docs[i], index), e.brief,
+                          _best_paragraph(e, terms), e.papers))
+    return out
+
+
+def answer(question: str, k: int = 3) -> Response:
+    """Rank the entries for ``question`` and decline when the best one does not answer it.
+
+    Declined when no informative word matches, when the best entry's BM25 score is below
+    ``MIN_SCORE`` or when it covers less than ``MIN_COVERAGE`` of the question's IDF weight; the
+    ranked entries are then offered as ``related``.
+    """
+    terms = expand(question)
+    ranked = rank(question, k=max(k, 3))
+    if not ranked:
+        return Response(question, True, reason="no word of the question occurs in the knowledge base",
+                        terms=terms)
+    best = ranked[0]
+    if best.score < MIN_SCORE or best.coverage < MIN_COVERAGE:
+        return Response(question, True, related=tuple(ranked[:3]), terms=terms,
+                        reason=f"the closest entry ({best.id}) covers {best.coverage:.0%} of the question "
+                               f"(score {best.score:.1f}); an answer needs {MIN_COVERAGE:.0%} and "
+                               f"{MIN_SCORE:.1f}")
+    return Response(question, False, answers=tuple(ranked[:k]), terms=terms)
+
+
+def ask(question: str, k: int = 3) -> list[Answer]:
+    """The ``k`` best entries for ``question`` when it is answered; empty when declined."""
+    return list(answer(question, k).answers)
+
+
+def evaluate(path: str) -> dict:
+    """Top-1 / top-3 accuracy and decline rates on a question file (tests/data/ask_*.toml):
+    ``[[in_scope]]`` tables with ``q`` and ``expect`` (accepted ids), ``[[out_of_scope]]`` with ``q``.
+    A declined in-scope question counts as wrong at top-1 and top-3."""
+    import tomllib
+
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    inside, outside = data.get("in_scope", []), data.get("out_of_scope", [])
+    misses, top1, top3, declined_in = [], 0, 0, 0
+    for item in inside:
+        r = answer(item["q"])
+        ids = [a.id for a in r.answers]
+        declined_in += r.declined
+        top1 += bool(ids) and ids[0] in item["expect"]
+        top3 += any(i in item["expect"] for i in ids[:3])
+        if not ids or ids[0] not in item["expect"]:
+            misses.append({"q": item["q"], "expect": item["expect"], "got": ids[:3] or
+                           ["declined: " + ",".join(a.id for a in r.related)]})
+    answered_out = [item["q"] for item in outside if not answer(item["q"]).declined]
+    return {"in_scope": len(inside), "top1": top1 / max(1, len(inside)), "top3": top3 / max(1, len(inside)),
+            "in_scope_declined": declined_in / max(1, len(inside)), "out_of_scope": len(outside),
+            "out_of_scope_declined": 1 - len(answered_out) / max(1, len(outside)),
+            "misses": misses, "answered_out_of_scope": answered_out}

@@ -984,8 +984,14 @@ def to_json(findings: list[Finding], run: Run | None = None, advice: dict[str, A
     return data
 
 
-def plot(run: Run, findings: list[Finding], path: str | os.PathLike, title: str | None = None) -> str:
-    """Draw the run and its findings (``diagnose_plot.plot``); returns the PNG's path."""
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def plot(run: Run, findings: list[Finding], path: str | os.PathLike, *, overwrite: bool = False,
+         title: str | None = None) -> str:
+    """Draw the run and its findings (``diagnose_plot.plot``) to a .png, .svg or .pdf with the
+    write policy of ``dlzoo.zoo.files`` (existing folder, no overwrite unless ``overwrite=True``,
+    atomic); returns its path. Raises PathError / OutputExistsError."""
     from .diagnose_plot import plot as _plot
 
-    return _plot(run, findings, path, title=title)
+    return _plot(run, findings, path, overwrite=overwrite, title=title)

@@ -40,9 +40,14 @@ def _named_layers(findings: list[Finding]) -> list[str]:
     return names
 
 
-def plot(run: Run, findings: list[Finding], path: str | os.PathLike, title: str | None = None) -> str:
-    """Write a PNG of ``run`` with ``findings`` shaded; returns its path. ``title`` defaults to the
-    log's file name."""
+def plot(run: Run, findings: list[Finding], path: str | os.PathLike, *, overwrite: bool = False,
+         title: str | None = None) -> str:
+    """Write a .png, .svg or .pdf of ``run`` with ``findings`` shaded (atomically; an existing file
+    only with ``overwrite``); returns its path. ``title`` defaults to the log's file name."""
+    from ..zoo.files import check_output_file, write_atomic
+    from .diagnose import PLOT_SUFFIXES
+
+    check_output_file(path, overwrite=overwrite, suffixes=PLOT_SUFFIXES, what="plot")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,7 +118,9 @@ def plot(run: Run, findings: list[Finding], path: str | os.PathLike, title: str 
     height = fig.get_size_inches()[1]
     bottom = (0.45 + 0.22 * math.ceil(len(kinds) / 4)) / height if kinds else 0.0
     fig.tight_layout(rect=(0, bottom, 1, 1 - 0.35 / height))
-    path = os.fspath(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        written = write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100), overwrite=overwrite,
+                               suffixes=PLOT_SUFFIXES, what="plot")
+    finally:
+        plt.close(fig)
+    return os.fspath(written)

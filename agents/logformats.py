@@ -395,6 +395,8 @@ def detect(path: str | os.PathLike) -> tuple[Path, str]:
         raise MetricsError(f"{path} is a binary file; expected a training log (see docs/diagnose.md), or a "
                            "TensorBoard event file named events.out.tfevents.*")
     stripped = head.decode("utf-8", errors="ignore").lstrip()  # the cut may split a character
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        return path, "jsonl"
     if stripped.startswith("{"):
         try:  # one JSON document, or JSON lines (which do not parse as one document unless single)
             data = json.loads(_read_text(path))

@@ -1,9 +1,12 @@
 """The master agent's theory knowledge base: one TOML file per concept in ``agents/knowledge/``.
 
 Each file holds ``id`` (the name used by ``# theory: <id>`` markers in the zoo's model files),
-``title``, ``aliases``, ``brief``, ``full``, ``math`` (LaTeX), ``misconceptions``, ``related``
-ids and ``[[papers]]`` tables (authors, title, year). Editing an explanation means editing that
-file; nothing else holds the text.
+``title``, ``aliases``, ``brief``, ``intro`` (plain words, no math), ``full``, ``practice`` (the
+consequence for a practitioner), ``math`` (LaTeX), ``misconceptions``, ``related`` ids and
+``[[papers]]`` tables (authors, title, year); optionally ``deep`` (derivations), ``keywords``
+(words users type that the text lacks; read by ``ask``) and ``zoo`` (marker ids whose lines show
+the concept when it has no marker of its own). Editing an explanation means editing that file;
+nothing else holds the text.
 
     >>> from dlzoo.agents.theory import lookup
     >>> lookup("sdpa").title
@@ -15,14 +18,19 @@ from __future__ import annotations
 import difflib
 import functools
 import re
+import textwrap
 import tomllib
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..zoo.configs import ZooError
 
 KNOWLEDGE_DIR = Path(__file__).with_name("knowledge")
-_REQUIRED = ("id", "title", "aliases", "brief", "full", "math", "papers", "misconceptions", "related")
+_REQUIRED = ("id", "title", "aliases", "brief", "intro", "full", "practice", "math", "papers",
+             "misconceptions", "related")
+_OPTIONAL = ("deep", "keywords", "zoo")
+LEVELS = ("intro", "standard", "deep")
 
 
 class UnknownTopicError(ZooError):
@@ -50,11 +58,17 @@ class Entry:
     papers: tuple[Paper, ...]
     misconceptions: tuple[str, ...]
     related: tuple[str, ...]
+    intro: str = ""
+    practice: str = ""
+    deep: str = ""
+    keywords: tuple[str, ...] = ()
+    zoo: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {"id": self.id, "title": self.title, "aliases": list(self.aliases), "brief": self.brief,
-                "full": self.full, "math": self.math, "misconceptions": list(self.misconceptions),
-                "related": list(self.related),
+                "intro": self.intro, "full": self.full, "practice": self.practice, "deep": self.deep,
+                "math": self.math, "misconceptions": list(self.misconceptions),
+                "related": list(self.related), "keywords": list(self.keywords), "zoo": list(self.zoo),
                 "papers": [{"authors": p.authors, "title": p.title, "year": p.year} for p in self.papers]}
 
 
@@ -67,13 +81,20 @@ def _parse(path: Path) -> Entry:
     if missing:
         raise ZooError(f"knowledge entry {path.name} lacks {', '.join(missing)}; every entry needs "
                        f"{', '.join(_REQUIRED)}")
+    unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
+    if unknown:
+        raise ZooError(f"knowledge entry {path.name} has unknown field(s) {', '.join(unknown)}; "
+                       f"allowed: {', '.join(_REQUIRED + _OPTIONAL)}")
     if data["id"] != path.stem:
         raise ZooError(f"knowledge entry {path.name} has id {data['id']!r}; the id must equal the file name")
     papers = tuple(Paper(str(p["authors"]), str(p["title"]), int(p["year"])) for p in data["papers"])
     return Entry(id=data["id"], title=data["title"].strip(), aliases=tuple(data["aliases"]),
                  brief=" ".join(data["brief"].split()), full=data["full"].strip(),
                  math=data["math"].strip(), papers=papers,
-                 misconceptions=tuple(data["misconceptions"]), related=tuple(data["related"]))
+                 misconceptions=tuple(data["misconceptions"]), related=tuple(data["related"]),
+                 intro=" ".join(data["intro"].split()), practice=" ".join(data["practice"].split()),
+                 deep=data.get("deep", "").strip(), keywords=tuple(data.get("keywords", ())),
+                 zoo=tuple(data.get("zoo", ())))
 
 
 @functools.lru_cache(maxsize=None)
@@ -125,3 +146,72 @@ def lookup(topic: str) -> Entry:
         return entries[names[close[0]]]
     raise UnknownTopicError(f"no theory entry for {topic!r}; nearest: {', '.join(nearest(topic))} "
                             "(try `dlzoo ask` for a free-text question)")
+
+
+# "Author (2019)", "Author et al., 2019", "Author and Other (2019)", "Author, Other and Third, 2019".
+_CITATION = re.compile(r"\b([A-Z][A-Za-z'\-]+)(?: et al\.?| and [A-Z][A-Za-z'\-]+)?,? \(?((?:1[89]|20)\d\d)\)?")
+
+
+def _ascii(text: str) -> str:
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+
+
+def unlisted_citations(entry: Entry) -> list[str]:
+    """Citations in the entry's prose ("Cohen et al. (2021)") whose author and year match no paper
+    in its list; an author matches when the surname appears in the paper's author string."""
+    text = _ascii(" ".join([entry.brief, entry.intro, entry.full, entry.practice, entry.deep,
+                            *entry.misconceptions]))
+    missing = []
+    for match in _CITATION.finditer(text):
+        name, year = match.group(1), int(match.group(2))
+        if not any(p.year == year and re.search(rf"\b{re.escape(name)}\b", _ascii(p.authors))
+                   for p in entry.papers):
+            missing.append(match.group(0).strip())
+    return missing
+
+
+def zoo_lines(entry: Entry, frameworks: tuple[str, ...] = ("torch",)) -> list:
+    """The zoo lines where ``entry`` shows: the markers of its own id and of its ``zoo`` ids in
+    ``zoo/<framework>/*.py``, found at run time (annotate.Marker list, file order)."""
+    from .annotate import ZOO_DIR, find_markers
+
+    wanted = {entry.id, *entry.zoo}
+    return [m for framework in frameworks for path in sorted((ZOO_DIR / framework).glob("*.py"))
+            for m in find_markers(path) if m.concept in wanted]
+
+
+def render(entry: Entry, level: str = "standard", width: int = 100) -> str:
+    """The text ``dlzoo explain`` prints at ``level``.
+
+    intro: the plain-words explanation and the practical consequence, no math.
+    standard: brief, explanation, math, practice, misconceptions, papers, zoo lines (torch), related.
+    deep: standard plus the derivations (``deep``) and the zoo lines in every framework.
+    Raises ZooError for another level.
+    """
+    if level not in LEVELS:
+        raise ZooError(f"--level must be one of {', '.join(LEVELS)}, got {level!r}")
+    from .annotate import ZOO_DIR
+
+    def wrap(text: str, indent: str = "") -> list[str]:
+        return [textwrap.fill(" ".join(p.split()), width, initial_indent=indent, subsequent_indent=indent)
+                for p in text.split("\n\n") if p.strip()]
+
+    out = [f"{entry.title}  [{entry.id}]", ""]
+    if level == "intro":
+        out += wrap(entry.intro) + ["", "In practice:"] + wrap(entry.practice, "  ")
+        out += ["", f"More: dlzoo explain {entry.id} --level standard"]
+        return "\n".join(out) + "\n"
+    out += [entry.brief, "", entry.full, "", "Math (LaTeX):", "  " + entry.math.replace("\n", "\n  ")]
+    if level == "deep" and entry.deep:
+        out += ["", "Derivations and details:"] + wrap(entry.deep, "  ")
+    out += ["", "In practice:"] + wrap(entry.practice, "  ")
+    out += ["", "Common misconceptions:"] + [f"  - {m}" for m in entry.misconceptions]
+    out += ["", "Papers:"] + [f"  - {p.cite()}" for p in entry.papers]
+    frameworks = tuple(sorted(d.name for d in ZOO_DIR.iterdir() if d.is_dir() and not d.name.startswith("_"))) \
+        if level == "deep" else ("torch",)
+    lines = zoo_lines(entry, frameworks)
+    if lines:
+        out += ["", "Where it shows in the zoo:"]
+        out += [f"  {Path(m.path).relative_to(ZOO_DIR.parent).as_posix()}:{m.line}  ({m.concept})" for m in lines]
+    out += ["", "Related: " + ", ".join(entry.related)]
+    return "\n".join(out) + "\n"

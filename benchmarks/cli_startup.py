@@ -2,9 +2,10 @@
 
     python benchmarks/cli_startup.py [--runs 10]
 
-Prints the median and worst wall time of each command over fresh processes, next to a bare
-`python -c pass` for scale, and which deep-learning frameworks each command imported (none is
-the contract). Timings are noisy on shared machines: read them side by side, not as absolutes.
+Prints the median and worst wall time of each command over fresh processes, its median as a
+ratio to a bare `python -c pass` (the headline: it cancels most of a shared machine's load), and
+which deep-learning frameworks each command imported (none is the contract). Commands run in
+interleaved rounds (one of each per round), so a burst of load hits them all alike.
 """
 
 from __future__ import annotations
@@ -36,15 +37,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
-    print(f"{'command':28} {'median s':>9} {'worst s':>9}  frameworks imported")
-    for name, command in COMMANDS.items():
-        times = []
-        for _ in range(args.runs):
+    times: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    for _ in range(args.runs):
+        for name, command in COMMANDS.items():
             start = time.perf_counter()
             subprocess.run(command, capture_output=True, check=True)
-            times.append(time.perf_counter() - start)
+            times[name].append(time.perf_counter() - start)
+    base = statistics.median(times["python -c pass"])
+    print(f"{'command':28} {'median s':>9} {'worst s':>9} {'x pass':>7}  frameworks imported")
+    for name, command in COMMANDS.items():
+        median = statistics.median(times[name])
         heavy = "-" if name.startswith("python") else (", ".join(imported(command)) or "none")
-        print(f"{name:28} {statistics.median(times):9.3f} {max(times):9.3f}  {heavy}")
+        print(f"{name:28} {median:9.3f} {max(times[name]):9.3f} {median / base:7.1f}  {heavy}")
 
 
 if __name__ == "__main__":

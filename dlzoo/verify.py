@@ -1,26 +1,34 @@
 """``dlzoo verify``: the same weights in every installed framework, compared output by output
-against PyTorch and against `transformers` — conformance, for anyone porting a model."""
+against PyTorch and against `transformers` -- conformance, for anyone porting a model.
+
+The result depends only on the arguments, never on which frameworks are selected: random weights
+come from numpy with the given seed (``weights.random_tensors``), not from one framework's
+initialiser, and the references always run, whether or not ``frameworks`` names them: torch (or,
+without torch, the first installed framework in ``FRAMEWORKS`` order) and transformers when
+installed.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from dlzoo.zoo import hub, weights
 from dlzoo.zoo.configs import ZooError, check_arch, get_config
-from dlzoo.zoo.handle import check_framework, installed_frameworks, load
+from dlzoo.zoo.frameworks import check_framework, installed_frameworks, require
+from dlzoo.zoo.handle import load
 from dlzoo.zoo.reference import sample_inputs, transformers_model, transformers_outputs
 
 
-def _weights(arch: str, preset: str, source: str | None, seed: int, frameworks: list[str]):
+def _weights(arch: str, preset: str, source: str | None, seed: int):
     if source is None:
         config = get_config(arch, preset)
-        builder = "torch" if "torch" in frameworks else frameworks[0]
-        return config, load(arch, builder, config=config, seed=seed).state_dict(), f"random init ({builder}, seed {seed})"
-    path = Path(source)
-    if path.is_file():
+        return config, weights.random_tensors(arch, config, seed), f"random (numpy, seed {seed})"
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".safetensors":  # canonical; anything else is read as published
         file_arch, config, tensors = weights.load(path)
     else:
         file_arch, config, tensors, _ = hub.load_checkpoint(source)
@@ -46,9 +54,25 @@ def _compare(got: dict, want: dict, tol: float) -> tuple[dict, bool]:
     return diffs, passed and set(got) == set(want)
 
 
-def run_verify(arch: str, preset: str = "tiny", source: str | None = None, tol: float = 1e-5,
-               seed: int = 0, frameworks: list[str] | None = None, progress=None) -> dict:
+def run_verify(arch: str, preset: str | None = None, source: str | None = None, tol: float = 1e-5,
+               seed: int = 0, frameworks: list[str] | None = None,
+               progress: Callable[[str], None] | None = None) -> dict:
+    """Run the same weights in ``frameworks`` (default: every installed one) and compare every
+    output with torch's and transformers' (the references, used whenever installed).
+
+    Weights: ``source`` (a canonical file, a published folder or a hub id), else random from
+    ``preset`` (default "tiny") and ``seed``. A pair passes when max |a - b| <= tol * max(1, max |b|).
+    Returns the report of docs/cli.md. Raises ZooError, before any work, for an unknown arch or
+    framework, a framework that is not importable (naming the extra to install), tol < 0, seed < 0,
+    or both ``source`` and ``preset``.
+    """
     check_arch(arch)
+    if not tol >= 0:  # also refuses NaN
+        raise ZooError(f"tol must be >= 0, got {tol}")
+    if seed < 0:
+        raise ZooError(f"seed must be >= 0, got {seed}")
+    if source is not None and preset is not None:
+        raise ZooError("--weights carries its own config; drop --preset (it applies to random weights only)")
     installed = installed_frameworks()
     if frameworks:
         for framework in frameworks:
@@ -56,41 +80,43 @@ def run_verify(arch: str, preset: str = "tiny", source: str | None = None, tol: 
         absent = [f for f in frameworks if f not in installed]
         if absent:
             raise ZooError(f"not installed: {', '.join(absent)}; installed frameworks: {', '.join(installed) or 'none'}")
-    frameworks = list(frameworks or installed)
+    frameworks = list(dict.fromkeys(frameworks or installed))
     if not frameworks:
         raise ZooError("no framework is installed; install one, e.g. pip install 'dlzoo[torch]'")
-    config, tensors, described = _weights(arch, preset, source, seed, frameworks)
+    reference = "torch" if "torch" in installed else installed[0]
+    to_run = list(dict.fromkeys([*frameworks, reference]))
+    for framework in to_run:
+        require(framework)  # every backend importable (keras: its backend too) before any work
+    config, tensors, described = _weights(arch, preset or "tiny", source, seed)
     inputs = sample_inputs(arch, config, seed=seed)
     outputs, labels, notes = {}, {}, [f"weights: {described}"]
-    for framework in frameworks:
+    for framework in to_run:
         if progress is not None:
-            progress.print(f"running {arch} in {framework} ...", highlight=False)
+            progress(f"running {arch} in {framework} ...")
         handle = load(arch, framework, config=config, weights=tensors)
         outputs[framework] = handle.apply(inputs)
         labels[framework] = _label(framework)
-    rows = []
-    reference = "torch" if "torch" in outputs else None
-    if reference is None:
-        notes.append("torch is not installed: frameworks are compared with each other only through transformers")
-    has_transformers = importlib.util.find_spec("transformers") is not None and "torch" in installed
+    if reference != "torch":
+        notes.append(f"torch is not installed: frameworks are compared with {reference}, and not with transformers")
+    if reference not in frameworks:
+        notes.append(f"{reference} ran as the reference only (not among the selected frameworks)")
     hf_outputs = None
-    if has_transformers:
+    if reference == "torch" and importlib.util.find_spec("transformers") is not None:
         if progress is not None:
-            progress.print(f"running {arch} in transformers ...", highlight=False)
+            progress(f"running {arch} in transformers ...")
         hf_outputs = transformers_outputs(arch, transformers_model(arch, config, tensors), inputs)
-    else:
+    elif reference == "torch":
         notes.append("transformers is not installed: no comparison against the reference implementation")
+    rows = []
     for framework in frameworks:
         if hf_outputs is not None:
             diffs, ok = _compare(outputs[framework], hf_outputs, tol)
             rows.append({"framework": labels[framework], "against": "transformers", "diffs": diffs, "passed": ok})
-        if reference and framework != reference:
+        if framework != reference:
             diffs, ok = _compare(outputs[framework], outputs[reference], tol)
-            rows.append({"framework": labels[framework], "against": "torch", "diffs": diffs, "passed": ok})
+            rows.append({"framework": labels[framework], "against": labels[reference], "diffs": diffs, "passed": ok})
     if not rows:
         notes.append("only one framework and no reference implementation: nothing to compare")
     return {"arch": arch, "config": config.to_dict(), "params": weights.count_params(arch, config), "tol": tol,
             "frameworks": [labels[f] for f in frameworks], "rows": rows, "notes": notes,
             "passed": bool(rows) and all(r["passed"] for r in rows)}
-
-

@@ -81,3 +81,75 @@ def test_bad_inputs_are_refused_before_reaching_the_framework(inputs, fragment):
 def test_unknown_framework_lists_the_valid_ones():
     with pytest.raises(ZooError, match="expected one of: torch, flax, equinox, haiku, keras"):
         load("gpt", "mxnet")
+
+
+def test_save_refuses_to_overwrite_unless_asked(tmp_path):
+    handle = load("gpt", FRAMEWORKS[0], seed=1)
+    path = handle.save(tmp_path / "gpt.safetensors")
+    before = path.read_bytes()
+    other = load("gpt", FRAMEWORKS[0], seed=2)
+    with pytest.raises(dlzoo.OutputExistsError, match="already exists; choose a new name, or pass overwrite=True"):
+        other.save(path)
+    assert path.read_bytes() == before
+    assert other.save(path, overwrite=True) == path and path.read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt.safetensors"], "no temporary file left"
+
+
+@pytest.mark.parametrize("name,fragment", [
+    (".", "is a folder; expected a canonical weights file name"),
+    ("missing_dir/w.safetensors", "folder {tmp}/missing_dir does not exist; create it first"),
+    ("afile/w.safetensors", "{tmp}/afile is a file, not a folder"),
+    ("weights.bin", "must end in .safetensors, not '.bin'"),
+])
+def test_save_refuses_bad_destinations_with_one_line(tmp_path, name, fragment):
+    (tmp_path / "afile").write_text("mine")
+    handle = load("gpt", FRAMEWORKS[0])
+    with pytest.raises(dlzoo.PathError) as info:
+        handle.save(tmp_path / name)
+    assert fragment.format(tmp=tmp_path) in str(info.value) and "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+COTANGENT_CASES = [
+    ({"probs": np.ones((2, 5), np.float32)}, "cotangent 'probs' names no output of this vit; outputs: logits"),
+    ({"logits": np.ones((1, 5), np.float32)}, "cotangent 'logits' has shape [1, 5], expected [2, 10]"),
+    ({"logits": np.ones((2, 10, 1), np.float32)}, "has shape [2, 10, 1], expected [2, 10]"),
+    ({"logits": [["a"] * 10] * 2}, "cotangent 'logits' must be a numeric array"),
+    ({}, "cotangents must be a non-empty dict"),
+    (np.ones((2, 10)), "cotangents must be a non-empty dict"),
+]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_wrong_cotangents_are_zoo_errors_in_every_framework(framework):
+    handle = load("vit", framework)
+    x = {"pixel_values": np.zeros((2, 32, 32, 3), np.float32)}
+    for cotangents, fragment in COTANGENT_CASES:
+        for call in (handle.vjp, handle.adamw_step):
+            with pytest.raises(ZooError) as info:
+                call(x, cotangents)
+            assert fragment in str(info.value), (call.__name__, str(info.value))
+
+
+@pytest.mark.parametrize("hyper", [{"lr": -1.0}, {"betas": (0.9, 1.0)}, {"eps": 0.0}, {"weight_decay": -0.1}])
+def test_adamw_hyperparameters_are_checked(hyper):
+    handle = load("gpt", FRAMEWORKS[0])
+    before = handle.state_dict()
+    x = {"input_ids": np.zeros((1, 4), np.int32)}
+    with pytest.raises(ZooError, match="AdamW needs lr >= 0"):
+        handle.adamw_step(x, {"logits": np.ones((1, 4, 256), np.float32)}, **hyper)
+    assert all(np.array_equal(handle.state_dict()[k], v) for k, v in before.items())
+
+
+def test_error_classes_are_public_and_share_one_base():
+    import dlzoo.zoo.files
+    import dlzoo.zoo.hub
+    from dlzoo.agents.metrics import MetricsError
+    from dlzoo.agents.theory import UnknownTopicError
+
+    assert dlzoo.OutputExistsError is dlzoo.zoo.files.OutputExistsError and dlzoo.HubError is dlzoo.zoo.hub.HubError
+    for name in ("ConfigError", "WeightsError", "HubError", "PathError", "OutputExistsError", "MetricsError",
+                 "UnknownTopicError"):
+        cls = getattr(dlzoo, name)
+        assert issubclass(cls, dlzoo.ZooError) and issubclass(cls, ValueError) and name in dlzoo.__all__
+    assert dlzoo.MetricsError is MetricsError and dlzoo.UnknownTopicError is UnknownTopicError

@@ -1,13 +1,18 @@
 """The command line: schemas, one-line errors, light start-up, and the verify / convert jobs."""
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
-from dlzoo.cli import app
+import dlzoo
+from dlzoo.cli import cli as app
 from dlzoo.zoo import count_params, get_config
 from dlzoo.zoo.handle import installed_frameworks
 
@@ -21,8 +26,8 @@ def _run(*args):
 
 @pytest.mark.parametrize("args", [["--help"], ["list"], ["list", "--json"], ["info", "resnet", "-p", "50"]])
 def test_start_up_imports_no_deep_learning_framework(args):
-    code = ("import sys; from typer.testing import CliRunner; from dlzoo.cli import app; "
-            f"r = CliRunner().invoke(app, {args!r}); assert r.exit_code == 0, r.output; "
+    code = ("import sys; from click.testing import CliRunner; from dlzoo.cli import cli; "
+            f"r = CliRunner().invoke(cli, {args!r}); assert r.exit_code == 0, r.output; "
             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
@@ -53,38 +58,60 @@ def test_info_json_params_and_flops(arch, preset, params, gflops):
     assert type(config).from_dict(data["config"]) == config
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["info", "lstm"], "unknown architecture 'lstm'; expected one of: bert, gpt, resnet, vit"),
-    (["info", "vit", "-p", "Q/16"], "unknown vit preset 'Q/16'; expected one of: tiny, Ti/16"),
-    (["verify", "gpt", "-f", "mxnet"], "unknown framework 'mxnet'; expected one of: torch, flax, equinox, haiku, keras"),
-    (["convert", "/nonexistent/folder", "out.safetensors"], "neither an existing folder nor a hub id"),
-])
-def test_bad_input_is_one_line_with_the_valid_choices(args, fragment):
-    result = _run(*args)
-    assert result.returncode == 2
-    assert fragment in result.stderr and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-
-
 needs_torch = pytest.mark.skipif("torch" not in installed_frameworks(),
                                  reason="convert and verify compare against torch, which is not installed")
 
 
-@needs_torch
-def test_convert_round_trip_and_no_overwrite(tmp_path):
-    from dlzoo.zoo import hub, load
+def test_convert_round_trip_and_the_overwrite_policy(tmp_path):
+    from dlzoo.zoo import hub, weights
 
-    handle = load("bert", "torch", config="tiny", mlm_head=True, seed=2)
-    published = hub.export("bert", handle.config, handle.state_dict(), tmp_path / "published")
-    result = runner.invoke(app, ["convert", str(published), str(tmp_path / "bert.safetensors"), "--json"])
-    data = json.loads(result.stdout)
-    assert data["direction"] == "published->canonical" and data["params"] == handle.num_params
-    back = runner.invoke(app, ["convert", str(tmp_path / "bert.safetensors"), str(tmp_path / "again"), "--json"])
+    config = get_config("bert", "tiny", mlm_head=True)
+    tensors = weights.random_tensors("bert", config, seed=2)
+    published = hub.export("bert", config, tensors, tmp_path / "published")
+    canonical = tmp_path / "bert.safetensors"
+    data = json.loads(runner.invoke(app, ["convert", str(published), str(canonical), "--json"]).stdout)
+    assert data["direction"] == "published->canonical" and data["params"] == count_params("bert", config)
+    back = runner.invoke(app, ["convert", str(canonical), str(tmp_path / "again"), "--json"])
     assert json.loads(back.stdout)["direction"] == "canonical->published"
-    assert (tmp_path / "again" / "model.safetensors").is_file()
-    before = (tmp_path / "bert.safetensors").read_bytes()
-    refused = _run("convert", str(published), str(tmp_path / "bert.safetensors"))
-    assert refused.returncode == 2 and "already exists" in refused.stderr
-    assert (tmp_path / "bert.safetensors").read_bytes() == before
+    _, _, again = weights.load(canonical)
+    assert all(np.array_equal(again[k], v) for k, v in tensors.items())
+    assert hub.read_checkpoint(tmp_path / "again")[1].keys() == hub.read_checkpoint(published)[1].keys()
+    before = canonical.read_bytes()
+    refused = _run("convert", str(published), str(canonical))
+    assert refused.returncode == 2 and "already exists" in refused.stderr and canonical.read_bytes() == before
+    other = hub.export("bert", config, weights.random_tensors("bert", config, seed=3), tmp_path / "other")
+    replaced = runner.invoke(app, ["convert", str(other), str(canonical), "--overwrite"])
+    assert replaced.exit_code == 0 and canonical.read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "bert.safetensors", "other", "published"]
+
+
+def test_version_and_bare_command():
+    assert runner.invoke(app, ["--version"]).stdout == f"dlzoo {dlzoo.__version__}\n"
+    bare = runner.invoke(app, [])
+    assert bare.exit_code == 0 and bare.stdout.startswith("Usage: dlzoo") and bare.stderr == ""
+
+
+def test_list_shows_aliases_and_the_keras_backend():
+    env = {**os.environ, "KERAS_BACKEND": "torch", "COLUMNS": "200"}
+    text = subprocess.run([sys.executable, "-m", "dlzoo.cli", "list"], capture_output=True, text=True, env=env).stdout
+    assert "124M (124.44M; aka gpt2, small)" in text and "50 (25.56M; aka resnet50)" in text
+    if "keras" in installed_frameworks():
+        assert "keras (backend torch: KERAS_BACKEND" in text
+    data = json.loads(subprocess.run([sys.executable, "-m", "dlzoo.cli", "list", "--json"], capture_output=True,
+                                     text=True, env=env, check=True).stdout)
+    keras = next(f for f in data["frameworks"] if f["name"] == "keras")
+    assert keras["backend"] == "torch" and keras["backend_source"] == "KERAS_BACKEND"
+    assert keras["backend_installed"] == (importlib.util.find_spec("torch") is not None)
+
+
+def test_diagnose_reports_the_path_it_wrote(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("m.jsonl").write_text("".join(f'{{"step": {i}, "loss": {1.0 / i}}}\n' for i in range(1, 60)))
+    result = runner.invoke(app, ["diagnose", "m.jsonl", "--plot", "curves.svg"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.rstrip().endswith("plot: curves.svg") and Path("curves.svg").read_text().startswith("<?xml")
+    again = runner.invoke(app, ["diagnose", "m.jsonl", "--plot", "curves.svg", "--overwrite"])
+    assert again.exit_code == 0 and sorted(os.listdir()) == ["curves.svg", "m.jsonl"]
 
 
 @needs_torch
@@ -96,6 +123,18 @@ def test_verify_passes_and_reports_every_framework():
     frameworks = {row["framework"].split(" ")[0] for row in report["rows"]}
     assert frameworks == set(installed_frameworks())
     assert all(row["diffs"]["logits"] <= 1e-5 for row in report["rows"])
+
+
+@needs_torch
+@pytest.mark.skipif("flax" not in installed_frameworks(), reason="compares flax selected alone and with torch")
+def test_verify_does_not_depend_on_the_frameworks_selected():
+    alone = json.loads(runner.invoke(app, ["verify", "gpt", "-f", "flax", "--json"]).stdout)
+    both = json.loads(runner.invoke(app, ["verify", "gpt", "-f", "torch", "-f", "flax", "--json"]).stdout)
+    flax_rows = [row for row in both["rows"] if row["framework"] == "flax"]
+    assert alone["rows"] == flax_rows and {r["against"] for r in flax_rows} == {"torch", "transformers"}
+    assert alone["notes"][0] == both["notes"][0] == "weights: random (numpy, seed 0)"
+    assert "torch ran as the reference only (not among the selected frameworks)" in alone["notes"]
+    assert not any("not installed" in note for note in alone["notes"])
 
 
 @needs_torch

@@ -25,6 +25,7 @@ pytest.importorskip("optax")
 import jax.numpy as jnp  # noqa: E402
 
 from dlzoo.zoo import ZooError, canonical_spec, get_config, load  # noqa: E402
+from dlzoo.zoo.handle import Handle  # noqa: E402
 from dlzoo.zoo import flax as backend  # noqa: E402
 from dlzoo.zoo.configs import BertConfig, GPTConfig, ResNetConfig  # noqa: E402
 from dlzoo.zoo.flax import layers  # noqa: E402
@@ -127,10 +128,11 @@ def test_long_input_and_wrong_cotangent_raise_zoo_errors(natives):
     with pytest.raises(ZooError, match="NHWC"):
         natives["vit"](jnp.zeros((1, 3, 16, 16)))
     inputs = _inputs("vit")
+    handle = Handle("vit", "flax", CONFIGS["vit"], natives["vit"])  # the handle checks cotangents
     with pytest.raises(ZooError, match="names no output"):
-        backend.vjp("vit", CONFIGS["vit"], natives["vit"], inputs, {"probs": np.ones((BATCH, 5), np.float32)})
+        handle.vjp(inputs, {"probs": np.ones((BATCH, 5), np.float32)})
     with pytest.raises(ZooError, match="expected"):
-        backend.vjp("vit", CONFIGS["vit"], natives["vit"], inputs, {"logits": np.ones((1, 5), np.float32)})
+        handle.vjp(inputs, {"logits": np.ones((1, 5), np.float32)})
 
 
 # --------------------------------------------------------------------------- initialisation

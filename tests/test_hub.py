@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch", reason="published checkpoints are written b
 transformers = pytest.importorskip("transformers", reason="the reference checkpoints are built with transformers")
 
 from dlzoo.zoo import from_pretrained, hub  # noqa: E402
+from dlzoo.zoo.files import OutputExistsError  # noqa: E402
 from dlzoo.zoo.reference import sample_inputs, transformers_model, transformers_outputs  # noqa: E402
 
 
@@ -210,6 +211,6 @@ def test_export_refuses_to_overwrite(tmp_path):
     handle = load("gpt", "torch")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
-    with pytest.raises(hub.HubError, match="not an empty folder"):
+    with pytest.raises(OutputExistsError, match="not an empty folder"):
         hub.export("gpt", handle.config, handle.state_dict(), tmp_path / "taken")
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"

@@ -150,7 +150,7 @@ def test_adamw_step_uses_torch_epsilon_convention():
 
 
 def test_unknown_cotangent_is_a_clear_error(handles):
-    with pytest.raises(ZooError, match="match no gpt output"):
+    with pytest.raises(ZooError, match="names no output of this gpt"):
         handles["gpt"].vjp(_inputs("gpt"), {"hidden": np.zeros((BATCH, tiny.LENGTH, 32), np.float32)})
 
 
@@ -203,15 +203,19 @@ _HIDE = textwrap.dedent("""
 """)
 
 
-def _run_without(hidden: list[str], tmp_path, keras_backend: str | None = None):
+# As the CLI does (dlzoo.clitools): the library's notices shown as "note:" lines.
+_CLI_NOTES = "from dlzoo.clitools import _show_notes; _show_notes(); "
+
+
+def _run_without(hidden: list[str], tmp_path, keras_backend: str | None = None, prefix: str = ""):
     site = tmp_path / "site"
-    site.mkdir()
+    site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(_HIDE.format(hidden=sorted(hidden)))
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
     if keras_backend:
         env["KERAS_BACKEND"] = keras_backend
-    code = "import dlzoo.zoo.keras, keras; print(keras.backend.backend())"
+    code = prefix + "import dlzoo.zoo.keras, keras; print(keras.backend.backend())"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -221,12 +225,16 @@ def test_backend_is_chosen_when_unset_and_tensorflow_is_missing(hidden, chosen, 
     result = _run_without(hidden, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == chosen
-    assert f"using keras' {chosen} backend" in result.stderr
+    assert "KERAS_BACKEND" not in result.stderr, "the library logs its choice, it never prints it"
+    shown = _run_without(hidden, tmp_path, prefix=_CLI_NOTES)
+    notes = [line for line in shown.stderr.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: KERAS_BACKEND is unset and tensorflow is not installed; keras runs on {chosen} "
+                     "(set KERAS_BACKEND=jax|torch|tensorflow to choose)"]
 
 
 def test_explicit_keras_backend_is_respected_silently(tmp_path):
     pytest.importorskip("torch")
-    result = _run_without(["tensorflow"], tmp_path, keras_backend="torch")
+    result = _run_without(["tensorflow"], tmp_path, keras_backend="torch", prefix=_CLI_NOTES)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "torch"
-    assert "dlzoo:" not in result.stderr
+    assert "note:" not in result.stderr

@@ -9,8 +9,8 @@ import os
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings, strategies as st
-from typer.testing import CliRunner
 
 from dlzoo.agents.diagnose import KINDS, SEVERITIES, diagnose, to_json
 from dlzoo.agents.metrics import MetricsError, MetricsLogger, parse_lines, read_metrics
@@ -309,36 +309,30 @@ def test_logger_round_trip_with_non_finite_values(tmp_path):
     ('{"type": "train", "step": 1}\n', "without 'loss'"),
 ])
 def test_malformed_files_are_one_line_errors(tmp_path, content, message):
-    from dlzoo.agents.cli import register
-    import typer
+    from dlzoo.cli import cli
 
     path = tmp_path / "bad.jsonl"
     path.write_text(content)
     with pytest.raises(MetricsError, match=message):
         read_metrics(path)
-    app = typer.Typer()
-    register(app)
-    result = CliRunner().invoke(app, ["diagnose", str(path)])
+    result = CliRunner().invoke(cli, ["diagnose", str(path)])
     assert result.exit_code == 2 and result.exception is None or isinstance(result.exception, SystemExit)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0] and "Traceback" not in result.output
 
 
 def test_cli_json_and_plot(tmp_path):
-    from dlzoo.agents.cli import register
-    import typer
+    from dlzoo.cli import cli
 
     lines = healthy(seed=5)
     lines[train_index(lines, 300)]["loss"] *= 4
     path = tmp_path / "m.jsonl"
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    app = typer.Typer()
-    register(app)
     png = tmp_path / "run.png"
-    result = CliRunner().invoke(app, ["diagnose", str(path), "--json", "--plot", str(png)])
+    result = CliRunner().invoke(cli, ["diagnose", str(path), "--json", "--plot", str(png)])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert [f["kind"] for f in data["findings"]] == ["loss-spike"] and data["findings"][0]["start_step"] == 300
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    text = CliRunner().invoke(app, ["diagnose", str(path)]).output
-    assert "loss-spike: steps 300-300" in text
+    text = CliRunner().invoke(cli, ["diagnose", str(path)]).output
+    assert "loss-spike: step 300" in text

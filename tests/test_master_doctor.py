@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import pytest
-import typer
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from dlzoo.agents import doctor
-from dlzoo.agents.cli import register
+from dlzoo.cli import cli
 from dlzoo.zoo import installed_frameworks
 from dlzoo.zoo.configs import get_config
 
@@ -114,11 +113,13 @@ CLI_CASES = {"torch": "gpt", "flax": "bert", "equinox": "vit", "haiku": "resnet"
 @pytest.mark.parametrize("framework", installed_frameworks())
 def test_doctor_cli_on_a_real_model(framework):
     arch = CLI_CASES[framework]
-    app = typer.Typer()
-    register(app)
-    result = CliRunner().invoke(app, ["doctor", "--arch", arch, "--framework", framework, "--json"])
+    # ARCH is positional; the deprecated --arch still works (torch's case), with a note on stderr
+    args = ["--arch", arch] if framework == "torch" else [arch]
+    result = CliRunner().invoke(cli, ["doctor", *args, "--framework", framework, "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    assert result.stderr == ("note: --arch is deprecated; write `dlzoo doctor gpt -f torch`\n" if framework == "torch"
+                             else "")
+    report = json.loads(result.stdout)
     names = {c["name"]: c for c in report["checks"]}
     extra = {"gpt": {"no-future-leak"}, "bert": {"padding-invariance"}}.get(arch, set())
     assert report["passed"] and set(names) == EXPECTED_CHECKS | extra, result.output
@@ -206,8 +207,6 @@ def test_initial_loss_passes_the_default_init_at_every_seed(framework):
 
 
 def test_doctor_cli_errors_are_one_line():
-    app = typer.Typer()
-    register(app)
-    result = CliRunner().invoke(app, ["doctor", "--arch", "gtp", "--framework", "torch"])
+    result = CliRunner().invoke(cli, ["doctor", "--arch", "gtp", "--framework", "torch"])
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and "unknown architecture" in lines[0]

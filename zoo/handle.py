@@ -79,12 +79,56 @@ def _check_inputs(arch: str, config, inputs: dict[str, Any]) -> dict[str, np.nda
     return out
 
 
+def output_shapes(arch: str, config, inputs: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    """The shape of every output ``apply`` returns for these (checked) inputs."""
+    if arch in ("vit", "resnet"):
+        return {"logits": (len(inputs["pixel_values"]), config.num_classes)}
+    B, T = inputs["input_ids"].shape
+    if arch == "gpt":
+        return {"logits": (B, T, config.vocab_size)}
+    shapes = {"last_hidden_state": (B, T, config.hidden_size)}
+    if config.pooler:
+        shapes["pooler_output"] = (B, config.hidden_size)
+    if config.mlm_head:
+        shapes["mlm_logits"] = (B, T, config.vocab_size)
+    if config.num_labels:
+        shapes["logits"] = (B, config.num_labels)
+    return shapes
+
+
+def _check_cotangents(arch: str, config, inputs: dict[str, np.ndarray], cotangents) -> dict[str, np.ndarray]:
+    expected = output_shapes(arch, config, inputs)
+    if not isinstance(cotangents, dict) or not cotangents:
+        raise ZooError(f"cotangents must be a non-empty dict of output name -> array; {arch} outputs: "
+                       + ", ".join(f"{k} {list(v)}" for k, v in expected.items()))
+    out = {}
+    for name, value in cotangents.items():
+        if name not in expected:
+            raise ZooError(f"cotangent {name!r} names no output of this {arch}; outputs: {', '.join(expected)}")
+        try:
+            value = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ZooError(f"cotangent {name!r} must be a numeric array, got {type(value).__name__}") from None
+        if value.shape != expected[name]:
+            raise ZooError(f"cotangent {name!r} has shape {list(value.shape)}, expected "
+                           f"{list(expected[name])} (the output's shape)")
+        out[name] = value
+    return out
+
+
 class Handle:
     """A model in one framework, seen through canonical numpy tensors.
 
     ``native`` is the framework's own object: a torch ``nn.Module``, an ``nnx.Module``, an
     equinox ``(module, state)`` pair, a haiku ``(transformed, params, state)`` triple, or a
-    ``keras.Model``.
+    ``keras.Model``. Every method takes and returns numpy arrays in the canonical layouts of
+    DESIGN.md (images NHWC float32, token ids int32 [B, T]) and raises ``dlzoo.ZooError`` (or a
+    subclass) for input it cannot use, before the framework sees it.
+
+    Inputs by architecture (keys of ``inputs``): gpt ``input_ids`` [B, T]; bert ``input_ids`` and
+    optional ``token_type_ids``, ``attention_mask`` [B, T] (1 = attend, 0 = padding); vit
+    ``pixel_values`` [B, image_size, image_size, C]; resnet ``pixel_values`` [B, H, W, C]. T is at
+    most the context length (gpt) or ``max_positions`` (bert); ids lie in [0, vocab_size).
     """
 
     def __init__(self, arch: str, framework: str, config, native, *, compute_dtype: str = "float32"):
@@ -97,30 +141,69 @@ class Handle:
         return f"Handle(arch={self.arch!r}, framework={self.framework!r}, config={self.config})"
 
     def apply(self, inputs: dict[str, np.ndarray], train: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+        """Run the model: ``inputs`` (see the class docstring) -> outputs, float32 numpy arrays.
+
+        Outputs: gpt ``logits`` [B, T, vocab]; bert ``last_hidden_state`` [B, T, D], plus
+        ``pooler_output`` [B, D], ``mlm_logits`` [B, T, vocab] and ``logits`` [B, num_labels] when
+        the config has those heads; vit and resnet ``logits`` [B, num_classes] (unnormalised).
+        ``train=True`` applies dropout drawn from ``seed`` and, for ResNet, normalises with the
+        batch's statistics and updates the running ones (momentum per the config). Raises ZooError
+        for missing or unknown keys, wrong ranks, shapes or dtypes, ids out of range, too many
+        positions.
+        """
         inputs = _check_inputs(self.arch, self.config, inputs)
         outputs, self.native = self._backend.apply(self.arch, self.config, self.native, inputs,
                                                    train=train, seed=seed)
         return {k: np.asarray(v) for k, v in outputs.items()}
 
     def state_dict(self) -> dict[str, np.ndarray]:
+        """Every tensor under its canonical name (DESIGN.md), float32 copies in canonical layouts:
+        dense kernels [in, out], conv kernels [kh, kw, in, out], embeddings [rows, dim], fused
+        ``qkv.kernel`` [D, 3D] (q | k | v); batch-norm running ``mean``/``var`` included."""
         return self._backend.state_dict(self.arch, self.config, self.native)
 
     def load_state_dict(self, tensors: dict[str, np.ndarray]) -> "Handle":
+        """Replace every weight with ``tensors`` (canonical names and layouts, float32, as
+        ``state_dict`` returns them); returns the handle. Raises WeightsError listing every
+        missing, unexpected, mis-shaped and wrongly typed tensor; the model is unchanged then."""
         tensors = _weights.validate(self.arch, self.config, tensors)
         self.native = self._backend.load_state_dict(self.arch, self.config, self.native, tensors)
         return self
 
-    def save(self, path: str | os.PathLike):
-        return _weights.save(path, self.arch, self.config, self.state_dict())
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False):
+        """Write the weights as a canonical ``.safetensors`` file (the config rides in its
+        metadata) and return its Path. Written atomically: a temporary file renamed into place.
+
+        Raises PathError when ``path`` is a folder, does not end in ``.safetensors`` or its folder
+        does not exist; OutputExistsError when the file exists and ``overwrite`` is false (the
+        policy of ``dlzoo.zoo.files``, shared with the CLI's ``--overwrite``).
+        """
+        return _weights.save(path, self.arch, self.config, self.state_dict(), overwrite=overwrite)
 
     def vjp(self, inputs, cotangents, train: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+        """Gradients of ``sum_k sum(outputs[k] * cotangents[k])`` with respect to every trainable
+        canonical tensor: name -> float32 array of that tensor's shape (batch-norm statistics
+        excluded and left unchanged). ``cotangents`` maps output names (a subset of ``apply``'s)
+        to arrays of exactly those outputs' shapes. Raises ZooError for bad inputs, an unknown
+        output name, a wrong shape or a non-numeric cotangent."""
         inputs = _check_inputs(self.arch, self.config, inputs)
+        cotangents = _check_cotangents(self.arch, self.config, inputs, cotangents)
         return self._backend.vjp(self.arch, self.config, self.native, inputs, cotangents,
                                  train=train, seed=seed)
 
     def adamw_step(self, inputs, cotangents, *, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                    weight_decay: float = 0.01, seed: int = 0) -> "Handle":
+        """One step of the framework's own AdamW (fresh optimizer state, so step 1 with bias
+        correction) on the ``vjp`` objective, in eval mode; updates the weights in place and returns
+        the handle. Decoupled weight decay as torch: p -= lr * weight_decay * p, then the Adam
+        update. Raises ZooError as ``vjp`` does, and for lr < 0, betas outside [0, 1), eps <= 0 or
+        weight_decay < 0."""
         inputs = _check_inputs(self.arch, self.config, inputs)
+        cotangents = _check_cotangents(self.arch, self.config, inputs, cotangents)
+        betas = tuple(betas)
+        if not (lr >= 0 and len(betas) == 2 and all(0 <= b < 1 for b in betas) and eps > 0 and weight_decay >= 0):
+            raise ZooError(f"AdamW needs lr >= 0, two betas in [0, 1), eps > 0 and weight_decay >= 0; got "
+                           f"lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}")
         self.native = self._backend.adamw_step(self.arch, self.config, self.native, inputs, cotangents,
                                                lr=lr, betas=tuple(betas), eps=eps,
                                                weight_decay=weight_decay, seed=seed)

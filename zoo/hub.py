@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .configs import BertConfig, GPTConfig, ResNetConfig, ViTConfig, ZooError, check_arch
+from .files import check_output_folder, looks_like_path
 from .weights import canonical_spec, validate
 
 
@@ -300,6 +301,8 @@ def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> Pat
         return path
     if path.exists():
         raise HubError(f"{path} is a file; expected a checkpoint folder (config.json + weights) or a hub id")
+    if looks_like_path(name_or_path):  # the path rule of dlzoo.zoo.files: never looked up on the hub
+        raise HubError(f"{name_or_path}: no such file or folder")
     name = str(name_or_path)
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
         raise HubError(f"{name!r} is neither an existing folder nor a hub id like 'openai-community/gpt2'")
@@ -503,14 +506,12 @@ def load_checkpoint(name_or_path, revision: str | None = None):
 
 def export(arch: str, config, tensors: dict[str, np.ndarray], folder: str | os.PathLike) -> Path:
     """Write a folder in the published layout (config.json + model.safetensors) that transformers
-    loads. Refuses to overwrite a non-empty folder; writes into a temporary sibling, then renames."""
+    loads. The folder must be new or empty and its parent must exist (``files.check_output_folder``);
+    writes into a temporary sibling, then renames."""
     from safetensors.numpy import save_file
 
-    folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise HubError(f"{folder} exists and is not an empty folder; choose a new output folder")
+    folder = check_output_folder(folder)
     hf, published = from_published(arch, config, tensors)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")

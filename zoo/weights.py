@@ -13,12 +13,12 @@ state dict is checked against it, and parameter counts are computed from it.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .configs import check_arch, config_from_json
+from .files import write_atomic
 from .spec import TensorSpec, WeightsError, canonical_spec, count_params  # noqa: F401  (re-exported)
 
 FORMAT = "dlzoo"
@@ -59,29 +59,31 @@ def validate(arch: str, config, tensors: dict[str, np.ndarray], *, source: str =
     return {name: np.asarray(tensors[name]) for name in spec}
 
 
-def save(path: str | os.PathLike, arch: str, config, tensors: dict[str, np.ndarray]) -> Path:
-    """Write a canonical file atomically (temp file + rename): never a half-written file."""
+def save(path: str | os.PathLike, arch: str, config, tensors: dict[str, np.ndarray], *,
+         overwrite: bool = False) -> Path:
+    """Write a canonical ``.safetensors`` file atomically (temp file + rename): never a
+    half-written file. The write policy of ``dlzoo.zoo.files``: the folder must exist, and an
+    existing file is replaced only with ``overwrite=True``.
+
+    Raises WeightsError when ``tensors`` do not fit ``arch``/``config``; PathError (or
+    OutputExistsError) when ``path`` cannot be written as asked.
+    """
     from safetensors.numpy import save_file
 
     tensors = validate(arch, config, tensors)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch, "config": config.to_json()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
+                                                    metadata=metadata),
+                        overwrite=overwrite, suffixes=(".safetensors",), what="canonical weights file")
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{path} is a folder; expected a canonical .safetensors file "
+                           "(a folder in the published layout loads with dlzoo.zoo.from_pretrained)")
     if not path.is_file():
         raise WeightsError(f"{path}: no such file; expected a canonical .safetensors file")
     try:
@@ -123,3 +125,27 @@ def load(path: str | os.PathLike, arch: str | None = None, config=None):
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+def random_tensors(arch: str, config, seed: int = 0) -> dict[str, np.ndarray]:
+    """Canonical float32 tensors drawn with numpy from ``seed`` alone, so they are the same
+    whatever frameworks are installed (``dlzoo verify``'s weights). Every tensor is non-trivial,
+    so a mix-up of any leaf shows in the outputs: kernels N(0, 1/fan_in) (fan_in = all axes but
+    the last), embeddings and tokens N(0, 0.02^2), biases N(0, 0.02^2), norm scales 1 + N(0, 0.1^2),
+    batch-norm means N(0, 0.1^2) and variances U(0.5, 1.5)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, spec in canonical_spec(arch, config).items():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "kernel":
+            value = rng.standard_normal(spec.shape) / np.sqrt(np.prod(spec.shape[:-1]))
+        elif leaf == "scale":
+            value = 1.0 + 0.1 * rng.standard_normal(spec.shape)
+        elif leaf == "mean":
+            value = 0.1 * rng.standard_normal(spec.shape)
+        elif leaf == "var":
+            value = rng.uniform(0.5, 1.5, spec.shape)
+        else:  # embedding, bias, cls_token, pos_embed
+            value = 0.02 * rng.standard_normal(spec.shape)
+        out[name] = value.astype(DTYPE)
+    return out

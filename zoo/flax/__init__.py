@@ -121,30 +121,8 @@ def block_outputs(arch: str, config, native: nnx.Module, inputs: dict[str, np.nd
     return outputs
 
 
-def _output_shapes(arch: str, config, inputs: dict[str, np.ndarray]) -> dict[str, tuple]:
-    if arch in ("vit", "resnet"):
-        return {"logits": (len(inputs["pixel_values"]), config.num_classes)}
-    B, T = inputs["input_ids"].shape
-    if arch == "gpt":
-        return {"logits": (B, T, config.vocab_size)}
-    shapes = {"last_hidden_state": (B, T, config.hidden_size)}
-    if config.pooler:
-        shapes["pooler_output"] = (B, config.hidden_size)
-    if config.mlm_head:
-        shapes["mlm_logits"] = (B, T, config.vocab_size)
-    if config.num_labels:
-        shapes["logits"] = (B, config.num_labels)
-    return shapes
-
-
 def _cotangents(arch: str, config, inputs, cotangents) -> dict[str, jax.Array]:
-    expected = _output_shapes(arch, config, inputs)
-    for name, value in cotangents.items():
-        if name not in expected:
-            raise ZooError(f"cotangent {name!r} names no output of this {arch}; outputs: {', '.join(expected)}")
-        if tuple(np.shape(value)) != expected[name]:
-            raise ZooError(f"cotangent {name!r} has shape {list(np.shape(value))}, expected "
-                           f"{list(expected[name])} (the output's shape)")
+    # names and shapes are checked by the handle (handle._check_cotangents)
     return {k: jnp.asarray(v, dtype=jnp.float32) for k, v in cotangents.items()}
 
 

@@ -3,7 +3,8 @@
 The seven functions below are the backend contract of ``dlzoo.zoo.handle``; the handle's framework
 id is "keras" whatever keras runs on (jax, torch or tensorflow). When ``KERAS_BACKEND`` is unset
 and tensorflow (keras' default) is not installed, an installed backend is chosen before keras is
-imported (jax, then torch) and the choice is printed to stderr, instead of failing inside keras.
+imported (jax, then torch) and the choice is logged (``dlzoo.zoo.frameworks``), instead of failing
+inside keras.
 
 Canonical names come from ``variable.path`` (``layers.canonical_name``): the model's own name is
 dropped, ``blocks_0/attn/qkv/kernel`` becomes ``blocks.0.attn.qkv.kernel``, keras' leaf names are
@@ -17,35 +18,11 @@ autograd, tf.GradientTape), and that backend-specific code lives here and nowher
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 import weakref
 
+from ..frameworks import choose_keras_backend
 
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a broken or deliberately hidden package counts as absent
-        return False
-
-
-def _choose_keras_backend() -> None:
-    if "keras" in sys.modules or os.environ.get("KERAS_BACKEND") or _installed("tensorflow"):
-        return  # keras decides (or already has): its default is tensorflow
-    for name in ("jax", "torch"):
-        if _installed(name):
-            os.environ["KERAS_BACKEND"] = name
-            print(f"dlzoo: KERAS_BACKEND is unset and tensorflow is not installed; using keras' "
-                  f"{name} backend (set KERAS_BACKEND=jax|torch|tensorflow to choose)", file=sys.stderr)
-            return
-    from ..configs import ZooError
-
-    raise ZooError("keras needs a backend and none is installed; install one with: "
-                   "pip install jax  (or torch, or tensorflow) and set KERAS_BACKEND to it")
-
-
-_choose_keras_backend()
+choose_keras_backend()  # before keras is imported; logged, never printed (see dlzoo.zoo.frameworks)
 
 import numpy as np  # noqa: E402
 import keras  # noqa: E402
