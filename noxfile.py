@@ -5,6 +5,7 @@
     nox -s "keras(backend='jax')"  Keras per backend (jax, torch, tensorflow)
     nox -s conformance             cross-framework and transformers conformance, every backend
     nox -s core lint
+    nox -s scaffold                dlzoo new and the generated projects' own test suites
 
 Installs honour PIP_CONSTRAINT (CI pins the CPU build of torch through .ci/constraints.txt).
 """
@@ -64,6 +65,14 @@ def ci(session):
     for backend in KERAS_BACKENDS:
         # every test with keras in its id: test_keras.py, and the keras cases of the shared tests
         _pytest(session, "tests", "conformance", "-k", "keras", env={"KERAS_BACKEND": backend})
+
+
+@nox.session
+def scaffold(session):
+    """dlzoo new: command safety, copied zoo code, and every framework's generated project running
+    its own tests (shapes, learning, save/load, exact resume after SIGKILL)."""
+    session.install("-e", ".[all,test]", "ruff")
+    _pytest(session, "tests/test_scaffold.py", env={"KERAS_BACKEND": "jax"})
 
 
 @nox.session

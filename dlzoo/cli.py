@@ -246,6 +246,34 @@ def _print_verify(report: dict) -> None:
                   else f"[red]some pairs exceed tolerance {report['tol']:g}[/red]")
 
 
+@cli.command()
+@click.argument("name")
+@click.option("--arch", required=True, help="resnet or vit (text projects: later).")
+@click.option("--framework", "-f", default=None, help="torch, flax, equinox, haiku or keras.")
+@click.option("--preset", "-p", default=None, help="Any zoo preset (default: tiny, trains in minutes on a CPU).")
+@click.option("--task", default=None, help="Default: image-classification.")
+@click.option("--weights", "-w", "weights_src", default=None,
+              help="Start from: canonical .safetensors, published folder or hub id.")
+@click.option("--annotate", type=click.Choice(["none", "brief", "full"]), default="brief", show_default=True,
+              help="Theory notes in the code (full adds THEORY.md).")
+@click.option("--force", is_flag=True, help="Add to an existing folder; files you wrote are never replaced.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (docs/scaffold.md).")
+def new(name: str, arch: str, framework: str | None, preset: str | None, task: str | None, weights_src: str | None,
+        annotate: str, force: bool, as_json: bool):
+    """Write a self-contained training project (model copied from the zoo, data, train/evaluate/predict, tests).
+
+    NAME is the project folder to create (its package name is derived from it).
+    """
+    from dlzoo.scaffold.generate import new_project, summary_text
+
+    result = new_project(name, arch=arch, framework=framework, preset=preset, task=task, weights=weights_src,
+                         annotate=annotate, force=force)
+    if as_json:
+        print_json(result)
+    else:
+        sys.stdout.write(summary_text(result) + "\n")
+
+
 def _register_commands() -> None:
     from dlzoo.agents.cli import register as register_master
 

@@ -21,8 +21,8 @@ import optax
 
 from ..configs import ZooError
 from .bert import Bert
+from .canonical import _name, load_state_dict, state_dict
 from .gpt import GPT
-from .layers import BatchNorm
 from .resnet import ResNet
 from .vit import ViT
 
@@ -32,40 +32,8 @@ __all__ = ["MODELS", "Bert", "GPT", "ResNet", "ViT", "adamw_step", "apply", "blo
            "load_state_dict", "state_dict", "vjp"]
 
 
-def _name(path) -> str:
-    """A pytree key path as a canonical name: (.blocks, [0], .attn) -> "blocks.0.attn"."""
-    return ".".join(str(getattr(k, "name", getattr(k, "idx", getattr(k, "key", k)))) for k in path)
-
-
-def _batch_norms(module) -> list[tuple[str, BatchNorm]]:
-    leaves = jax.tree_util.tree_leaves_with_path(module, is_leaf=lambda x: isinstance(x, BatchNorm))
-    return [(_name(path), leaf) for path, leaf in leaves if isinstance(leaf, BatchNorm)]
-
-
 def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32"):
     return eqx.nn.make_with_state(MODELS[arch])(config, key=jax.random.key(seed), dtype=compute_dtype)
-
-
-def state_dict(arch: str, config, native) -> dict[str, np.ndarray]:
-    module, state = native
-    tensors = {_name(path): np.array(leaf, dtype=np.float32)
-               for path, leaf in jax.tree_util.tree_leaves_with_path(module) if eqx.is_array(leaf)}
-    for name, bn in _batch_norms(module):
-        mean, var = state.get(bn.state_index)
-        tensors[f"{name}.mean"] = np.array(mean, dtype=np.float32)
-        tensors[f"{name}.var"] = np.array(var, dtype=np.float32)
-    return tensors
-
-
-def load_state_dict(arch: str, config, native, tensors: dict[str, np.ndarray]):
-    module, state = native
-    state = jax.tree.map(lambda x: x, state)  # a copy: State.set invalidates the object it is called on
-    module = jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jnp.asarray(tensors[_name(path)]) if eqx.is_array(leaf) else leaf, module)
-    for name, bn in _batch_norms(module):
-        state = state.set(bn.state_index, (jnp.asarray(tensors[f"{name}.mean"]),
-                                           jnp.asarray(tensors[f"{name}.var"])))
-    return module, state
 
 
 def _forward(arch: str, module, state, inputs: dict, key, inference: bool):

@@ -19,6 +19,7 @@ from flax import nnx
 
 from ..configs import ZooError
 from .bert import BERT
+from .canonical import _name, load_state_dict, state_dict
 from .gpt import GPT
 from .resnet import ResNet
 from .vit import ViT
@@ -34,32 +35,6 @@ def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32") -
     if compute_dtype not in DTYPES:
         raise ZooError(f"compute_dtype must be one of {', '.join(DTYPES)}, got {compute_dtype!r}")
     return MODELS[arch](config, dtype=DTYPES[compute_dtype], rngs=nnx.Rngs(params=seed))
-
-
-def _name(path: tuple) -> str:
-    return ".".join(str(part) for part in path)
-
-
-def state_dict(arch: str, config, native: nnx.Module) -> dict[str, np.ndarray]:
-    return {_name(path): np.array(variable.get_value(), dtype=np.float32)
-            for path, variable in nnx.to_flat_state(nnx.state(native))}
-
-
-def load_state_dict(arch: str, config, native: nnx.Module, tensors: dict[str, np.ndarray]) -> nnx.Module:
-    flat = nnx.to_flat_state(nnx.state(native))
-    names = {_name(path) for path, _ in flat}
-    missing, unexpected = sorted(names - set(tensors)), sorted(set(tensors) - names)
-    if missing or unexpected:
-        raise ZooError(f"flax {arch} model does not match the tensors: missing {missing[:8]}, "
-                       f"unexpected {unexpected[:8]}; build the model from the weights' config")
-    for path, variable in flat:
-        value = tensors[_name(path)]
-        if tuple(value.shape) != variable.get_value().shape:
-            raise ZooError(f"{_name(path)} has shape {list(value.shape)}, the model expects "
-                           f"{list(variable.get_value().shape)}; build the model from the weights' config")
-        variable.set_value(jnp.asarray(value, dtype=jnp.float32))
-    nnx.update(native, nnx.from_flat_state(flat))
-    return native
 
 
 # --- compiled entry points ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ import optax
 
 from ..configs import ZooError
 from . import bert, gpt, resnet, vit
+from .canonical import _to_canonical, load_state_dict, state_dict
 from .layers import canonical_name
 
 MODELS = {"bert": bert.transform, "gpt": gpt.transform, "resnet": resnet.transform, "vit": vit.transform}
@@ -68,30 +69,10 @@ def _compiled(transformed: hk.TransformedWithState, kind: str, train: bool = Fal
     return jax.jit(functions[kind])
 
 
-def _to_canonical(tree) -> dict[str, np.ndarray]:
-    return {canonical_name(module, leaf): np.array(value, dtype=np.float32)
-            for module, leaves in tree.items() for leaf, value in leaves.items()}
-
-
-def _from_canonical(tree, tensors: dict[str, np.ndarray]):
-    return {module: {leaf: jnp.asarray(tensors[canonical_name(module, leaf)]) for leaf in leaves}
-            for module, leaves in tree.items()}
-
-
 def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32"):
     transformed = _transform(arch, config, compute_dtype)
     params, state = _compiled(transformed, "init")(jax.random.key(seed), _example_inputs(arch, config))
     return transformed, params, state
-
-
-def state_dict(arch: str, config, native) -> dict[str, np.ndarray]:
-    _, params, state = native
-    return {**_to_canonical(params), **_to_canonical(state)}
-
-
-def load_state_dict(arch: str, config, native, tensors: dict[str, np.ndarray]):
-    transformed, params, state = native
-    return transformed, _from_canonical(params, tensors), _from_canonical(state, tensors)
 
 
 def apply(arch: str, config, native, inputs: dict[str, np.ndarray], *, train: bool = False, seed: int = 0):

@@ -30,6 +30,7 @@ from keras import ops  # noqa: E402
 
 from ..configs import ZooError  # noqa: E402
 from .bert import Bert  # noqa: E402
+from .canonical import _named_weights, _numpy, load_state_dict, state_dict  # noqa: E402
 from .gpt import GPT  # noqa: E402
 from .layers import canonical_name  # noqa: E402
 from .resnet import ResNet  # noqa: E402
@@ -54,33 +55,6 @@ def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32") -
     model = MODELS[arch](config, seed=seed, name=arch, dtype=policy)
     model(_symbolic_inputs(arch, config))
     return model
-
-
-# --------------------------------------------------------------------------- canonical mapping
-
-def _named_weights(native: keras.Model) -> dict[str, keras.Variable]:
-    """canonical name -> variable. Paths start with the model's name when the model built its
-    variables inside its own call, and without it when keras built them (e.g. when loading)."""
-    return {canonical_name(v.path.removeprefix(f"{native.name}/")): v for v in native.weights}
-
-
-def _numpy(x) -> np.ndarray:
-    return np.array(ops.convert_to_numpy(x), dtype=np.float32)  # a copy, never a view of the model
-
-
-def state_dict(arch: str, config, native: keras.Model) -> dict[str, np.ndarray]:
-    return {name: _numpy(v.value) for name, v in _named_weights(native).items()}
-
-
-def load_state_dict(arch: str, config, native: keras.Model, tensors: dict[str, np.ndarray]) -> keras.Model:
-    named = _named_weights(native)
-    if set(named) != set(tensors):
-        raise ZooError(f"the keras {arch} model does not match its config: missing "
-                       f"{sorted(set(tensors) - set(named))[:8]}, extra {sorted(set(named) - set(tensors))[:8]}; "
-                       "build it with dlzoo.zoo.load(arch, 'keras', config)")
-    for name, v in named.items():
-        v.assign(np.asarray(tensors[name], np.float32))
-    return native
 
 
 # --------------------------------------------------------------------------- running the model

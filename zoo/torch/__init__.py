@@ -1,24 +1,20 @@
 """PyTorch backend: the reference implementation every other framework is compared against.
 
-The seven functions below are the backend contract of ``dlzoo.zoo.handle``. Models are plain
-``nn.Module`` s whose module names are the canonical names, so the canonical mapping is decided
-by module type alone: nn.Linear weight [out, in] -> ``kernel`` [in, out]; nn.Conv2d weight OIHW
--> ``kernel`` HWIO; nn.LayerNorm weight -> ``scale``; nn.BatchNorm2d weight, bias, running_mean,
-running_var -> ``scale``, ``bias``, ``mean``, ``var``; nn.Embedding weight -> ``embedding``; any
-other parameter (``cls_token``, ``pos_embed``, ``mlm.bias``) keeps its name.
+The seven functions below are the backend contract of ``dlzoo.zoo.handle``; the mapping between
+models and canonical tensors (``state_dict``, ``load_state_dict``) lives in ``canonical.py``,
+which generated projects copy beside their model.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 from torch import nn
 
 from ..configs import ZooError
 from .bert import BERT
+from .canonical import _leaves, _to_canonical, load_state_dict, state_dict
 from .gpt import GPT
 from .resnet import ResNet
 from .vit import ViT
@@ -39,69 +35,6 @@ def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32") -
         model = MODELS[arch](config, generator=generator)
     setattr(model, _DTYPE_ATTR, compute_dtype)
     return model.eval()
-
-
-# --------------------------------------------------------------------------- canonical mapping
-
-def _leaves(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, str]]:
-    """(canonical name, tensor, layout) of every canonical tensor; layout is "linear", "conv"
-    or "same". Tied weights (the GPT and MLM decoders) are no modules, so they appear once."""
-    for prefix, module in model.named_modules():
-        p = f"{prefix}." if prefix else ""
-        if isinstance(module, nn.Linear):
-            yield f"{p}kernel", module.weight, "linear"
-            if module.bias is not None:
-                yield f"{p}bias", module.bias, "same"
-        elif isinstance(module, nn.Conv2d):
-            yield f"{p}kernel", module.weight, "conv"
-            if module.bias is not None:
-                yield f"{p}bias", module.bias, "same"
-        elif isinstance(module, nn.LayerNorm):
-            yield f"{p}scale", module.weight, "same"
-            yield f"{p}bias", module.bias, "same"
-        elif isinstance(module, nn.BatchNorm2d):
-            yield f"{p}scale", module.weight, "same"
-            yield f"{p}bias", module.bias, "same"
-            yield f"{p}mean", module.running_mean, "same"
-            yield f"{p}var", module.running_var, "same"
-        elif isinstance(module, nn.Embedding):
-            yield f"{p}embedding", module.weight, "same"
-        else:
-            for name, param in module.named_parameters(recurse=False):
-                yield f"{p}{name}", param, "same"
-
-
-def _to_canonical(tensor: torch.Tensor, layout: str) -> np.ndarray:
-    t = tensor.detach().to("cpu", torch.float32)
-    if layout == "linear":
-        t = t.T                      # [out, in] -> [in, out]
-    elif layout == "conv":
-        t = t.permute(2, 3, 1, 0)    # OIHW -> HWIO
-    return np.array(t.numpy(), dtype=np.float32, order="C")  # a copy, never a view of the model
-
-
-def _from_canonical(array: np.ndarray, layout: str) -> torch.Tensor:
-    if layout == "linear":
-        array = array.T
-    elif layout == "conv":
-        array = array.transpose(3, 2, 0, 1)  # HWIO -> OIHW
-    return torch.from_numpy(np.ascontiguousarray(array))
-
-
-def state_dict(arch: str, config, native: nn.Module) -> dict[str, np.ndarray]:
-    return {name: _to_canonical(t, layout) for name, t, layout in _leaves(native)}
-
-
-@torch.no_grad()
-def load_state_dict(arch: str, config, native: nn.Module, tensors: dict[str, np.ndarray]) -> nn.Module:
-    leaves = {name: (t, layout) for name, t, layout in _leaves(native)}
-    if set(leaves) != set(tensors):
-        raise ZooError(f"the torch {arch} model does not match its config: missing "
-                       f"{sorted(set(tensors) - set(leaves))[:8]}, extra {sorted(set(leaves) - set(tensors))[:8]}; "
-                       "build it with dlzoo.zoo.load(arch, 'torch', config)")
-    for name, (t, layout) in leaves.items():
-        t.copy_(_from_canonical(tensors[name], layout))
-    return native
 
 
 # --------------------------------------------------------------------------- running the model
