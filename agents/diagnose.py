@@ -60,7 +60,7 @@ LR_CUT_MAX = 100.0           # ... at most 100 (beyond that a learning-rate rang
 CLIP_PERCENTILE = 90
 EARLY_STEPS = 10             # early instability: within the first max(10, n/20) steps the loss rises
 EARLY_ABOVE = 0.05           # ... above its starting level max(first loss, ln C) by 5% of it,
-EARLY_RISE = 0.25            # ... and by 25% of that level above its best so far (and 4 noise std)
+EARLY_RISE = 0.15            # ... and by 15% of that level above its best so far (and 4 noise std)
 EARLY_NOISE_Z = 4.0
 STUCK_START = 0.4            # a non-chance plateau begins in the first 40% of the run,
 STUCK_SPAN = 0.5             # ... lasts at least half of it, to the end,
@@ -311,8 +311,8 @@ def _early_instability(ctx: _Context) -> list[Finding]:
                 "than chance): the first steps overshot far past the stability limit 2/sharpness; such a "
                 "blow-up often leaves the model in a degenerate state (collapsed attention, saturated "
                 "units) from which it only reaches a plateau",
-                f"{LR_CHANGE}, and warm the learning rate up linearly over the first "
-                f"{max(10, ctx.n // 20)} {ctx.unit}s",
+                f"{LR_CHANGE}, and keep the warmup" if ctx.warmup_steps() else
+                f"{LR_CHANGE}, and add a linear warmup over the first {max(10, ctx.n // 20)} {ctx.unit}s",
                 ("sharpness-lr", "lr-schedule"),
                 lr_proposal=(*_lr_cut(ctx, onset, growth), onset))]
     return []
@@ -948,7 +948,8 @@ def diagnose_report(run: Run) -> tuple[list[Finding], dict[str, Any] | None]:
     findings += trends
     stuck = [] if accumulating else _stuck(ctx, min(early + diverged, key=lambda f: f.start_step) if early + diverged else None)
     findings += stuck
-    if not unstable:
+    # A run that only blew up in its first steps is judged on the rest too (stuck at chance after it).
+    if not [f for f in unstable if f.kind != "early-instability"]:
         stalled = [] if stuck else _no_progress(ctx)
         findings += stalled or _plateaus(ctx) + ([] if stuck else _underfitting(ctx))
     broken = _broken_labels(ctx)

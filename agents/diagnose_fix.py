@@ -76,8 +76,8 @@ def finding_overrides(f: Finding, config: dict[str, Any], advice: dict[str, Any]
         out["optim.lr"] = _round(advice.get("suggested_peak_lr") or lr / advice["factor"])
     if f.kind == "lr-too-low" and isinstance(lr, (int, float)):
         out["optim.lr"] = _round(lr * 10)
-    if ("warmup" in f.fix and f.kind in ("lr-too-high", "early-instability") and "keep the warmup" not in f.fix
-            and isinstance(warmup, (int, float))):
+    if (f.kind in ("lr-too-high", "early-instability") and isinstance(warmup, (int, float))
+            and ("lengthen the warmup" in f.fix or "add a linear warmup" in f.fix)):
         out["optim.warmup_fraction"] = _round(min(0.5, 2 * warmup) if warmup > 0 else 0.05)
     if "clip the global gradient norm" in f.fix.lower() and clip is not None and _get(config, "optim.clip_norm", 1.0) == 0:
         out["optim.clip_norm"] = _round(clip)
