@@ -234,19 +234,43 @@ def diagnose(log: Path, log_format: str | None, num_classes: int | None, as_json
 
 
 @click.command()
-@click.argument("arch", required=False)
-@click.option("--framework", "-f", required=True, help="torch, flax, equinox, haiku or keras.")
-@click.option("--preset", "-p", default="tiny", show_default=True, help="Config preset (small ones run in seconds).")
+@click.argument("target", metavar="ARCH|PROJECT", required=False)
+@click.option("--framework", "-f", default=None, help="ARCH only: torch, flax, equinox, haiku or keras.")
+@click.option("--preset", "-p", default="tiny", show_default=True, help="ARCH only: config preset (small ones run in seconds).")
+@click.option("--config", "config_file", type=PATH, default=None,
+              help="PROJECT only: a config TOML to check with (default: the run's config.toml, else the defaults).")
+@click.option("--overfit-steps", type=click.IntRange(min=1), default=None,
+              help="PROJECT only: steps of the overfit-one-batch check (default: the project's train.overfit_steps).")
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--arch", "arch_option", default=None, hidden=True, help="Deprecated: give ARCH as the argument.")
-def doctor(arch: str | None, framework: str, preset: str, as_json: bool, seed: int, arch_option: str | None):
-    """Pre-flight checks on a zoo model: init loss, overfit one batch, gradients, masking, determinism.
+@click.pass_context
+def doctor(ctx: click.Context, target: str | None, framework: str | None, preset: str, config_file: Path | None,
+           overfit_steps: int | None, as_json: bool, seed: int, arch_option: str | None):
+    """Pre-flight checks on a zoo model or a generated project: init loss, overfit one batch, gradients, data.
 
-    ARCH is one of: bert, gpt, resnet, vit. Exit status 1 when a check fails.
+    ARCH is one of: bert, gpt, resnet, vit (with -f FRAMEWORK). PROJECT is a folder made by `dlzoo new`
+    (or a run folder in it): its own model, training step and data are checked. Exit status 1 when a
+    check fails.
     """
     from ..zoo.configs import check_arch, get_config
     from ..zoo.handle import backend
+
+    if target is not None and Path(target).is_dir():
+        for name in ("framework", "preset", "seed", "arch_option"):
+            if explicit(ctx, name):
+                raise click.UsageError(f"--{name.replace('_option', '').replace('_', '-')} applies to ARCH, not to a PROJECT")
+        from .doctor_project import run_project_checks
+
+        report = run_project_checks(target, config=config_file, overfit_steps=overfit_steps)
+        title = f"doctor: project {report['project']} ({report['arch']}, {report['framework']}; config: {report['config']})"
+        _report(report, as_json, title)
+        return
+    for name in ("config_file", "overfit_steps"):
+        if explicit(ctx, name):
+            raise click.UsageError(f"--{name.replace('_file', '').replace('_', '-')} applies to a PROJECT folder; "
+                                   f"{target!r} is not a folder")
+    arch = target
     from .doctor import run_checks
 
     if arch_option is not None:
@@ -254,23 +278,29 @@ def doctor(arch: str | None, framework: str, preset: str, as_json: bool, seed: i
             raise click.UsageError(f"ARCH {arch!r} and --arch {arch_option!r} differ; give ARCH only")
         arch = arch_option
     if arch is None:
-        raise click.UsageError("missing argument 'ARCH' (one of: bert, gpt, resnet, vit)")
+        raise click.UsageError("missing argument 'ARCH' (one of: bert, gpt, resnet, vit) or a PROJECT folder")
+    if framework is None:
+        raise click.UsageError("ARCH needs --framework/-f (torch, flax, equinox, haiku or keras)")
     get_config(check_arch(arch), preset)  # names checked before the framework is imported
     backend(framework)  # a clear error when the framework is not installed
     if arch_option is not None:
         click.echo(f"note: --arch is deprecated; write `dlzoo doctor {arch} -f {framework}`", err=True)
     report = run_checks(arch, framework, preset, seed=seed)
+    _report(report.to_dict(), as_json, f"doctor: {arch} ({framework}, preset {preset})")
+
+
+def _report(report: dict, as_json: bool, title: str) -> None:
     if as_json:
-        _json(report.to_dict())
+        _json(report)
     else:
-        _out(f"doctor: {arch} ({framework}, preset {preset})")
-        for c in report.checks:
-            mark = {True: "PASS", False: "FAIL", None: "SKIP"}[c.passed]
-            _out(f"  {mark}  {c.name}: {json.dumps(c.numbers)}")
-            if c.passed is False:
-                _out(f"        means: {c.meaning}")
-        _out("all checks passed" if report.passed else "some checks failed")
-    if not report.passed:
+        _out(title)
+        for c in report["checks"]:
+            mark = {True: "PASS", False: "FAIL", None: "SKIP"}[c["passed"]]
+            _out(f"  {mark}  {c['name']}: {json.dumps(c['numbers'])}")
+            if c["passed"] is False:
+                _out(f"        means: {c['meaning']}")
+        _out("all checks passed" if report["passed"] else "some checks failed")
+    if not report["passed"]:
         sys.exit(1)
 
 
