@@ -71,9 +71,9 @@ ACCUMULATE_RANK = 0.9        # ... near-monotonically (rank correlation with the
 CHANCE_ACCURACY = (1.5, 0.02)  # validation accuracy <= 1.5/C + 0.02 is chance level,
 BROKEN_PROGRESS = 0.10       # ... while training improved >= 10%: the labels carry no signal
 CRAWL_Z = 3.0                # lr too low: the last half still falls (by 3 standard errors), and the run ends
-CRAWL_CHANCE = 0.8           # ... still near chance (>= 0.8 ln C), or (without C) gained < 20% and its last
-CRAWL_GAIN = 0.2             # ... half fell at least 0.4x as much as its first (it has not begun to converge)
-CRAWL_STEADY = 0.4
+CRAWL_CHANCE = 0.8           # ... still near chance (>= 0.8 ln C) or (without C) gained < 20%, and its last
+CRAWL_GAIN = 0.2             # ... half fell at least 0.3x as much as its first (it has not begun to converge)
+CRAWL_STEADY = 0.3
 STUCK_RATE = 0.05            # ... falling at most 5% as fast per step as before it began
 
 UNSTABLE = ("non-finite", "divergence", "early-instability")
@@ -624,9 +624,11 @@ def _crawl(ctx: _Context) -> dict[str, float] | None:
     gained = (float(np.median(loss[:3])) - med[3]) / max(abs(float(np.median(loss[:3]))), 1e-12)
     if last_half <= CRAWL_Z * se:
         return None
+    # Not yet converging: the last half still falls at least 0.3x as much as the first (a healthy
+    # run decelerates far more), and the run ends near chance (or, without C, gained < 20%).
+    steady = last_half >= CRAWL_STEADY * first_half
     near_chance = ctx.ln_c is not None and med[3] >= CRAWL_CHANCE * ctx.ln_c
-    steady = ctx.ln_c is None and gained < CRAWL_GAIN and last_half >= CRAWL_STEADY * first_half
-    if near_chance or steady:
+    if steady and (near_chance or (ctx.ln_c is None and gained < CRAWL_GAIN)):
         return {"fall_first_half": first_half, "fall_last_half": last_half, "fall_standard_error": se}
     return None
 

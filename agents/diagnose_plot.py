@@ -48,6 +48,20 @@ def plot(run: Run, findings: list[Finding], path: str | os.PathLike, *, overwrit
     from .diagnose import PLOT_SUFFIXES
 
     check_output_file(path, overwrite=overwrite, suffixes=PLOT_SUFFIXES, what="plot")
+    import matplotlib.pyplot as plt
+
+    fig = figure(run, findings, title=title)
+    try:
+        written = write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100), overwrite=overwrite,
+                               suffixes=PLOT_SUFFIXES, what="plot")
+    finally:
+        plt.close(fig)
+    return os.fspath(written)
+
+
+def figure(run: Run, findings: list[Finding], title: str | None = None):
+    """The matplotlib Figure (Agg backend) that ``plot`` saves; one axis per panel, in the order
+    of the module docstring, each labelled with its panel's name."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,9 +132,4 @@ def plot(run: Run, findings: list[Finding], path: str | os.PathLike, *, overwrit
     height = fig.get_size_inches()[1]
     bottom = (0.45 + 0.22 * math.ceil(len(kinds) / 4)) / height if kinds else 0.0
     fig.tight_layout(rect=(0, bottom, 1, 1 - 0.35 / height))
-    try:
-        written = write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100), overwrite=overwrite,
-                               suffixes=PLOT_SUFFIXES, what="plot")
-    finally:
-        plt.close(fig)
-    return os.fspath(written)
+    return fig
