@@ -335,7 +335,11 @@ def _divergence(ctx: _Context) -> list[Finding]:
     centred = st.centred_median3(loss)
     findings, searched = [], 0
     for i, j in st.spans(above):
-        if j - i + 1 >= sustain or (j == len(loss) - 1 and j - i + 1 >= 3):
+        # A rise still growing when the run ends is confirmed by the unlagged loss: the centred
+        # 3-median of the last 3 steps above the threshold too.
+        at_end = j == len(loss) - 1 and (j - i + 1 >= 3 or (
+            j - i + 1 >= 2 and bool(np.all(centred[-3:] - best[-3:] > (DIVERGENCE_RISE * scale + margin)[-3:]))))
+        if j - i + 1 >= sustain or at_end:
             # The trailing median confirms a rise k/2 steps or more after it began; the onset is
             # the last step (since the previous divergence) where the unlagged loss was still
             # within one noise std of the best smoothed level.
@@ -641,8 +645,8 @@ def _stuck(ctx: _Context, after: Finding | None) -> list[Finding]:
     # A loss that fell fast and then held one level is also what a run that converged early looks
     # like: it counts as stuck only after a blow-up, or when chance level (ln C) is known and the
     # level sits between 25% of the start and 60% of ln C (above that, underfitting reports it).
-    if n < 40 or (after is None and ctx.ln_c is None):
-        return []
+    if n < 40 or (after is None and ctx.ln_c is None) or math.sqrt(2) * ctx.noise >= NOISY:
+        return []  # (a loss that bounces by 10% a step is the noisy no-progress case, not a plateau)
     seg = max(5, n // 10)
     level = float(np.median(loss[-seg:]))
     initial = float(np.median(loss[:3]))
@@ -958,6 +962,8 @@ def diagnose_report(run: Run) -> tuple[list[Finding], dict[str, Any] | None]:
     findings += broken
     if not broken:
         findings += _overfitting(ctx)
+    if any(f.kind == "lr-too-high" for f in findings):  # one report never says both
+        findings = [f for f in findings if f.kind != "lr-too-low"]
     advice = _apply_lr_advice(ctx, findings)
     return sorted(findings, key=lambda f: (f.start_step, KINDS.index(f.kind))), advice
 
