@@ -59,9 +59,9 @@ DIVERGENCE_HORIZON = 5       # the learning-rate cut is the loss's growth over t
 LR_CUT_MAX = 100.0           # ... at most 100 (beyond that a learning-rate range test is the fix)
 CLIP_PERCENTILE = 90
 EARLY_STEPS = 10             # early instability: within the first max(10, n/20) steps the loss rises
-EARLY_ABOVE = 0.05           # ... above its starting level max(first loss, ln C) by 5% of it,
-EARLY_RISE = 0.15            # ... and by 15% of that level above its best so far (and 4 noise std)
-EARLY_NOISE_Z = 4.0
+EARLY_ABOVE = 0.05           # ... above its starting level max(first loss, ln C) by 5% of it and 6 noise std,
+EARLY_RISE = 0.15            # ... and by 15% of that level above its best so far
+EARLY_NOISE_Z = 6.0
 STUCK_START = 0.4            # a non-chance plateau begins in the first 40% of the run,
 STUCK_SPAN = 0.5             # ... lasts at least half of it, to the end,
 STUCK_FLAT = 0.03            # ... with the loss's quarter-segment medians within 3% (+3 standard errors) of its level,
@@ -288,9 +288,11 @@ def _early_instability(ctx: _Context) -> list[Finding]:
     start = max(float(np.median(loss[:3])), ctx.ln_c or -math.inf)  # a median: one low first draw is not the level
     for i in range(1, horizon):
         best = float(loss[:i].min())
+        # Above the start by 5% and by 4 noise std (the start is a median; the best so far is a
+        # minimum, biased low by the noise, so the noise test is made against the start).
         rise = loss[i] - best
-        if (loss[i] > start + EARLY_ABOVE * abs(start) and rise > EARLY_RISE * abs(start)
-                and rise > EARLY_NOISE_Z * ctx.noise * abs(start)):
+        if (loss[i] > start + max(EARLY_ABOVE, EARLY_NOISE_Z * ctx.noise) * abs(start)
+                and rise > EARLY_RISE * abs(start)):
             onset = int(np.argmin(loss[:i]))
             peak = i + int(np.argmax(loss[i:horizon]))
             back = np.flatnonzero(loss[peak:] <= start)
@@ -329,7 +331,8 @@ def _divergence(ctx: _Context) -> list[Finding]:
     scale = np.maximum(np.abs(best), DIVERGENCE_FLOOR * ctx.floor)
     # The running best of a noisy median sits a few standard errors below the typical level;
     # 4 standard errors of a k-point median (1.2533 sigma / sqrt k) keep noise from looking like a rise.
-    margin = 4 * 1.2533 * ctx.noise * scale / math.sqrt(k)
+    noise = ctx.noise * np.maximum(np.abs(best), ctx.floor)  # absolute: the noise was measured against the floored level
+    margin = 4 * 1.2533 * noise / math.sqrt(k)
     above = smooth - best > DIVERGENCE_RISE * scale + margin + 1e-12
     sustain = max(3, ctx.w // 2)
     centred = st.centred_median3(loss)
@@ -343,7 +346,7 @@ def _divergence(ctx: _Context) -> list[Finding]:
             # The trailing median confirms a rise k/2 steps or more after it began; the onset is
             # the last step (since the previous divergence) where the unlagged loss was still
             # within one noise std of the best smoothed level.
-            near_best = np.flatnonzero(centred[searched:i + 1] <= best[i] + ctx.noise * scale[i])
+            near_best = np.flatnonzero(centred[searched:i + 1] <= best[i] + noise[i])
             onset = searched + int(near_best[-1] if len(near_best) else np.argmin(centred[searched:i + 1]))
             ahead = min(onset + DIVERGENCE_HORIZON, len(loss) - 1)
             growth = float(centred[ahead] / centred[onset]) if centred[onset] > 0 and ahead > onset else math.nan
@@ -620,7 +623,7 @@ def _crawl(ctx: _Context) -> dict[str, float] | None:
     errors of two quarter medians), and it gained less than half of its starting loss."""
     loss = ctx.loss[:ctx.usable]
     q = len(loss) // 4
-    if q < 10:
+    if q < 10 or math.sqrt(2) * ctx.noise >= NOISY:  # "smoothly but slowly": a bouncing loss is not crawling
         return None
     med = [float(np.median(loss[k * q:(k + 1) * q])) for k in range(4)]
     first_half, last_half = med[0] - med[1], med[2] - med[3]
@@ -770,8 +773,9 @@ def _overfitting(ctx: _Context) -> list[Finding]:
 
     train_best, train_end = train_near(pairs[best][0]), train_near(pairs[-1][0])
     gap_best, gap_end = vs[best] - train_best, vs[-1] - train_end
-    # Overfitting is validation rising while training keeps falling; both rising is instability.
-    if not gap_end > gap_best or not train_end <= train_best + ctx.noise * max(train_best, ctx.floor):
+    # Overfitting is validation rising while training does not: a training loss that rose by a
+    # divergence's margin too is instability, not overfitting.
+    if not gap_end > gap_best or not train_end <= train_best + DIVERGENCE_RISE * max(train_best, ctx.floor):
         return []
     rise = vs[-1] / vs[best] - 1
     return [Finding(
