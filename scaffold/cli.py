@@ -15,7 +15,10 @@ from dlzoo.clitools import JSON_OPTION, print_json
 @click.command("new")
 @click.argument("name")
 @click.option("--arch", required=True, help="resnet, vit, gpt or bert.")
-@click.option("--framework", "-f", default=None, help="torch, flax, equinox, haiku or keras.")
+@click.option("--framework", "-f", default=None,
+              help="torch, flax, equinox, haiku or keras (default: the engineer agent's choice for --need).")
+@click.option("--need", "needs", multiple=True, metavar="NEED",
+              help="Without --framework: what the project needs (dlzoo recommend's vocabulary), repeatable.")
 @click.option("--preset", "-p", default=None, help="Any zoo preset (default: tiny, trains in minutes on a CPU).")
 @click.option("--task", default=None, help="resnet/vit: image-classification; gpt: lm; bert: mlm (default) or classify.")
 @click.option("--tokenizer", "tokenizer", default=None,
@@ -26,14 +29,14 @@ from dlzoo.clitools import JSON_OPTION, print_json
               help="Theory notes in the code (full: also THEORY.md).")
 @click.option("--force", is_flag=True, help="Add to an existing folder; files you wrote are never replaced.")
 @JSON_OPTION
-def new(name: str, arch: str, framework: str | None, preset: str | None, task: str | None, tokenizer: str | None,
-        weights_src: str | None, annotate: str, force: bool, as_json: bool) -> None:
+def new(name: str, arch: str, framework: str | None, needs: tuple[str, ...], preset: str | None, task: str | None,
+        tokenizer: str | None, weights_src: str | None, annotate: str, force: bool, as_json: bool) -> None:
     """Write a self-contained training project NAME: the zoo's model copied, data, train, evaluate,
     predict, checkpoints, tests (docs/scaffold.md)."""
     from .generate import new_project, summary_text
 
     result = new_project(name, arch=arch, framework=framework, preset=preset, task=task, weights=weights_src,
-                         annotate=annotate, force=force, tokenizer=tokenizer)
+                         annotate=annotate, force=force, tokenizer=tokenizer, needs=needs)
     if as_json:
         print_json(result)
     else:

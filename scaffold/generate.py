@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..zoo.configs import ZooError, check_arch, get_config
-from ..zoo.frameworks import FRAMEWORKS, check_framework
+from ..zoo.frameworks import check_framework
 
 SCAFFOLD_DIR = Path(__file__).resolve().parent
 TEMPLATES = SCAFFOLD_DIR / "templates"
@@ -307,8 +307,10 @@ def _text_model_config(arch: str, task: str, base, vocab: int, weights: bool, cl
 
 
 def plan(name: str, *, arch: str, framework: str, preset: str | None = None, task: str | None = None,
-         weights: str | None = None, annotate: str = "brief", tokenizer: str | None = None) -> dict[str, Any]:
-    """Everything ``new_project`` writes, as {relative path: text or bytes}, plus the summary."""
+         weights: str | None = None, annotate: str = "brief", tokenizer: str | None = None,
+         choice: list[str] | None = None) -> dict[str, Any]:
+    """Everything ``new_project`` writes, as {relative path: text or bytes}, plus the summary.
+    ``choice``: the engineer agent's reasons when it chose the framework (for the README)."""
     check_name(name)
     check_arch(arch)
     check_framework(framework)
@@ -378,6 +380,7 @@ def plan(name: str, *, arch: str, framework: str, preset: str | None = None, tas
 
     context = {
         "pkg": pkg, "name": name, "arch": arch, "framework": framework, "preset": preset_label, "task": task,
+        "framework_choice": list(choice or []),
         "arch_title": ARCH_TITLES[arch], "framework_title": FRAMEWORK_TITLES[framework],
         "config_class": type(model_config).__name__, "model_class": _model_class(model_source, arch),
         "model_defaults": _py_literal(model_config.to_dict()), "model_config": model_config.to_dict(),
@@ -481,11 +484,15 @@ def _existing_ours(target: Path) -> dict[str, str]:
 
 def new_project(name: str, *, arch: str, framework: str | None, preset: str | None = None, task: str | None = None,
                 weights: str | None = None, annotate: str = "brief", force: bool = False,
-                parent: str | os.PathLike = ".", tokenizer: str | None = None) -> dict[str, Any]:
+                parent: str | os.PathLike = ".", tokenizer: str | None = None,
+                needs: tuple[str, ...] = ()) -> dict[str, Any]:
     """Write project ``name`` under ``parent``; returns the summary (the ``--json`` output,
     docs/scaffold.md). Raises ZooError for anything the user can fix, before writing anything."""
+    choice: list[str] = []
     if framework is None:
-        framework = choose_framework(arch=arch)
+        framework, choice = choose_framework(arch, tuple(needs))
+    elif needs:
+        raise ZooError("--need asks the engineer agent to choose the framework; drop --framework or --need")
     check_name(name)
     parent = Path(parent)
     target = parent / name
@@ -495,7 +502,7 @@ def new_project(name: str, *, arch: str, framework: str | None, preset: str | No
         raise ZooError(f"{target} exists and is not empty; choose another name, or pass --force to add the project's "
                        "files (files you wrote are never replaced)")
     result = plan(name, arch=arch, framework=framework, preset=preset, task=task, weights=weights, annotate=annotate,
-                  tokenizer=tokenizer)
+                  tokenizer=tokenizer, choice=choice)
     pkg, files, provenance = result["package"], result["files"], result["provenance"]
     if not parent.is_dir():
         raise ZooError(f"{parent} is not a folder")
@@ -532,7 +539,7 @@ def new_project(name: str, *, arch: str, framework: str | None, preset: str | No
     return {"path": str(target), "package": pkg, "arch": arch, "framework": framework,
             "preset": provenance["preset"], "task": provenance["task"], "annotate": annotate,
             "files": listing, "kept": kept, "weights": provenance["weights"], "notes": result["notes"],
-            "next": next_commands}
+            "framework_choice": choice, "next": next_commands}
 
 
 def _merge_into(tmp: Path, target: Path) -> list[str]:
@@ -554,10 +561,13 @@ def _merge_into(tmp: Path, target: Path) -> list[str]:
     return kept
 
 
-def choose_framework(arch: str, needs: tuple[str, ...] = ()) -> str:
-    """The framework for a project when ``--framework`` is not given. The engineer agent will make
-    this choice from stated needs; until it does, the user chooses."""
-    raise ZooError(f"choose a framework with --framework: one of {', '.join(FRAMEWORKS)}")
+def choose_framework(arch: str, needs: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+    """The framework for a project when ``--framework`` is not given: the engineer agent's choice
+    for the stated needs (``dlzoo recommend``), with its reasons, each citing a need or a row of
+    the engineer's sourced facts table. Raises ZooError for an unknown need or an unmeetable set."""
+    from ..agents.engineer.frameworks import choose_framework as engineer_choice
+
+    return engineer_choice(arch, needs)
 
 
 def summary_text(result: dict[str, Any]) -> str:
@@ -566,6 +576,9 @@ def summary_text(result: dict[str, Any]) -> str:
              f"package {result['package']}, {len(result['files'])} files):"]
     lines += [f"  {f}" for f in result["files"]]
     lines += [f"note: {n}" for n in result["notes"]]
+    if result.get("framework_choice"):
+        lines.append(f"framework: {result['framework']}, chosen by the engineer agent (dlzoo recommend):")
+        lines += [f"  {reason}" for reason in result["framework_choice"]]
     if result["kept"]:
         lines.append("kept your files (ours written beside them as <file>.dlzoo-new): " + ", ".join(result["kept"]))
     lines.append("next:")

@@ -114,7 +114,8 @@ CASES = {
     "new": [
         (["new"], "Missing argument 'NAME'"),
         (["new", "p"], "Missing option '--arch'"),
-        (["new", "p", "--arch", "vit"], "choose a framework with --framework: one of torch, flax, equinox, haiku, keras"),
+        (["new", "p", "--arch", "vit", "--need", "nope"], "unknown need 'nope'; expected one of: onnx-export"),
+        (["new", "p", "--arch", "vit", "-f", "torch", "--need", "tpu"], "--need asks the engineer agent to choose"),
         (["new", "p", "--arch", "gpt", "-f", "torch"], "text projects (gpt, bert) are not available yet"),
         (["new", "p", "--arch", "vit", "-f", "mxnet"], "unknown framework 'mxnet'"),
         (["new", "p", "--arch", "vit", "-f", "torch", "-p", "huge"], "unknown vit preset 'huge'"),

@@ -241,7 +241,8 @@ def test_templates_render_sandboxed_and_strict():
     ({"arch": "vit", "framework": "torch", "preset": "huge"}, "unknown vit preset"),
     ({"arch": "vit", "framework": "torch", "task": "segmentation"}, "--task"),
     ({"arch": "vit", "framework": "torch", "annotate": "verbose"}, "--annotate"),
-    ({"arch": "vit", "framework": None}, "choose a framework with --framework: one of torch, flax, equinox, haiku, keras"),
+    ({"arch": "vit", "framework": None, "needs": ("nope",)}, "unknown need 'nope'; expected one of: onnx-export"),
+    ({"arch": "vit", "framework": "torch", "needs": ("tpu",)}, "--need asks the engineer agent to choose the framework"),
 ])
 def test_user_errors(tmp_path, kwargs, message):
     with pytest.raises(ZooError, match=re.escape(message)):
@@ -353,3 +354,18 @@ def test_weights_errors(tmp_path, monkeypatch):
     with pytest.raises(ZooError, match="HF_HUB_OFFLINE"):
         g.new_project("p", arch="vit", framework="torch", parent=tmp_path, weights="google/vit-base-patch16-224")
     assert not (tmp_path / "p").exists()
+
+
+def test_without_framework_the_engineer_chooses_and_says_why(tmp_path):
+    """dlzoo new without --framework: the engineer agent's choice for the stated needs, its reasons
+    printed and written into the README (issue: engineer agent, framework choice)."""
+    from dlzoo.agents.engineer.frameworks import choose_framework as engineer_choice
+    from dlzoo.scaffold.generate import new_project, summary_text
+
+    result = new_project("picked", arch="vit", framework=None, needs=("onnx-export",), parent=tmp_path)
+    expected, reasons = engineer_choice("vit", ("onnx-export",))
+    assert result["framework"] == expected and expected in ("torch", "keras")
+    assert result["framework_choice"] == reasons and reasons
+    readme = (tmp_path / "picked" / "README.md").read_text()
+    assert "## Why" in readme and reasons[0] in readme
+    assert reasons[0] in summary_text(result)
