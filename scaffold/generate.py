@@ -485,9 +485,12 @@ def _existing_ours(target: Path) -> dict[str, str]:
 def new_project(name: str, *, arch: str, framework: str | None, preset: str | None = None, task: str | None = None,
                 weights: str | None = None, annotate: str = "brief", force: bool = False,
                 parent: str | os.PathLike = ".", tokenizer: str | None = None,
-                needs: tuple[str, ...] = ()) -> dict[str, Any]:
+                needs: tuple[str, ...] = (), design: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write project ``name`` under ``parent``; returns the summary (the ``--json`` output,
     docs/scaffold.md). Raises ZooError for anything the user can fix, before writing anything."""
+    recommended = _design(arch, task, design) if design else None
+    if recommended and preset is None:
+        preset = recommended["preset"]
     choice: list[str] = []
     if framework is None:
         framework, choice = choose_framework(arch, tuple(needs))
@@ -504,6 +507,18 @@ def new_project(name: str, *, arch: str, framework: str | None, preset: str | No
     result = plan(name, arch=arch, framework=framework, preset=preset, task=task, weights=weights, annotate=annotate,
                   tokenizer=tokenizer, choice=choice)
     pkg, files, provenance = result["package"], result["files"], result["provenance"]
+    if recommended:
+        from ..agents.engineer.strategy import overrides_toml
+
+        files["recommended.toml"] = overrides_toml(recommended)
+        rows = "\n".join(f"| {d['name']} | `{d['value']}` | {d['reason']} |" for d in recommended["decisions"])
+        files["README.md"] += (
+            "\n## Recommended training settings\n\n"
+            f"dlzoo's engineer agent designed this run (`dlzoo recommend`, for {design['dataset_size']:,} examples "
+            f"of size {design['input_size']} and {design['budget_hours']:g} h on {design.get('device', 'cpu')}). "
+            f"Train with them: `python -m {pkg}.train --config recommended.toml`.\n\n"
+            f"| decision | value | why |\n|---|---|---|\n{rows}\n")
+        provenance["options"]["design"] = dict(design)
     if not parent.is_dir():
         raise ZooError(f"{parent} is not a folder")
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.dlzoo-new-", dir=parent))
@@ -539,7 +554,9 @@ def new_project(name: str, *, arch: str, framework: str | None, preset: str | No
     return {"path": str(target), "package": pkg, "arch": arch, "framework": framework,
             "preset": provenance["preset"], "task": provenance["task"], "annotate": annotate,
             "files": listing, "kept": kept, "weights": provenance["weights"], "notes": result["notes"],
-            "framework_choice": choice, "next": next_commands}
+            "framework_choice": choice, "next": next_commands,
+            "recommended": {"config": "recommended.toml", "preset": recommended["preset"],
+                            "overrides": recommended["overrides"]} if recommended else None}
 
 
 def _merge_into(tmp: Path, target: Path) -> list[str]:
@@ -559,6 +576,25 @@ def _merge_into(tmp: Path, target: Path) -> list[str]:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, dest)
     return kept
+
+
+# A project's task -> the engineer agent's task vocabulary (dlzoo recommend --task).
+DESIGN_TASKS = {"image-classification": "image-classification", "lm": "language-modeling", "classify": "text-classification"}
+
+
+def _design(arch: str, task: str | None, design: dict[str, Any]) -> dict[str, Any]:
+    """The engineer agent's training design for this project (``dlzoo recommend --task``), for
+    ``design`` = {dataset_size, input_size, budget_hours[, device]}."""
+    from ..agents.engineer.strategy import design_training
+
+    task = task or TASKS[check_arch(arch)][0]
+    if task not in DESIGN_TASKS:
+        raise ZooError(f"--dataset-size/--input-size/--budget-hours design a training run for "
+                       f"{', '.join(DESIGN_TASKS)}; the {arch} {task} task has no design rules yet")
+    missing = [f"--{k.replace('_', '-')}" for k in ("dataset_size", "input_size", "budget_hours") if design.get(k) is None]
+    if missing:
+        raise ZooError(f"a training design needs {', '.join(missing)} as well (see dlzoo recommend --task)")
+    return design_training(DESIGN_TASKS[task], arch=arch, **{k: v for k, v in design.items() if v is not None})
 
 
 def choose_framework(arch: str, needs: tuple[str, ...] = ()) -> tuple[str, list[str]]:
@@ -581,6 +617,9 @@ def summary_text(result: dict[str, Any]) -> str:
         lines += [f"  {reason}" for reason in result["framework_choice"]]
     if result["kept"]:
         lines.append("kept your files (ours written beside them as <file>.dlzoo-new): " + ", ".join(result["kept"]))
+    if result.get("recommended"):
+        lines.append(f"training design by the engineer agent (dlzoo recommend): preset {result['recommended']['preset']}, "
+                     f"{result['path']}/recommended.toml (train with --config recommended.toml)")
     lines.append("next:")
     lines += [f"  {c}" for c in result["next"]]
     return "\n".join(lines)

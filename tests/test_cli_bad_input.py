@@ -114,6 +114,9 @@ CASES = {
     "new": [
         (["new"], "Missing argument 'NAME'"),
         (["new", "p"], "Missing option '--arch'"),
+        (["new", "p", "--arch", "vit", "-f", "torch", "--dataset-size", "100"], "a training design needs --input-size"),
+        (["new", "p", "--arch", "bert", "-f", "torch", "--dataset-size", "9", "--input-size", "8", "--budget-hours", "1"],
+         "the bert mlm task has no design rules yet"),
         (["new", "p", "--arch", "vit", "--need", "nope"], "unknown need 'nope'; expected one of: onnx-export"),
         (["new", "p", "--arch", "vit", "-f", "torch", "--need", "tpu"], "--need asks the engineer agent to choose"),
         (["new", "p", "--arch", "vit", "-f", "mxnet"], "unknown framework 'mxnet'"),

@@ -369,3 +369,26 @@ def test_without_framework_the_engineer_chooses_and_says_why(tmp_path):
     readme = (tmp_path / "picked" / "README.md").read_text()
     assert "## Why" in readme and reasons[0] in readme
     assert reasons[0] in summary_text(result)
+
+
+def test_design_flags_write_the_engineer_recommendation(tmp_path):
+    """dlzoo new --dataset-size/--input-size/--budget-hours: the engineer agent's training design
+    is written as recommended.toml, which the project's own config loader accepts, and explained
+    in the README."""
+    import importlib
+    import sys
+
+    from dlzoo.agents.engineer.strategy import design_training
+
+    result = g.new_project("designed", arch="resnet", framework="torch", parent=tmp_path,
+                           design={"dataset_size": 1797, "input_size": 8, "budget_hours": 0.1})
+    design = design_training("image-classification", arch="resnet", dataset_size=1797, input_size=8, budget_hours=0.1)
+    assert result["recommended"]["overrides"] == design["overrides"]
+    assert "## Recommended training settings" in (tmp_path / "designed" / "README.md").read_text()
+    sys.path.insert(0, str(tmp_path / "designed"))
+    try:
+        config = importlib.import_module("designed.config").load_config(tmp_path / "designed" / "recommended.toml")
+    finally:
+        sys.path.remove(str(tmp_path / "designed"))
+    assert config.optim.lr == pytest.approx(design["overrides"]["optim.lr"])
+    assert config.train.batch_size == design["overrides"]["train.batch_size"]
