@@ -273,7 +273,7 @@ print(json.dumps({{"cpu": usage.ru_utime + usage.ru_stime,
     assert result["next"] == ["cd proj && python -m pip install -e '.[test]'", "python -m proj.train",
                               "python -m proj.evaluate runs/default"]
     dlzoo = [sys.executable, "-m", "dlzoo.cli"]
-    for args, expected in [(["new", "--arch", "vit", "other"], "one of torch, flax, equinox, haiku, keras"),
+    for args, expected in [(["new", "--arch", "vit", "-f", "mxnet", "other"], "unknown framework 'mxnet'"),
                            (["new", "--arch", "vit", "-f", "torch", "proj"], "not empty"),
                            (["new", "--arch", "vit", "-f", "torch", "../escape"], "path separator")]:
         done = subprocess.run(dlzoo + args, cwd=tmp_path, capture_output=True, text=True, timeout=60)
