@@ -55,6 +55,7 @@ understand understanding intuition intuitive concept concepts idea ideas detail 
 basic basics overview summary tell know help happen happens happening thing things way work works
 working mean means meaning difference different differ point purpose reason reasons good better best
 bad worse problem problems issue issues anyone someone something somebody guys eli5 example examples
+inference
 """.split())
 
 

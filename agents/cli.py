@@ -226,58 +226,74 @@ def _require_markers(file: Path) -> None:
 
 
 @click.command()
-@click.argument("metrics", type=PATH)
-@click.option("--json", "as_json", is_flag=True, help='{"findings": [...]} (docs/diagnose.md).')
+@click.argument("log", type=PATH)
+@click.option("--format", "log_format", default=None, metavar="FORMAT",
+              help="Skip auto-detection: dlzoo-jsonl, jsonl, keras-csv, keras-history, lightning-csv, "
+                   "hf-trainer-state, tensorboard or csv.")
+@click.option("--num-classes", type=click.IntRange(min=2), default=None,
+              help="Classes (or vocabulary size) of the loss, when the log does not say (for ln C).")
+@click.option("--json", "as_json", is_flag=True, help='{"findings": [...], ...} (docs/diagnose.md).')
 @click.option("--plot", type=PATH, default=None,
               help="Write the curves with findings marked to this .png, .svg or .pdf file.")
+@click.option("--write-fix", type=PATH, default=None,
+              help="For a run of a dlzoo project: write the fixes as a TOML config for `train --config`.")
 @OVERWRITE_OPTION
-def diagnose(metrics: Path, as_json: bool, plot: Path | None, overwrite: bool):
+def diagnose(log: Path, log_format: str | None, num_classes: int | None, as_json: bool, plot: Path | None,
+             write_fix: Path | None, overwrite: bool):
     """Find what went wrong in a training run: divergence, spikes, plateaus, over/underfitting, ...
 
-    METRICS is the metrics.jsonl written by training (docs/metrics.md).
+    LOG is a metrics.jsonl, a Keras CSVLogger/history file, a Lightning metrics.csv, a Hugging Face
+    trainer_state.json, a TensorBoard run directory or a CSV with step/epoch and loss columns.
     """
-    from ..zoo.files import check_output_file
-    from .diagnose import PLOT_SUFFIXES, diagnose as _diagnose, plot as _plot, to_json
-    from .metrics import read_metrics
+    from .diagnose_fix import run_diagnose, text_report
 
-    if plot is None and overwrite:
-        raise click.UsageError("--overwrite applies to --plot")
-    if plot is not None:  # before reading: a refused command writes nothing
-        check_output_file(plot, overwrite=overwrite, suffixes=PLOT_SUFFIXES, what="plot")
-    run = read_metrics(metrics)
-    findings = _diagnose(run)
-    if plot is not None:
-        plot = _plot(run, findings, plot, overwrite=overwrite)
+    result = run_diagnose(log, log_format=log_format, num_classes=num_classes, plot=plot, write_fix=write_fix,
+                          overwrite=overwrite)
     if as_json:
-        _json(to_json(findings))
+        _json(result["json"])
         return
-    _out(f"{metrics}: {len(run.train)} training lines, {len(run.eval)} evaluation lines, "
-         f"{len(findings)} finding(s)")
-    for f in findings:
-        d = f.to_dict()
-        _out()
-        _out(f"[{f.severity}] {f.kind}: steps {f.start_step}-{f.end_step}")
-        _out("  evidence: " + json.dumps(d["evidence"]))
-        _out("  cause:    " + d["cause"])
-        _out("  fix:      " + d["fix"])
-    if plot is not None:
-        _out(f"\nplot: {plot}")
+    for line in text_report(result):
+        _out(line)
 
 
 @click.command()
-@click.argument("arch", required=False)
-@click.option("--framework", "-f", required=True, help="torch, flax, equinox, haiku or keras.")
-@click.option("--preset", "-p", default="tiny", show_default=True, help="Config preset (small ones run in seconds).")
+@click.argument("target", metavar="ARCH|PROJECT", required=False)
+@click.option("--framework", "-f", default=None, help="ARCH only: torch, flax, equinox, haiku or keras.")
+@click.option("--preset", "-p", default="tiny", show_default=True, help="ARCH only: config preset (small ones run in seconds).")
+@click.option("--config", "config_file", type=PATH, default=None,
+              help="PROJECT only: a config TOML to check with (default: the run's config.toml, else the defaults).")
+@click.option("--overfit-steps", type=click.IntRange(min=1), default=None,
+              help="PROJECT only: steps of the overfit-one-batch check (default: the project's train.overfit_steps).")
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--arch", "arch_option", default=None, hidden=True, help="Deprecated: give ARCH as the argument.")
-def doctor(arch: str | None, framework: str, preset: str, as_json: bool, seed: int, arch_option: str | None):
-    """Pre-flight checks on a zoo model: init loss, overfit one batch, gradients, masking, determinism.
+@click.pass_context
+def doctor(ctx: click.Context, target: str | None, framework: str | None, preset: str, config_file: Path | None,
+           overfit_steps: int | None, as_json: bool, seed: int, arch_option: str | None):
+    """Pre-flight checks on a zoo model or a generated project: init loss, overfit one batch, gradients, data.
 
-    ARCH is one of: bert, gpt, resnet, vit. Exit status 1 when a check fails.
+    ARCH is one of: bert, gpt, resnet, vit (with -f FRAMEWORK). PROJECT is a folder made by `dlzoo new`
+    (or a run folder in it): its own model, training step and data are checked. Exit status 1 when a
+    check fails.
     """
     from ..zoo.configs import check_arch, get_config
     from ..zoo.handle import backend
+
+    if target is not None and Path(target).is_dir():
+        for name in ("framework", "preset", "seed", "arch_option"):
+            if explicit(ctx, name):
+                raise click.UsageError(f"--{name.replace('_option', '').replace('_', '-')} applies to ARCH, not to a PROJECT")
+        from .doctor_project import run_project_checks
+
+        report = run_project_checks(target, config=config_file, overfit_steps=overfit_steps)
+        title = f"doctor: project {report['project']} ({report['arch']}, {report['framework']}; config: {report['config']})"
+        _report(report, as_json, title)
+        return
+    for name in ("config_file", "overfit_steps"):
+        if explicit(ctx, name):
+            raise click.UsageError(f"--{name.replace('_file', '').replace('_', '-')} applies to a PROJECT folder; "
+                                   f"{target!r} is not a folder")
+    arch = target
     from .doctor import run_checks
 
     if arch_option is not None:
@@ -285,23 +301,29 @@ def doctor(arch: str | None, framework: str, preset: str, as_json: bool, seed: i
             raise click.UsageError(f"ARCH {arch!r} and --arch {arch_option!r} differ; give ARCH only")
         arch = arch_option
     if arch is None:
-        raise click.UsageError("missing argument 'ARCH' (one of: bert, gpt, resnet, vit)")
+        raise click.UsageError("missing argument 'ARCH' (one of: bert, gpt, resnet, vit) or a PROJECT folder")
+    if framework is None:
+        raise click.UsageError("ARCH needs --framework/-f (torch, flax, equinox, haiku or keras)")
     get_config(check_arch(arch), preset)  # names checked before the framework is imported
     backend(framework)  # a clear error when the framework is not installed
     if arch_option is not None:
         click.echo(f"note: --arch is deprecated; write `dlzoo doctor {arch} -f {framework}`", err=True)
     report = run_checks(arch, framework, preset, seed=seed)
+    _report(report.to_dict(), as_json, f"doctor: {arch} ({framework}, preset {preset})")
+
+
+def _report(report: dict, as_json: bool, title: str) -> None:
     if as_json:
-        _json(report.to_dict())
+        _json(report)
     else:
-        _out(f"doctor: {arch} ({framework}, preset {preset})")
-        for c in report.checks:
-            mark = {True: "PASS", False: "FAIL", None: "SKIP"}[c.passed]
-            _out(f"  {mark}  {c.name}: {json.dumps(c.numbers)}")
-            if c.passed is False:
-                _out(f"        means: {c.meaning}")
-        _out("all checks passed" if report.passed else "some checks failed")
-    if not report.passed:
+        _out(title)
+        for c in report["checks"]:
+            mark = {True: "PASS", False: "FAIL", None: "SKIP"}[c["passed"]]
+            _out(f"  {mark}  {c['name']}: {json.dumps(c['numbers'])}")
+            if c["passed"] is False:
+                _out(f"        means: {c['meaning']}")
+        _out("all checks passed" if report["passed"] else "some checks failed")
+    if not report["passed"]:
         sys.exit(1)
 
 

@@ -28,6 +28,7 @@ from ..zoo.configs import ZooError
 
 TRAIN_FIELDS = ("loss", "lr", "grad_norm", "throughput")
 EVAL_FIELDS = ("val_loss", "val_accuracy")
+EVAL_PREFIXES = ("val_", "eval_", "validation_")
 META_FIELDS = ("num_classes", "vocab_size", "total_steps", "warmup_steps", "batch_size", "arch", "framework")
 
 
@@ -102,6 +103,10 @@ class Run:
     train: list[dict[str, Any]] = field(default_factory=list)
     eval: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    unit: str = "step"                 # what "step" counts: optimizer steps, or epochs for epoch-level logs
+    source: str = "dlzoo-jsonl"        # the format it was read from (logformats.FORMATS)
+    warnings: list[str] = field(default_factory=list)   # values read but not analysed, and why
+    path: str = ""                     # the file (or directory) it was read from
 
     def series(self, name: str) -> tuple[list[int], list[float]]:
         """Steps and values of a train metric, for the records that have it."""
@@ -167,6 +172,12 @@ def parse_lines(lines, name: str = "<metrics>") -> Run:
         if norms is not None and (not isinstance(norms, dict) or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in norms.values())):
             raise MetricsError(f"{where}: grad_norms must be an object mapping layer names to numbers")
+        if kind == "train":
+            # A train line may carry the step's evaluation too: it becomes an eval record at the
+            # same step, so validation values are analysed, never dropped.
+            evaluated = {k: record.pop(k) for k in list(record) if k in EVAL_FIELDS or k.startswith(EVAL_PREFIXES)}
+            if evaluated:
+                run.eval.append({"type": "eval", "step": step, **evaluated})
         (run.train if kind == "train" else run.eval).append(record)
     if not run.train:
         raise MetricsError(f"{name} has no training lines; expected JSON lines with at least step and loss "
@@ -181,7 +192,9 @@ def read_metrics(path: str | os.PathLike) -> Run:
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as file:
-            return parse_lines(file, name=path)
+            run = parse_lines(file, name=path)
+        run.path = path
+        return run
     except FileNotFoundError:
         raise MetricsError(f"metrics file {path} does not exist; pass the metrics.jsonl written by training") from None
     except IsADirectoryError:

@@ -1,5 +1,11 @@
 """Quality of the projects `dlzoo new` writes: train each default project on digits and report the
 held-out test accuracy, the wall time of the whole training command and the time per step.
+Text projects (`--text`): gpt lm, bert mlm and bert classify on data from the Python standard
+library, each against its baseline (issue 12): test bits per byte vs the unigram model of the
+training tokens; masked-token accuracy vs always the most frequent token; classification accuracy
+vs the majority class.
+
+    python benchmarks/scaffold_quality.py --text --framework torch --write
 
     python benchmarks/scaffold_quality.py                          # every arch x framework with an engine
     python benchmarks/scaffold_quality.py --arch vit --framework torch --set train.threads=1
@@ -35,11 +41,11 @@ def machine() -> str:
     return f"{os.cpu_count()}-core {cpu} CPU ({platform.system()})"
 
 
-def measure(arch: str, framework: str, sets: list[str], parent: Path) -> dict:
+def measure(arch: str, framework: str, sets: list[str], parent: Path, task: str | None = None) -> dict:
     from dlzoo.scaffold.generate import new_project
 
-    name = f"q_{framework}_{arch}"
-    project = Path(new_project(name, arch=arch, framework=framework, parent=parent)["path"])
+    name = f"q_{framework}_{arch}" + (f"_{task}" if task else "")
+    project = Path(new_project(name, arch=arch, framework=framework, task=task, parent=parent)["path"])
     env = {**os.environ, "PYTHONPATH": str(project), "KERAS_BACKEND": "jax"}
     load_before = os.getloadavg()[0]
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -57,7 +63,17 @@ def measure(arch: str, framework: str, sets: list[str], parent: Path) -> dict:
     meta = next(r for r in lines if r["type"] == "meta")
     train = [r for r in lines if r["type"] == "train"]
     step_seconds = sorted(meta["batch_size"] / r["throughput"] for r in train)
-    return {"arch": arch, "framework": framework, "test_accuracy": test["test_accuracy"], "test_count": test["test_count"],
+    if task is not None:
+        base = test["baselines"]
+        extra = {"task": task, "test_loss": test["test_loss"],
+                 "baseline": {"lm": base.get("unigram_val_bpb"), "mlm": base.get("most_frequent_token_share"),
+                              "classify": base.get("majority_test_accuracy")}[task]}
+        extra.update({k: test[k] for k in ("test_bpb", "test_macro_f1") if k in test})
+        if task == "classify":
+            extra["chance_accuracy"] = base["chance_accuracy"]
+    else:
+        extra = {}
+    return {**extra, "arch": arch, "framework": framework, "test_accuracy": test["test_accuracy"], "test_count": test["test_count"],
             "best_val_accuracy": test["best_val_accuracy"], "steps": test["step"], "wall_seconds": wall, "cpu_seconds": cpu,
             "train_seconds": sum(step_seconds), "ms_per_step": 1000 * step_seconds[len(step_seconds) // 2],
             "batch_size": meta["batch_size"], "overrides": sets, "load_average": [load_before, os.getloadavg()[0]],
@@ -73,7 +89,10 @@ def main() -> None:
     parser.add_argument("--framework", action="append", choices=FRAMEWORKS)
     parser.add_argument("--set", action="append", default=[], help="training override, e.g. train.threads=1")
     parser.add_argument("--write", action="store_true", help="record the results in scaffold/results.json")
+    parser.add_argument("--text", action="store_true", help="the text projects (gpt lm, bert mlm, bert classify)")
     args = parser.parse_args()
+    if args.text:
+        return text_main(args)
     frameworks = args.framework or [f for f in FRAMEWORKS if (TEMPLATES / "engines" / f"engine_{f}.py.j2").exists()]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,6 +113,30 @@ def main() -> None:
     if args.write:
         results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
         results.update({f"{r['arch']}/{r['framework']}": r for r in rows})
+        RESULTS.write_text(json.dumps(dict(sorted(results.items())), indent=2) + "\n")
+        print(f"\nrecorded in {RESULTS}")
+
+
+def text_main(args) -> None:
+    from dlzoo.scaffold.generate import RESULTS, TEMPLATES, results_key
+    from dlzoo.zoo.frameworks import FRAMEWORKS
+
+    frameworks = args.framework or [f for f in FRAMEWORKS if (TEMPLATES / "engines" / f"engine_{f}.py.j2").exists()]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch, task in (("gpt", "lm"), ("bert", "mlm"), ("bert", "classify")):
+            for framework in frameworks:
+                r = measure(arch, framework, args.set, Path(tmp), task)
+                rows.append(r)
+                metric = (f"test {r['test_bpb']:.3f} bits/byte vs unigram {r['baseline']:.3f}" if task == "lm" else
+                          f"masked acc {100 * r['test_accuracy']:.1f}% vs most-frequent {100 * r['baseline']:.1f}%" if task == "mlm"
+                          else f"acc {100 * r['test_accuracy']:.1f}% (macro-F1 {r['test_macro_f1']:.3f}) vs majority "
+                               f"{100 * r['baseline']:.1f}%, chance {100 * r['chance_accuracy']:.1f}%")
+                print(f"{arch}-{task:8} {framework:8} {metric}  {r['wall_seconds']:.0f} s wall  {r['cpu_seconds']:.0f} s cpu  "
+                      f"{r['ms_per_step']:.0f} ms/step  {r['steps']} steps  load {r['load_average'][0]:.1f}", flush=True)
+    if args.write:
+        results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        results.update({results_key(r["arch"], r["framework"], r["task"]): r for r in rows})
         RESULTS.write_text(json.dumps(dict(sorted(results.items())), indent=2) + "\n")
         print(f"\nrecorded in {RESULTS}")
 

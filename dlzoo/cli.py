@@ -323,11 +323,13 @@ def _register_commands() -> None:
     from dlzoo.agents.engineer.cli import register as register_engineer
     from dlzoo.cli_bench import register as register_bench
     from dlzoo.mcp_server import register as register_mcp
+    from dlzoo.scaffold.cli import register as register_scaffold
 
     register_master(cli)
     register_engineer(cli)
     register_bench(cli)
     register_mcp(cli)
+    register_scaffold(cli)
 
 
 _register_commands()

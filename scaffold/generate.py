@@ -22,19 +22,20 @@ import re
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..zoo.configs import ZooError, check_arch, get_config
-from ..zoo.frameworks import FRAMEWORKS, check_framework
+from ..zoo.frameworks import check_framework
 
 SCAFFOLD_DIR = Path(__file__).resolve().parent
 TEMPLATES = SCAFFOLD_DIR / "templates"
-ZOO_DIR = SCAFFOLD_DIR.parent / "zoo" if (SCAFFOLD_DIR.parent / "zoo" / "configs.py").is_file() else None
 RESULTS = SCAFFOLD_DIR / "results.json"   # measured by benchmarks/scaffold_quality.py
 
-TASKS = {"vit": ("image-classification",), "resnet": ("image-classification",)}
+TASKS = {"vit": ("image-classification",), "resnet": ("image-classification",), "gpt": ("lm",),
+         "bert": ("mlm", "classify")}
+TEXT_ARCHS = ("gpt", "bert")
 ANNOTATE = ("none", "brief", "full")
 DEFAULT_PRESET = "tiny"   # trains to >= 95% on digits in minutes on a laptop CPU (docs/scaffold.md)
 DIGITS_CLASSES = 10
@@ -60,8 +61,20 @@ DEFAULTS = {
     "resnet": {"lr": 3e-3, "weight_decay": 0.05, "warmup_fraction": 0.05, "label_smoothing": 0.1,
                "epochs": 20, "batch_size": 64, "max_shift": 3},
 }
+# Text: tuned for 5 minutes of training on a 2-core CPU (benchmarks/scaffold_quality.py).
+_TEXT = {"weight_decay": 0.01, "warmup_fraction": 0.05, "label_smoothing": 0.0, "epochs": 1,
+         "val_fraction": 0.05, "test_fraction": 0.05, "max_bytes": 8_000_000, "max_eval_rows": 512}
+TEXT_DEFAULTS = {
+    "lm": {**_TEXT, "lr": 2e-3, "batch_size": 32, "seq_len": 64, "max_steps": 2000},
+    "mlm": {**_TEXT, "lr": 1e-3, "batch_size": 32, "seq_len": 64, "max_steps": 1000},
+    "classify": {**_TEXT, "lr": 5e-4, "batch_size": 32, "seq_len": 128, "max_steps": 0, "epochs": 15,
+                 "val_fraction": 0.1, "test_fraction": 0.2},
+}
+TEXT_SPECIALS = {"gpt": ["<|endoftext|>"], "bert": ["[PAD]", "[CLS]", "[SEP]", "[MASK]"]}
+# Default classification data: stdlib docstrings labelled by package (enough docstrings in each).
+DOCSTRING_PACKAGES = ["asyncio", "email", "http", "importlib", "logging", "multiprocessing", "unittest", "xml"]
 FRAMEWORK_TITLES = {"torch": "PyTorch", "flax": "Flax NNX", "equinox": "Equinox", "haiku": "dm-haiku", "keras": "Keras 3"}
-ARCH_TITLES = {"vit": "a Vision Transformer", "resnet": "a ResNet"}
+ARCH_TITLES = {"vit": "a Vision Transformer", "resnet": "a ResNet", "gpt": "a GPT", "bert": "a BERT"}
 
 _ANNOTATION = "#   | "   # prefix of the one-line theory notes added under --annotate brief/full
 
@@ -115,7 +128,6 @@ class Copied:
     source: str             # path inside dlzoo, e.g. "zoo/torch/vit.py"
     original: str           # the zoo file's text
     text: str = ""          # as written into the project
-    notes: list[str] = field(default_factory=list)
 
 
 def copied_sources(arch: str, framework: str) -> list[tuple[str, str]]:
@@ -207,27 +219,21 @@ class Weights:
     config: Any             # the checkpoint's model config
     tensors: dict
     fresh: list[str]        # canonical names the project initialises anew (a head for another class count)
-    notes: list[str]
 
 
 def read_weights(source: str, arch: str) -> Weights:
-    """A published folder, a canonical .safetensors file or a hub id, as canonical tensors."""
-    from ..zoo import hub, weights
+    """Canonical tensors from what ``dlzoo.zoo.hub.load_checkpoint`` reads: a canonical or
+    torchvision/timm state-dict file, a published checkpoint folder, or a hub id."""
+    from ..zoo import hub
 
     path = Path(source).expanduser()
-    if path.is_file():
-        if path.suffix != ".safetensors":
-            raise ZooError(f"--weights {source}: expected a canonical .safetensors file, a published checkpoint folder "
-                           "(config.json + model.safetensors) or a hub id")
-        file_arch, config, tensors = weights.load(path)
-    else:
-        if not path.exists() and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-            raise ZooError(f"--weights {source}: not a local file or folder, and HF_HUB_OFFLINE is set so the hub "
-                           "cannot be asked; pass a local checkpoint folder or canonical .safetensors file")
-        file_arch, config, tensors, _ = hub.load_checkpoint(source)
+    if not path.exists() and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        raise ZooError(f"--weights {source}: not a local file or folder, and HF_HUB_OFFLINE is set so the hub "
+                       "cannot be asked; pass a local checkpoint folder or canonical .safetensors file")
+    file_arch, config, tensors, _ = hub.load_checkpoint(source)
     if file_arch != arch:
         raise ZooError(f"--weights {source} holds {file_arch} weights; the project is --arch {arch}")
-    return Weights(source, config, tensors, [], [])
+    return Weights(source, config, tensors, [])
 
 
 # --------------------------------------------------------------------------- rendering
@@ -245,10 +251,15 @@ def _model_class(source: str, arch: str) -> str | None:
     return next((n for n in names if n.lower() == arch), None)
 
 
-def _measured(arch: str, framework: str) -> dict | None:
+def results_key(arch: str, framework: str, task: str | None = None) -> str:
+    """The key of a project's measured row in scaffold/results.json: ``vit/torch``, ``bert-mlm/torch``."""
+    return f"{arch}-{task}/{framework}" if arch in TEXT_ARCHS else f"{arch}/{framework}"
+
+
+def _measured(arch: str, framework: str, task: str | None = None) -> dict | None:
     if not RESULTS.is_file():
         return None
-    return json.loads(RESULTS.read_text()).get(f"{arch}/{framework}")
+    return json.loads(RESULTS.read_text()).get(results_key(arch, framework, task))
 
 
 def _py_literal(value: Any, indent: str = "") -> str:
@@ -260,15 +271,49 @@ def _py_literal(value: Any, indent: str = "") -> str:
     return repr(value)
 
 
+def tokenizer_vocab(path: str) -> tuple[bytes, int]:
+    """(the file's bytes, its vocabulary size incl. added tokens) of a Hugging Face tokenizer.json,
+    read as JSON (no tokenizers import at generation time)."""
+    file = Path(path).expanduser()
+    try:
+        data = file.read_bytes()
+        spec = json.loads(data)
+        ids = list(spec["model"]["vocab"].values()) if isinstance(spec["model"]["vocab"], dict) else \
+            list(range(len(spec["model"]["vocab"])))
+        ids += [token["id"] for token in spec.get("added_tokens") or []]
+    except OSError:
+        raise ZooError(f"--tokenizer {path}: cannot read it; pass a Hugging Face tokenizer.json") from None
+    except (ValueError, KeyError, TypeError):
+        raise ZooError(f"--tokenizer {path} is not a Hugging Face tokenizer.json (no model.vocab)") from None
+    return data, max(ids) + 1
+
+
+def _text_model_config(arch: str, task: str, base, vocab: int, weights: bool, classes: int, notes: list[str]):
+    """The model config of a text project: the tokenizer's vocabulary (a fresh model) or a check
+    that it fits (pretrained weights), and the head the task needs."""
+    if weights:
+        if vocab > base.vocab_size:
+            raise ZooError(f"the tokenizer has {vocab} tokens but the weights' embedding has {base.vocab_size}; pass "
+                           "the tokenizer.json the weights were trained with (--tokenizer)")
+        config = base
+    else:
+        config = base.replace(vocab_size=vocab)
+        if vocab != base.vocab_size:
+            notes.append(f"model.vocab_size {base.vocab_size} -> {vocab} (the tokenizer's vocabulary)")
+    if arch == "bert":
+        config = config.replace(mlm_head=task == "mlm", num_classes=classes if task == "classify" else 0,
+                                pooler=config.pooler or task == "classify")
+    return config
+
+
 def plan(name: str, *, arch: str, framework: str, preset: str | None = None, task: str | None = None,
-         weights: str | None = None, annotate: str = "brief") -> dict[str, Any]:
-    """Everything ``new_project`` writes, as {relative path: text or bytes}, plus the summary."""
+         weights: str | None = None, annotate: str = "brief", tokenizer: str | None = None,
+         choice: list[str] | None = None) -> dict[str, Any]:
+    """Everything ``new_project`` writes, as {relative path: text or bytes}, plus the summary.
+    ``choice``: the engineer agent's reasons when it chose the framework (for the README)."""
     check_name(name)
     check_arch(arch)
     check_framework(framework)
-    if arch not in TASKS:
-        raise ZooError(f"--arch {arch}: text projects (gpt, bert) are not available yet; image classification "
-                       f"projects: --arch {' or '.join(TASKS)}")
     task = task or TASKS[arch][0]
     if task not in TASKS[arch]:
         raise ZooError(f"--task {task!r} is not available for {arch}; expected one of: {', '.join(TASKS[arch])}")
@@ -276,6 +321,9 @@ def plan(name: str, *, arch: str, framework: str, preset: str | None = None, tas
         raise ZooError(f"--annotate {annotate!r}: expected one of {', '.join(ANNOTATE)}")
     if weights is not None and preset is not None:
         raise ZooError("pass --preset or --weights, not both: the weights' own config sets the model's size")
+    modality = "text" if arch in TEXT_ARCHS else "image"
+    if tokenizer is not None and modality != "text":
+        raise ZooError(f"--tokenizer is for text projects (--arch gpt or bert), not --arch {arch}")
     pkg, pkg_note = package_name(name)
     notes = [pkg_note] if pkg_note else []
     zoo_dir = _zoo_dir()
@@ -292,14 +340,31 @@ def plan(name: str, *, arch: str, framework: str, preset: str | None = None, tas
         preset = preset or DEFAULT_PRESET
         base = get_config(arch, preset)
         preset_label = preset
-    model_config = base.replace(num_classes=DIGITS_CLASSES)
-    if base.num_classes != DIGITS_CLASSES:
-        notes.append(f"model.num_classes {base.num_classes} -> {DIGITS_CLASSES} (the default data, digits, has 10 classes)")
-    if loaded is not None and base.num_classes != DIGITS_CLASSES:
-        loaded.fresh = ["head.kernel", "head.bias"]
-        notes.append(f"--weights: the backbone is loaded and the head is freshly initialised "
-                     f"({base.num_classes} classes in the checkpoint, {DIGITS_CLASSES} in the project)")
-    image_size = model_config.image_size if arch == "vit" else RESNET_IMAGE_SIZE
+    tokenizer_file = None
+    if modality == "text":
+        if tokenizer is not None:
+            tokenizer_file, vocab = tokenizer_vocab(tokenizer)
+        else:
+            vocab = 256 + len(TEXT_SPECIALS[arch])
+        model_config = _text_model_config(arch, task, base, vocab, loaded is not None, len(DOCSTRING_PACKAGES), notes)
+        if loaded is not None:
+            current = set(loaded.tensors)
+            fresh = [n for n in ("classifier.kernel", "classifier.bias") if task == "classify" and n not in current]
+            if task == "classify" and getattr(base, "num_classes", 0) not in (0, len(DOCSTRING_PACKAGES)):
+                fresh = ["classifier.bias", "classifier.kernel"]
+            if fresh:
+                loaded.fresh = fresh
+                notes.append("--weights: the encoder is loaded and the classifier head is freshly initialised")
+        image_size = None
+    else:
+        model_config = base.replace(num_classes=DIGITS_CLASSES)
+        if base.num_classes != DIGITS_CLASSES:
+            notes.append(f"model.num_classes {base.num_classes} -> {DIGITS_CLASSES} (the default data, digits, has 10 classes)")
+        if loaded is not None and base.num_classes != DIGITS_CLASSES:
+            loaded.fresh = ["head.kernel", "head.bias"]
+            notes.append(f"--weights: the backbone is loaded and the head is freshly initialised "
+                         f"({base.num_classes} classes in the checkpoint, {DIGITS_CLASSES} in the project)")
+        image_size = model_config.image_size if arch == "vit" else RESNET_IMAGE_SIZE
 
     copies = []
     for target, source in copied_sources(arch, framework):
@@ -315,21 +380,25 @@ def plan(name: str, *, arch: str, framework: str, preset: str | None = None, tas
 
     context = {
         "pkg": pkg, "name": name, "arch": arch, "framework": framework, "preset": preset_label, "task": task,
+        "framework_choice": list(choice or []),
         "arch_title": ARCH_TITLES[arch], "framework_title": FRAMEWORK_TITLES[framework],
         "config_class": type(model_config).__name__, "model_class": _model_class(model_source, arch),
         "model_defaults": _py_literal(model_config.to_dict()), "model_config": model_config.to_dict(),
-        "image_size": image_size, "defaults": DEFAULTS[arch],
+        "image_size": image_size, "defaults": TEXT_DEFAULTS[task] if modality == "text" else DEFAULTS[arch],
+        "modality": modality, "specials": TEXT_SPECIALS.get(arch, []), "docstring_packages": DOCSTRING_PACKAGES,
+        "sources": ("stdlib-docstrings", "jsonl", "csv") if task == "classify" else ("stdlib", "files"),
+        "tokenizer": "tokenizer.json" if tokenizer_file else "bytes",
         "init_weights": "weights/init.safetensors" if loaded else "",
         "weights": {"source": weights, "source_name": Path(weights).name or weights, "fresh": loaded.fresh} if loaded else None,
-        "dependencies": COMMON_DEPS + FRAMEWORK_DEPS[framework], "annotate": annotate,
-        "measured": _measured(arch, framework), "dlzoo_version": _version(),
+        "dependencies": COMMON_DEPS + (["tokenizers>=0.15"] if tokenizer_file else []) + FRAMEWORK_DEPS[framework],
+        "annotate": annotate,
+        "measured": _measured(arch, framework, task), "dlzoo_version": _version(),
     }
     env = _environment()
     files: dict[str, str | bytes] = {}
-    for template in sorted(p for p in (TEMPLATES / "project").rglob("*.j2") if p.is_file()):
-        relative = template.relative_to(TEMPLATES / "project").as_posix()
+    for folder, relative in _project_templates(modality, task):
         target = re.sub(r"(^|/)dot-", r"\1.", relative[: -len(".j2")].replace("PKG/", f"{pkg}/"))
-        files[target] = env.get_template(f"project/{relative}").render(context)
+        files[target] = env.get_template(f"{folder}/{relative}").render(context)
     engine = env.get_template(f"engines/engine_{framework}.py.j2").render(context)
     if annotate != "none":
         engine = annotate_brief(engine, f"{pkg}/engine.py")
@@ -340,13 +409,15 @@ def plan(name: str, *, arch: str, framework: str, preset: str | None = None, tas
         files[copy.target] = copy.text
     if loaded is not None:
         files["weights/init.safetensors"] = _canonical_bytes(arch, loaded)
+    if tokenizer_file is not None:
+        files["tokenizer.json"] = tokenizer_file
     if annotate == "full":
         files["THEORY.md"] = None   # written from the files on disk, so its links point at real lines
 
     provenance = {
         "dlzoo_version": context["dlzoo_version"], "arch": arch, "framework": framework, "preset": preset_label,
         "task": task, "package": pkg,
-        "options": {"annotate": annotate, "weights": weights, "preset": preset},
+        "options": {"annotate": annotate, "weights": weights, "preset": preset, "tokenizer": tokenizer},
         "model_config": model_config.to_dict(),
         "copied": {c.target: {"source": c.source, "sha256_source": _sha256(c.original), "sha256": _sha256(c.text)}
                    for c in copies},
@@ -354,6 +425,26 @@ def plan(name: str, *, arch: str, framework: str, preset: str | None = None, tas
                      "sha256": _sha256(files["weights/init.safetensors"])} if loaded else None),
     }
     return {"files": files, "provenance": provenance, "package": pkg, "notes": notes, "context": context}
+
+
+# Text projects: these files of templates/text replace their namesakes in templates/project;
+# the image-only ones are left out (a GPT project predicts with generate.py).
+_IMAGE_ONLY = {"PKG/predict.py.j2"}
+
+
+def _project_templates(modality: str, task: str) -> list[tuple[str, str]]:
+    """(template folder, path inside it) of every project file to render."""
+    found = {p.relative_to(TEMPLATES / "project").as_posix(): "project"
+             for p in (TEMPLATES / "project").rglob("*.j2") if p.is_file()}
+    if modality == "text":
+        for path in _IMAGE_ONLY:
+            found.pop(path, None)
+        for p in (TEMPLATES / "text").rglob("*.j2"):
+            relative = p.relative_to(TEMPLATES / "text").as_posix()
+            if p.is_file() and not p.name.startswith("_") and not (relative == "PKG/generate.py.j2" and task != "lm") \
+                    and not (relative == "PKG/predict.py.j2" and task != "classify"):
+                found[relative] = "text"
+    return sorted((folder, relative) for relative, folder in found.items())
 
 
 def _canonical_bytes(arch: str, loaded: Weights) -> bytes:
@@ -393,11 +484,18 @@ def _existing_ours(target: Path) -> dict[str, str]:
 
 def new_project(name: str, *, arch: str, framework: str | None, preset: str | None = None, task: str | None = None,
                 weights: str | None = None, annotate: str = "brief", force: bool = False,
-                parent: str | os.PathLike = ".") -> dict[str, Any]:
+                parent: str | os.PathLike = ".", tokenizer: str | None = None,
+                needs: tuple[str, ...] = (), design: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write project ``name`` under ``parent``; returns the summary (the ``--json`` output,
     docs/scaffold.md). Raises ZooError for anything the user can fix, before writing anything."""
+    recommended = _design(arch, task, design) if design else None
+    if recommended and preset is None:
+        preset = recommended["preset"]
+    choice: list[str] = []
     if framework is None:
-        framework = choose_framework(arch=arch)
+        framework, choice = choose_framework(arch, tuple(needs))
+    elif needs:
+        raise ZooError("--need asks the engineer agent to choose the framework; drop --framework or --need")
     check_name(name)
     parent = Path(parent)
     target = parent / name
@@ -406,8 +504,21 @@ def new_project(name: str, *, arch: str, framework: str | None, preset: str | No
     if target.is_dir() and any(target.iterdir()) and not force:
         raise ZooError(f"{target} exists and is not empty; choose another name, or pass --force to add the project's "
                        "files (files you wrote are never replaced)")
-    result = plan(name, arch=arch, framework=framework, preset=preset, task=task, weights=weights, annotate=annotate)
+    result = plan(name, arch=arch, framework=framework, preset=preset, task=task, weights=weights, annotate=annotate,
+                  tokenizer=tokenizer, choice=choice)
     pkg, files, provenance = result["package"], result["files"], result["provenance"]
+    if recommended:
+        from ..agents.engineer.strategy import overrides_toml
+
+        files["recommended.toml"] = overrides_toml(recommended)
+        rows = "\n".join(f"| {d['name']} | `{d['value']}` | {d['reason']} |" for d in recommended["decisions"])
+        files["README.md"] += (
+            "\n## Recommended training settings\n\n"
+            f"dlzoo's engineer agent designed this run (`dlzoo recommend`, for {design['dataset_size']:,} examples "
+            f"of size {design['input_size']} and {design['budget_hours']:g} h on {design.get('device', 'cpu')}). "
+            f"Train with them: `python -m {pkg}.train --config recommended.toml`.\n\n"
+            f"| decision | value | why |\n|---|---|---|\n{rows}\n")
+        provenance["options"]["design"] = dict(design)
     if not parent.is_dir():
         raise ZooError(f"{parent} is not a folder")
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.dlzoo-new-", dir=parent))
@@ -443,7 +554,9 @@ def new_project(name: str, *, arch: str, framework: str | None, preset: str | No
     return {"path": str(target), "package": pkg, "arch": arch, "framework": framework,
             "preset": provenance["preset"], "task": provenance["task"], "annotate": annotate,
             "files": listing, "kept": kept, "weights": provenance["weights"], "notes": result["notes"],
-            "next": next_commands}
+            "framework_choice": choice, "next": next_commands,
+            "recommended": {"config": "recommended.toml", "preset": recommended["preset"],
+                            "overrides": recommended["overrides"]} if recommended else None}
 
 
 def _merge_into(tmp: Path, target: Path) -> list[str]:
@@ -465,10 +578,32 @@ def _merge_into(tmp: Path, target: Path) -> list[str]:
     return kept
 
 
-def choose_framework(arch: str, needs: tuple[str, ...] = ()) -> str:
-    """The framework for a project when ``--framework`` is not given. The engineer agent will make
-    this choice from stated needs; until it does, the user chooses."""
-    raise ZooError(f"choose a framework with --framework: one of {', '.join(FRAMEWORKS)}")
+# A project's task -> the engineer agent's task vocabulary (dlzoo recommend --task).
+DESIGN_TASKS = {"image-classification": "image-classification", "lm": "language-modeling", "classify": "text-classification"}
+
+
+def _design(arch: str, task: str | None, design: dict[str, Any]) -> dict[str, Any]:
+    """The engineer agent's training design for this project (``dlzoo recommend --task``), for
+    ``design`` = {dataset_size, input_size, budget_hours[, device]}."""
+    from ..agents.engineer.strategy import design_training
+
+    task = task or TASKS[check_arch(arch)][0]
+    if task not in DESIGN_TASKS:
+        raise ZooError(f"--dataset-size/--input-size/--budget-hours design a training run for "
+                       f"{', '.join(DESIGN_TASKS)}; the {arch} {task} task has no design rules yet")
+    missing = [f"--{k.replace('_', '-')}" for k in ("dataset_size", "input_size", "budget_hours") if design.get(k) is None]
+    if missing:
+        raise ZooError(f"a training design needs {', '.join(missing)} as well (see dlzoo recommend --task)")
+    return design_training(DESIGN_TASKS[task], arch=arch, **{k: v for k, v in design.items() if v is not None})
+
+
+def choose_framework(arch: str, needs: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+    """The framework for a project when ``--framework`` is not given: the engineer agent's choice
+    for the stated needs (``dlzoo recommend``), with its reasons, each citing a need or a row of
+    the engineer's sourced facts table. Raises ZooError for an unknown need or an unmeetable set."""
+    from ..agents.engineer.frameworks import choose_framework as engineer_choice
+
+    return engineer_choice(arch, needs)
 
 
 def summary_text(result: dict[str, Any]) -> str:
@@ -477,8 +612,14 @@ def summary_text(result: dict[str, Any]) -> str:
              f"package {result['package']}, {len(result['files'])} files):"]
     lines += [f"  {f}" for f in result["files"]]
     lines += [f"note: {n}" for n in result["notes"]]
+    if result.get("framework_choice"):
+        lines.append(f"framework: {result['framework']}, chosen by the engineer agent (dlzoo recommend):")
+        lines += [f"  {reason}" for reason in result["framework_choice"]]
     if result["kept"]:
         lines.append("kept your files (ours written beside them as <file>.dlzoo-new): " + ", ".join(result["kept"]))
+    if result.get("recommended"):
+        lines.append(f"training design by the engineer agent (dlzoo recommend): preset {result['recommended']['preset']}, "
+                     f"{result['path']}/recommended.toml (train with --config recommended.toml)")
     lines.append("next:")
     lines += [f"  {c}" for c in result["next"]]
     return "\n".join(lines)

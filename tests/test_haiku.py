@@ -252,9 +252,9 @@ def test_handle_calls_compile_once_per_shape():
     transformed = handle.native[0]
     for seed in range(3):
         handle.apply(_inputs("gpt", seed))
-    assert backend._compiled(transformed, "apply", False)._cache_size() == 1
+    assert backend._compiled(transformed, "apply", False, ())._cache_size() == 1
     handle.apply({"input_ids": np.zeros((1, 5), np.int32)})
-    assert backend._compiled(transformed, "apply", False)._cache_size() == 2
+    assert backend._compiled(transformed, "apply", False, ())._cache_size() == 2
 
 
 def test_theory_markers_are_known_and_the_same_as_torch():

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, example, given, settings, strategies as st
 
 from dlzoo.agents.diagnose import KINDS, SEVERITIES, diagnose, to_json
 from dlzoo.agents.metrics import MetricsError, MetricsLogger, parse_lines, read_metrics
@@ -76,6 +76,11 @@ shapes = st.fixed_dictionaries({
          warmup_fraction=0.0)
 @example(shape=dict(n=60, L0=3.75, floor=0.466, tau=0.375, noise=0.0274, g0=18.4, seed=5563, gap=0.25, lr=0.855),
          warmup_fraction=0.0)
+# A slow start in warmup whose noise once read as an early instability (a minimum is biased low).
+@example(shape=dict(n=272, L0=1.0, floor=0.5, tau=0.25, noise=0.0390625, g0=1.0, seed=312, gap=0.0, lr=1.0),
+         warmup_fraction=0.0625)
+@example(shape=dict(n=390, L0=1.0, floor=0.625, tau=0.375, noise=0.0390625, g0=1.0, seed=566, gap=0.0, lr=1.0),
+         warmup_fraction=0.0)  # a 4-noise-std draw in the first steps once read as an early instability
 def test_healthy_runs_have_no_findings(shape, warmup_fraction):
     lines = healthy(warmup=int(warmup_fraction * shape["n"]), **shape)
     assert diagnose(run_of(lines)) == []
@@ -93,10 +98,18 @@ def test_healthy_runs_starting_at_ln_classes_have_no_findings(classes, seed, n):
 # A doubling on a noise-free curve still falling fast (once missed: the curve's bend inflated the scale).
 @example(shape=dict(n=60, L0=1.0, floor=0.03125, tau=0.0625, noise=0.0, g0=1.0, seed=0, gap=0.0, lr=1.0),
          where=0.25, size=1.0, width=1)
+# A spike 20x above a loss near zero on the same steep curve.
+@example(shape=dict(n=60, L0=1.0, floor=0.0234375, tau=0.046875, noise=0.0, g0=1.0, seed=0, gap=0.0, lr=1.0),
+         where=0.203125, size=20.0, width=1)
 def test_loss_spike_found_at_its_step(shape, where, size, width):
     lines = healthy(**shape)
     n = shape["n"]
     step = int(where * n)
+    # Near a loss of zero, relative measures use a floor of 10% of the starting loss (docs/diagnose.md):
+    # a jump smaller than half that floored level is a wiggle, not reported by design.
+    start = float(np.median([line["loss"] for line in lines[:3]]))
+    level = lines[train_index(lines, step)]["loss"]
+    assume(size * level >= 0.5 * max(level, 0.1 * start))
     for s in range(step, min(n, step + width)):
         lines[train_index(lines, s)]["loss"] *= 1 + size
     spikes = [f for f in diagnose(run_of(lines)) if f.kind in ("loss-spike", "divergence")]
@@ -122,6 +135,12 @@ def test_non_finite_found_at_its_step(shape, where, value):
          where=0.41, rate=2.0)
 @example(shape=dict(n=495, L0=4.2, floor=0.02, tau=0.03, noise=0.017, g0=11.2, seed=4155, gap=0.0, lr=0.54),
          where=0.707, rate=2.0)
+# A rise still growing at the very end, above the threshold for its last 2 steps only.
+@example(shape=dict(n=60, L0=1.0, floor=0.03125, tau=0.1875, noise=0.0390625, g0=1.0, seed=60, gap=0.0, lr=1.0),
+         where=0.796875, rate=2.0)
+# A loss near zero (below the floor): the onset band once used the floored noise as if relative to the loss.
+@example(shape=dict(n=239, L0=1.0, floor=0.0234375, tau=0.03125, noise=0.03125, g0=1.0, seed=7181, gap=0.0, lr=1.0),
+         where=0.625, rate=2.0)
 def test_divergence_found_where_it_starts(shape, where, rate):
     n = max(shape["n"], 200)
     lines = healthy(**{**shape, "n": n})
@@ -162,7 +181,10 @@ def test_divergence_from_the_first_step_is_cut_by_its_growth(n, L0, noise, seed,
         diverged, too_high = found["divergence"], found["lr-too-high"]
         assert abs(diverged.start_step - start) <= 2 and diverged.evidence["onset_step"] == diverged.start_step
         cut = diverged.evidence["lr_factor"]
-        assert f"factor of {cut:.3g} (" in diverged.fix and f"factor {cut:.3g};" in too_high.fix
+        # One learning-rate change per report: the same sentence in every fix that lowers the rate.
+        sentence = f"(a factor of {cut:.3g};"
+        assert all(sentence in f.fix for f in found.values() if "learning rate from" in f.fix)
+        assert sentence in diverged.fix and sentence in too_high.fix
         assert too_high.evidence["suggested_peak_lr"] == pytest.approx(too_high.evidence["peak_lr"] / cut)
         return cut
     slow, fast = blow_up(rate), blow_up(2 * rate + 0.3)
@@ -175,6 +197,8 @@ def test_divergence_from_the_first_step_is_cut_by_its_growth(n, L0, noise, seed,
 
 @SETTINGS
 @given(shape=shapes, where=st.floats(0.2, 0.6), rise=st.floats(0.15, 1.0))
+@example(shape=dict(n=294, L0=1.0, floor=0.5, tau=0.0625, noise=0.03125, g0=1.0, seed=294, gap=0.0, lr=1.0),
+         where=0.5, rise=1.0)  # a converged training loss 3 standard errors higher at the end by chance
 def test_overfitting_found_after_the_best_validation_step(shape, where, rise):
     n = shape["n"]
     lines = healthy(**shape)
@@ -224,11 +248,14 @@ def test_starved_layer_named(shape, ratio):
 @SETTINGS
 @given(seed=st.integers(0, 1000), n=st.integers(100, 800), noise=st.floats(0.3, 0.6))
 @example(seed=831, n=209, noise=0.5)  # once read as healthy: chance "progress" between two medians
+@example(seed=2, n=288, noise=0.5)    # once also "lr-too-low" (a chance fall in the last half)
+@example(seed=982, n=629, noise=0.5)  # once also a "stuck" plateau after a chance divergence
+@example(seed=95, n=132, noise=0.5)   # once read as lr-too-low (a chance 14% "fall")
 def test_oscillation_without_progress_is_lr_too_high(seed, n, noise):
     lines = healthy(n=n, floor=1.0, noise=noise, seed=seed, evals=False)
     found = diagnose(run_of(lines))
-    # Noise this heavy may also cross the divergence or spike thresholds; the verdict stays lr-too-high.
-    assert "lr-too-high" in kinds(found) and set(kinds(found)) <= {"lr-too-high", "divergence", "loss-spike"}
+    # Noise this heavy may also cross the divergence, spike or early-instability thresholds; the verdict stays lr-too-high.
+    assert "lr-too-high" in kinds(found) and set(kinds(found)) <= {"lr-too-high", "divergence", "loss-spike", "early-instability"}
     assert all("lower the learning rate" in f.fix for f in found if f.kind == "lr-too-high")
 
 
@@ -332,4 +359,4 @@ def test_cli_json_and_plot(tmp_path):
     assert [f["kind"] for f in data["findings"]] == ["loss-spike"] and data["findings"][0]["start_step"] == 300
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = CliRunner().invoke(cli, ["diagnose", str(path)]).output
-    assert "loss-spike: steps 300-300" in text
+    assert "loss-spike: step 300" in text

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..configs import BertConfig
-from .layers import MLP, Attention, Dense, Embedding, LayerNorm, cast_floating, split_key, truncated_normal
+from .layers import MLP, Attention, Dense, Dropout, Embedding, LayerNorm, cast_floating, split_key, truncated_normal
 
 _INIT = truncated_normal(0.02)  # theory: initialization
 
@@ -39,7 +39,7 @@ class Embeddings(eqx.Module):
     position: Embedding
     token_type: Embedding
     ln: LayerNorm
-    drop: eqx.nn.Dropout
+    drop: Dropout
 
     def __init__(self, config: BertConfig, *, key: PRNGKeyArray):
         k1, k2, k3 = jax.random.split(key, 3)
@@ -48,7 +48,7 @@ class Embeddings(eqx.Module):
         self.position = Embedding(config.max_positions, d, init=_INIT, key=k2)  # theory: position-embeddings
         self.token_type = Embedding(config.type_vocab_size, d, init=_INIT, key=k3)
         self.ln = LayerNorm(d, eps=config.layer_norm_eps)  # theory: layer-norm
-        self.drop = eqx.nn.Dropout(config.dropout)  # theory: dropout
+        self.drop = Dropout(config.dropout)  # theory: dropout
 
     def __call__(self, input_ids: Int[Array, " T"], token_type_ids: Int[Array, " T"], *,
                  key: PRNGKeyArray | None, inference: bool) -> Float[Array, "T D"]:
@@ -113,7 +113,7 @@ class Bert(eqx.Module):
     blocks: list[Block]
     pooler: Dense | None
     mlm: MLMHead | None
-    drop: eqx.nn.Dropout
+    drop: Dropout
     classifier: Dense | None
     config: BertConfig = eqx.field(static=True)
     dtype: str = eqx.field(static=True)
@@ -125,7 +125,7 @@ class Bert(eqx.Module):
         self.blocks = [Block(config, key=k) for k in keys[4:]]
         self.pooler = Dense(d, d, init=_INIT, key=keys[1]) if config.pooler else None
         self.mlm = MLMHead(config, key=keys[2]) if config.mlm_head else None
-        self.drop = eqx.nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.classifier = Dense(d, config.num_labels, init=_INIT, key=keys[3]) if config.num_labels else None
         self.config, self.dtype = config, dtype
 

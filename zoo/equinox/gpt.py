@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..configs import GPTConfig, check_generation
-from .layers import Block, Dense, Embedding, LayerNorm, cast_floating, normal, split_key
+from .layers import Block, Dense, Dropout, Embedding, LayerNorm, cast_floating, normal, split_key
 
 
 class KVCache(NamedTuple):
@@ -82,7 +82,7 @@ def attention_bias(mask: Int[Array, " S"], past: Int[Array, ""] | int, num_queri
 class GPT(eqx.Module):
     wte: Embedding
     wpe: Embedding
-    drop: eqx.nn.Dropout
+    drop: Dropout
     blocks: list[Block]
     ln_f: LayerNorm
     lm_head: Dense | None
@@ -95,7 +95,7 @@ class GPT(eqx.Module):
         self.wte = Embedding(config.vocab_size, d, init=normal(std), key=keys[0])
         # theory: position-embeddings
         self.wpe = Embedding(config.context_length, d, init=normal(std), key=keys[1])
-        self.drop = eqx.nn.Dropout(config.dropout)  # theory: dropout
+        self.drop = Dropout(config.dropout)  # theory: dropout
         # The residual projections (attn.out, mlp.out) start smaller the deeper the model: each
         # block adds two branches to the residual stream, whose variance would otherwise grow.
         out_init = normal(std / math.sqrt(2 * config.num_layers))  # theory: initialization

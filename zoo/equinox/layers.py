@@ -156,9 +156,27 @@ class BatchNorm(eqx.Module):
         return (h * self.scale.astype(jnp.float32) + self.bias.astype(jnp.float32)).astype(x.dtype), state
 
 
+class Dropout(eqx.nn.Dropout):
+    """``eqx.nn.Dropout`` with the same mask, applied as ``mask * x / q`` (haiku's form) rather
+    than ``where(mask, x / q, 0)``: the values are bit-identical, but XLA fuses the multiply,
+    while a select on the residual stream made it recompute earlier residual additions inside
+    transposition kernels (docs/bench.md)."""
+
+    def __call__(self, x, *, key: PRNGKeyArray | None = None, inference: bool | None = None,
+                 deterministic: bool | None = None):
+        inference = self.inference if inference is None else inference
+        if inference or (isinstance(self.p, (int, float)) and self.p == 0):
+            return x
+        if key is None:
+            raise RuntimeError("Dropout requires a key when running in non-deterministic mode.")
+        q = 1 - jax.lax.stop_gradient(self.p)
+        mask = jax.random.bernoulli(key, q, x.shape)
+        return mask.astype(x.dtype) * x / q
+
+
 def attention(q: Float[Array, "T N H"], k: Float[Array, "S N H"], v: Float[Array, "S N H"], *,
               bias: Float[Array, "1 1 S"] | None = None, is_causal: bool = False,
-              dropout: eqx.nn.Dropout, key: PRNGKeyArray | None, inference: bool) -> Float[Array, "T N H"]:
+              dropout: Dropout, key: PRNGKeyArray | None, inference: bool) -> Float[Array, "T N H"]:
     """Fused softmax(q k^T / sqrt(H) + bias) v; spelled out only when attention dropout is on,
     which jax.nn.dot_product_attention does not offer."""
     if inference or dropout.p == 0:
@@ -188,8 +206,8 @@ class Attention(eqx.Module):
 
     qkv: Dense
     out: Dense
-    attn_drop: eqx.nn.Dropout
-    resid_drop: eqx.nn.Dropout
+    attn_drop: Dropout
+    resid_drop: Dropout
     num_heads: int = eqx.field(static=True)
     is_causal: bool = eqx.field(static=True)
 
@@ -198,8 +216,8 @@ class Attention(eqx.Module):
         k1, k2 = jax.random.split(key)
         self.qkv = Dense(dim, 3 * dim, init=init, key=k1)  # fused: columns q | k | v
         self.out = Dense(dim, dim, init=init if out_init is None else out_init, key=k2)
-        self.attn_drop = eqx.nn.Dropout(attention_dropout)
-        self.resid_drop = eqx.nn.Dropout(dropout)
+        self.attn_drop = Dropout(attention_dropout)
+        self.resid_drop = Dropout(dropout)
         self.num_heads, self.is_causal = num_heads, is_causal
 
     def __call__(self, x: Float[Array, "T D"], bias: Float[Array, "1 T S"] | None = None, *,
@@ -227,7 +245,7 @@ class MLP(eqx.Module):
 
     fc: Dense
     out: Dense
-    drop: eqx.nn.Dropout
+    drop: Dropout
     approximate: bool = eqx.field(static=True)
 
     def __init__(self, dim: int, hidden: int, *, approximate: bool, dropout: float, init: Init,
@@ -235,7 +253,7 @@ class MLP(eqx.Module):
         k1, k2 = jax.random.split(key)
         self.fc = Dense(dim, hidden, init=init, key=k1)
         self.out = Dense(hidden, dim, init=init if out_init is None else out_init, key=k2)
-        self.drop = eqx.nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.approximate = approximate
 
     def __call__(self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None,

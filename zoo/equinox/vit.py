@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..configs import ViTConfig, ZooError, bicubic_resize_matrix
-from .layers import Block, Conv2d, Dense, LayerNorm, cast_floating, split_key, truncated_normal
+from .layers import Block, Conv2d, Dense, Dropout, LayerNorm, cast_floating, split_key, truncated_normal
 
 _INIT = truncated_normal(0.02)  # theory: initialization
 
@@ -39,7 +39,7 @@ class ViT(eqx.Module):
     patch_embed: Conv2d
     cls_token: Float[Array, "1 1 D"]
     pos_embed: Float[Array, "1 P D"]
-    drop: eqx.nn.Dropout
+    drop: Dropout
     blocks: list[Block]
     ln_f: LayerNorm
     head: Dense
@@ -53,7 +53,7 @@ class ViT(eqx.Module):
         self.patch_embed = Conv2d(config.num_channels, d, p, stride=p, use_bias=True, init=_INIT, key=keys[0])
         self.cls_token = _INIT(keys[1], (1, 1, d))
         self.pos_embed = _INIT(keys[2], (1, config.num_patches + 1, d))  # theory: position-embeddings
-        self.drop = eqx.nn.Dropout(config.dropout)  # theory: dropout
+        self.drop = Dropout(config.dropout)  # theory: dropout
         # theory: pre-ln-vs-post-ln
         self.blocks = [Block(d, config.num_heads, config.mlp_dim, eps=config.layer_norm_eps,
                              # Exact (erf) GELU, as in the published checkpoints.

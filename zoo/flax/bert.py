@@ -35,7 +35,7 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from ..configs import BertConfig, ZooError
-from .layers import MLP, Attention, layer_norm, truncated_normal
+from .layers import MLP, Attention, Dropout, layer_norm, truncated_normal
 
 # theory: initialization
 INIT = truncated_normal(0.02)  # every dense kernel and embedding; biases 0, layer norms 1 and 0
@@ -49,7 +49,7 @@ class Embeddings(nnx.Module):
         self.position = nnx.Embed(config.max_positions, d, embedding_init=INIT, dtype=dtype, rngs=rngs)
         self.token_type = nnx.Embed(config.type_vocab_size, d, embedding_init=INIT, dtype=dtype, rngs=rngs)
         self.ln = layer_norm(d, config.layer_norm_eps, dtype=dtype, rngs=rngs)  # theory: layer-norm
-        self.drop = nnx.Dropout(config.dropout)  # theory: dropout
+        self.drop = Dropout(config.dropout)  # theory: dropout
 
     def __call__(self, input_ids: Int[Array, "B T"], token_type_ids: Int[Array, "B T"], *,
                  train: bool, rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
@@ -109,7 +109,7 @@ class BERT(nnx.Module):
         self.pooler = nnx.Linear(d, d, kernel_init=INIT, dtype=dtype, rngs=rngs) if config.pooler else None
         self.mlm = MLMHead(config, dtype=dtype, rngs=rngs) if config.mlm_head else None
         # transformers' BertForSequenceClassification drops out the pooled output first.
-        self.classifier_drop = nnx.Dropout(config.dropout)
+        self.classifier_drop = Dropout(config.dropout)
         self.classifier = (nnx.Linear(d, config.num_labels, kernel_init=INIT, dtype=dtype, rngs=rngs)
                            if config.num_labels else None)
 

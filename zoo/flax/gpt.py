@@ -43,7 +43,7 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from ..configs import GPTConfig, ZooError, check_generation
-from .layers import Block, layer_norm, normal
+from .layers import Block, Dropout, layer_norm, normal
 
 
 class KVCache(NamedTuple):
@@ -94,7 +94,7 @@ class GPT(nnx.Module):
         # theory: position-embeddings
         self.wpe = nnx.Embed(config.context_length, config.hidden_size, embedding_init=normal(0.02),
                              dtype=dtype, rngs=rngs)
-        self.drop = nnx.Dropout(config.dropout)  # theory: dropout
+        self.drop = Dropout(config.dropout)  # theory: dropout
         out_std = 0.02 / math.sqrt(2 * config.num_layers)  # attn.out and mlp.out, see above
         self.blocks = nnx.List([
             Block(config.hidden_size, config.num_heads, config.mlp_dim, layer_norm_eps=config.layer_norm_eps,

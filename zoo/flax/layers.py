@@ -86,6 +86,31 @@ def attention(
 
 # --------------------------------------------------------------------------- transformer layers
 
+class Dropout(nnx.Dropout):
+    """``nnx.Dropout`` with the same mask, applied as ``mask * x / keep`` (haiku's form) rather
+    than ``where(mask, x / keep, 0)``: the values are bit-identical, but XLA fuses the multiply,
+    while a select on the residual stream made it recompute earlier residual additions inside
+    transposition kernels (docs/bench.md)."""
+
+    def __call__(self, inputs, *, deterministic: bool | None = None, rngs=None):
+        deterministic = self.deterministic if deterministic is None else deterministic
+        if self.rate == 0.0 or deterministic:
+            return inputs
+        rngs = self.rngs if rngs is None else rngs
+        if isinstance(rngs, nnx.Rngs):
+            key = rngs[self.rng_collection]()
+        elif isinstance(rngs, nnx.RngStream):
+            key = rngs()
+        else:
+            key = rngs
+        if key is None:
+            raise ZooError("dropout is active (train=True) but no rngs were given; "
+                           "call the model with rngs=nnx.Rngs(dropout=seed)")
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(key, p=keep, shape=inputs.shape)
+        return mask.astype(inputs.dtype) * inputs / keep
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention with a fused q|k|v projection (heads contiguous within each).
 
@@ -102,7 +127,7 @@ class Attention(nnx.Module):
                  kernel_init: nnx.Initializer, out_init: nnx.Initializer, dtype, rngs: nnx.Rngs):
         self.qkv = nnx.Linear(dim, 3 * dim, kernel_init=kernel_init, dtype=dtype, rngs=rngs)  # fused: columns q | k | v
         self.out = nnx.Linear(dim, dim, kernel_init=out_init, dtype=dtype, rngs=rngs)
-        self.resid_drop = nnx.Dropout(dropout)
+        self.resid_drop = Dropout(dropout)
         self.num_heads, self.attention_dropout = num_heads, attention_dropout
 
     def __call__(self, x: Float[Array, "B T C"], *, is_causal: bool = False,
@@ -133,7 +158,7 @@ class MLP(nnx.Module):
                  kernel_init: nnx.Initializer, out_init: nnx.Initializer, dtype, rngs: nnx.Rngs):
         self.fc = nnx.Linear(dim, hidden, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
         self.out = nnx.Linear(hidden, dim, kernel_init=out_init, dtype=dtype, rngs=rngs)
-        self.drop = nnx.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.approximate = approximate
 
     def __call__(self, x: Float[Array, "B T C"], *, train: bool,

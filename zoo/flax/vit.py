@@ -34,7 +34,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from ..configs import ViTConfig, ZooError, bicubic_resize_matrix
-from .layers import Block, layer_norm, truncated_normal
+from .layers import Block, Dropout, layer_norm, truncated_normal
 
 # theory: initialization
 INIT = truncated_normal(0.02)  # patch conv, dense kernels, [CLS] and position embeddings; biases 0
@@ -51,7 +51,7 @@ class ViT(nnx.Module):
         self.cls_token = nnx.Param(INIT(rngs.params(), (1, 1, d), jnp.float32))
         # theory: position-embeddings
         self.pos_embed = nnx.Param(INIT(rngs.params(), (1, config.num_patches + 1, d), jnp.float32))
-        self.drop = nnx.Dropout(config.dropout)  # theory: dropout
+        self.drop = Dropout(config.dropout)  # theory: dropout
         self.blocks = nnx.List([
             Block(d, config.num_heads, config.mlp_dim, layer_norm_eps=config.layer_norm_eps,
                   approximate=False,  # ViT (like BERT) uses the exact (erf) GELU
