@@ -329,8 +329,8 @@ def _annotate(policy: Policy, args: dict) -> dict:
 
 
 def _diagnose(policy: Policy, args: dict) -> dict:
-    from dlzoo.agents.diagnose import PLOT_SUFFIXES, diagnose, plot, to_json
-    from dlzoo.agents.metrics import read_metrics
+    from dlzoo.agents.diagnose import PLOT_SUFFIXES
+    from dlzoo.agents.diagnose_fix import run_diagnose
 
     path = policy.read_path(args["metrics"], "metrics")
     out = None
@@ -338,11 +338,8 @@ def _diagnose(policy: Policy, args: dict) -> dict:
         if not args["plot"].lower().endswith(PLOT_SUFFIXES):
             raise ToolError(f"plot {args['plot']!r}: expected a file name ending in {', '.join(PLOT_SUFFIXES)}")
         out = policy.write_path(args["plot"], "plot")
-    run = read_metrics(path)
-    findings = diagnose(run)
-    if out is not None:
-        plot(run, findings, out)
-    return to_json(findings)
+    # the same function as `dlzoo diagnose --json`: every log format, the same document
+    return run_diagnose(path, plot=out)["json"]
 
 
 def _doctor(policy: Policy, args: dict) -> dict:

@@ -200,7 +200,8 @@ def test_diagnose_equals_the_cli_and_writes_a_new_plot_only(policy):
         ("diagnose", {"metrics": "metrics.jsonl", "plot": "run.jpg"}), ("diagnose", {"metrics": "missing.jsonl"}))
     data = ok(first)
     assert data == cli_json("diagnose", str(metrics)) and data["findings"]
-    assert ok(plotted) == data
+    with_plot = ok(plotted)
+    assert with_plot.pop("plot") == str(policy.root / "run.png") and with_plot == data
     png = (policy.root / "run.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert "already exists" in error(again) and (policy.root / "run.png").read_bytes() == png
