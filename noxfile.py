@@ -34,13 +34,28 @@ PARALLEL = ["-n", "2"]
 FRAMEWORKS = ("torch", "flax", "equinox", "haiku")
 KERAS_BACKENDS = ("jax", "torch", "tensorflow")
 # Test files that need no deep-learning framework (they skip framework cases cleanly).
-CORE_TESTS = ["tests/test_configs.py", "tests/test_weights.py", "tests/test_cli.py", "tests/test_cli_bad_input.py",
-              "tests/test_master_knowledge.py", "tests/test_master_ask.py", "tests/test_master_papers.py",
-              "tests/test_master_diagnose.py", "tests/test_engineer.py", "tests/test_isolation.py", "tests/test_nox.py"]
+CORE_TESTS = [
+    "tests/test_configs.py",
+    "tests/test_weights.py",
+    "tests/test_cli.py",
+    "tests/test_cli_bad_input.py",
+    "tests/test_master_knowledge.py",
+    "tests/test_master_ask.py",
+    "tests/test_master_papers.py",
+    "tests/test_master_diagnose.py",
+    "tests/test_engineer.py",
+    "tests/test_isolation.py",
+    "tests/test_nox.py",
+]
 # What every single-framework session runs besides its own backend's tests.
 SHARED_TESTS = ["tests/test_isolation.py", "tests/test_api.py"]
-BACKEND_TESTS = {"torch": ["tests/test_torch_models.py", "tests/test_hub.py"], "flax": ["tests/test_flax.py"],
-                 "equinox": ["tests/test_equinox.py"], "haiku": ["tests/test_haiku.py"], "keras": ["tests/test_keras.py"]}
+BACKEND_TESTS = {
+    "torch": ["tests/test_torch_models.py", "tests/test_hub.py"],
+    "flax": ["tests/test_flax.py"],
+    "equinox": ["tests/test_equinox.py"],
+    "haiku": ["tests/test_haiku.py"],
+    "keras": ["tests/test_keras.py"],
+}
 # torchvision and timm, the references for torchvision/timm-named checkpoints. PyPI's torchvision
 # links CUDA torch, so beside the CPU build its C ops cannot load and importing it fails; and
 # transformers imports torchvision whenever it can. So they go outside site-packages, found by
@@ -80,6 +95,7 @@ def _single(session, framework: str, extra: str, env: dict):
 def _framework_session(framework: str):
     def session_function(session):
         _single(session, framework, framework, {})
+
     session_function.__doc__ = f"Only {framework} installed: its backend, the API, its generated projects, the others' errors."
     return session_function
 
@@ -87,6 +103,7 @@ def _framework_session(framework: str):
 def _keras_session(backend: str):
     def session_function(session):
         _single(session, f"keras-{backend}", f"keras-{backend}", {"KERAS_BACKEND": backend})
+
     session_function.__doc__ = f"Only keras on {backend} installed: the keras backend, the API, the others' errors."
     return session_function
 

@@ -31,8 +31,8 @@ ZOO_DIR = Path(_zoo.__file__).resolve().parent
 @dataclass(frozen=True)
 class Marker:
     path: str
-    line: int          # 1-based line the concept explains (the code line)
-    marker_line: int   # 1-based line that carries the comment
+    line: int  # 1-based line the concept explains (the code line)
+    marker_line: int  # 1-based line that carries the comment
     concept: str
 
 
@@ -47,8 +47,9 @@ def find_markers(path: str | os.PathLike, text: str | None = None) -> list[Marke
             continue
         target = number
         if line.lstrip().startswith("#"):
-            target = next((k for k in range(number + 1, len(lines) + 1)
-                           if lines[k - 1].strip() and not lines[k - 1].lstrip().startswith("#")), number)
+            target = next(
+                (k for k in range(number + 1, len(lines) + 1) if lines[k - 1].strip() and not lines[k - 1].lstrip().startswith("#")), number
+            )
         for concept in (c.strip() for c in match.group(1).split(",")):
             markers.append(Marker(path, target, number, concept))
     return markers
@@ -82,12 +83,11 @@ def annotate_source(path: str | os.PathLike, level: str = "brief", width: int = 
     unknown = check_markers(markers)
     if unknown:
         m = unknown[0]
-        raise ZooError(f"{m.path}:{m.marker_line}: no theory entry for {m.concept!r}; "
-                       f"known ids: `dlzoo explain --list`")
+        raise ZooError(f"{m.path}:{m.marker_line}: no theory entry for {m.concept!r}; known ids: `dlzoo explain --list`")
     entries = load_knowledge()
     lines = text.splitlines()
-    before: dict[int, list[str]] = {}   # trailing marker: explain above its code line
-    after: dict[int, list[str]] = {}    # stand-alone marker: explain right below the marker
+    before: dict[int, list[str]] = {}  # trailing marker: explain above its code line
+    after: dict[int, list[str]] = {}  # stand-alone marker: explain right below the marker
     for m in markers:
         slot = after if lines[m.marker_line - 1].lstrip().startswith("#") else before
         if m.concept not in slot.setdefault(m.marker_line, []):
@@ -151,21 +151,39 @@ def theory_markdown(files: list[str | os.PathLike], title: str, link_base: str |
         shown = os.path.relpath(target, base) if base else target.name
         return f"[{Path(shown).as_posix()}:{m.line}]({Path(shown).as_posix()}#L{m.line})"
 
-    out = [f"# {title}", "",
-           "The concepts behind this model, in the order the code meets them. Each section links to "
-           "the lines that carry its `# theory:` marker; `dlzoo explain ID` prints the same entry and "
-           "`dlzoo annotate FILE` shows it beside the code.", ""]
+    out = [
+        f"# {title}",
+        "",
+        "The concepts behind this model, in the order the code meets them. Each section links to "
+        "the lines that carry its `# theory:` marker; `dlzoo explain ID` prints the same entry and "
+        "`dlzoo annotate FILE` shows it beside the code.",
+        "",
+    ]
     out += [f"{k}. [{entries[c].title}](#{c}) ({c})" for k, c in enumerate(order, start=1)]
     for concept, markers in order.items():
         entry = entries[concept]
-        out += ["", f'<a id="{concept}"></a>', f"## {entry.title}", "",
-                "Where: " + ", ".join(link(m) for m in markers), "", entry.brief, "",
-                entry.full, "", "$$", entry.math, "$$", "", "Common misconceptions:", ""]
+        out += [
+            "",
+            f'<a id="{concept}"></a>',
+            f"## {entry.title}",
+            "",
+            "Where: " + ", ".join(link(m) for m in markers),
+            "",
+            entry.brief,
+            "",
+            entry.full,
+            "",
+            "$$",
+            entry.math,
+            "$$",
+            "",
+            "Common misconceptions:",
+            "",
+        ]
         out += [f"- {m}" for m in entry.misconceptions]
         out += ["", "Papers:", ""] + [f"- {p.cite()}" for p in entry.papers]
         if entry.related:
-            out += ["", "Related: " + ", ".join(f"[{entries[r].title}](#{r})" if r in order else r
-                                              for r in entry.related if r in entries)]
+            out += ["", "Related: " + ", ".join(f"[{entries[r].title}](#{r})" if r in order else r for r in entry.related if r in entries)]
     return "\n".join(out) + "\n"
 
 
@@ -175,8 +193,9 @@ def theory_md_path(out: str | os.PathLike) -> Path:
     return out / "THEORY.md" if out.is_dir() else out
 
 
-def write_theory_md(arch: str, framework: str, out: str | os.PathLike,
-                    files: list[str | os.PathLike] | None = None, *, overwrite: bool = False) -> Path:
+def write_theory_md(
+    arch: str, framework: str, out: str | os.PathLike, files: list[str | os.PathLike] | None = None, *, overwrite: bool = False
+) -> Path:
     """Write THEORY.md for ``arch`` in ``framework`` (or for explicit ``files``, e.g. the model
     files copied into a generated project) at ``out`` (a folder means ``out/THEORY.md``). Links
     are relative to the output's folder. The write policy of ``dlzoo.zoo.files``: the folder must

@@ -31,40 +31,55 @@ from dataclasses import dataclass, field
 
 from .theory import Entry, Paper, load_knowledge
 
-MIN_COVERAGE = 0.5   # share of the question's IDF weight the best entry must contain
-MIN_SCORE = 2.0      # BM25 score of the best entry (sum over the question's weighted words)
-K1, B = 1.5, 0.75     # BM25 (Okapi) term saturation and length normalisation
-UNKNOWN_IDF = 1.0     # weight of a word no entry contains, as a fraction of the largest IDF
-PHRASE_BONUS = 2.0   # added to the BM25 score per word of a multi-word name found as a phrase
-_TYPO_CUTOFF = 0.8   # difflib ratio for an unknown word to count as a misspelling of a known one
+MIN_COVERAGE = 0.5  # share of the question's IDF weight the best entry must contain
+MIN_SCORE = 2.0  # BM25 score of the best entry (sum over the question's weighted words)
+K1, B = 1.5, 0.75  # BM25 (Okapi) term saturation and length normalisation
+UNKNOWN_IDF = 1.0  # weight of a word no entry contains, as a fraction of the largest IDF
+PHRASE_BONUS = 2.0  # added to the BM25 score per word of a multi-word name found as a phrase
+_TYPO_CUTOFF = 0.8  # difflib ratio for an unknown word to count as a misspelling of a known one
 
-_STOPWORDS = frozenset("""
+_STOPWORDS = frozenset(
+    """
 a an and are as at be been being but by can could do does doing did for from had has have how i if
 in into is it its itself me my no not of on or our so some such than that the their them then there
 these they this those to too us very was we were what whats when where which while who whom why will
 with would you your should shall may might must just also about over under again more
 most other only own same both each few any all get gets got make makes made one ones use used using
 im ive dont doesnt isnt arent wont cant vs versus really actually please thanks hi hey ok okay
-""".split())
+""".split()
+)
 
 # Words that say what kind of answer is wanted, not what it is about. Their stems get no weight:
 # otherwise a rare one ("theory" appears in few entries) decides the ranking.
-_GENERIC = frozenset("""
+_GENERIC = frozenset(
+    """
 explain explanation explained theory theories theoretical paper papers epoch epochs question questions
 understand understanding intuition intuitive concept concepts idea ideas detail details
 basic basics overview summary tell know help happen happens happening thing things way work works
 working mean means meaning difference different differ point purpose reason reasons good better best
 bad worse problem problems issue issues anyone someone something somebody guys eli5 example examples
 inference
-""".split())
+""".split()
+)
 
 
 # Abbreviations users type, spelled out before stemming. Topic vocabulary lives in each entry's
 # ``keywords``; this table only holds general shorthand that belongs to no single entry.
-_SHORTHAND = {"net": "network", "nets": "networks", "nn": "neural network", "nns": "neural networks",
-              "lr": "learning rate", "lrs": "learning rates", "llm": "large language model",
-              "llms": "large language models", "lm": "language model", "convnet": "convolutional network",
-              "convnets": "convolutional networks", "dl": "deep learning", "ml": "machine learning"}
+_SHORTHAND = {
+    "net": "network",
+    "nets": "networks",
+    "nn": "neural network",
+    "nns": "neural networks",
+    "lr": "learning rate",
+    "lrs": "learning rates",
+    "llm": "large language model",
+    "llms": "large language models",
+    "lm": "language model",
+    "convnet": "convolutional network",
+    "convnets": "convolutional networks",
+    "dl": "deep learning",
+    "ml": "machine learning",
+}
 
 
 def _fold(word: str) -> str:
@@ -107,8 +122,18 @@ def tokenize(text: str) -> list[str]:
 
 def _document(entry: Entry) -> list[str]:
     names = " ".join([entry.title, entry.id, *entry.aliases, *entry.keywords])
-    text = " ".join([entry.brief, entry.brief, entry.intro, entry.practice, entry.full, entry.deep,
-                     *entry.misconceptions, *(p.title for p in entry.papers)])
+    text = " ".join(
+        [
+            entry.brief,
+            entry.brief,
+            entry.intro,
+            entry.practice,
+            entry.full,
+            entry.deep,
+            *entry.misconceptions,
+            *(p.title for p in entry.papers),
+        ]
+    )
     return tokenize(names) * 3 + tokenize(text)
 
 
@@ -118,9 +143,9 @@ class _Index:
     bm25: object
     docs: list[frozenset]
     idf: dict[str, float]
-    words: dict[str, str]          # surface word (folded) -> stem, over all documents
+    words: dict[str, str]  # surface word (folded) -> stem, over all documents
     max_idf: float
-    phrases: list[tuple[tuple[str, ...], ...]]   # per entry: stem sequences of multi-word names
+    phrases: list[tuple[tuple[str, ...], ...]]  # per entry: stem sequences of multi-word names
 
 
 @functools.lru_cache(maxsize=1)
@@ -141,15 +166,15 @@ def _index() -> _Index:
     for e in entries:
         for w in _words(" ".join([e.title, *e.aliases, *e.keywords, e.brief, e.intro, e.practice, e.full])):
             words.setdefault(w, stem(w))
-    phrases = [tuple(sorted({p for p in (tuple(tokenize(name)) for name in (e.title, *e.aliases, *e.keywords))
-                             if len(p) >= 2})) for e in entries]
-    return _Index(entries, BM25Okapi(tokens, k1=K1, b=B), docs, idf, words, UNKNOWN_IDF * math.log(1 + (n + 0.5) / 0.5),
-                  phrases)
+    phrases = [
+        tuple(sorted({p for p in (tuple(tokenize(name)) for name in (e.title, *e.aliases, *e.keywords)) if len(p) >= 2})) for e in entries
+    ]
+    return _Index(entries, BM25Okapi(tokens, k1=K1, b=B), docs, idf, words, UNKNOWN_IDF * math.log(1 + (n + 0.5) / 0.5), phrases)
 
 
 def _contains(seq: list[str], phrase: tuple[str, ...]) -> bool:
     n = len(phrase)
-    return any(tuple(seq[i:i + n]) == phrase for i in range(len(seq) - n + 1))
+    return any(tuple(seq[i : i + n]) == phrase for i in range(len(seq) - n + 1))
 
 
 def expand(question: str) -> dict[str, float]:
@@ -166,8 +191,7 @@ def expand(question: str) -> dict[str, float]:
         elif token not in index.idf and len(word) >= 5 and word.isalpha():
             # Only same-initial matches: users rarely mistype the first letter, and short or
             # differently-starting words ("tree" vs "three") are other words, not typos.
-            close = difflib.get_close_matches(word, [w for w in index.words if w[0] == word[0]], n=1,
-                                              cutoff=_TYPO_CUTOFF)
+            close = difflib.get_close_matches(word, [w for w in index.words if w[0] == word[0]], n=1, cutoff=_TYPO_CUTOFF)
             if close:
                 token, weight = index.words[close[0]], 0.8
         weights[token] = weights.get(token, 0.0) + weight
@@ -185,15 +209,22 @@ class Answer:
     papers: tuple[Paper, ...]
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "title": self.title, "score": round(self.score, 4),
-                "coverage": round(self.coverage, 4), "brief": self.brief, "passage": self.passage,
-                "papers": [{"authors": p.authors, "title": p.title, "year": p.year} for p in self.papers]}
+        return {
+            "id": self.id,
+            "title": self.title,
+            "score": round(self.score, 4),
+            "coverage": round(self.coverage, 4),
+            "brief": self.brief,
+            "passage": self.passage,
+            "papers": [{"authors": p.authors, "title": p.title, "year": p.year} for p in self.papers],
+        }
 
 
 @dataclass(frozen=True)
 class Response:
     """``answers``: the ranked entries (empty when declined); ``related``: the nearest entries
     offered when declined (empty otherwise); ``declined``: whether the question was declined."""
+
     question: str
     declined: bool
     answers: tuple[Answer, ...] = ()
@@ -202,10 +233,14 @@ class Response:
     terms: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"question": self.question, "declined": self.declined, "reason": self.reason,
-                "answers": [a.to_dict() for a in self.answers],
-                "sources": [a.id for a in self.answers],
-                "related": [{"id": a.id, "title": a.title, "score": round(a.score, 4)} for a in self.related]}
+        return {
+            "question": self.question,
+            "declined": self.declined,
+            "reason": self.reason,
+            "answers": [a.to_dict() for a in self.answers],
+            "sources": [a.id for a in self.answers],
+            "related": [{"id": a.id, "title": a.title, "score": round(a.score, 4)} for a in self.related],
+        }
 
 
 def _best_paragraph(entry: Entry, terms: dict[str, float]) -> str:
@@ -242,8 +277,7 @@ def rank(question: str, k: int = 3) -> list[Answer]:
         if scores[i] <= 0:
             break
         e = index.entries[i]
-        out.append(Answer(e.id, e.title, scores[i], _coverage(terms, index.docs[i], index), e.brief,
-                          _best_paragraph(e, terms), e.papers))
+        out.append(Answer(e.id, e.title, scores[i], _coverage(terms, index.docs[i], index), e.brief, _best_paragraph(e, terms), e.papers))
     return out
 
 
@@ -257,14 +291,18 @@ def answer(question: str, k: int = 3) -> Response:
     terms = expand(question)
     ranked = rank(question, k=max(k, 3))
     if not ranked:
-        return Response(question, True, reason="no word of the question occurs in the knowledge base",
-                        terms=terms)
+        return Response(question, True, reason="no word of the question occurs in the knowledge base", terms=terms)
     best = ranked[0]
     if best.score < MIN_SCORE or best.coverage < MIN_COVERAGE:
-        return Response(question, True, related=tuple(ranked[:3]), terms=terms,
-                        reason=f"the closest entry ({best.id}) covers {best.coverage:.0%} of the question "
-                               f"(score {best.score:.1f}); an answer needs {MIN_COVERAGE:.0%} and "
-                               f"{MIN_SCORE:.1f}")
+        return Response(
+            question,
+            True,
+            related=tuple(ranked[:3]),
+            terms=terms,
+            reason=f"the closest entry ({best.id}) covers {best.coverage:.0%} of the question "
+            f"(score {best.score:.1f}); an answer needs {MIN_COVERAGE:.0%} and "
+            f"{MIN_SCORE:.1f}",
+        )
     return Response(question, False, answers=tuple(ranked[:k]), terms=terms)
 
 
@@ -290,10 +328,15 @@ def evaluate(path: str) -> dict:
         top1 += bool(ids) and ids[0] in item["expect"]
         top3 += any(i in item["expect"] for i in ids[:3])
         if not ids or ids[0] not in item["expect"]:
-            misses.append({"q": item["q"], "expect": item["expect"], "got": ids[:3] or
-                           ["declined: " + ",".join(a.id for a in r.related)]})
+            misses.append({"q": item["q"], "expect": item["expect"], "got": ids[:3] or ["declined: " + ",".join(a.id for a in r.related)]})
     answered_out = [item["q"] for item in outside if not answer(item["q"]).declined]
-    return {"in_scope": len(inside), "top1": top1 / max(1, len(inside)), "top3": top3 / max(1, len(inside)),
-            "in_scope_declined": declined_in / max(1, len(inside)), "out_of_scope": len(outside),
-            "out_of_scope_declined": 1 - len(answered_out) / max(1, len(outside)),
-            "misses": misses, "answered_out_of_scope": answered_out}
+    return {
+        "in_scope": len(inside),
+        "top1": top1 / max(1, len(inside)),
+        "top3": top3 / max(1, len(inside)),
+        "in_scope_declined": declined_in / max(1, len(inside)),
+        "out_of_scope": len(outside),
+        "out_of_scope_declined": 1 - len(answered_out) / max(1, len(outside)),
+        "misses": misses,
+        "answered_out_of_scope": answered_out,
+    }

@@ -42,8 +42,7 @@ def _require_topic(topic: str | None) -> str:
     return topic
 
 
-def explain_data(topic: str | None = None, *, paper: str | None = None, framework: str = "torch",
-                 list_all: bool = False) -> dict | list:
+def explain_data(topic: str | None = None, *, paper: str | None = None, framework: str = "torch", list_all: bool = False) -> dict | list:
     """What ``dlzoo explain --json`` prints (docs/ask.md, docs/papers.md); the MCP ``explain`` tool
     returns the same. A concept entry with its zoo lines; with ``paper``, the paper mapped to code
     (``framework``: one framework or "all"); with ``list_all``, every concept id (every paper id
@@ -67,17 +66,27 @@ def explain_data(topic: str | None = None, *, paper: str | None = None, framewor
 
 @click.command()
 @click.argument("topic", required=False)
-@click.option("--level", type=click.Choice(["intro", "standard", "deep"]), default="standard", show_default=True,
-              help="intro: plain words, no math; deep: adds derivations and every framework's lines.")
+@click.option(
+    "--level",
+    type=click.Choice(["intro", "standard", "deep"]),
+    default="standard",
+    show_default=True,
+    help="intro: plain words, no math; deep: adds derivations and every framework's lines.",
+)
 @click.option("--brief", is_flag=True, help="Only the one-paragraph summary.")
-@click.option("--paper", "paper_id", default=None, help="A paper behind the zoo (e.g. transformer, bert, resnet): "
-              "its equations mapped to the zoo lines that implement them.")
+@click.option(
+    "--paper",
+    "paper_id",
+    default=None,
+    help="A paper behind the zoo (e.g. transformer, bert, resnet): its equations mapped to the zoo lines that implement them.",
+)
 @click.option("--framework", default="torch", show_default=True, help="With --paper: torch, flax, equinox, haiku, keras or all.")
 @click.option("--json", "as_json", is_flag=True, help="The entry (or paper) as JSON.")
 @click.option("--list", "list_all", is_flag=True, help="List every concept id (with --paper: every paper id).")
 @click.pass_context
-def explain(ctx: click.Context, topic: str | None, level: str, brief: bool, paper_id: str | None, framework: str,
-            as_json: bool, list_all: bool):
+def explain(
+    ctx: click.Context, topic: str | None, level: str, brief: bool, paper_id: str | None, framework: str, as_json: bool, list_all: bool
+):
     """Explain a concept (summary, explanation, math, practice, papers), or a paper mapped to code.
 
     TOPIC is a concept id, title or alias, e.g. 'sdpa', 'pre-ln'.
@@ -124,8 +133,7 @@ def _refuse_ignored_explain_options(ctx: click.Context, topic, paper_id, list_al
     if brief and (papers or list_all or as_json):
         raise click.UsageError("--brief shortens a concept's text; it does not combine with --paper, --list or --json")
     if explicit(ctx, "level") and (papers or list_all or as_json or brief):
-        raise click.UsageError("--level applies to a concept's text; it does not combine with --paper, --list, "
-                               "--json or --brief")
+        raise click.UsageError("--level applies to a concept's text; it does not combine with --paper, --list, --json or --brief")
 
 
 @click.command()
@@ -146,8 +154,7 @@ def ask(question: str, as_json: bool, top: int):
     if as_json:
         _json(response.to_dict())
     elif response.declined:
-        _out("I don't know: no entry of the knowledge base answers this question "
-             f"({response.reason}).")
+        _out(f"I don't know: no entry of the knowledge base answers this question ({response.reason}).")
         if response.related:
             _out("Related: " + ", ".join(f"{a.id} ({a.title})" for a in response.related))
         _out("See every concept: dlzoo explain --list")
@@ -169,15 +176,21 @@ def ask(question: str, as_json: bool, top: int):
 
 @click.command()
 @click.argument("file", required=False, type=PATH)
-@click.option("--level", type=click.Choice(["brief", "full"]), default="brief", show_default=True,
-              help="How much theory beside each line (printing only; THEORY.md is always full).")
+@click.option(
+    "--level",
+    type=click.Choice(["brief", "full"]),
+    default="brief",
+    show_default=True,
+    help="How much theory beside each line (printing only; THEORY.md is always full).",
+)
 @click.option("--arch", default=None, help="With --framework: a zoo model instead of FILE.")
 @click.option("--framework", default=None, help="With --arch: torch, flax, equinox, haiku or keras.")
 @click.option("--theory-md", type=PATH, default=None, help="Write THEORY.md here (a folder means FOLDER/THEORY.md).")
 @OVERWRITE_OPTION
 @click.pass_context
-def annotate(ctx: click.Context, file: Path | None, level: str, arch: str | None, framework: str | None,
-             theory_md: Path | None, overwrite: bool):
+def annotate(
+    ctx: click.Context, file: Path | None, level: str, arch: str | None, framework: str | None, theory_md: Path | None, overwrite: bool
+):
     """Print a file with the theory beside the lines it explains, or write THEORY.md for a zoo model.
 
     FILE is a Python file with `# theory: <id>` markers. Exit status 1 when it has none.
@@ -186,16 +199,19 @@ def annotate(ctx: click.Context, file: Path | None, level: str, arch: str | None
     from .annotate import annotate_source, model_files, theory_md_path, write_theory_md
 
     if file is not None and (arch or framework) and theory_md is None:
-        raise click.UsageError("give FILE, or --arch and --framework, not both "
-                               "(with --theory-md, --arch and --framework only name FILE's model)")
+        raise click.UsageError(
+            "give FILE, or --arch and --framework, not both (with --theory-md, --arch and --framework only name FILE's model)"
+        )
     if theory_md is None and overwrite:
         raise click.UsageError("--overwrite applies to --theory-md")
     if theory_md is not None and explicit(ctx, "level"):
         raise click.UsageError("--level applies to printing; THEORY.md always holds the full entries")
     if theory_md is not None:
         if file is None and not (arch and framework):
-            raise ZooError("--theory-md needs FILE or both --arch and --framework "
-                           "(e.g. dlzoo annotate --arch gpt --framework torch --theory-md THEORY.md)")
+            raise ZooError(
+                "--theory-md needs FILE or both --arch and --framework "
+                "(e.g. dlzoo annotate --arch gpt --framework torch --theory-md THEORY.md)"
+            )
         files = [file] if file is not None else model_files(arch, framework)
         out = check_output_file(theory_md_path(theory_md), overwrite=overwrite, what="THEORY.md file")
         _require_markers(files[0])
@@ -221,25 +237,36 @@ def _require_markers(file: Path) -> None:
     from .annotate import find_markers
 
     if not find_markers(file):
-        fail(f"{file} has no `# theory: <id>` markers, so there is nothing to annotate; "
-             "mark a line with e.g. `# theory: layer-norm` (ids: dlzoo explain --list)")
+        fail(
+            f"{file} has no `# theory: <id>` markers, so there is nothing to annotate; "
+            "mark a line with e.g. `# theory: layer-norm` (ids: dlzoo explain --list)"
+        )
 
 
 @click.command()
 @click.argument("log", type=PATH)
-@click.option("--format", "log_format", default=None, metavar="FORMAT",
-              help="Skip auto-detection: dlzoo-jsonl, jsonl, keras-csv, keras-history, lightning-csv, "
-                   "hf-trainer-state, tensorboard or csv.")
-@click.option("--num-classes", type=click.IntRange(min=2), default=None,
-              help="Classes (or vocabulary size) of the loss, when the log does not say (for ln C).")
+@click.option(
+    "--format",
+    "log_format",
+    default=None,
+    metavar="FORMAT",
+    help="Skip auto-detection: dlzoo-jsonl, jsonl, keras-csv, keras-history, lightning-csv, hf-trainer-state, tensorboard or csv.",
+)
+@click.option(
+    "--num-classes",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Classes (or vocabulary size) of the loss, when the log does not say (for ln C).",
+)
 @click.option("--json", "as_json", is_flag=True, help='{"findings": [...], ...} (docs/diagnose.md).')
-@click.option("--plot", type=PATH, default=None,
-              help="Write the curves with findings marked to this .png, .svg or .pdf file.")
-@click.option("--write-fix", type=PATH, default=None,
-              help="For a run of a dlzoo project: write the fixes as a TOML config for `train --config`.")
+@click.option("--plot", type=PATH, default=None, help="Write the curves with findings marked to this .png, .svg or .pdf file.")
+@click.option(
+    "--write-fix", type=PATH, default=None, help="For a run of a dlzoo project: write the fixes as a TOML config for `train --config`."
+)
 @OVERWRITE_OPTION
-def diagnose(log: Path, log_format: str | None, num_classes: int | None, as_json: bool, plot: Path | None,
-             write_fix: Path | None, overwrite: bool):
+def diagnose(
+    log: Path, log_format: str | None, num_classes: int | None, as_json: bool, plot: Path | None, write_fix: Path | None, overwrite: bool
+):
     """Find what went wrong in a training run: divergence, spikes, plateaus, over/underfitting, ...
 
     LOG is a metrics.jsonl, a Keras CSVLogger/history file, a Lightning metrics.csv, a Hugging Face
@@ -247,8 +274,7 @@ def diagnose(log: Path, log_format: str | None, num_classes: int | None, as_json
     """
     from .diagnose_fix import run_diagnose, text_report
 
-    result = run_diagnose(log, log_format=log_format, num_classes=num_classes, plot=plot, write_fix=write_fix,
-                          overwrite=overwrite)
+    result = run_diagnose(log, log_format=log_format, num_classes=num_classes, plot=plot, write_fix=write_fix, overwrite=overwrite)
     if as_json:
         _json(result["json"])
         return
@@ -260,16 +286,34 @@ def diagnose(log: Path, log_format: str | None, num_classes: int | None, as_json
 @click.argument("target", metavar="ARCH|PROJECT", required=False)
 @click.option("--framework", "-f", default=None, help="ARCH only: torch, flax, equinox, haiku or keras.")
 @click.option("--preset", "-p", default="tiny", show_default=True, help="ARCH only: config preset (small ones run in seconds).")
-@click.option("--config", "config_file", type=PATH, default=None,
-              help="PROJECT only: a config TOML to check with (default: the run's config.toml, else the defaults).")
-@click.option("--overfit-steps", type=click.IntRange(min=1), default=None,
-              help="PROJECT only: steps of the overfit-one-batch check (default: the project's train.overfit_steps).")
+@click.option(
+    "--config",
+    "config_file",
+    type=PATH,
+    default=None,
+    help="PROJECT only: a config TOML to check with (default: the run's config.toml, else the defaults).",
+)
+@click.option(
+    "--overfit-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="PROJECT only: steps of the overfit-one-batch check (default: the project's train.overfit_steps).",
+)
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--arch", "arch_option", default=None, hidden=True, help="Deprecated: give ARCH as the argument.")
 @click.pass_context
-def doctor(ctx: click.Context, target: str | None, framework: str | None, preset: str, config_file: Path | None,
-           overfit_steps: int | None, as_json: bool, seed: int, arch_option: str | None):
+def doctor(
+    ctx: click.Context,
+    target: str | None,
+    framework: str | None,
+    preset: str,
+    config_file: Path | None,
+    overfit_steps: int | None,
+    as_json: bool,
+    seed: int,
+    arch_option: str | None,
+):
     """Pre-flight checks on a zoo model or a generated project: init loss, overfit one batch, gradients, data.
 
     ARCH is one of: bert, gpt, resnet, vit (with -f FRAMEWORK). PROJECT is a folder made by `dlzoo new`
@@ -291,8 +335,9 @@ def doctor(ctx: click.Context, target: str | None, framework: str | None, preset
         return
     for name in ("config_file", "overfit_steps"):
         if explicit(ctx, name):
-            raise click.UsageError(f"--{name.replace('_file', '').replace('_', '-')} applies to a PROJECT folder; "
-                                   f"{target!r} is not a folder")
+            raise click.UsageError(
+                f"--{name.replace('_file', '').replace('_', '-')} applies to a PROJECT folder; {target!r} is not a folder"
+            )
     arch = target
     from .doctor import run_checks
 

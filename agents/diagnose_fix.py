@@ -42,8 +42,7 @@ def find_project(log: str | os.PathLike) -> dict[str, Any] | None:
                 provenance = json.loads(marker.read_text(encoding="utf-8"))
                 config = tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))
             except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-                raise ZooError(f"{marker} or {run_dir / 'config.toml'} cannot be read ({error}); "
-                               "is this a dlzoo project run?") from None
+                raise ZooError(f"{marker} or {run_dir / 'config.toml'} cannot be read ({error}); is this a dlzoo project run?") from None
             package = provenance.get("package")
             if not isinstance(package, str) or not package:
                 return None
@@ -64,8 +63,7 @@ def _round(x: float) -> float:
     return float(f"{x:.3g}")
 
 
-def finding_overrides(f: Finding, config: dict[str, Any], advice: dict[str, Any] | None,
-                      clip: float | None) -> dict[str, Any]:
+def finding_overrides(f: Finding, config: dict[str, Any], advice: dict[str, Any] | None, clip: float | None) -> dict[str, Any]:
     """The config changes (dotted key -> value) that carry out ``f``'s fix in a generated project
     (scaffold config: optim.lr, optim.warmup_fraction, optim.clip_norm, optim.weight_decay,
     train.epochs, data.augment). Empty when the fix is not a setting (a bug in the code or data)."""
@@ -76,8 +74,11 @@ def finding_overrides(f: Finding, config: dict[str, Any], advice: dict[str, Any]
         out["optim.lr"] = _round(advice.get("suggested_peak_lr") or lr / advice["factor"])
     if f.kind == "lr-too-low" and isinstance(lr, (int, float)):
         out["optim.lr"] = _round(lr * 10)
-    if (f.kind in ("lr-too-high", "early-instability") and isinstance(warmup, (int, float))
-            and ("lengthen the warmup" in f.fix or "add a linear warmup" in f.fix)):
+    if (
+        f.kind in ("lr-too-high", "early-instability")
+        and isinstance(warmup, (int, float))
+        and ("lengthen the warmup" in f.fix or "add a linear warmup" in f.fix)
+    ):
         out["optim.warmup_fraction"] = _round(min(0.5, 2 * warmup) if warmup > 0 else 0.05)
     if "clip the global gradient norm" in f.fix.lower() and clip is not None and _get(config, "optim.clip_norm", 1.0) == 0:
         out["optim.clip_norm"] = _round(clip)
@@ -129,20 +130,31 @@ def fixed_config(project: dict[str, Any], overrides: dict[str, Any], run_name: s
     return config
 
 
-def write_fix_file(path: str | os.PathLike, project: dict[str, Any], overrides: dict[str, Any], run_name: str,
-                   changes: list[str], *, overwrite: bool = False) -> Path:
+def write_fix_file(
+    path: str | os.PathLike,
+    project: dict[str, Any],
+    overrides: dict[str, Any],
+    run_name: str,
+    changes: list[str],
+    *,
+    overwrite: bool = False,
+) -> Path:
     """The run's resolved config with ``overrides`` applied (and a fresh run name), as TOML."""
     import tomli_w
 
     from ..zoo.files import write_atomic
 
     config = fixed_config(project, overrides, run_name)
-    header = ["# Written by `dlzoo diagnose --write-fix` from " + str(project["run_dir"] / "config.toml"),
-              "# Changes: " + ("; ".join(changes) if changes else "none (no finding has a config fix)"),
-              f"# Rerun: python -m {project['package']}.train --config {Path(path).name}", ""]
+    header = [
+        "# Written by `dlzoo diagnose --write-fix` from " + str(project["run_dir"] / "config.toml"),
+        "# Changes: " + ("; ".join(changes) if changes else "none (no finding has a config fix)"),
+        f"# Rerun: python -m {project['package']}.train --config {Path(path).name}",
+        "",
+    ]
     text = "\n".join(header) + tomli_w.dumps(_finite(config))
-    return write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=overwrite,
-                        suffixes=FIX_SUFFIXES, what="fix config")
+    return write_atomic(
+        path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=overwrite, suffixes=FIX_SUFFIXES, what="fix config"
+    )
 
 
 def _finite(value: Any) -> Any:
@@ -153,9 +165,15 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def run_diagnose(log: str | os.PathLike, *, log_format: str | None = None, num_classes: int | None = None,
-                 plot: str | os.PathLike | None = None, write_fix: str | os.PathLike | None = None,
-                 overwrite: bool = False) -> dict[str, Any]:
+def run_diagnose(
+    log: str | os.PathLike,
+    *,
+    log_format: str | None = None,
+    num_classes: int | None = None,
+    plot: str | os.PathLike | None = None,
+    write_fix: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Everything `dlzoo diagnose` does; returns {"run", "findings", "advice", "project",
     "overrides", "json", "plot", "fix_file"}. Outputs are checked before any work, so a refused
     command writes nothing. Raises ZooError (MetricsError, PathError) for bad input."""
@@ -172,11 +190,19 @@ def run_diagnose(log: str | os.PathLike, *, log_format: str | None = None, num_c
     findings, advice = diagnose_report(run)
     project = find_project(run.path or log)
     if write_fix is not None and project is None:
-        raise ZooError(f"--write-fix needs a run of a dlzoo-generated project (runs/<run>/config.toml with "
-                       f".dlzoo.json above it); {log} is not one")
+        raise ZooError(
+            f"--write-fix needs a run of a dlzoo-generated project (runs/<run>/config.toml with .dlzoo.json above it); {log} is not one"
+        )
     data = to_json(findings, run, advice)
-    result: dict[str, Any] = {"run": run, "findings": findings, "advice": advice, "project": project,
-                              "overrides": {}, "plot": None, "fix_file": None}
+    result: dict[str, Any] = {
+        "run": run,
+        "findings": findings,
+        "advice": advice,
+        "project": project,
+        "overrides": {},
+        "plot": None,
+        "fix_file": None,
+    }
     if project is not None:
         clip = _Context(run).clip_threshold()
         run_name = _fix_run_name(project)
@@ -192,8 +218,13 @@ def run_diagnose(log: str | os.PathLike, *, log_format: str | None = None, num_c
                     merged[key] = value
                     changes.append(f"{key} {_fmt_value(_get(project['config'], key))} -> {_fmt_value(value)} ({f.kind})")
         result["overrides"] = merged
-        data["project"] = {"root": str(project["root"]), "package": project["package"], "run_dir": str(project["run_dir"]),
-                           "overrides": merged, "rerun": rerun_command(project, merged, run_name) if merged else None}
+        data["project"] = {
+            "root": str(project["root"]),
+            "package": project["package"],
+            "run_dir": str(project["run_dir"]),
+            "overrides": merged,
+            "rerun": rerun_command(project, merged, run_name) if merged else None,
+        }
         if write_fix is not None:
             written = write_fix_file(write_fix, project, merged, run_name, changes, overwrite=overwrite)
             result["fix_file"] = str(written)
@@ -216,8 +247,7 @@ def text_report(result: dict[str, Any]) -> list[str]:
     """The human-readable report, line by line."""
     run, findings = result["run"], result["findings"]
     unit = run.unit
-    lines = [f"{run.path}: {run.source}, {len(run.train)} training {unit}s, {len(run.eval)} evaluations, "
-             f"{len(findings)} finding(s)"]
+    lines = [f"{run.path}: {run.source}, {len(run.train)} training {unit}s, {len(run.eval)} evaluations, {len(findings)} finding(s)"]
     lines += [f"warning: {w}" for w in run.warnings]
     for f, entry in zip(findings, result["json"]["findings"]):
         lines.append("")
@@ -232,8 +262,7 @@ def text_report(result: dict[str, Any]) -> list[str]:
     if project and project.get("rerun"):
         lines += ["", "all fixes at once: " + project["rerun"]]
     if result["fix_file"]:
-        lines.append(f"fix config: {result['fix_file']} (python -m {result['project']['package']}.train --config "
-                     f"{result['fix_file']})")
+        lines.append(f"fix config: {result['fix_file']} (python -m {result['project']['package']}.train --config {result['fix_file']})")
     if result["plot"]:
         lines += ["", f"plot: {result['plot']}"]
     return lines

@@ -34,14 +34,13 @@ def _named_layers(findings: list[Finding]) -> list[str]:
     names: list[str] = []
     for f in findings:
         layers = f.evidence.get("layers")
-        for n in (layers if isinstance(layers, (list, dict)) else []):
+        for n in layers if isinstance(layers, (list, dict)) else []:
             if n not in names:
                 names.append(n)
     return names
 
 
-def plot(run: Run, findings: list[Finding], path: str | os.PathLike, *, overwrite: bool = False,
-         title: str | None = None) -> str:
+def plot(run: Run, findings: list[Finding], path: str | os.PathLike, *, overwrite: bool = False, title: str | None = None) -> str:
     """Write a .png, .svg or .pdf of ``run`` with ``findings`` shaded (atomically; an existing file
     only with ``overwrite``); returns its path. ``title`` defaults to the log's file name."""
     from ..zoo.files import check_output_file, write_atomic
@@ -52,8 +51,7 @@ def plot(run: Run, findings: list[Finding], path: str | os.PathLike, *, overwrit
 
     fig = figure(run, findings, title=title)
     try:
-        written = write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100), overwrite=overwrite,
-                               suffixes=PLOT_SUFFIXES, what="plot")
+        written = write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100), overwrite=overwrite, suffixes=PLOT_SUFFIXES, what="plot")
     finally:
         plt.close(fig)
     return os.fspath(written)
@@ -86,8 +84,7 @@ def figure(run: Run, findings: list[Finding], title: str | None = None):
         panels.append(("grad_norm", {"grad_norm": (steps, g)}))
     layer_names = sorted({k for r in run.train for k in r.get("grad_norms", {})})
     if layer_names:
-        series = {n: (steps, np.array([r.get("grad_norms", {}).get(n, np.nan) for r in run.train], dtype=float))
-                  for n in layer_names}
+        series = {n: (steps, np.array([r.get("grad_norms", {}).get(n, np.nan) for r in run.train], dtype=float)) for n in layer_names}
         named = [n for n in _named_layers(findings) if n in series]
         rest = sorted((n for n in series if n not in named), key=lambda n: -np.nanmedian(series[n][1]))
         panels.append(("grad_norms", {n: series[n] for n in (named + rest)[:MAX_LAYERS]}))
@@ -106,14 +103,20 @@ def figure(run: Run, findings: list[Finding], title: str | None = None):
         positive = values[values > 0]
         if name in ("grad_norm", "grad_norms") and len(positive) == len(values) and len(values):
             ax.set_yscale("log")
-        if name == "loss" and len(positive) == len(values) and len(values) and (
-                blew_up or positive.max() / positive.min() > 30):
+        if name == "loss" and len(positive) == len(values) and len(values) and (blew_up or positive.max() / positive.min() > 30):
             ax.set_yscale("log")
         if name == "loss" and not finite.all():
             first_bad = steps[~finite][0]
             ax.axvline(first_bad, color="red", lw=1)
-            ax.annotate(f"non-finite from {unit} {first_bad}", (first_bad, 0.95), xycoords=("data", "axes fraction"),
-                        fontsize=7, color="red", ha="right", va="top")
+            ax.annotate(
+                f"non-finite from {unit} {first_bad}",
+                (first_bad, 0.95),
+                xycoords=("data", "axes fraction"),
+                fontsize=7,
+                color="red",
+                ha="right",
+                va="top",
+            )
         for f in findings:
             if _panel_of(f, bool(layer_names)) == name:
                 ax.axvspan(f.start_step - 0.5, f.end_step + 0.5, color=colour_of[f.kind], alpha=0.2, lw=0)
@@ -122,10 +125,8 @@ def figure(run: Run, findings: list[Finding], title: str | None = None):
     axes[-1, 0].set_xlabel(unit)
     kinds = [k for k in KINDS if any(f.kind == k for f in findings)]
     if kinds:
-        handles = [Patch(color=colour_of[k], alpha=0.35,
-                         label=f"{k} ({sum(f.kind == k for f in findings)})") for k in kinds]
-        fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8,
-                   title="findings (shaded)", title_fontsize=8)
+        handles = [Patch(color=colour_of[k], alpha=0.35, label=f"{k} ({sum(f.kind == k for f in findings)})") for k in kinds]
+        fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8, title="findings (shaded)", title_fontsize=8)
     name = title or os.path.basename(getattr(run, "path", "") or "") or "training run"
     summary = f"{len(findings)} finding(s)" if findings else "no findings"
     fig.suptitle(f"{name}: {summary}", fontsize=10)

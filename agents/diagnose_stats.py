@@ -81,8 +81,14 @@ def robust_z(values: np.ndarray, w: int, floor: float = 0.0) -> tuple[np.ndarray
     scale = 1.4826 * np.nan_to_num(mad) / math.sqrt(6)
     floored = np.maximum(np.abs(np.nan_to_num(level)), floor)
     run_noise = np.nan_to_num(relative_noise(values, floor)) * floored
-    scale = np.maximum.reduce([scale, run_noise, 1.4826e-3 * floored,  # flat windows
-                               np.full_like(scale, 1e-12)])
+    scale = np.maximum.reduce(
+        [
+            scale,
+            run_noise,
+            1.4826e-3 * floored,  # flat windows
+            np.full_like(scale, 1e-12),
+        ]
+    )
     ok = enough & np.isfinite(values) & np.isfinite(level)
     z = np.where(ok, (values - level) / scale, np.nan)
     return z, np.where(ok, level, np.nan)
@@ -110,5 +116,5 @@ def rank_correlation(x: np.ndarray, y: np.ndarray) -> float:
         return math.nan
     rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
     rx, ry = rx - rx.mean(), ry - ry.mean()
-    denominator = math.sqrt(float((rx ** 2).sum() * (ry ** 2).sum()))
+    denominator = math.sqrt(float((rx**2).sum() * (ry**2).sum()))
     return float((rx * ry).sum() / denominator) if denominator else math.nan

@@ -24,17 +24,17 @@ from .diagnose import INIT_TOLERANCE  # one rule for the loss at initialisation
 
 OVERFIT_STEPS = 60
 OVERFIT_LR = 3e-3
-OVERFIT_TARGET = 0.2           # the loss must fall below 20% of its initial value
+OVERFIT_TARGET = 0.2  # the loss must fall below 20% of its initial value
 INVARIANCE_TOL = 1e-5
-ACTIVATION_RATIO = 100.0       # max / min RMS of block outputs across depth
+ACTIVATION_RATIO = 100.0  # max / min RMS of block outputs across depth
 
 
 @dataclass
 class Check:
     name: str
-    passed: bool | None        # None: not applicable to this model or framework
+    passed: bool | None  # None: not applicable to this model or framework
     numbers: dict[str, Any]
-    meaning: str               # what a failure means
+    meaning: str  # what a failure means
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "passed": self.passed, "numbers": self.numbers, "meaning": self.meaning}
@@ -52,8 +52,13 @@ class Report:
         return all(c.passed is not False for c in self.checks)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"arch": self.arch, "framework": self.framework, "preset": self.preset,
-                "passed": self.passed, "checks": [c.to_dict() for c in self.checks]}
+        return {
+            "arch": self.arch,
+            "framework": self.framework,
+            "preset": self.preset,
+            "passed": self.passed,
+            "checks": [c.to_dict() for c in self.checks],
+        }
 
 
 def _softmax_xent(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> tuple[float, np.ndarray]:
@@ -81,14 +86,14 @@ class _Task:
         if arch == "gpt":
             self.inputs = {"input_ids": ids}
             self.output = "logits"
-            self.labels = np.concatenate([ids[:, 1:], ids[:, :1]], axis=1)   # next token
+            self.labels = np.concatenate([ids[:, 1:], ids[:, :1]], axis=1)  # next token
             self.weights = np.ones(ids.shape)
-            self.weights[:, -1] = 0.0                                          # the last position has no target
+            self.weights[:, -1] = 0.0  # the last position has no target
             self.num_classes = config.vocab_size
         elif arch == "bert":
             chosen = np.zeros(ids.shape, dtype=bool)
-            chosen[:, 1::4] = True                                             # a quarter of the positions
-            masked = np.where(chosen, 0, ids).astype(np.int32)                 # id 0 stands in for [MASK]
+            chosen[:, 1::4] = True  # a quarter of the positions
+            masked = np.where(chosen, 0, ids).astype(np.int32)  # id 0 stands in for [MASK]
             self.inputs = {"input_ids": masked, "attention_mask": np.ones_like(ids)}
             self.output = "mlm_logits"
             self.labels, self.weights = ids, chosen.astype(np.float64)
@@ -116,10 +121,12 @@ def _initial_loss(task: _Task, handle) -> Check:
     loss, _ = task.loss(handle)
     expected = math.log(task.num_classes)
     tolerance = max(INIT_TOLERANCE[0] * expected, INIT_TOLERANCE[1])
-    return Check("initial-loss", bool(abs(loss - expected) <= tolerance),
-                 {"loss": round(loss, 4), "expected_ln_classes": round(expected, 4), "tolerance": round(tolerance, 4)},
-                 "far above ln C: the initial logits are too large (output layer init); far below: labels "
-                 "leak into the inputs")
+    return Check(
+        "initial-loss",
+        bool(abs(loss - expected) <= tolerance),
+        {"loss": round(loss, 4), "expected_ln_classes": round(expected, 4), "tolerance": round(tolerance, 4)},
+        "far above ln C: the initial logits are too large (output layer init); far below: labels leak into the inputs",
+    )
 
 
 def _gradient_coverage(task: _Task, handle, rng: np.random.Generator) -> tuple[Check, dict[str, np.ndarray]]:
@@ -128,10 +135,13 @@ def _gradient_coverage(task: _Task, handle, rng: np.random.Generator) -> tuple[C
     grads = handle.vjp(task.inputs, cotangents)
     dead = sorted(k for k, g in grads.items() if not np.any(g != 0))
     bad = sorted(k for k, g in grads.items() if not np.all(np.isfinite(g)))
-    return Check("every-parameter-gets-gradient", not dead and not bad,
-                 {"parameters": len(grads), "without_gradient": dead[:10], "non_finite": bad[:10]},
-                 "a parameter without gradient never trains: it is cut off from every output (an unused "
-                 "layer, a detached tensor, or a branch multiplied by zero)"), grads
+    return Check(
+        "every-parameter-gets-gradient",
+        not dead and not bad,
+        {"parameters": len(grads), "without_gradient": dead[:10], "non_finite": bad[:10]},
+        "a parameter without gradient never trains: it is cut off from every output (an unused "
+        "layer, a detached tensor, or a branch multiplied by zero)",
+    ), grads
 
 
 def _overfit(task: _Task, handle, steps: int = OVERFIT_STEPS, lr: float = OVERFIT_LR) -> Check:
@@ -149,7 +159,7 @@ def _overfit(task: _Task, handle, steps: int = OVERFIT_STEPS, lr: float = OVERFI
         for name, g in grads.items():
             m[name] = b1 * m.get(name, 0.0) + (1 - b1) * g
             v[name] = b2 * v.get(name, 0.0) + (1 - b2) * g * g
-            step = lr * (m[name] / (1 - b1 ** t)) / (np.sqrt(v[name] / (1 - b2 ** t)) + eps)
+            step = lr * (m[name] / (1 - b1**t)) / (np.sqrt(v[name] / (1 - b2**t)) + eps)
             state[name] = (state[name] - step).astype(np.float32)
         handle.load_state_dict(state)
         loss, _ = task.loss(handle)
@@ -157,12 +167,19 @@ def _overfit(task: _Task, handle, steps: int = OVERFIT_STEPS, lr: float = OVERFI
         if reached is None and loss <= OVERFIT_TARGET * first:
             reached = t
             break
-    return Check("overfit-one-batch", reached is not None,
-                 {"initial_loss": round(first, 4), "final_loss": round(history[-1], 4),
-                  "steps_taken": len(history) - 1, "step_budget": steps, "target": f"<= {OVERFIT_TARGET} x initial",
-                  "optimizer": f"Adam lr={lr}"},
-                 "a model that cannot memorise two examples has a bug in the loss, the labels, the "
-                 "gradient path or the optimizer wiring")
+    return Check(
+        "overfit-one-batch",
+        reached is not None,
+        {
+            "initial_loss": round(first, 4),
+            "final_loss": round(history[-1], 4),
+            "steps_taken": len(history) - 1,
+            "step_budget": steps,
+            "target": f"<= {OVERFIT_TARGET} x initial",
+            "optimizer": f"Adam lr={lr}",
+        },
+        "a model that cannot memorise two examples has a bug in the loss, the labels, the gradient path or the optimizer wiring",
+    )
 
 
 def _causal(task: _Task, handle, rng: np.random.Generator, config) -> Check:
@@ -173,10 +190,13 @@ def _causal(task: _Task, handle, rng: np.random.Generator, config) -> Check:
     a = handle.apply({"input_ids": ids})["logits"][:, :cut]
     b = handle.apply({"input_ids": changed})["logits"][:, :cut]
     diff = float(np.abs(a - b).max())
-    return Check("no-future-leak", diff <= INVARIANCE_TOL,
-                 {"positions_checked": cut, "max_abs_diff": diff, "tolerance": INVARIANCE_TOL},
-                 "earlier positions depend on later tokens: the causal mask is missing or wrong, so "
-                 "training loss will be misleadingly low and generation will fail")
+    return Check(
+        "no-future-leak",
+        diff <= INVARIANCE_TOL,
+        {"positions_checked": cut, "max_abs_diff": diff, "tolerance": INVARIANCE_TOL},
+        "earlier positions depend on later tokens: the causal mask is missing or wrong, so "
+        "training loss will be misleadingly low and generation will fail",
+    )
 
 
 def _padding(task: _Task, handle, rng: np.random.Generator, config) -> Check:
@@ -189,37 +209,47 @@ def _padding(task: _Task, handle, rng: np.random.Generator, config) -> Check:
     a = handle.apply({"input_ids": ids, "attention_mask": mask})
     b = handle.apply({"input_ids": changed, "attention_mask": mask})
     diff = max(float(np.abs(a[k][:, :keep] - b[k][:, :keep]).max()) for k in ("last_hidden_state", "mlm_logits"))
-    return Check("padding-invariance", diff <= INVARIANCE_TOL,
-                 {"padded_positions": int(ids.shape[1] - keep), "max_abs_diff": diff, "tolerance": INVARIANCE_TOL},
-                 "real tokens attend to padding: the attention mask is not applied, so outputs depend on "
-                 "how much padding a batch happens to have")
+    return Check(
+        "padding-invariance",
+        diff <= INVARIANCE_TOL,
+        {"padded_positions": int(ids.shape[1] - keep), "max_abs_diff": diff, "tolerance": INVARIANCE_TOL},
+        "real tokens attend to padding: the attention mask is not applied, so outputs depend on how much padding a batch happens to have",
+    )
 
 
 def _deterministic(task: _Task, handle) -> Check:
     a = handle.apply(task.inputs, train=False)
     b = handle.apply(task.inputs, train=False)
     diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
-    return Check("eval-deterministic", diff == 0.0, {"max_abs_diff": diff},
-                 "two evaluations of the same input differ: dropout or batch statistics are active in "
-                 "eval mode, so validation numbers are noisy and not reproducible")
+    return Check(
+        "eval-deterministic",
+        diff == 0.0,
+        {"max_abs_diff": diff},
+        "two evaluations of the same input differ: dropout or batch statistics are active in "
+        "eval mode, so validation numbers are noisy and not reproducible",
+    )
 
 
 def _activation_scale(task: _Task, handle) -> Check:
     """RMS of each residual block's output at initialisation, through the handle's block_outputs
     (every framework reads its own forward pass: hooks, nnx.capture, interceptors, ...)."""
-    meaning = ("activations grow or shrink geometrically with depth: initialisation or residual "
-               "scaling is off, and deeper variants will be unstable")
+    meaning = (
+        "activations grow or shrink geometrically with depth: initialisation or residual "
+        "scaling is off, and deeper variants will be unstable"
+    )
     outputs = handle.block_outputs(task.inputs)  # every config has at least one block
     rms = {name: float(np.sqrt(np.mean(np.square(out, dtype=np.float64)))) for name, out in outputs.items()}
     values = np.array(list(rms.values()))
     ratio = float(values.max() / max(values.min(), 1e-30))
-    return Check("activation-scale", bool(np.all(np.isfinite(values)) and ratio <= ACTIVATION_RATIO),
-                 {"block_output_rms": {n: round(v, 5) for n, v in rms.items()}, "max_over_min": round(ratio, 3),
-                  "limit": ACTIVATION_RATIO}, meaning)
+    return Check(
+        "activation-scale",
+        bool(np.all(np.isfinite(values)) and ratio <= ACTIVATION_RATIO),
+        {"block_output_rms": {n: round(v, 5) for n, v in rms.items()}, "max_over_min": round(ratio, 3), "limit": ACTIVATION_RATIO},
+        meaning,
+    )
 
 
-def run_checks(arch: str, framework: str, preset: str = "tiny", *, seed: int = 0,
-               overfit_steps: int = OVERFIT_STEPS) -> Report:
+def run_checks(arch: str, framework: str, preset: str = "tiny", *, seed: int = 0, overfit_steps: int = OVERFIT_STEPS) -> Report:
     """Run every check that applies to ``arch``; returns a Report (see docs/diagnose.md)."""
     from ..zoo import load
 

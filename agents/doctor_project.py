@@ -49,8 +49,10 @@ def find_project_root(path: str | Path) -> tuple[Path, dict[str, Any], Path | No
             if not isinstance(provenance, dict) or not provenance.get("package"):
                 raise ZooError(f"{marker} has no package name; expected the provenance file `dlzoo new` writes")
             return folder, provenance, run_config if folder != start else None
-    raise ZooError(f"{path} is not inside a dlzoo-generated project (no .dlzoo.json in it or above it); "
-                   "`dlzoo doctor ARCH -f FRAMEWORK` checks a zoo model instead")
+    raise ZooError(
+        f"{path} is not inside a dlzoo-generated project (no .dlzoo.json in it or above it); "
+        "`dlzoo doctor ARCH -f FRAMEWORK` checks a zoo model instead"
+    )
 
 
 @contextlib.contextmanager
@@ -71,12 +73,14 @@ def _sha256(path: Path) -> str:
 
 def _copies(root: Path, provenance: dict[str, Any]) -> Check:
     copied = provenance.get("copied") or {}
-    changed = sorted(name for name, entry in copied.items()
-                     if not (root / name).is_file() or _sha256(root / name) != entry.get("sha256"))
-    return Check("model-copy-unmodified", not changed if copied else None,
-                 {"files": len(copied), "changed": changed},
-                 "the copied zoo code was edited since `dlzoo new`: the zoo's conformance, causal and padding "
-                 "tests no longer cover it; run the project's own tests")
+    changed = sorted(name for name, entry in copied.items() if not (root / name).is_file() or _sha256(root / name) != entry.get("sha256"))
+    return Check(
+        "model-copy-unmodified",
+        not changed if copied else None,
+        {"files": len(copied), "changed": changed},
+        "the copied zoo code was edited since `dlzoo new`: the zoo's conformance, causal and padding "
+        "tests no longer cover it; run the project's own tests",
+    )
 
 
 def _labels(dataset, num_classes: int) -> Check:
@@ -85,11 +89,19 @@ def _labels(dataset, num_classes: int) -> Check:
     share = float(counts.max() / max(len(y), 1))
     missing = [int(c) for c in np.flatnonzero(counts[:num_classes] == 0)]
     ok = len(y) > 0 and int((counts > 0).sum()) >= 2 and share < MAJORITY_SHARE and not missing
-    return Check("labels-not-constant", bool(ok),
-                 {"train_examples": int(len(y)), "classes_present": int((counts > 0).sum()), "num_classes": num_classes,
-                  "largest_class_share": round(share, 4), "classes_missing": missing[:20]},
-                 "the training labels are (nearly) constant or classes are missing: labels read wrong (one "
-                 "folder, a constant column) or model.num_classes does not match the data")
+    return Check(
+        "labels-not-constant",
+        bool(ok),
+        {
+            "train_examples": int(len(y)),
+            "classes_present": int((counts > 0).sum()),
+            "num_classes": num_classes,
+            "largest_class_share": round(share, 4),
+            "classes_missing": missing[:20],
+        },
+        "the training labels are (nearly) constant or classes are missing: labels read wrong (one "
+        "folder, a constant column) or model.num_classes does not match the data",
+    )
 
 
 def _normalised(dataset) -> Check:
@@ -99,13 +111,17 @@ def _normalised(dataset) -> Check:
 
     tm, ts = stats(dataset.train.x)
     vm, vs = stats(dataset.val.x)
-    ok = (np.all(np.abs(tm) <= 0.1) and np.all((ts >= 0.5) & (ts <= 2.0))
-          and np.all(np.abs(vm) <= 0.5) and np.all((vs >= 0.25) & (vs <= 4.0)))
+    ok = (
+        np.all(np.abs(tm) <= 0.1) and np.all((ts >= 0.5) & (ts <= 2.0)) and np.all(np.abs(vm) <= 0.5) and np.all((vs >= 0.25) & (vs <= 4.0))
+    )
     r = lambda a: [round(float(v), 4) for v in a]  # noqa: E731
-    return Check("inputs-normalised", bool(ok),
-                 {"train_mean": r(tm), "train_std": r(ts), "val_mean": r(vm), "val_std": r(vs)},
-                 "inputs are not standardised (mean 0, std 1 per channel from the training split): "
-                 "normalisation missing, applied twice, or computed on another split")
+    return Check(
+        "inputs-normalised",
+        bool(ok),
+        {"train_mean": r(tm), "train_std": r(ts), "val_mean": r(vm), "val_std": r(vs)},
+        "inputs are not standardised (mean 0, std 1 per channel from the training split): "
+        "normalisation missing, applied twice, or computed on another split",
+    )
 
 
 def _disjoint(dataset) -> Check:
@@ -115,10 +131,13 @@ def _disjoint(dataset) -> Check:
     train = digests(dataset.train.x)
     shared_val = len(train & digests(dataset.val.x))
     shared_test = len(train & digests(dataset.test.x))
-    return Check("splits-disjoint", shared_val == 0 and shared_test == 0,
-                 {"train_images_also_in_val": shared_val, "train_images_also_in_test": shared_test},
-                 "training images reappear in validation or test: the measured accuracy is inflated "
-                 "(duplicates in the source, or a split that is not a partition)")
+    return Check(
+        "splits-disjoint",
+        shared_val == 0 and shared_test == 0,
+        {"train_images_also_in_val": shared_val, "train_images_also_in_test": shared_test},
+        "training images reappear in validation or test: the measured accuracy is inflated "
+        "(duplicates in the source, or a split that is not a partition)",
+    )
 
 
 def _model_checks(project, cfg, dataset, steps: int) -> list[Check]:
@@ -134,34 +153,56 @@ def _model_checks(project, cfg, dataset, steps: int) -> list[Check]:
     loss0 = float(first["loss_sum"]) / int(first["count"])
     expected = math.log(num_classes)
     tolerance = max(INIT_TOLERANCE[0] * expected, INIT_TOLERANCE[1])
-    checks = [Check("initial-loss", bool(abs(loss0 - expected) <= tolerance),
-                    {"loss": round(loss0, 4), "expected_ln_classes": round(expected, 4), "tolerance": round(tolerance, 4)},
-                    "far above ln C: the initial logits are too large (output layer init); far below: labels "
-                    "leak into the inputs")]
+    checks = [
+        Check(
+            "initial-loss",
+            bool(abs(loss0 - expected) <= tolerance),
+            {"loss": round(loss0, 4), "expected_ln_classes": round(expected, 4), "tolerance": round(tolerance, 4)},
+            "far above ln C: the initial logits are too large (output layer init); far below: labels leak into the inputs",
+        )
+    ]
     again = engine.eval_step(batch)
-    checks.append(Check("eval-deterministic", float(again["loss_sum"]) == float(first["loss_sum"]),
-                        {"loss_sum": [float(first["loss_sum"]), float(again["loss_sum"])]},
-                        "evaluation is random: dropout or batch statistics are active in eval mode"))
+    checks.append(
+        Check(
+            "eval-deterministic",
+            float(again["loss_sum"]) == float(first["loss_sum"]),
+            {"loss_sum": [float(first["loss_sum"]), float(again["loss_sum"])]},
+            "evaluation is random: dropout or batch statistics are active in eval mode",
+        )
+    )
     before = {k: np.array(v, copy=True) for k, v in engine.model_state().items()}
     losses = [engine.train_step(batch)["loss"]]
     after = engine.model_state()
     frozen = sorted(k for k, v in before.items() if np.array_equal(v, after[k]))
-    checks.append(Check("every-parameter-updates", not frozen,
-                        {"tensors": len(before), "unchanged_after_one_step": frozen[:20]},
-                        "these tensors did not change in a training step: they get no gradient (cut from the "
-                        "loss) or are frozen by mistake"))
+    checks.append(
+        Check(
+            "every-parameter-updates",
+            not frozen,
+            {"tensors": len(before), "unchanged_after_one_step": frozen[:20]},
+            "these tensors did not change in a training step: they get no gradient (cut from the loss) or are frozen by mistake",
+        )
+    )
     for _ in range(steps - 1):
         losses.append(engine.train_step(batch)["loss"])
     final = engine.eval_step(batch)
     accuracy = int(final["correct"]) / int(final["count"])
     final_loss = float(final["loss_sum"]) / int(final["count"])
     ok = accuracy == 1.0 or final_loss <= OVERFIT_TARGET * loss0
-    checks.append(Check("overfit-one-batch", bool(ok),
-                        {"steps": steps, "batch": int(final["count"]), "loss_start": round(loss0, 4),
-                         "loss_end": round(final_loss, 4), "batch_accuracy": round(accuracy, 4),
-                         "lr": cfg.optim.lr},
-                        "the model cannot fit one fixed batch: the loss, the labels, the optimizer wiring or the "
-                        "learning rate is wrong"))
+    checks.append(
+        Check(
+            "overfit-one-batch",
+            bool(ok),
+            {
+                "steps": steps,
+                "batch": int(final["count"]),
+                "loss_start": round(loss0, 4),
+                "loss_end": round(final_loss, 4),
+                "batch_accuracy": round(accuracy, 4),
+                "lr": cfg.optim.lr,
+            },
+            "the model cannot fit one fixed batch: the loss, the labels, the optimizer wiring or the learning rate is wrong",
+        )
+    )
     return checks
 
 
@@ -171,8 +212,10 @@ def _text_checks(provenance: dict[str, Any]) -> list[Check]:
     arch, framework = provenance.get("arch"), provenance.get("framework")
     if arch not in ("gpt", "bert"):
         reason = {"reason": f"{arch} image classifier: no token sequence, no mask"}
-        return [Check("no-causal-leak", None, reason, "the causal mask is missing"),
-                Check("no-padding-leak", None, reason, "the attention mask is not applied")]
+        return [
+            Check("no-causal-leak", None, reason, "the causal mask is missing"),
+            Check("no-padding-leak", None, reason, "the attention mask is not applied"),
+        ]
     from ..zoo import load
     from ..zoo.configs import get_config
     from .doctor import _Task, _causal, _padding
@@ -184,8 +227,7 @@ def _text_checks(provenance: dict[str, Any]) -> list[Check]:
     return [_causal(task, handle, rng, config) if arch == "gpt" else _padding(task, handle, rng, config)]
 
 
-def run_project_checks(path: str | Path, *, config: str | Path | None = None, overfit_steps: int | None = None
-                       ) -> dict[str, Any]:
+def run_project_checks(path: str | Path, *, config: str | Path | None = None, overfit_steps: int | None = None) -> dict[str, Any]:
     """Every check on the project at (or above) ``path``; returns the --json report:
     {"project", "package", "arch", "framework", "config", "passed", "checks": [...]}. Raises
     ZooError when ``path`` is not a project or the project's config/data are refused by the
@@ -209,6 +251,12 @@ def run_project_checks(path: str | Path, *, config: str | Path | None = None, ov
         except cfg_module.UserError as error:
             raise ZooError(f"{root.name}: {error}") from None
     checks += _text_checks(provenance)
-    return {"project": str(root), "package": package, "arch": provenance.get("arch"),
-            "framework": provenance.get("framework"), "config": str(config_path) if config_path else "defaults",
-            "passed": all(c.passed is not False for c in checks), "checks": [c.to_dict() for c in checks]}
+    return {
+        "project": str(root),
+        "package": package,
+        "arch": provenance.get("arch"),
+        "framework": provenance.get("framework"),
+        "config": str(config_path) if config_path else "defaults",
+        "passed": all(c.passed is not False for c in checks),
+        "checks": [c.to_dict() for c in checks],
+    }

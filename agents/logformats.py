@@ -41,13 +41,14 @@ from typing import Any, Iterable
 
 from .metrics import EVAL_FIELDS, MetricsError, Run, parse_lines
 
-FORMATS = ("dlzoo-jsonl", "jsonl", "keras-csv", "keras-history", "lightning-csv", "hf-trainer-state",
-           "tensorboard", "csv")
+FORMATS = ("dlzoo-jsonl", "jsonl", "keras-csv", "keras-history", "lightning-csv", "hf-trainer-state", "tensorboard", "csv")
 STEP_COLUMNS = ("step", "global_step", "iteration", "iter", "it", "batch", "steps")
 EPOCH_COLUMNS = ("epoch", "epochs")
 # Numbers a log carries that diagnose has no use for and need no warning.
-BOOKKEEPING = re.compile(r"(runtime|samples_per_second|steps_per_second|total_flos|num_input_tokens_seen|"
-                         r"wall_?time|^time$|timestamp|^epoch$|^step$|throughput|memory|^created_at)")
+BOOKKEEPING = re.compile(
+    r"(runtime|samples_per_second|steps_per_second|total_flos|num_input_tokens_seen|"
+    r"wall_?time|^time$|timestamp|^epoch$|^step$|throughput|memory|^created_at)"
+)
 VALIDATION_WORDS = {"val", "valid", "validation", "eval", "evaluation", "dev"}
 ACCURACY_WORDS = {"acc", "accuracy", "sparse_categorical_accuracy", "categorical_accuracy", "top1"}
 
@@ -56,9 +57,16 @@ def canonical(name: str) -> tuple[str, str] | None:
     """Where a metric name belongs: ("train", "loss" | "lr" | "grad_norm" | "accuracy") or
     ("eval", "val_loss" | "val_accuracy"); None for a name diagnose does not analyse."""
     low = name.lower().replace("\\", "/")
-    for phrase, word in (("learning_rate", "lr"), ("learning-rate", "lr"), ("learningrate", "lr"),
-                         ("grad_norm", "gradnorm"), ("gradient_norm", "gradnorm"), ("grad-norm", "gradnorm"),
-                         ("sparse_categorical_accuracy", "acc"), ("categorical_accuracy", "acc")):
+    for phrase, word in (
+        ("learning_rate", "lr"),
+        ("learning-rate", "lr"),
+        ("learningrate", "lr"),
+        ("grad_norm", "gradnorm"),
+        ("gradient_norm", "gradnorm"),
+        ("grad-norm", "gradnorm"),
+        ("sparse_categorical_accuracy", "acc"),
+        ("categorical_accuracy", "acc"),
+    ):
         low = low.replace(phrase, word)
     words = [w for w in re.split(r"[/_\-.\s]+", low) if w]
     if "test" in words:
@@ -96,15 +104,16 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def build_run(rows: Iterable[tuple[int, dict[str, float]]], *, unit: str, source: str, path: str,
-              meta: dict[str, Any] | None = None) -> Run:
+def build_run(
+    rows: Iterable[tuple[int, dict[str, float]]], *, unit: str, source: str, path: str, meta: dict[str, Any] | None = None
+) -> Run:
     """A Run from (step or epoch, {metric name: value}) rows: names mapped by ``canonical``, the
     values of one step merged into one train and one eval record. When a field has both a
     step-level name and an ``epoch`` aggregate (Lightning's train_loss_step / train_loss_epoch),
     the step-level one is used and the aggregate kept as an extra number."""
     rows = list(rows)
     names = {n for _, values in rows for n in values}
-    chosen: dict[str, str] = {}   # name -> canonical field it fills
+    chosen: dict[str, str] = {}  # name -> canonical field it fills
     for name in sorted(names, key=lambda n: (_aggregate(n), n)):
         where = canonical(name)
         if where is None:
@@ -145,29 +154,46 @@ def build_run(rows: Iterable[tuple[int, dict[str, float]]], *, unit: str, source
             else:
                 unplaced += 1
         if unplaced:
-            warnings.append(f"{unplaced} row(s) before the first training loss carried {', '.join(fields)} "
-                            "and were not used (no training loss at or before their step)")
+            warnings.append(
+                f"{unplaced} row(s) before the first training loss carried {', '.join(fields)} "
+                "and were not used (no training loss at or before their step)"
+            )
     evals = {s: r for s, r in evals.items() if any(k not in ("type", "step") for k in r)}
     if not train:
         found = ", ".join(sorted(names)) or "none"
-        raise MetricsError(f"{path} has no training loss ({source}); expected a column or tag named like "
-                           f"loss / train_loss / Loss/train; found: {found}")
-    unanalysed = sorted(n for n in names if n not in chosen and not BOOKKEEPING.search(n.lower())
-                        and canonical(n) is None)
+        raise MetricsError(
+            f"{path} has no training loss ({source}); expected a column or tag named like loss / train_loss / Loss/train; found: {found}"
+        )
+    unanalysed = sorted(n for n in names if n not in chosen and not BOOKKEEPING.search(n.lower()) and canonical(n) is None)
     if unanalysed:
-        warnings.append("not analysed (kept in the run): " + ", ".join(unanalysed[:12])
-                        + (f" and {len(unanalysed) - 12} more" if len(unanalysed) > 12 else ""))
+        warnings.append(
+            "not analysed (kept in the run): "
+            + ", ".join(unanalysed[:12])
+            + (f" and {len(unanalysed) - 12} more" if len(unanalysed) > 12 else "")
+        )
     duplicates = [n for n, f in ((n, canonical(n)) for n in names) if f and n not in chosen and not _aggregate(n)]
     if duplicates:
-        warnings.append("several names fill the same field; used " + ", ".join(
-            f"{n} for {f}" for n, f in chosen.items()) + "; not used: " + ", ".join(sorted(duplicates)))
-    run = Run(train=[train[s] for s in sorted(train)], eval=[evals[s] for s in sorted(evals)],
-              meta=dict(meta or {}), unit=unit, source=source, warnings=warnings, path=path)
+        warnings.append(
+            "several names fill the same field; used "
+            + ", ".join(f"{n} for {f}" for n, f in chosen.items())
+            + "; not used: "
+            + ", ".join(sorted(duplicates))
+        )
+    run = Run(
+        train=[train[s] for s in sorted(train)],
+        eval=[evals[s] for s in sorted(evals)],
+        meta=dict(meta or {}),
+        unit=unit,
+        source=source,
+        warnings=warnings,
+        path=path,
+    )
     return run
 
 
 # --------------------------------------------------------------------------------------------
 # readers
+
 
 def _read_text(path: Path) -> str:
     try:
@@ -192,18 +218,17 @@ def read_csv(path: Path, source: str = "csv", meta: dict[str, Any] | None = None
     step_col = next((lowered[c] for c in STEP_COLUMNS if c in lowered), None)
     epoch_col = next((lowered[c] for c in EPOCH_COLUMNS if c in lowered), None)
     if step_col is None and epoch_col is None:
-        raise MetricsError(f"{path}: a CSV log needs a step (or iteration/global_step) or an epoch column; "
-                           f"its columns are {', '.join(columns) or 'none'}")
+        raise MetricsError(
+            f"{path}: a CSV log needs a step (or iteration/global_step) or an epoch column; its columns are {', '.join(columns) or 'none'}"
+        )
     index_col, unit = (step_col, "step") if step_col is not None else (epoch_col, "epoch")
     rows, skipped = [], 0
     for number, row in enumerate(reader, start=2):
         at = _index(row.get(index_col))
-        values = {c: v for c, v in ((c, _number(row.get(c))) for c in columns if c not in (step_col, epoch_col))
-                  if v is not None}
+        values = {c: v for c, v in ((c, _number(row.get(c))) for c in columns if c not in (step_col, epoch_col)) if v is not None}
         if at is None:
             if values:
-                raise MetricsError(f"{path}:{number}: values {', '.join(values)} have no {index_col}; every row "
-                                   f"needs its {unit}")
+                raise MetricsError(f"{path}:{number}: values {', '.join(values)} have no {index_col}; every row needs its {unit}")
             skipped += 1
             continue
         if values:
@@ -215,10 +240,10 @@ def read_csv(path: Path, source: str = "csv", meta: dict[str, Any] | None = None
 def read_keras_history(path: Path, data: dict[str, Any]) -> Run:
     lengths = {len(v) for v in data.values()}
     if len(lengths) != 1:
-        raise MetricsError(f"{path}: a Keras history maps each metric to one value per epoch; the lists have "
-                           f"different lengths {sorted(lengths)}")
-    rows = [(epoch, {k: float(v[epoch]) for k, v in data.items() if _number(v[epoch]) is not None})
-            for epoch in range(lengths.pop())]
+        raise MetricsError(
+            f"{path}: a Keras history maps each metric to one value per epoch; the lists have different lengths {sorted(lengths)}"
+        )
+    rows = [(epoch, {k: float(v[epoch]) for k, v in data.items() if _number(v[epoch]) is not None}) for epoch in range(lengths.pop())]
     return build_run(rows, unit="epoch", source="keras-history", path=str(path))
 
 
@@ -315,8 +340,7 @@ def read_tensorboard(path: Path) -> Run:
             per_step.setdefault(int(step), {})[name] = value
     run = build_run(sorted(per_step.items()), unit="epoch" if epochs else "step", source="tensorboard", path=str(path))
     if skipped:
-        run.warnings.append(f"not used: {', '.join(sorted(skipped))} (counted in iterations, while the other tags "
-                            "count epochs)")
+        run.warnings.append(f"not used: {', '.join(sorted(skipped))} (counted in iterations, while the other tags count epochs)")
     return run
 
 
@@ -331,8 +355,9 @@ def read_jsonl(path: Path, text: str) -> Run:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise MetricsError(f"{path}:{number} is not a JSON object ({error.msg}); each line must be one "
-                               "JSON object, see docs/metrics.md") from None
+            raise MetricsError(
+                f"{path}:{number} is not a JSON object ({error.msg}); each line must be one JSON object, see docs/metrics.md"
+            ) from None
         records.append((number, record))
     dlzoo = any(isinstance(r, dict) and ("type" in r or "step" in r and "loss" in r) for _, r in records)
     if dlzoo or not records:
@@ -349,8 +374,7 @@ def read_jsonl(path: Path, text: str) -> Run:
             key, this = next((k for k in EPOCH_COLUMNS if k in record), None), "epoch"
         values = {k: float(v) for k, v in record.items() if k != key and _number(v) is not None and not isinstance(v, str)}
         if key is None or _index(record[key]) is None:
-            raise MetricsError(f"{path}:{number}: values {', '.join(values) or 'none'} have no step or epoch; "
-                               "every line needs one")
+            raise MetricsError(f"{path}:{number}: values {', '.join(values) or 'none'} have no step or epoch; every line needs one")
         if unit is not None and this != unit:
             raise MetricsError(f"{path}:{number} counts in {this}s while earlier lines count in {unit}s")
         unit = this
@@ -361,13 +385,12 @@ def read_jsonl(path: Path, text: str) -> Run:
 # --------------------------------------------------------------------------------------------
 # detection
 
+
 def _log_file_in(directory: Path) -> tuple[Path, str] | None:
-    for name, fmt in (("metrics.jsonl", "dlzoo-jsonl"), ("metrics.csv", "lightning-csv"),
-                      ("trainer_state.json", "hf-trainer-state")):
+    for name, fmt in (("metrics.jsonl", "dlzoo-jsonl"), ("metrics.csv", "lightning-csv"), ("trainer_state.json", "hf-trainer-state")):
         if (directory / name).is_file():
             return directory / name, fmt
-    checkpoints = sorted(directory.glob("checkpoint-*/trainer_state.json"),
-                         key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0))
+    checkpoints = sorted(directory.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(re.sub(r"\D", "", p.parent.name) or 0))
     if checkpoints:
         return checkpoints[-1], "hf-trainer-state"
     if _event_files(directory):
@@ -379,21 +402,26 @@ def detect(path: str | os.PathLike) -> tuple[Path, str]:
     """The file to read and its format, from the path and the start of the file."""
     path = Path(path)
     if not path.exists():
-        raise MetricsError(f"training log {path} does not exist; pass a metrics.jsonl, a CSV/JSON log, "
-                           "a trainer_state.json or a TensorBoard run directory")
+        raise MetricsError(
+            f"training log {path} does not exist; pass a metrics.jsonl, a CSV/JSON log, a trainer_state.json or a TensorBoard run directory"
+        )
     if path.is_dir():
         found = _log_file_in(path)
         if found is None:
-            raise MetricsError(f"{path} is a directory without a training log (metrics.jsonl, metrics.csv, "
-                               "trainer_state.json, checkpoint-*/trainer_state.json or TensorBoard event files)")
+            raise MetricsError(
+                f"{path} is a directory without a training log (metrics.jsonl, metrics.csv, "
+                "trainer_state.json, checkpoint-*/trainer_state.json or TensorBoard event files)"
+            )
         return found
     if "tfevents" in path.name:
         return path, "tensorboard"
     with path.open("rb") as file:
         head = file.read(4096)
     if b"\x00" in head:
-        raise MetricsError(f"{path} is a binary file; expected a training log (see docs/diagnose.md), or a "
-                           "TensorBoard event file named events.out.tfevents.*")
+        raise MetricsError(
+            f"{path} is a binary file; expected a training log (see docs/diagnose.md), or a "
+            "TensorBoard event file named events.out.tfevents.*"
+        )
     stripped = head.decode("utf-8", errors="ignore").lstrip()  # the cut may split a character
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         return path, "jsonl"
@@ -407,8 +435,10 @@ def detect(path: str | os.PathLike) -> tuple[Path, str]:
         if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
             return path, "keras-history"
         if path.suffix == ".json":
-            raise MetricsError(f"{path} is a JSON document that is neither a trainer_state.json (log_history) "
-                               "nor a Keras history (metric -> list of per-epoch values)")
+            raise MetricsError(
+                f"{path} is a JSON document that is neither a trainer_state.json (log_history) "
+                "nor a Keras history (metric -> list of per-epoch values)"
+            )
         return path, "jsonl"
     header = [c.strip().lower() for c in stripped.splitlines()[0].split(",")] if stripped else []
     if len(header) > 1:
@@ -419,8 +449,9 @@ def detect(path: str | os.PathLike) -> tuple[Path, str]:
         return path, "csv"
     if not stripped:
         return path, "dlzoo-jsonl"  # an empty file: the jsonl reader says it has no training lines
-    raise MetricsError(f"{path}: not a recognised training log (JSON lines, CSV with a header, JSON, or "
-                       "TensorBoard events); name the format with --format")
+    raise MetricsError(
+        f"{path}: not a recognised training log (JSON lines, CSV with a header, JSON, or TensorBoard events); name the format with --format"
+    )
 
 
 def _json(path: Path) -> Any:
@@ -476,8 +507,7 @@ def read_log(path: str | os.PathLike, format: str | None = None, num_classes: in
 
 def _check_eval_fields(run: Run) -> None:
     """Evaluation values that no detector reads are named in the warnings."""
-    extra = sorted({k for r in run.eval for k in r if k not in ("type", "step", *EVAL_FIELDS)
-                    and not BOOKKEEPING.search(k.lower())})
+    extra = sorted({k for r in run.eval for k in r if k not in ("type", "step", *EVAL_FIELDS) and not BOOKKEEPING.search(k.lower())})
     if extra and not any(w.startswith("not analysed") for w in run.warnings):
         run.warnings.append("not analysed (kept in the run): " + ", ".join(extra[:12]))
 

@@ -60,9 +60,17 @@ class MetricsLogger:
         self._file.write(json.dumps(record, allow_nan=True) + "\n")
         self._file.flush()
 
-    def log(self, *, step: int, loss: float, lr: float | None = None, grad_norm: float | None = None,
-            grad_norms: dict[str, float] | None = None, throughput: float | None = None,
-            **extra: Any) -> None:
+    def log(
+        self,
+        *,
+        step: int,
+        loss: float,
+        lr: float | None = None,
+        grad_norm: float | None = None,
+        grad_norms: dict[str, float] | None = None,
+        throughput: float | None = None,
+        **extra: Any,
+    ) -> None:
         """One training step. ``grad_norms`` maps layer (or parameter) names to gradient norms;
         ``throughput`` is examples (or tokens) per second; ``extra`` numbers are kept as is."""
         record: dict[str, Any] = {"type": "train", "step": int(step), "loss": _number(loss)}
@@ -74,8 +82,7 @@ class MetricsLogger:
         record.update({k: _number(v) for k, v in extra.items()})
         self._write(record)
 
-    def log_eval(self, *, step: int, val_loss: float | None = None, val_accuracy: float | None = None,
-                 **extra: Any) -> None:
+    def log_eval(self, *, step: int, val_loss: float | None = None, val_accuracy: float | None = None, **extra: Any) -> None:
         """One evaluation: validation loss and/or accuracy at training step ``step``."""
         if val_loss is None and val_accuracy is None and not extra:
             raise MetricsError("log_eval needs val_loss, val_accuracy or another metric")
@@ -103,10 +110,10 @@ class Run:
     train: list[dict[str, Any]] = field(default_factory=list)
     eval: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
-    unit: str = "step"                 # what "step" counts: optimizer steps, or epochs for epoch-level logs
-    source: str = "dlzoo-jsonl"        # the format it was read from (logformats.FORMATS)
-    warnings: list[str] = field(default_factory=list)   # values read but not analysed, and why
-    path: str = ""                     # the file (or directory) it was read from
+    unit: str = "step"  # what "step" counts: optimizer steps, or epochs for epoch-level logs
+    source: str = "dlzoo-jsonl"  # the format it was read from (logformats.FORMATS)
+    warnings: list[str] = field(default_factory=list)  # values read but not analysed, and why
+    path: str = ""  # the file (or directory) it was read from
 
     def series(self, name: str) -> tuple[list[int], list[float]]:
         """Steps and values of a train metric, for the records that have it."""
@@ -143,11 +150,11 @@ def parse_lines(lines, name: str = "<metrics>") -> Run:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise MetricsError(f"{where} is not a JSON object ({error.msg}); each line must be one "
-                               "JSON object, see docs/metrics.md") from None
+            raise MetricsError(
+                f"{where} is not a JSON object ({error.msg}); each line must be one JSON object, see docs/metrics.md"
+            ) from None
         if not isinstance(record, dict):
-            raise MetricsError(f"{where} is a JSON {type(record).__name__}, expected an object with "
-                               "step and loss (see docs/metrics.md)")
+            raise MetricsError(f"{where} is a JSON {type(record).__name__}, expected an object with step and loss (see docs/metrics.md)")
         kind = _kind(record)
         if kind == "meta":
             run.meta.update({k: v for k, v in record.items() if k != "type"})
@@ -169,8 +176,9 @@ def parse_lines(lines, name: str = "<metrics>") -> Run:
             if key in record:
                 record[key] = float(record[key])
         norms = record.get("grad_norms")
-        if norms is not None and (not isinstance(norms, dict) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in norms.values())):
+        if norms is not None and (
+            not isinstance(norms, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in norms.values())
+        ):
             raise MetricsError(f"{where}: grad_norms must be an object mapping layer names to numbers")
         if kind == "train":
             # A train line may carry the step's evaluation too: it becomes an eval record at the
@@ -180,8 +188,7 @@ def parse_lines(lines, name: str = "<metrics>") -> Run:
                 run.eval.append({"type": "eval", "step": step, **evaluated})
         (run.train if kind == "train" else run.eval).append(record)
     if not run.train:
-        raise MetricsError(f"{name} has no training lines; expected JSON lines with at least step and loss "
-                           "(see docs/metrics.md)")
+        raise MetricsError(f"{name} has no training lines; expected JSON lines with at least step and loss (see docs/metrics.md)")
     run.train.sort(key=lambda r: r["step"])
     run.eval.sort(key=lambda r: r["step"])
     return run
@@ -201,5 +208,3 @@ def read_metrics(path: str | os.PathLike) -> Run:
         raise MetricsError(f"{path} is a directory; pass the metrics.jsonl file inside it") from None
     except UnicodeDecodeError:
         raise MetricsError(f"{path} is not a UTF-8 text file; expected JSON lines (see docs/metrics.md)") from None
-
-

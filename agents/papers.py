@@ -42,6 +42,7 @@ class Claim:
     """One equation or design choice. ``paper``: what the paper does; ``zoo`` and ``why``: for a
     difference, what the zoo does instead and the reason; ``concept``: the theory marker id whose
     lines implement it, or "" when the zoo's model code has no such line."""
+
     name: str
     paper: str
     concept: str = ""
@@ -69,22 +70,27 @@ class Paper:
 
 @dataclass(frozen=True)
 class Location:
-    file: str          # path relative to the repository root (zoo/torch/layers.py) or to --project
-    line: int          # the code line the marker explains
-    marker_line: int   # the line that carries `# theory: <concept>`
-    code: str          # the code line's text, stripped
+    file: str  # path relative to the repository root (zoo/torch/layers.py) or to --project
+    line: int  # the code line the marker explains
+    marker_line: int  # the line that carries `# theory: <concept>`
+    code: str  # the code line's text, stripped
 
 
 def _claim(data: dict, where: str, arch: tuple[str, ...]) -> Claim:
     unknown = sorted(set(data) - set(_CLAIM_FIELDS))
     if unknown or "name" not in data or "paper" not in data:
-        raise ZooError(f"{where}: a claim needs name and paper and may have {', '.join(_CLAIM_FIELDS[2:])}; "
-                       f"got {', '.join(sorted(data))}")
+        raise ZooError(f"{where}: a claim needs name and paper and may have {', '.join(_CLAIM_FIELDS[2:])}; got {', '.join(sorted(data))}")
     own_arch = data.get("arch", arch)
-    return Claim(name=data["name"], paper=" ".join(data["paper"].split()), concept=data.get("concept", ""),
-                 arch=(own_arch,) if isinstance(own_arch, str) else tuple(own_arch),
-                 files=tuple(data.get("files", ())), equation=data.get("equation", "").strip(),
-                 zoo=" ".join(data.get("zoo", "").split()), why=" ".join(data.get("why", "").split()))
+    return Claim(
+        name=data["name"],
+        paper=" ".join(data["paper"].split()),
+        concept=data.get("concept", ""),
+        arch=(own_arch,) if isinstance(own_arch, str) else tuple(own_arch),
+        files=tuple(data.get("files", ())),
+        equation=data.get("equation", "").strip(),
+        zoo=" ".join(data.get("zoo", "").split()),
+        why=" ".join(data.get("why", "").split()),
+    )
 
 
 def _parse(path: Path) -> Paper:
@@ -100,10 +106,16 @@ def _parse(path: Path) -> Paper:
         raise ZooError(f"paper file {path.name} has id {data['id']!r}; the id must equal the file name")
     arch = data.get("arch", ())
     arch = (arch,) if isinstance(arch, str) else tuple(arch)
-    return Paper(id=data["id"], title=data["title"], authors=data["authors"], year=int(data["year"]),
-                 aliases=tuple(data.get("aliases", ())), summary=" ".join(data["summary"].split()),
-                 claims=tuple(_claim(c, path.name, arch) for c in data["claims"]),
-                 differences=tuple(_claim(c, path.name, arch) for c in data.get("differences", ())))
+    return Paper(
+        id=data["id"],
+        title=data["title"],
+        authors=data["authors"],
+        year=int(data["year"]),
+        aliases=tuple(data.get("aliases", ())),
+        summary=" ".join(data["summary"].split()),
+        claims=tuple(_claim(c, path.name, arch) for c in data["claims"]),
+        differences=tuple(_claim(c, path.name, arch) for c in data.get("differences", ())),
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -138,8 +150,9 @@ def _zoo_dir() -> Path:
     return ZOO_DIR
 
 
-def resolve(claim: Claim, framework: str = "torch", root: str | os.PathLike | None = None,
-            project_arch: str | None = None) -> list[Location]:
+def resolve(
+    claim: Claim, framework: str = "torch", root: str | os.PathLike | None = None, project_arch: str | None = None
+) -> list[Location]:
     """The lines that implement ``claim`` in ``zoo/<framework>/`` (or, with ``root``, in a
     generated project's model files), from the markers of ``claim.concept``.
 
@@ -154,15 +167,15 @@ def resolve(claim: Claim, framework: str = "torch", root: str | os.PathLike | No
         return []
     if root is None:
         folder, base = _zoo_dir() / framework, _zoo_dir().parent
-        groups = [[folder / f"{s}.py" for s in claim.files]] if claim.files else \
-            [[folder / f"{a}.py", folder / "layers.py"] for a in claim.arch]
+        groups = (
+            [[folder / f"{s}.py" for s in claim.files]] if claim.files else [[folder / f"{a}.py", folder / "layers.py"] for a in claim.arch]
+        )
     else:
         matches = sorted(Path(root).rglob("model.py"))
         if not matches or (claim.arch and project_arch not in claim.arch):
             return []
         folder, base = matches[0].parent, Path(root)
-        groups = [[folder / f"{s}.py" for s in claim.files]] if claim.files else [[folder / "model.py",
-                                                                                    folder / "layers.py"]]
+        groups = [[folder / f"{s}.py" for s in claim.files]] if claim.files else [[folder / "model.py", folder / "layers.py"]]
     locations: list[Location] = []
     for group in groups:
         for path in group:
@@ -171,30 +184,46 @@ def resolve(claim: Claim, framework: str = "torch", root: str | os.PathLike | No
             lines = path.read_text(encoding="utf-8").splitlines()
             found = [m for m in find_markers(path) if m.concept == claim.concept]
             for m in found:
-                loc = Location(Path(os.path.relpath(path, base)).as_posix(), m.line, m.marker_line,
-                               lines[m.line - 1].strip())
+                loc = Location(Path(os.path.relpath(path, base)).as_posix(), m.line, m.marker_line, lines[m.line - 1].strip())
                 if loc not in locations:
                     locations.append(loc)
             if found and not claim.files:
-                break   # the model's own file has it: do not add the shared layers' lines
+                break  # the model's own file has it: do not add the shared layers' lines
     return locations
 
 
 def paper_dict(paper: Paper, frameworks: tuple[str, ...] = ("torch",)) -> dict:
     """The ``--json`` form (schema in docs/papers.md)."""
-    def claim_dict(c: Claim) -> dict:
-        return {"name": c.name, "paper": c.paper, "equation": c.equation, "zoo": c.zoo, "why": c.why,
-                "concept": c.concept,
-                "lines": [{"framework": f, "file": loc.file, "line": loc.line, "marker_line": loc.marker_line,
-                           "code": loc.code} for f in frameworks for loc in resolve(c, f)]}
 
-    return {"id": paper.id, "title": paper.title, "authors": paper.authors, "year": paper.year,
-            "summary": paper.summary, "claims": [claim_dict(c) for c in paper.claims],
-            "differences": [claim_dict(c) for c in paper.differences]}
+    def claim_dict(c: Claim) -> dict:
+        return {
+            "name": c.name,
+            "paper": c.paper,
+            "equation": c.equation,
+            "zoo": c.zoo,
+            "why": c.why,
+            "concept": c.concept,
+            "lines": [
+                {"framework": f, "file": loc.file, "line": loc.line, "marker_line": loc.marker_line, "code": loc.code}
+                for f in frameworks
+                for loc in resolve(c, f)
+            ],
+        }
+
+    return {
+        "id": paper.id,
+        "title": paper.title,
+        "authors": paper.authors,
+        "year": paper.year,
+        "summary": paper.summary,
+        "claims": [claim_dict(c) for c in paper.claims],
+        "differences": [claim_dict(c) for c in paper.differences],
+    }
 
 
 def render_paper(paper: Paper, frameworks: tuple[str, ...] = ("torch",), width: int = 100) -> str:
     """The text ``dlzoo explain --paper ID`` prints."""
+
     def para(label: str, text: str) -> list[str]:
         return textwrap.wrap(text, width, initial_indent=f"   {label}", subsequent_indent="   " + " " * len(label))
 

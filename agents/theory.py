@@ -27,8 +27,7 @@ from pathlib import Path
 from ..zoo.configs import ZooError
 
 KNOWLEDGE_DIR = Path(__file__).with_name("knowledge")
-_REQUIRED = ("id", "title", "aliases", "brief", "intro", "full", "practice", "math", "papers",
-             "misconceptions", "related")
+_REQUIRED = ("id", "title", "aliases", "brief", "intro", "full", "practice", "math", "papers", "misconceptions", "related")
 _OPTIONAL = ("deep", "keywords", "zoo")
 LEVELS = ("intro", "standard", "deep")
 
@@ -65,11 +64,22 @@ class Entry:
     zoo: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "title": self.title, "aliases": list(self.aliases), "brief": self.brief,
-                "intro": self.intro, "full": self.full, "practice": self.practice, "deep": self.deep,
-                "math": self.math, "misconceptions": list(self.misconceptions),
-                "related": list(self.related), "keywords": list(self.keywords), "zoo": list(self.zoo),
-                "papers": [{"authors": p.authors, "title": p.title, "year": p.year} for p in self.papers]}
+        return {
+            "id": self.id,
+            "title": self.title,
+            "aliases": list(self.aliases),
+            "brief": self.brief,
+            "intro": self.intro,
+            "full": self.full,
+            "practice": self.practice,
+            "deep": self.deep,
+            "math": self.math,
+            "misconceptions": list(self.misconceptions),
+            "related": list(self.related),
+            "keywords": list(self.keywords),
+            "zoo": list(self.zoo),
+            "papers": [{"authors": p.authors, "title": p.title, "year": p.year} for p in self.papers],
+        }
 
 
 def _parse(path: Path) -> Entry:
@@ -79,22 +89,31 @@ def _parse(path: Path) -> Entry:
         raise ZooError(f"knowledge entry {path.name} is not valid TOML ({error}); fix the file") from None
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
-        raise ZooError(f"knowledge entry {path.name} lacks {', '.join(missing)}; every entry needs "
-                       f"{', '.join(_REQUIRED)}")
+        raise ZooError(f"knowledge entry {path.name} lacks {', '.join(missing)}; every entry needs {', '.join(_REQUIRED)}")
     unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
     if unknown:
-        raise ZooError(f"knowledge entry {path.name} has unknown field(s) {', '.join(unknown)}; "
-                       f"allowed: {', '.join(_REQUIRED + _OPTIONAL)}")
+        raise ZooError(
+            f"knowledge entry {path.name} has unknown field(s) {', '.join(unknown)}; allowed: {', '.join(_REQUIRED + _OPTIONAL)}"
+        )
     if data["id"] != path.stem:
         raise ZooError(f"knowledge entry {path.name} has id {data['id']!r}; the id must equal the file name")
     papers = tuple(Paper(str(p["authors"]), str(p["title"]), int(p["year"])) for p in data["papers"])
-    return Entry(id=data["id"], title=data["title"].strip(), aliases=tuple(data["aliases"]),
-                 brief=" ".join(data["brief"].split()), full=data["full"].strip(),
-                 math=data["math"].strip(), papers=papers,
-                 misconceptions=tuple(data["misconceptions"]), related=tuple(data["related"]),
-                 intro=" ".join(data["intro"].split()), practice=" ".join(data["practice"].split()),
-                 deep=data.get("deep", "").strip(), keywords=tuple(data.get("keywords", ())),
-                 zoo=tuple(data.get("zoo", ())))
+    return Entry(
+        id=data["id"],
+        title=data["title"].strip(),
+        aliases=tuple(data["aliases"]),
+        brief=" ".join(data["brief"].split()),
+        full=data["full"].strip(),
+        math=data["math"].strip(),
+        papers=papers,
+        misconceptions=tuple(data["misconceptions"]),
+        related=tuple(data["related"]),
+        intro=" ".join(data["intro"].split()),
+        practice=" ".join(data["practice"].split()),
+        deep=data.get("deep", "").strip(),
+        keywords=tuple(data.get("keywords", ())),
+        zoo=tuple(data.get("zoo", ())),
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -144,8 +163,9 @@ def lookup(topic: str) -> Entry:
     close = difflib.get_close_matches(key, list(names), n=1, cutoff=0.85)
     if close:
         return entries[names[close[0]]]
-    raise UnknownTopicError(f"no theory entry for {topic!r}; nearest: {', '.join(nearest(topic))} "
-                            "(try `dlzoo ask` for a free-text question)")
+    raise UnknownTopicError(
+        f"no theory entry for {topic!r}; nearest: {', '.join(nearest(topic))} (try `dlzoo ask` for a free-text question)"
+    )
 
 
 # "Author (2019)", "Author et al., 2019", "Author and Other (2019)", "Author, Other and Third, 2019".
@@ -159,13 +179,11 @@ def _ascii(text: str) -> str:
 def unlisted_citations(entry: Entry) -> list[str]:
     """Citations in the entry's prose ("Cohen et al. (2021)") whose author and year match no paper
     in its list; an author matches when the surname appears in the paper's author string."""
-    text = _ascii(" ".join([entry.brief, entry.intro, entry.full, entry.practice, entry.deep,
-                            *entry.misconceptions]))
+    text = _ascii(" ".join([entry.brief, entry.intro, entry.full, entry.practice, entry.deep, *entry.misconceptions]))
     missing = []
     for match in _CITATION.finditer(text):
         name, year = match.group(1), int(match.group(2))
-        if not any(p.year == year and re.search(rf"\b{re.escape(name)}\b", _ascii(p.authors))
-                   for p in entry.papers):
+        if not any(p.year == year and re.search(rf"\b{re.escape(name)}\b", _ascii(p.authors)) for p in entry.papers):
             missing.append(match.group(0).strip())
     return missing
 
@@ -176,8 +194,13 @@ def zoo_lines(entry: Entry, frameworks: tuple[str, ...] = ("torch",)) -> list:
     from .annotate import ZOO_DIR, find_markers
 
     wanted = {entry.id, *entry.zoo}
-    return [m for framework in frameworks for path in sorted((ZOO_DIR / framework).glob("*.py"))
-            for m in find_markers(path) if m.concept in wanted]
+    return [
+        m
+        for framework in frameworks
+        for path in sorted((ZOO_DIR / framework).glob("*.py"))
+        for m in find_markers(path)
+        if m.concept in wanted
+    ]
 
 
 def render(entry: Entry, level: str = "standard", width: int = 100) -> str:
@@ -193,8 +216,11 @@ def render(entry: Entry, level: str = "standard", width: int = 100) -> str:
     from .annotate import ZOO_DIR
 
     def wrap(text: str, indent: str = "") -> list[str]:
-        return [textwrap.fill(" ".join(p.split()), width, initial_indent=indent, subsequent_indent=indent)
-                for p in text.split("\n\n") if p.strip()]
+        return [
+            textwrap.fill(" ".join(p.split()), width, initial_indent=indent, subsequent_indent=indent)
+            for p in text.split("\n\n")
+            if p.strip()
+        ]
 
     out = [f"{entry.title}  [{entry.id}]", ""]
     if level == "intro":
@@ -207,8 +233,9 @@ def render(entry: Entry, level: str = "standard", width: int = 100) -> str:
     out += ["", "In practice:"] + wrap(entry.practice, "  ")
     out += ["", "Common misconceptions:"] + [f"  - {m}" for m in entry.misconceptions]
     out += ["", "Papers:"] + [f"  - {p.cite()}" for p in entry.papers]
-    frameworks = tuple(sorted(d.name for d in ZOO_DIR.iterdir() if d.is_dir() and not d.name.startswith("_"))) \
-        if level == "deep" else ("torch",)
+    frameworks = (
+        tuple(sorted(d.name for d in ZOO_DIR.iterdir() if d.is_dir() and not d.name.startswith("_"))) if level == "deep" else ("torch",)
+    )
     lines = zoo_lines(entry, frameworks)
     if lines:
         out += ["", "Where it shows in the zoo:"]

@@ -26,9 +26,11 @@ HEAVY = ("torch", "jax", "flax", "keras", "tensorflow", "haiku", "equinox", "tra
 
 
 def imported(args: list[str]) -> list[str]:
-    probe = ("import sys, runpy; sys.argv = ['dlzoo'] + sys.argv[1:]\n"
-             "try:\n    runpy.run_module('dlzoo.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)")
+    probe = (
+        "import sys, runpy; sys.argv = ['dlzoo'] + sys.argv[1:]\n"
+        "try:\n    runpy.run_module('dlzoo.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)"
+    )
     result = subprocess.run([sys.executable, "-c", probe, *args[3:]], capture_output=True, text=True)
     return [m for m in result.stderr.strip().splitlines()[-1].split(",") if m] if result.stderr.strip() else []
 

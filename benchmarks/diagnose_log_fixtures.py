@@ -55,16 +55,24 @@ def keras_logs(out: Path) -> None:
 
     keras.utils.set_random_seed(0)
     (x, y), (vx, vy) = _digits(n_train=100)
-    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(256, activation="relu"),
-                              keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10)])
-    model.compile(optimizer=keras.optimizers.Adam(3e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(256, activation="relu"), keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10)]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     target = out / "keras"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    history = model.fit(x, y, validation_data=(vx, vy), epochs=60, batch_size=32, verbose=0,
-                        callbacks=[keras.callbacks.CSVLogger(str(target / "training.csv")),
-                                   keras.callbacks.TensorBoard(log_dir=str(target / "tb"))])
+    history = model.fit(
+        x,
+        y,
+        validation_data=(vx, vy),
+        epochs=60,
+        batch_size=32,
+        verbose=0,
+        callbacks=[keras.callbacks.CSVLogger(str(target / "training.csv")), keras.callbacks.TensorBoard(log_dir=str(target / "tb"))],
+    )
     (target / "history.json").write_text(json.dumps({k: [float(v) for v in vs] for k, vs in history.history.items()}))
 
 
@@ -82,8 +90,9 @@ def lightning_logs(out: Path) -> None:
         def __init__(self):
             super().__init__()
             self.save_hyperparameters({"num_classes": 10, "lr": 1e-3})
-            self.model = dlzoo.create_model("vit", framework="torch", config="tiny", image_size=8, patch_size=2,
-                                            num_channels=1, num_classes=10)
+            self.model = dlzoo.create_model(
+                "vit", framework="torch", config="tiny", image_size=8, patch_size=2, num_channels=1, num_classes=10
+            )
 
         def forward(self, images):
             return self.model(images.view(-1, 1, 8, 8))["logits"]
@@ -109,9 +118,16 @@ def lightning_logs(out: Path) -> None:
     target = out / "lightning"
     shutil.rmtree(target, ignore_errors=True)
     logger = L.pytorch.loggers.CSVLogger(str(out), name="lightning")
-    trainer = L.Trainer(max_epochs=10, logger=logger, log_every_n_steps=1, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                        callbacks=[L.pytorch.callbacks.LearningRateMonitor(logging_interval="step")])
+    trainer = L.Trainer(
+        max_epochs=10,
+        logger=logger,
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        callbacks=[L.pytorch.callbacks.LearningRateMonitor(logging_interval="step")],
+    )
     trainer.fit(Module(), loader(x, y, True), loader(vx, vy, False))
 
 
@@ -122,15 +138,27 @@ def hf_logs(out: Path) -> None:
     torch.manual_seed(0)
     text = np.frombuffer(Path(json.__file__).read_bytes(), dtype=np.uint8).astype(np.int64)
     starts = np.random.default_rng(0).integers(0, len(text) - 65, 600)
-    examples = [{"input_ids": torch.from_numpy(text[s:s + 64]), "labels": torch.from_numpy(text[s:s + 64])}
-                for s in starts]
+    examples = [{"input_ids": torch.from_numpy(text[s : s + 64]), "labels": torch.from_numpy(text[s : s + 64])} for s in starts]
     config = GPT2Config(vocab_size=256, n_positions=64, n_embd=32, n_layer=2, n_head=2)
     model = GPT2LMHeadModel(config)
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, max_steps=120, per_device_train_batch_size=8, learning_rate=0.05,
-                                 warmup_steps=10, logging_steps=1, eval_strategy="steps", eval_steps=20,
-                                 per_device_eval_batch_size=16, save_strategy="steps", save_steps=120,
-                                 report_to=[], seed=0, use_cpu=True, disable_tqdm=True)
+        args = TrainingArguments(
+            output_dir=tmp,
+            max_steps=120,
+            per_device_train_batch_size=8,
+            learning_rate=0.05,
+            warmup_steps=10,
+            logging_steps=1,
+            eval_strategy="steps",
+            eval_steps=20,
+            per_device_eval_batch_size=16,
+            save_strategy="steps",
+            save_steps=120,
+            report_to=[],
+            seed=0,
+            use_cpu=True,
+            disable_tqdm=True,
+        )
         trainer = Trainer(model=model, args=args, train_dataset=examples[:500], eval_dataset=examples[500:])
         trainer.train()
         checkpoint = Path(tmp) / "checkpoint-120"
@@ -151,8 +179,7 @@ def tensorboard_logs(out: Path) -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     (x, y), (vx, vy) = _digits()
-    model = dlzoo.create_model("vit", framework="torch", config="tiny", image_size=8, patch_size=2, num_channels=1,
-                               num_classes=10)
+    model = dlzoo.create_model("vit", framework="torch", config="tiny", image_size=8, patch_size=2, num_channels=1, num_classes=10)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     target = out / "tensorboard"
     shutil.rmtree(target, ignore_errors=True)
@@ -197,14 +224,22 @@ def derived_logs(out: Path) -> None:
             file.write(json.dumps(line) + "\n")
     with open(target / "epochs.jsonl", "w") as file:  # another logger's JSON lines: epoch, no type
         for epoch, k in enumerate(range(0, len(run.train), 20)):
-            chunk = [r["loss"] for r in run.train[k:k + 20]]
+            chunk = [r["loss"] for r in run.train[k : k + 20]]
             e = evals.get(run.train[min(k + 19, len(run.train) - 1)]["step"], {})
-            file.write(json.dumps({"epoch": epoch, "train_loss": float(np.mean(chunk)),
-                                   "val_loss": e.get("val_loss", math.nan), "val_acc": e.get("val_accuracy")}) + "\n")
+            file.write(
+                json.dumps(
+                    {
+                        "epoch": epoch,
+                        "train_loss": float(np.mean(chunk)),
+                        "val_loss": e.get("val_loss", math.nan),
+                        "val_acc": e.get("val_accuracy"),
+                    }
+                )
+                + "\n"
+            )
 
 
-WRITERS = {"keras": keras_logs, "lightning": lightning_logs, "hf": hf_logs, "tensorboard": tensorboard_logs,
-           "derived": derived_logs}
+WRITERS = {"keras": keras_logs, "lightning": lightning_logs, "hf": hf_logs, "tensorboard": tensorboard_logs, "derived": derived_logs}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,108 +40,297 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclass
 class Spec:
     name: str
-    arch: str                         # gpt | vit | resnet
+    arch: str  # gpt | vit | resnet
     steps: int = 300
     lr: float = 3e-3
-    warmup: int = 0                   # linear warmup steps (declared in the meta line)
-    schedule: str = "cosine"          # cosine | constant | ramp (linear from 0 to lr over all steps)
-    optimizer: str = "adamw"          # adamw | sgd (momentum 0.9)
+    warmup: int = 0  # linear warmup steps (declared in the meta line)
+    schedule: str = "cosine"  # cosine | constant | ramp (linear from 0 to lr over all steps)
+    optimizer: str = "adamw"  # adamw | sgd (momentum 0.9)
     weight_decay: float = 0.01
     batch: int = 16
     seed: int = 0
-    corpus: str = "json"              # gpt: a standard-library package's source, as bytes
+    corpus: str = "json"  # gpt: a standard-library package's source, as bytes
     num_layers: int | None = None
-    init_scale: float = 1.0           # multiplies every weight matrix after the zoo's init
+    init_scale: float = 1.0  # multiplies every weight matrix after the zoo's init
     zero_grad: bool = True
     bad_batches: tuple[int, ...] = ()  # steps whose batch is corrupted
     shuffle_labels: bool = False
-    train_subset: int | None = None   # images: train on only this many examples
+    train_subset: int | None = None  # images: train on only this many examples
     eval_every: int = 20
     clip: float | None = None
     note: str = ""
     healthy: bool = False
-    expected: list[dict] = field(default_factory=list)   # [{"kinds": [...], "onset": int | rule}]
-    forbidden: list[str] = field(default_factory=list)   # kinds that would misname the cause
+    expected: list[dict] = field(default_factory=list)  # [{"kinds": [...], "onset": int | rule}]
+    forbidden: list[str] = field(default_factory=list)  # kinds that would misname the cause
 
 
 # Onset rules for pathologies whose start the run decides (not the detector's rules).
-BEST_VAL = "best_val"          # the eval step with the lowest validation loss
-LOSS_MIN = "loss_min"          # the last step, between the lowest 11-step centred mean loss and the highest
-                               # one after it (or the first NaN), where that mean is within 10% of its lowest
+BEST_VAL = "best_val"  # the eval step with the lowest validation loss
+LOSS_MIN = "loss_min"  # the last step, between the lowest 11-step centred mean loss and the highest
+# one after it (or the first NaN), where that mean is within 10% of its lowest
 PLATEAU_START = "plateau_start"  # the first step from which the 11-step centred mean stays within 5% of the
-                                 # median loss of the last quarter
+# median loss of the last quarter
 
 
 def _specs() -> dict[str, list[Spec]]:
     tuning = [
         Spec("gpt_healthy", "gpt", lr=3e-3, warmup=20, healthy=True, note="AdamW 3e-3, 20-step warmup, cosine"),
-        Spec("vit_digits_healthy", "vit", steps=400, lr=1e-3, warmup=20, batch=64, healthy=True,
-             note="classifier on digits whose training loss approaches zero"),
-        Spec("vit_digits_long_healthy", "vit", steps=600, lr=2e-3, warmup=30, batch=64, seed=5, healthy=True,
-             note="600 steps: the training loss sits near zero for the last half"),
-        Spec("resnet_digits_healthy_seed0", "resnet", steps=300, lr=3e-3, batch=64, healthy=True,
-             note="ResNet classifier on digits, no warmup"),
-        Spec("gpt_constant_lr_healthy", "gpt", steps=300, lr=1e-3, schedule="constant", seed=2, healthy=True,
-             note="AdamW at a constant 1e-3"),
-        Spec("gpt_lr_far_too_high", "gpt", lr=0.1, schedule="constant",
-             note="AdamW at 0.1 without warmup: the loss jumps above ln V at step 2, then the model "
-                  "collapses onto the unigram plateau and stays there",
-             expected=[{"kinds": ["divergence", "lr-too-high", "non-finite", "early-instability"], "onset": 1},
-                       {"kinds": ["plateau"], "onset": PLATEAU_START}]),
-        Spec("gpt_sgd_ramp_blowup", "gpt", steps=400, lr=4.0, schedule="ramp", optimizer="sgd", weight_decay=0.0,
-             note="SGD whose learning rate ramps linearly from 0 to 4: learns, creeps up, blows up to NaN",
-             expected=[{"kinds": ["divergence", "lr-too-high", "non-finite"], "onset": LOSS_MIN}]),
-        Spec("gpt_lr_too_low", "gpt", lr=1e-5, schedule="constant", note="AdamW at 1e-5",
-             expected=[{"kinds": ["lr-too-low"], "onset": 0}]),
-        Spec("vit_overfit", "vit", steps=400, lr=1e-3, batch=32, train_subset=64, weight_decay=0.0, eval_every=10,
-             note="64 training images, no weight decay",
-             expected=[{"kinds": ["overfitting"], "onset": BEST_VAL}]),
-        Spec("vit_bad_batches", "vit", steps=300, lr=1e-3, batch=64, bad_batches=(120, 220),
-             note="two batches fed unnormalised pixels (0..16) with random labels",
-             expected=[{"kinds": ["loss-spike"], "onset": 120}, {"kinds": ["loss-spike"], "onset": 220}]),
-        Spec("gpt_no_zero_grad", "gpt", lr=1e-3, warmup=10, zero_grad=False,
-             note="optimizer.zero_grad() never called: gradients accumulate",
-             expected=[{"kinds": ["accumulating-gradients"], "onset": 0}], forbidden=["lr-too-high"]),
-        Spec("vit_shuffled_labels", "vit", steps=400, lr=1e-3, batch=64, train_subset=256, shuffle_labels=True,
-             weight_decay=0.0, note="256 training images whose labels were shuffled",
-             expected=[{"kinds": ["broken-labels"], "onset": 0}]),
-        Spec("gpt_deep_bad_init", "gpt", num_layers=8, lr=1e-3, warmup=20, init_scale=50.0,
-             note="8 blocks, every weight matrix 50x the zoo's init (std 1 instead of 0.02)",
-             expected=[{"kinds": ["abnormal-initial-loss"], "onset": 0}], forbidden=["lr-too-high"]),
+        Spec(
+            "vit_digits_healthy",
+            "vit",
+            steps=400,
+            lr=1e-3,
+            warmup=20,
+            batch=64,
+            healthy=True,
+            note="classifier on digits whose training loss approaches zero",
+        ),
+        Spec(
+            "vit_digits_long_healthy",
+            "vit",
+            steps=600,
+            lr=2e-3,
+            warmup=30,
+            batch=64,
+            seed=5,
+            healthy=True,
+            note="600 steps: the training loss sits near zero for the last half",
+        ),
+        Spec(
+            "resnet_digits_healthy_seed0",
+            "resnet",
+            steps=300,
+            lr=3e-3,
+            batch=64,
+            healthy=True,
+            note="ResNet classifier on digits, no warmup",
+        ),
+        Spec(
+            "gpt_constant_lr_healthy", "gpt", steps=300, lr=1e-3, schedule="constant", seed=2, healthy=True, note="AdamW at a constant 1e-3"
+        ),
+        Spec(
+            "gpt_lr_far_too_high",
+            "gpt",
+            lr=0.1,
+            schedule="constant",
+            note="AdamW at 0.1 without warmup: the loss jumps above ln V at step 2, then the model "
+            "collapses onto the unigram plateau and stays there",
+            expected=[
+                {"kinds": ["divergence", "lr-too-high", "non-finite", "early-instability"], "onset": 1},
+                {"kinds": ["plateau"], "onset": PLATEAU_START},
+            ],
+        ),
+        Spec(
+            "gpt_sgd_ramp_blowup",
+            "gpt",
+            steps=400,
+            lr=4.0,
+            schedule="ramp",
+            optimizer="sgd",
+            weight_decay=0.0,
+            note="SGD whose learning rate ramps linearly from 0 to 4: learns, creeps up, blows up to NaN",
+            expected=[{"kinds": ["divergence", "lr-too-high", "non-finite"], "onset": LOSS_MIN}],
+        ),
+        Spec("gpt_lr_too_low", "gpt", lr=1e-5, schedule="constant", note="AdamW at 1e-5", expected=[{"kinds": ["lr-too-low"], "onset": 0}]),
+        Spec(
+            "vit_overfit",
+            "vit",
+            steps=400,
+            lr=1e-3,
+            batch=32,
+            train_subset=64,
+            weight_decay=0.0,
+            eval_every=10,
+            note="64 training images, no weight decay",
+            expected=[{"kinds": ["overfitting"], "onset": BEST_VAL}],
+        ),
+        Spec(
+            "vit_bad_batches",
+            "vit",
+            steps=300,
+            lr=1e-3,
+            batch=64,
+            bad_batches=(120, 220),
+            note="two batches fed unnormalised pixels (0..16) with random labels",
+            expected=[{"kinds": ["loss-spike"], "onset": 120}, {"kinds": ["loss-spike"], "onset": 220}],
+        ),
+        Spec(
+            "gpt_no_zero_grad",
+            "gpt",
+            lr=1e-3,
+            warmup=10,
+            zero_grad=False,
+            note="optimizer.zero_grad() never called: gradients accumulate",
+            expected=[{"kinds": ["accumulating-gradients"], "onset": 0}],
+            forbidden=["lr-too-high"],
+        ),
+        Spec(
+            "vit_shuffled_labels",
+            "vit",
+            steps=400,
+            lr=1e-3,
+            batch=64,
+            train_subset=256,
+            shuffle_labels=True,
+            weight_decay=0.0,
+            note="256 training images whose labels were shuffled",
+            expected=[{"kinds": ["broken-labels"], "onset": 0}],
+        ),
+        Spec(
+            "gpt_deep_bad_init",
+            "gpt",
+            num_layers=8,
+            lr=1e-3,
+            warmup=20,
+            init_scale=50.0,
+            note="8 blocks, every weight matrix 50x the zoo's init (std 1 instead of 0.02)",
+            expected=[{"kinds": ["abnormal-initial-loss"], "onset": 0}],
+            forbidden=["lr-too-high"],
+        ),
     ]
     heldout = [
-        Spec("gpt_healthy_argparse", "gpt", corpus="argparse", seed=1, steps=400, lr=1e-3, warmup=40, batch=12,
-             healthy=True, note="AdamW 1e-3, 40-step warmup, another corpus and seed"),
-        Spec("resnet_digits_healthy", "resnet", steps=300, lr=3e-3, warmup=10, batch=64, seed=1, healthy=True,
-             note="ResNet classifier on digits"),
-        Spec("vit_digits_warmup50_healthy", "vit", steps=300, lr=2e-3, warmup=50, batch=32, seed=2, healthy=True,
-             note="declared 50-step warmup"),
-        Spec("gpt_clipped_healthy", "gpt", corpus="argparse", seed=3, lr=2e-3, warmup=10, clip=1.0, healthy=True,
-             note="gradient clipping at 1"),
-        Spec("gpt_lr_high_in_warmup", "gpt", corpus="argparse", seed=1, lr=0.3, warmup=30,
-             note="AdamW warming up to 0.3: within a few steps the model collapses onto the unigram "
-                  "plateau and stays there",
-             expected=[{"kinds": ["plateau", "lr-too-high"], "onset": PLATEAU_START}]),
-        Spec("vit_adam_ramp_blowup", "vit", steps=400, lr=0.1, schedule="ramp", batch=64, seed=1,
-             note="AdamW whose learning rate ramps linearly from 0 to 0.1: learns, then slowly loses it",
-             expected=[{"kinds": ["divergence", "lr-too-high", "non-finite"], "onset": LOSS_MIN}]),
-        Spec("vit_lr_too_low", "vit", steps=300, lr=3e-6, schedule="constant", batch=64, seed=1,
-             note="AdamW at 3e-6", expected=[{"kinds": ["lr-too-low"], "onset": 0}]),
-        Spec("resnet_overfit", "resnet", steps=400, lr=3e-3, batch=32, train_subset=48, weight_decay=0.0,
-             eval_every=10, seed=2, note="48 training images, no weight decay",
-             expected=[{"kinds": ["overfitting"], "onset": BEST_VAL}]),
-        Spec("gpt_bad_batches", "gpt", corpus="argparse", seed=4, lr=2e-3, warmup=10, bad_batches=(90, 200),
-             note="two batches of uniformly random bytes",
-             expected=[{"kinds": ["loss-spike"], "onset": 90}, {"kinds": ["loss-spike"], "onset": 200}]),
-        Spec("vit_no_zero_grad_sgd", "vit", steps=300, lr=0.01, schedule="constant", optimizer="sgd", batch=64,
-             zero_grad=False, seed=3, note="SGD with momentum, optimizer.zero_grad() never called",
-             expected=[{"kinds": ["accumulating-gradients"], "onset": 0}], forbidden=["lr-too-high"]),
-        Spec("resnet_shuffled_labels", "resnet", steps=400, lr=3e-3, batch=64, train_subset=192, shuffle_labels=True,
-             weight_decay=0.0, seed=3, note="192 training images whose labels were shuffled",
-             expected=[{"kinds": ["broken-labels"], "onset": 0}]),
-        Spec("vit_deep_bad_init", "vit", num_layers=8, steps=300, lr=1e-3, warmup=10, batch=64, init_scale=60.0,
-             seed=4, note="8 blocks, every weight matrix 60x the zoo's init",
-             expected=[{"kinds": ["abnormal-initial-loss"], "onset": 0}], forbidden=["lr-too-high"]),
+        Spec(
+            "gpt_healthy_argparse",
+            "gpt",
+            corpus="argparse",
+            seed=1,
+            steps=400,
+            lr=1e-3,
+            warmup=40,
+            batch=12,
+            healthy=True,
+            note="AdamW 1e-3, 40-step warmup, another corpus and seed",
+        ),
+        Spec(
+            "resnet_digits_healthy",
+            "resnet",
+            steps=300,
+            lr=3e-3,
+            warmup=10,
+            batch=64,
+            seed=1,
+            healthy=True,
+            note="ResNet classifier on digits",
+        ),
+        Spec(
+            "vit_digits_warmup50_healthy",
+            "vit",
+            steps=300,
+            lr=2e-3,
+            warmup=50,
+            batch=32,
+            seed=2,
+            healthy=True,
+            note="declared 50-step warmup",
+        ),
+        Spec(
+            "gpt_clipped_healthy",
+            "gpt",
+            corpus="argparse",
+            seed=3,
+            lr=2e-3,
+            warmup=10,
+            clip=1.0,
+            healthy=True,
+            note="gradient clipping at 1",
+        ),
+        Spec(
+            "gpt_lr_high_in_warmup",
+            "gpt",
+            corpus="argparse",
+            seed=1,
+            lr=0.3,
+            warmup=30,
+            note="AdamW warming up to 0.3: within a few steps the model collapses onto the unigram plateau and stays there",
+            expected=[{"kinds": ["plateau", "lr-too-high"], "onset": PLATEAU_START}],
+        ),
+        Spec(
+            "vit_adam_ramp_blowup",
+            "vit",
+            steps=400,
+            lr=0.1,
+            schedule="ramp",
+            batch=64,
+            seed=1,
+            note="AdamW whose learning rate ramps linearly from 0 to 0.1: learns, then slowly loses it",
+            expected=[{"kinds": ["divergence", "lr-too-high", "non-finite"], "onset": LOSS_MIN}],
+        ),
+        Spec(
+            "vit_lr_too_low",
+            "vit",
+            steps=300,
+            lr=3e-6,
+            schedule="constant",
+            batch=64,
+            seed=1,
+            note="AdamW at 3e-6",
+            expected=[{"kinds": ["lr-too-low"], "onset": 0}],
+        ),
+        Spec(
+            "resnet_overfit",
+            "resnet",
+            steps=400,
+            lr=3e-3,
+            batch=32,
+            train_subset=48,
+            weight_decay=0.0,
+            eval_every=10,
+            seed=2,
+            note="48 training images, no weight decay",
+            expected=[{"kinds": ["overfitting"], "onset": BEST_VAL}],
+        ),
+        Spec(
+            "gpt_bad_batches",
+            "gpt",
+            corpus="argparse",
+            seed=4,
+            lr=2e-3,
+            warmup=10,
+            bad_batches=(90, 200),
+            note="two batches of uniformly random bytes",
+            expected=[{"kinds": ["loss-spike"], "onset": 90}, {"kinds": ["loss-spike"], "onset": 200}],
+        ),
+        Spec(
+            "vit_no_zero_grad_sgd",
+            "vit",
+            steps=300,
+            lr=0.01,
+            schedule="constant",
+            optimizer="sgd",
+            batch=64,
+            zero_grad=False,
+            seed=3,
+            note="SGD with momentum, optimizer.zero_grad() never called",
+            expected=[{"kinds": ["accumulating-gradients"], "onset": 0}],
+            forbidden=["lr-too-high"],
+        ),
+        Spec(
+            "resnet_shuffled_labels",
+            "resnet",
+            steps=400,
+            lr=3e-3,
+            batch=64,
+            train_subset=192,
+            shuffle_labels=True,
+            weight_decay=0.0,
+            seed=3,
+            note="192 training images whose labels were shuffled",
+            expected=[{"kinds": ["broken-labels"], "onset": 0}],
+        ),
+        Spec(
+            "vit_deep_bad_init",
+            "vit",
+            num_layers=8,
+            steps=300,
+            lr=1e-3,
+            warmup=10,
+            batch=64,
+            init_scale=60.0,
+            seed=4,
+            note="8 blocks, every weight matrix 60x the zoo's init",
+            expected=[{"kinds": ["abnormal-initial-loss"], "onset": 0}],
+            forbidden=["lr-too-high"],
+        ),
     ]
     return {"tuning": tuning, "heldout": heldout}
 
@@ -149,12 +338,12 @@ def _specs() -> dict[str, list[Spec]]:
 # ---------------------------------------------------------------------------------------------
 # data
 
+
 def _corpus(name: str) -> np.ndarray:
     import importlib
 
     module = importlib.import_module(name)
-    files = sorted(Path(module.__file__).parent.glob("*.py")) if module.__file__.endswith("__init__.py") \
-        else [Path(module.__file__)]
+    files = sorted(Path(module.__file__).parent.glob("*.py")) if module.__file__.endswith("__init__.py") else [Path(module.__file__)]
     text = b"".join(f.read_bytes() for f in files)
     return np.frombuffer(text, dtype=np.uint8).astype(np.int64)
 
@@ -176,6 +365,7 @@ def _digits(arch: str, seed: int):
 
 # ---------------------------------------------------------------------------------------------
 # training
+
 
 def _model(spec: Spec):
     import torch
@@ -244,13 +434,13 @@ def train(spec: Spec, path: Path) -> dict:
         length = model.config.context_length
         num_classes = model.config.vocab_size
         val_starts = np.random.default_rng(1000).integers(0, len(val_data) - length - 1, 32)
-        val_batch = torch.from_numpy(np.stack([val_data[s:s + length + 1] for s in val_starts]))
+        val_batch = torch.from_numpy(np.stack([val_data[s : s + length + 1] for s in val_starts]))
 
         def batch_at(step):
             if step in spec.bad_batches:
                 return torch.from_numpy(rng.integers(0, 256, (spec.batch, length + 1)))
             starts = rng.integers(0, len(train_data) - length - 1, spec.batch)
-            return torch.from_numpy(np.stack([train_data[s:s + length + 1] for s in starts]))
+            return torch.from_numpy(np.stack([train_data[s : s + length + 1] for s in starts]))
 
         def loss_of(batch):
             logits = model(batch[:, :-1])["logits"]
@@ -264,7 +454,7 @@ def train(spec: Spec, path: Path) -> dict:
     else:
         (x, y, raw), (vx, vy) = _digits(spec.arch, spec.seed)
         if spec.train_subset:
-            x, y, raw = x[:spec.train_subset], y[:spec.train_subset], raw[:spec.train_subset]
+            x, y, raw = x[: spec.train_subset], y[: spec.train_subset], raw[: spec.train_subset]
         if spec.shuffle_labels:
             y = rng.permutation(y)
         num_classes = 10
@@ -291,8 +481,7 @@ def train(spec: Spec, path: Path) -> dict:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
-    meta = {"num_classes": num_classes, "total_steps": spec.steps, "batch_size": spec.batch,
-            "arch": spec.arch, "framework": "torch"}
+    meta = {"num_classes": num_classes, "total_steps": spec.steps, "batch_size": spec.batch, "arch": spec.arch, "framework": "torch"}
     if spec.warmup:
         meta["warmup_steps"] = spec.warmup
     model.train()
@@ -316,8 +505,13 @@ def train(spec: Spec, path: Path) -> dict:
             optimizer.step()
             value = loss.item()
             losses.append(value)
-            log.log(step=step, loss=_round(value), lr=_round(lr), grad_norm=_round(total),
-                    grad_norms={k: _round(math.sqrt(v)) for k, v in grads.items()})
+            log.log(
+                step=step,
+                loss=_round(value),
+                lr=_round(lr),
+                grad_norm=_round(total),
+                grad_norms={k: _round(math.sqrt(v)) for k, v in grads.items()},
+            )
             if (step + 1) % spec.eval_every == 0 or step == spec.steps - 1:
                 val_loss, val_accuracy = evaluate()
                 evals.append((step, val_loss))
@@ -337,22 +531,35 @@ def _onset(rule, losses: np.ndarray, evals) -> int:
     if rule == LOSS_MIN:
         low = int(np.argmin(mean))
         top = end - 1 if end < len(losses) else low + int(np.argmax(mean[low:]))
-        return low + int(np.flatnonzero(mean[low:top + 1] <= 1.1 * mean[low])[-1])
+        return low + int(np.flatnonzero(mean[low : top + 1] <= 1.1 * mean[low])[-1])
     if rule == PLATEAU_START:
-        level = np.median(losses[-len(losses) // 4:])
+        level = np.median(losses[-len(losses) // 4 :])
         outside = np.flatnonzero(np.abs(mean - level) > 0.05 * level)
         return int(outside[-1] + 1) if len(outside) else 0
     raise ValueError(rule)
 
 
 def _entry(spec: Spec, path: Path, losses: np.ndarray, evals) -> dict:
-    expected = [{"kinds": e["kinds"], "onset": _onset(e["onset"], losses, evals),
-                 "onset_rule": e["onset"] if isinstance(e["onset"], str) else "step where the fault was put in"}
-                for e in spec.expected]
-    return {"file": path.name, "arch": spec.arch, "steps": spec.steps, "healthy": spec.healthy,
-            "note": spec.note, "expected": expected, "forbidden": spec.forbidden,
-            "first_loss": _round(float(losses[0])), "last_loss": _round(float(losses[-1])),
-            "final_val_loss": _round(evals[-1][1]) if evals else None}
+    expected = [
+        {
+            "kinds": e["kinds"],
+            "onset": _onset(e["onset"], losses, evals),
+            "onset_rule": e["onset"] if isinstance(e["onset"], str) else "step where the fault was put in",
+        }
+        for e in spec.expected
+    ]
+    return {
+        "file": path.name,
+        "arch": spec.arch,
+        "steps": spec.steps,
+        "healthy": spec.healthy,
+        "note": spec.note,
+        "expected": expected,
+        "forbidden": spec.forbidden,
+        "first_loss": _round(float(losses[0])),
+        "last_loss": _round(float(losses[-1])),
+        "final_val_loss": _round(evals[-1][1]) if evals else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,8 +580,11 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         manifest[spec.name] = train(spec, out / f"{spec.name}.jsonl")
         entry = manifest[spec.name]
-        print(f"{spec.name:32s} {time.perf_counter() - start:5.1f}s  loss {entry['first_loss']} -> "
-              f"{entry['last_loss']}  val {entry['final_val_loss']}  expected {entry['expected']}", file=sys.stderr)
+        print(
+            f"{spec.name:32s} {time.perf_counter() - start:5.1f}s  loss {entry['first_loss']} -> "
+            f"{entry['last_loss']}  val {entry['final_val_loss']}  expected {entry['expected']}",
+            file=sys.stderr,
+        )
     out.mkdir(parents=True, exist_ok=True)
     manifest_path.write_text(json.dumps(dict(sorted(manifest.items())), indent=1) + "\n")
     return 0

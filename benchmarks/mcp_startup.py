@@ -23,10 +23,12 @@ import time
 
 HEAVY = ("torch", "jax", "flax", "keras", "tensorflow", "haiku", "equinox", "transformers")
 # Runs the CLI's `mcp` command in-process and reports, on stderr at exit, which frameworks it imported.
-PROBE = ("import atexit, sys\n"
-         f"atexit.register(lambda: print('imported:' + ','.join(m for m in {HEAVY!r} if m in sys.modules), "
-         "file=sys.stderr))\n"
-         "from dlzoo.cli import main\nsys.argv = ['dlzoo', 'mcp', '--root', sys.argv[1]]\nmain()\n")
+PROBE = (
+    "import atexit, sys\n"
+    f"atexit.register(lambda: print('imported:' + ','.join(m for m in {HEAVY!r} if m in sys.modules), "
+    "file=sys.stderr))\n"
+    "from dlzoo.cli import main\nsys.argv = ['dlzoo', 'mcp', '--root', sys.argv[1]]\nmain()\n"
+)
 
 
 def _cpu() -> float:
@@ -36,8 +38,9 @@ def _cpu() -> float:
 
 def one_run(root: str) -> dict:
     cpu0, start = _cpu(), time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", PROBE, root], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, bufsize=1)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PROBE, root], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
+    )
 
     def request(id_: int, method: str, params: dict) -> float:
         proc.stdin.write(json.dumps({"jsonrpc": "2.0", "id": id_, "method": method, "params": params}) + "\n")
@@ -48,8 +51,11 @@ def one_run(root: str) -> dict:
                 assert "result" in message, message
                 return time.perf_counter() - start
 
-    times = {"initialize": request(1, "initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
-                                                     "clientInfo": {"name": "bench", "version": "0"}})}
+    times = {
+        "initialize": request(
+            1, "initialize", {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}
+        )
+    }
     proc.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
     times["tools/list"] = request(2, "tools/list", {})
     times["explain"] = request(3, "tools/call", {"name": "explain", "arguments": {"topic": "adamw"}})
@@ -78,10 +84,14 @@ def main() -> None:
             sdk.append(wall([sys.executable, "-c", "import mcp.server.lowlevel, mcp.server.stdio"]))
             server.append(one_run(root))
     print(f"{runs} fresh processes each; median (worst) seconds; load average {os.getloadavg()[0]:.1f}")
-    print(f"  python -c pass                    wall {statistics.median(w for w, _ in bare):.2f}   "
-          f"cpu {statistics.median(c for _, c in bare):.2f}")
-    print(f"  import mcp SDK (server parts)     wall {statistics.median(w for w, _ in sdk):.2f}   "
-          f"cpu {statistics.median(c for _, c in sdk):.2f}")
+    print(
+        f"  python -c pass                    wall {statistics.median(w for w, _ in bare):.2f}   "
+        f"cpu {statistics.median(c for _, c in bare):.2f}"
+    )
+    print(
+        f"  import mcp SDK (server parts)     wall {statistics.median(w for w, _ in sdk):.2f}   "
+        f"cpu {statistics.median(c for _, c in sdk):.2f}"
+    )
     for key in ("initialize", "tools/list", "explain"):
         values = [r[key] for r in server]
         print(f"  dlzoo mcp: {key:<22} wall {statistics.median(values):.2f} ({max(values):.2f})")

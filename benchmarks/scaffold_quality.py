@@ -50,11 +50,12 @@ def measure(arch: str, framework: str, sets: list[str], parent: Path, task: str 
     load_before = os.getloadavg()[0]
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", f"{name}.train", *[f"--set={s}" for s in sets]], cwd=project, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", f"{name}.train", *[f"--set={s}" for s in sets]], cwd=project, env=env, capture_output=True, text=True
+    )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime + after.ru_stime) - (usage.ru_utime + usage.ru_stime)   # all cores together
+    cpu = (after.ru_utime + after.ru_stime) - (usage.ru_utime + usage.ru_stime)  # all cores together
     if done.returncode != 0:
         raise SystemExit(f"{arch}/{framework} failed:\n{done.stderr[-3000:]}")
     run = project / "runs" / "default"
@@ -65,19 +66,38 @@ def measure(arch: str, framework: str, sets: list[str], parent: Path, task: str 
     step_seconds = sorted(meta["batch_size"] / r["throughput"] for r in train)
     if task is not None:
         base = test["baselines"]
-        extra = {"task": task, "test_loss": test["test_loss"],
-                 "baseline": {"lm": base.get("unigram_val_bpb"), "mlm": base.get("most_frequent_token_share"),
-                              "classify": base.get("majority_test_accuracy")}[task]}
+        extra = {
+            "task": task,
+            "test_loss": test["test_loss"],
+            "baseline": {
+                "lm": base.get("unigram_val_bpb"),
+                "mlm": base.get("most_frequent_token_share"),
+                "classify": base.get("majority_test_accuracy"),
+            }[task],
+        }
         extra.update({k: test[k] for k in ("test_bpb", "test_macro_f1") if k in test})
         if task == "classify":
             extra["chance_accuracy"] = base["chance_accuracy"]
     else:
         extra = {}
-    return {**extra, "arch": arch, "framework": framework, "test_accuracy": test["test_accuracy"], "test_count": test["test_count"],
-            "best_val_accuracy": test["best_val_accuracy"], "steps": test["step"], "wall_seconds": wall, "cpu_seconds": cpu,
-            "train_seconds": sum(step_seconds), "ms_per_step": 1000 * step_seconds[len(step_seconds) // 2],
-            "batch_size": meta["batch_size"], "overrides": sets, "load_average": [load_before, os.getloadavg()[0]],
-            "machine": machine(), "date": datetime.date.today().isoformat()}
+    return {
+        **extra,
+        "arch": arch,
+        "framework": framework,
+        "test_accuracy": test["test_accuracy"],
+        "test_count": test["test_count"],
+        "best_val_accuracy": test["best_val_accuracy"],
+        "steps": test["step"],
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "train_seconds": sum(step_seconds),
+        "ms_per_step": 1000 * step_seconds[len(step_seconds) // 2],
+        "batch_size": meta["batch_size"],
+        "overrides": sets,
+        "load_average": [load_before, os.getloadavg()[0]],
+        "machine": machine(),
+        "date": datetime.date.today().isoformat(),
+    }
 
 
 def main() -> None:
@@ -100,16 +120,23 @@ def main() -> None:
             for framework in frameworks:
                 row = measure(arch, framework, args.set, Path(tmp))
                 rows.append(row)
-                print(f"{arch:6} {framework:8} test {100 * row['test_accuracy']:5.1f}%  (val {100 * row['best_val_accuracy']:5.1f}%)  "
-                      f"{row['wall_seconds']:6.1f} s wall  {row['cpu_seconds']:6.1f} s cpu  {row['ms_per_step']:6.1f} ms/step  "
-                      f"{row['steps']} steps  "
-                      f"load {row['load_average'][0]:.1f}", flush=True)
-    print("\n| arch | framework | test accuracy | wall time | CPU time | ms/step (batch) | steps | load avg |\n"
-          "|---|---|---|---|---|---|---|---|")
+                print(
+                    f"{arch:6} {framework:8} test {100 * row['test_accuracy']:5.1f}%  (val {100 * row['best_val_accuracy']:5.1f}%)  "
+                    f"{row['wall_seconds']:6.1f} s wall  {row['cpu_seconds']:6.1f} s cpu  {row['ms_per_step']:6.1f} ms/step  "
+                    f"{row['steps']} steps  "
+                    f"load {row['load_average'][0]:.1f}",
+                    flush=True,
+                )
+    print(
+        "\n| arch | framework | test accuracy | wall time | CPU time | ms/step (batch) | steps | load avg |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
     for r in rows:
-        print(f"| {r['arch']} | {r['framework']} | {100 * r['test_accuracy']:.1f}% | {r['wall_seconds']:.0f} s | "
-              f"{r['cpu_seconds']:.0f} s | "
-              f"{r['ms_per_step']:.1f} ({r['batch_size']}) | {r['steps']} | {r['load_average'][0]:.1f} |")
+        print(
+            f"| {r['arch']} | {r['framework']} | {100 * r['test_accuracy']:.1f}% | {r['wall_seconds']:.0f} s | "
+            f"{r['cpu_seconds']:.0f} s | "
+            f"{r['ms_per_step']:.1f} ({r['batch_size']}) | {r['steps']} | {r['load_average'][0]:.1f} |"
+        )
     if args.write:
         results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
         results.update({f"{r['arch']}/{r['framework']}": r for r in rows})
@@ -128,12 +155,19 @@ def text_main(args) -> None:
             for framework in frameworks:
                 r = measure(arch, framework, args.set, Path(tmp), task)
                 rows.append(r)
-                metric = (f"test {r['test_bpb']:.3f} bits/byte vs unigram {r['baseline']:.3f}" if task == "lm" else
-                          f"masked acc {100 * r['test_accuracy']:.1f}% vs most-frequent {100 * r['baseline']:.1f}%" if task == "mlm"
-                          else f"acc {100 * r['test_accuracy']:.1f}% (macro-F1 {r['test_macro_f1']:.3f}) vs majority "
-                               f"{100 * r['baseline']:.1f}%, chance {100 * r['chance_accuracy']:.1f}%")
-                print(f"{arch}-{task:8} {framework:8} {metric}  {r['wall_seconds']:.0f} s wall  {r['cpu_seconds']:.0f} s cpu  "
-                      f"{r['ms_per_step']:.0f} ms/step  {r['steps']} steps  load {r['load_average'][0]:.1f}", flush=True)
+                metric = (
+                    f"test {r['test_bpb']:.3f} bits/byte vs unigram {r['baseline']:.3f}"
+                    if task == "lm"
+                    else f"masked acc {100 * r['test_accuracy']:.1f}% vs most-frequent {100 * r['baseline']:.1f}%"
+                    if task == "mlm"
+                    else f"acc {100 * r['test_accuracy']:.1f}% (macro-F1 {r['test_macro_f1']:.3f}) vs majority "
+                    f"{100 * r['baseline']:.1f}%, chance {100 * r['chance_accuracy']:.1f}%"
+                )
+                print(
+                    f"{arch}-{task:8} {framework:8} {metric}  {r['wall_seconds']:.0f} s wall  {r['cpu_seconds']:.0f} s cpu  "
+                    f"{r['ms_per_step']:.0f} ms/step  {r['steps']} steps  load {r['load_average'][0]:.1f}",
+                    flush=True,
+                )
     if args.write:
         results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
         results.update({results_key(r["arch"], r["framework"], r["task"]): r for r in rows})

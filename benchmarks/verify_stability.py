@@ -47,8 +47,9 @@ print(json.dumps({"threads": torch.get_num_threads(), "attn": model.config._attn
 
 
 def child(folder: Path, attn: str, threads: str, dtype: str, out: Path) -> dict:
-    result = subprocess.run([sys.executable, "-c", CHILD, str(folder), attn, threads, dtype, str(out)],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, str(folder), attn, threads, dtype, str(out)], capture_output=True, text=True, check=True
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -124,9 +125,13 @@ def main() -> None:
                 info = child(folder, attn, threads, "float32", path)
                 got = np.load(path)
                 runs.setdefault((attn, threads), []).append(got)
-                rows.append((f"transformers {attn:5} threads={info['threads']} run {run}",
-                             float(np.max(np.abs(got - exact))),
-                             float(np.max(np.abs(got - ours)))))
+                rows.append(
+                    (
+                        f"transformers {attn:5} threads={info['threads']} run {run}",
+                        float(np.max(np.abs(got - exact))),
+                        float(np.max(np.abs(got - ours))),
+                    )
+                )
     print(f"{'run':42} {'vs fp64':>10} {'rel':>9} {'vs dlzoo torch':>15}")
     for name, d, vs_ours in rows:
         print(f"{name:42} {d:10.3e} {d / scale:9.2e} {'' if vs_ours is None else f'{vs_ours:15.3e}'}")
@@ -137,7 +142,7 @@ def main() -> None:
     settings = list(runs)
     print("between settings (run 0 of each):")
     for i, a in enumerate(settings):
-        for b in settings[i + 1:]:
+        for b in settings[i + 1 :]:
             print(f"  {a} vs {b}: {float(np.max(np.abs(runs[a][0] - runs[b][0]))):.3e}")
 
 

@@ -44,8 +44,10 @@ def canonical(references):
 @pytest.fixture
 def handle(references):
     """A fresh handle for (case, framework): tests may train or step it."""
+
     def make(name: str, framework: str, **kwargs):
         return from_pretrained(references(name)[0], framework=framework, **kwargs)
+
     return make
 
 

@@ -40,8 +40,8 @@ def framework_id(framework: str) -> str:
 class Case:
     name: str
     arch: str
-    build: Callable[[], object]              # -> transformers model (eval mode)
-    inputs: Callable[[int], dict]            # seed -> numpy inputs
+    build: Callable[[], object]  # -> transformers model (eval mode)
+    inputs: Callable[[int], dict]  # seed -> numpy inputs
     reference: Callable[[object, dict], dict]  # (hf model, numpy inputs) -> numpy outputs
 
 
@@ -52,10 +52,11 @@ def _token_inputs(vocab: int, batch: int = 3, length: int = 12, bert: bool = Fal
         if bert:
             mask = np.ones((batch, length), np.int32)
             for row in range(1, batch):  # ragged padding on every row but the first
-                mask[row, length - 2 * row - 1:] = 0
+                mask[row, length - 2 * row - 1 :] = 0
             out["attention_mask"] = mask
             out["token_type_ids"] = (np.arange(length)[None, :] >= length // 2).astype(np.int32).repeat(batch, 0)
         return out
+
     return make
 
 
@@ -63,6 +64,7 @@ def _image_inputs(size: int, batch: int = 3, channels: int = 3):
     def make(seed: int) -> dict:
         rng = np.random.default_rng(seed)
         return {"pixel_values": rng.standard_normal((batch, size, size, channels)).astype(np.float32)}
+
     return make
 
 
@@ -80,8 +82,11 @@ def _perturb(model, seed: int = 0):
                 tensor.copy_(0.5 + torch.rand(tensor.shape, generator=gen))
             elif name.endswith("running_mean"):
                 tensor.copy_(0.2 * noise)
-            elif tensor.ndim == 1 and ("LayerNorm" in name or "layernorm" in name or "ln_" in name
-                                       or "normalization" in name) and name.endswith("weight"):
+            elif (
+                tensor.ndim == 1
+                and ("LayerNorm" in name or "layernorm" in name or "ln_" in name or "normalization" in name)
+                and name.endswith("weight")
+            ):
                 tensor.copy_(1.0 + 0.1 * noise)
             else:  # large enough that activations reach GELU's curved region (tanh vs erf differ there)
                 tensor.add_(0.1 * noise)
@@ -102,13 +107,22 @@ def _torch_in(inputs: dict):
 
 def _bert():
     import transformers as T
-    config = T.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                          intermediate_size=37, max_position_embeddings=64, type_vocab_size=2)
+
+    config = T.BertConfig(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        type_vocab_size=2,
+    )
     return _perturb(T.BertForPreTraining(config))
 
 
 def _bert_reference(model, inputs):
     import torch
+
     with torch.no_grad():
         out = model.bert(**_torch_in(inputs))
         mlm = model.cls.predictions(out.last_hidden_state)
@@ -121,62 +135,84 @@ def _bert_reference(model, inputs):
 def _bert_mlm_untied():
     """BertForMaskedLM whose decoder is its own matrix, not the word embedding."""
     import transformers as T
-    config = T.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                          intermediate_size=37, max_position_embeddings=64, tie_word_embeddings=False)
+
+    config = T.BertConfig(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
     return _perturb(T.BertForMaskedLM(config), seed=2)
 
 
 def _bert_cls():
     import transformers as T
-    config = T.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                          intermediate_size=37, max_position_embeddings=64, num_labels=5)
+
+    config = T.BertConfig(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        num_labels=5,
+    )
     return _perturb(T.BertForSequenceClassification(config), seed=1)
 
 
 def _bert_cls_reference(model, inputs):
     import torch
+
     with torch.no_grad():
         out = model.bert(**_torch_in(inputs))
         logits = model.classifier(out.pooler_output)
-    return {"last_hidden_state": out.last_hidden_state.numpy(), "pooler_output": out.pooler_output.numpy(),
-            "logits": logits.numpy()}
+    return {"last_hidden_state": out.last_hidden_state.numpy(), "pooler_output": out.pooler_output.numpy(), "logits": logits.numpy()}
 
 
 def _gpt():
     import transformers as T
-    config = T.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                          bos_token_id=0, eos_token_id=0)
+
+    config = T.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0)
     return _perturb(T.GPT2LMHeadModel(config))
 
 
 def _gpt_untied():
     """GPT-2 with tie_word_embeddings=false: lm_head.weight is its own matrix."""
     import transformers as T
-    config = T.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                          bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
+
+    config = T.GPT2Config(
+        vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0, tie_word_embeddings=False
+    )
     return _perturb(T.GPT2LMHeadModel(config), seed=3)
 
 
 def _logits_reference(model, inputs):
     import torch
+
     with torch.no_grad():
         return {"logits": model(**_torch_in(inputs)).logits.numpy()}
 
 
 def _vit():
     import transformers as T
-    config = T.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                         num_attention_heads=4, intermediate_size=37, num_labels=10)
+
+    config = T.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, num_labels=10
+    )
     return _perturb(T.ViTForImageClassification(config))
 
 
 def _resnet(block: str):
     def build():
         import transformers as T
+
         widths = [16, 32] if block == "bottleneck" else [8, 16]
-        config = T.ResNetConfig(embedding_size=8, hidden_sizes=widths, depths=[1, 2], layer_type=block,
-                                num_labels=10)
+        config = T.ResNetConfig(embedding_size=8, hidden_sizes=widths, depths=[1, 2], layer_type=block, num_labels=10)
         return _perturb(T.ResNetForImageClassification(config))
+
     return build
 
 
@@ -223,8 +259,9 @@ def cotangents(outputs: dict, seed: int = 1) -> dict:
 def assert_grads_close(got: dict, want: dict, rtol: float = GRAD_RTOL, what: str = "") -> float:
     """Every tensor's max abs diff, relative to that tensor's gradient scale (floored at 1e-3 of
     the largest gradient, so fp32 noise in a near-zero gradient is not mistaken for an error)."""
-    assert set(got) == set(want), (f"{what} gradient names differ: missing {sorted(set(want) - set(got))[:5]}, "
-                                   f"extra {sorted(set(got) - set(want))[:5]}")
+    assert set(got) == set(want), (
+        f"{what} gradient names differ: missing {sorted(set(want) - set(got))[:5]}, extra {sorted(set(got) - set(want))[:5]}"
+    )
     floor = 1e-3 * max(float(np.max(np.abs(g))) for g in want.values())
     worst = 0.0
     for name, g in want.items():

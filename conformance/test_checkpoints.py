@@ -32,6 +32,7 @@ def _run(model, pixel_values, **kwargs) -> np.ndarray:
 
 # --------------------------------------------------------------------------- ViT at other resolutions
 
+
 @pytest.mark.parametrize("framework", FRAMEWORKS, ids=framework_id)
 @pytest.mark.parametrize("size", [(48, 64), (24, 24), (40, 16)], ids=lambda s: f"{s[0]}x{s[1]}")
 def test_vit_interpolate_pos_encoding_matches_transformers(size, framework, references, handle):
@@ -62,15 +63,18 @@ def test_vit_without_the_flag_refuses_another_size(handle):
 
 # --------------------------------------------------------------------------- fine-tuning starts
 
+
 def _hf_backbone(kind: str, folder):
     """A transformers backbone without any head, saved in the published layout."""
     if kind == "vit":
-        config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
-                                        num_attention_heads=4, intermediate_size=37)
+        config = transformers.ViTConfig(
+            image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37
+        )
         model = _perturb(transformers.ViTModel(config, add_pooling_layer=False))
     elif kind == "bert":
-        config = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                                         intermediate_size=37, max_position_embeddings=64)
+        config = transformers.BertConfig(
+            vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37, max_position_embeddings=64
+        )
         model = _perturb(transformers.BertModel(config))
     else:
         config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 2], layer_type="bottleneck")
@@ -100,7 +104,7 @@ def test_backbone_checkpoint_gets_a_fresh_seeded_head(kind, framework, tmp_path)
     head = "classifier" if kind == "bert" else "head"
     assert sorted(report.initialised) == [f"{head}.bias", f"{head}.kernel"]
     assert set(report.loaded) | set(report.initialised) == set(h.state_dict())
-    inputs = (CASES["bert"].inputs(0) if kind == "bert" else {"pixel_values": _images(*(32, 32) if kind == "vit" else (40, 40))})
+    inputs = CASES["bert"].inputs(0) if kind == "bert" else {"pixel_values": _images(*(32, 32) if kind == "vit" else (40, 40))}
     want = _features(kind, model, inputs)
     weights = h.state_dict()
     want["logits"] = want.pop("features") @ weights[f"{head}.kernel"] + weights[f"{head}.bias"]
@@ -165,6 +169,7 @@ def test_backbone_without_num_classes_says_what_to_pass(tmp_path):
 
 # --------------------------------------------------------------------------- torchvision / timm names
 
+
 @pytest.fixture(scope="module")
 def vision(tmp_path_factory):
     """torchvision's and timm's models with perturbed batch-norm statistics and affine parameters
@@ -180,8 +185,7 @@ def vision(tmp_path_factory):
         "torchvision-resnet18": tv.models.resnet18(num_classes=5),
         "torchvision-bottleneck": ResNet(Bottleneck, [1, 2, 1, 1], num_classes=7),
         "timm-resnet": timm.create_model("resnet26", num_classes=6),
-        "timm-vit": VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0,
-                                      num_classes=10),
+        "timm-vit": VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0, num_classes=10),
         "timm-vit-ti": timm.create_model("vit_tiny_patch16_224", img_size=32, depth=2, num_classes=3),
     }
     gen = torch.Generator().manual_seed(1)
@@ -230,7 +234,11 @@ def test_inferred_configs(vision):
     folder, _ = vision
     resnet = from_pretrained(folder / "torchvision-bottleneck.pth")
     assert (resnet.config.block, resnet.config.depths, resnet.config.widths, resnet.config.num_classes) == (
-        "bottleneck", (1, 2, 1, 1), (64, 128, 256, 512), 7)
+        "bottleneck",
+        (1, 2, 1, 1),
+        (64, 128, 256, 512),
+        7,
+    )
     vit = from_pretrained(folder / "timm-vit-ti.pth")
     assert (vit.config.num_heads, vit.config.hidden_size, vit.config.layer_norm_eps, vit.config.image_size) == (3, 192, 1e-6, 32)
     assert any("ViT-Ti" in note for note in vit.load_report.notes)
@@ -241,8 +249,7 @@ def test_inferred_configs(vision):
 
 def test_torchvision_file_beside_a_transformers_config_is_read_as_torchvision(vision, tmp_path):
     folder, models = vision
-    hf = transformers.ResNetConfig(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
-                                   layer_type="basic")
+    hf = transformers.ResNetConfig(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic")
     hf.save_pretrained(tmp_path)
     (tmp_path / "pytorch_model.bin").write_bytes((folder / "torchvision-resnet18.pth").read_bytes())
     h = from_pretrained(tmp_path)
@@ -274,6 +281,7 @@ def test_timm_vit_at_another_image_size_and_a_new_head(vision):
 
 # --------------------------------------------------------------------------- wrapper prefixes
 
+
 @pytest.mark.parametrize("wrap", ["compile", "ddp", "ddp+compile"])
 def test_wrapper_prefixes_are_stripped_and_reported(wrap, references, tmp_path):
     folder, model = references("resnet")
@@ -283,8 +291,9 @@ def test_wrapper_prefixes_are_stripped_and_reported(wrap, references, tmp_path):
     torch.save(state, tmp_path / "model.pth")
     (tmp_path / "config.json").write_text((folder / "config.json").read_text())
     h = from_pretrained(tmp_path)
-    assert h.load_report.stripped_prefixes == {"compile": ["_orig_mod."], "ddp": ["module."],
-                                               "ddp+compile": ["module.", "_orig_mod."]}[wrap]
+    assert (
+        h.load_report.stripped_prefixes == {"compile": ["_orig_mod."], "ddp": ["module."], "ddp+compile": ["module.", "_orig_mod."]}[wrap]
+    )
     inputs = CASES["resnet"].inputs(0)
     assert_outputs_close(h.apply(inputs), {"logits": _run(model, inputs["pixel_values"])})
 
@@ -301,9 +310,9 @@ def test_an_unknown_prefix_is_named_instead_of_listing_every_key(references, tmp
 
 # --------------------------------------------------------------------------- GELU spellings
 
+
 def _gpt2_with(activation: str, folder):
-    config = transformers.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                                     activation_function=activation)
+    config = transformers.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64, activation_function=activation)
     model = _perturb(transformers.GPT2LMHeadModel(config))
     model.save_pretrained(folder)
     return model
@@ -313,23 +322,35 @@ def _gpt2_with(activation: str, folder):
 def test_tanh_gelu_spellings_load_and_match_transformers(activation, tmp_path):
     model = _gpt2_with(activation, tmp_path)
     inputs = CASES["gpt"].inputs(0)
-    assert_outputs_close(from_pretrained(tmp_path).apply(inputs), CASES["gpt"].reference(model, inputs),
-                         what=activation)
+    assert_outputs_close(from_pretrained(tmp_path).apply(inputs), CASES["gpt"].reference(model, inputs), what=activation)
 
 
 @pytest.mark.parametrize("activation", ["gelu", "gelu_python"])
 def test_exact_gelu_spellings_load_and_match_transformers(activation, tmp_path):
-    config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                    intermediate_size=37, num_labels=10, hidden_act=activation)
+    config = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        num_labels=10,
+        hidden_act=activation,
+    )
     model = _perturb(transformers.ViTForImageClassification(config))
     model.save_pretrained(tmp_path)
     images = _images(32, 32)
     assert_outputs_close(from_pretrained(tmp_path).apply({"pixel_values": images}), {"logits": _run(model, images)})
 
 
-@pytest.mark.parametrize("activation,fragment", [
-    ("quick_gelu", "x \\* sigmoid\\(1.702 x\\)"), ("relu", "uses the tanh GELU"), ("gelu", "is the exact GELU"),
-])
+@pytest.mark.parametrize(
+    "activation,fragment",
+    [
+        ("quick_gelu", "x \\* sigmoid\\(1.702 x\\)"),
+        ("relu", "uses the tanh GELU"),
+        ("gelu", "is the exact GELU"),
+    ],
+)
 def test_other_activations_are_a_clear_error(activation, fragment, references, tmp_path):
     folder, _ = references("gpt")
     config = json.loads((folder / "config.json").read_text())
@@ -338,4 +359,3 @@ def test_other_activations_are_a_clear_error(activation, fragment, references, t
     with pytest.raises(hub.HubError, match=fragment) as info:
         from_pretrained(tmp_path)
     assert "\n" not in str(info.value)
-

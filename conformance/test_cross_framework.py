@@ -6,8 +6,18 @@ import pytest
 
 from dlzoo.zoo import canonical_spec, get_config, load
 
-from .harness import (ADAMW_TOL, BF16_RTOL, CASES, FRAMEWORKS, OTHER_FRAMEWORKS, assert_grads_close,
-                      assert_outputs_close, cotangents, framework_id, max_abs)
+from .harness import (
+    ADAMW_TOL,
+    BF16_RTOL,
+    CASES,
+    FRAMEWORKS,
+    OTHER_FRAMEWORKS,
+    assert_grads_close,
+    assert_outputs_close,
+    cotangents,
+    framework_id,
+    max_abs,
+)
 from .conftest import copy_tensors
 
 RESNETS = ["resnet", "resnet-basic"]
@@ -41,8 +51,7 @@ def test_train_mode_gradients_agree_across_frameworks(case, framework, handle):
     reference = handle(case, "torch")
     cots = cotangents(reference.apply(inputs))
     want = reference.vjp(inputs, cots, train=True)
-    assert_grads_close(handle(case, framework).vjp(inputs, cots, train=True), want,
-                       what=f"{framework} {case} train")
+    assert_grads_close(handle(case, framework).vjp(inputs, cots, train=True), want, what=f"{framework} {case} train")
 
 
 @pytest.mark.parametrize("framework", OTHER_FRAMEWORKS, ids=framework_id)
@@ -53,8 +62,7 @@ def test_batch_norm_train_mode_agrees_across_frameworks(case, framework, handle)
     reference, other = handle(case, "torch"), handle(case, framework)
     for seed in (7, 8):
         inputs = CASES[case].inputs(seed)
-        assert_outputs_close(other.apply(inputs, train=True), reference.apply(inputs, train=True),
-                             what=f"{framework} {case} train")
+        assert_outputs_close(other.apply(inputs, train=True), reference.apply(inputs, train=True), what=f"{framework} {case} train")
     want, got = reference.state_dict(), other.state_dict()
     for key in (k for k in want if k.endswith((".mean", ".var"))):
         assert max_abs(got[key], want[key]) <= 1e-5 * max(1.0, float(np.abs(want[key]).max())), key

@@ -43,8 +43,7 @@ def _transformers_greedy(model, ids, mask, new: int) -> np.ndarray:
     model.generation_config.eos_token_id = None  # run all `new` steps, as dlzoo's generate does
     model.generation_config.pad_token_id = 0
     with torch.no_grad():
-        out = model.generate(**_torch_in({"input_ids": ids, "attention_mask": mask}), max_new_tokens=new,
-                             do_sample=False)
+        out = model.generate(**_torch_in({"input_ids": ids, "attention_mask": mask}), max_new_tokens=new, do_sample=False)
     return out.numpy()
 
 
@@ -75,13 +74,14 @@ def test_greedy_generate_matches_transformers(case, padded, framework, reference
 
 # --- each framework's own cache, used natively -------------------------------------------------
 
+
 def _prefill_then_steps(step, ids, mask, cache, split):
     """Logits [B, T, V]: ``step(ids, mask, cache) -> (logits, cache)`` over the first ``split``
     tokens, then over one token at a time."""
     logits, cache = step(ids[:, :split], mask[:, :split], cache)
     chunks = [np.asarray(logits)]
     for t in range(split, ids.shape[1]):
-        logits, cache = step(ids[:, t:t + 1], mask[:, t:t + 1], cache)
+        logits, cache = step(ids[:, t : t + 1], mask[:, t : t + 1], cache)
         chunks.append(np.asarray(logits))
     return np.concatenate(chunks, 1)
 
@@ -153,8 +153,7 @@ def _keras_cached(h, ids, mask, split):
     return _prefill_then_steps(step, ids, mask, KVCache.empty(h.config, ids.shape[0], ids.shape[1]), split)
 
 
-CACHED = {"torch": _torch_cached, "flax": _flax_cached, "equinox": _equinox_cached, "haiku": _haiku_cached,
-          "keras": _keras_cached}
+CACHED = {"torch": _torch_cached, "flax": _flax_cached, "equinox": _equinox_cached, "haiku": _haiku_cached, "keras": _keras_cached}
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS, ids=framework_id)
@@ -167,23 +166,26 @@ def test_cached_logits_equal_full_recompute(case, framework, handle):
     full = h.apply({"input_ids": ids, "attention_mask": mask})["logits"]
     cached = CACHED[framework](h, ids, mask, split=5)
     real = mask.astype(bool)
-    assert_outputs_close({"logits": cached[real]}, {"logits": full[real]}, tol=FORWARD_TOL,
-                         what=f"{framework} {case} cached")
+    assert_outputs_close({"logits": cached[real]}, {"logits": full[real]}, tol=FORWARD_TOL, what=f"{framework} {case} cached")
 
 
 # --- sampling ---------------------------------------------------------------------------------
+
 
 def _filter(framework: str, logits: np.ndarray, temperature, top_k, top_p) -> np.ndarray:
     if framework == "torch":
         import torch
         from dlzoo.zoo.torch.gpt import filter_logits
+
         return filter_logits(torch.from_numpy(logits), temperature, top_k, top_p).numpy()
     if framework == "keras":
         from keras import ops
         from dlzoo.zoo.keras.gpt import filter_logits
+
         return ops.convert_to_numpy(filter_logits(ops.convert_to_tensor(logits), temperature, top_k, top_p))
     import importlib
     import jax
+
     filter_logits = importlib.import_module(f"dlzoo.zoo.{framework}.gpt").filter_logits
     if framework == "equinox":  # equinox maps one example: vmap over the rows
         return np.asarray(jax.vmap(lambda x: filter_logits(x, temperature, top_k, top_p))(logits))
@@ -191,13 +193,13 @@ def _filter(framework: str, logits: np.ndarray, temperature, top_k, top_p) -> np
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS, ids=framework_id)
-@pytest.mark.parametrize("temperature, top_k, top_p", [(0.7, None, None), (1.0, 5, None), (1.3, None, 0.9),
-                                                       (0.8, 20, 0.5), (1.0, None, 0.05), (2.0, 1, None)])
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p", [(0.7, None, None), (1.0, 5, None), (1.3, None, 0.9), (0.8, 20, 0.5), (1.0, None, 0.05), (2.0, 1, None)]
+)
 def test_sampling_filters_match_transformers_warpers(framework, temperature, top_k, top_p):
     """Temperature, then top-k, then top-p, as transformers' generate applies its warpers."""
     import torch
-    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
-                                                        TopPLogitsWarper)
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     logits = np.random.default_rng(3).standard_normal((6, 99)).astype(np.float32) * 3
     want = TemperatureLogitsWarper(temperature)(None, torch.from_numpy(logits))

@@ -11,8 +11,7 @@ from dlzoo.zoo import load
 
 from .harness import FRAMEWORKS, framework_id, max_abs
 
-SETTINGS = settings(max_examples=8, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 B, T = 3, 16
 _handles = {}
 
@@ -20,8 +19,9 @@ _handles = {}
 def _handle(arch, framework):
     key = (arch, framework)
     if key not in _handles:
-        _handles[key] = load(arch, framework, config="tiny", seed=1,
-                             **({"vocab_size": 101, "max_positions": 32, "mlm_head": True} if arch == "bert" else {}))
+        _handles[key] = load(
+            arch, framework, config="tiny", seed=1, **({"vocab_size": 101, "max_positions": 32, "mlm_head": True} if arch == "bert" else {})
+        )
     return _handles[key]
 
 
@@ -36,10 +36,10 @@ def test_gpt_never_sees_the_future(framework, t, seed):
     h = _handle("gpt", framework)
     ids = _ids(seed, h.config.vocab_size)
     changed = ids.copy()
-    changed[:, t + 1:] = _ids(seed + 1, h.config.vocab_size)[:, t + 1:]
+    changed[:, t + 1 :] = _ids(seed + 1, h.config.vocab_size)[:, t + 1 :]
     a, b = h.apply({"input_ids": ids})["logits"], h.apply({"input_ids": changed})["logits"]
     assert max_abs(a[:, : t + 1], b[:, : t + 1]) <= 1e-5
-    assert max_abs(a[:, t + 1:], b[:, t + 1:]) > 1e-4  # the change is visible where it may be
+    assert max_abs(a[:, t + 1 :], b[:, t + 1 :]) > 1e-4  # the change is visible where it may be
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS, ids=framework_id)
@@ -54,8 +54,8 @@ def test_gpt_left_padded_rows_equal_the_unpadded_prompts(framework, lengths, see
     mask = (np.arange(T)[None, :] >= T - np.array(lengths)[:, None]).astype(np.int32)
     padded = h.apply({"input_ids": ids, "attention_mask": mask})["logits"]
     for row, n in enumerate(lengths):
-        alone = h.apply({"input_ids": ids[row:row + 1, T - n:]})["logits"][0]
-        assert max_abs(padded[row, T - n:], alone) <= 1e-5, (row, n)
+        alone = h.apply({"input_ids": ids[row : row + 1, T - n :]})["logits"][0]
+        assert max_abs(padded[row, T - n :], alone) <= 1e-5, (row, n)
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS, ids=framework_id)

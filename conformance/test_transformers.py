@@ -5,8 +5,7 @@ import pytest
 
 from dlzoo.zoo import hub
 
-from .harness import (CASES, FRAMEWORKS, GRAD_RTOL, _torch_in, assert_grads_close,
-                      assert_outputs_close, cotangents, framework_id)
+from .harness import CASES, FRAMEWORKS, GRAD_RTOL, _torch_in, assert_grads_close, assert_outputs_close, cotangents, framework_id
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS, ids=framework_id)
@@ -104,8 +103,7 @@ def _hf_block_outputs(case, model, inputs) -> dict:
     captured = {}
     hook = None
     if arch == "gpt":
-        hook = base.h[-1].register_forward_hook(
-            lambda _m, _i, out: captured.__setitem__("last", out[0] if isinstance(out, tuple) else out))
+        hook = base.h[-1].register_forward_hook(lambda _m, _i, out: captured.__setitem__("last", out[0] if isinstance(out, tuple) else out))
     try:
         with torch.no_grad():
             states = [t.numpy() for t in base(**_torch_in(inputs), output_hidden_states=True).hidden_states[1:]]

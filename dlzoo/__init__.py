@@ -24,10 +24,22 @@ from typing import Any
 
 __version__ = "0.1.0"
 # name -> module that defines it, resolved on first use to keep `import dlzoo` light
-_LAZY = {"ARCHS": "zoo", "FRAMEWORKS": "zoo", "Handle": "zoo", "get_config": "zoo", "installed_frameworks": "zoo",
-         "load": "zoo", "ZooError": "zoo.configs", "ConfigError": "zoo.configs", "WeightsError": "zoo.spec",
-         "HubError": "zoo.hub", "PathError": "zoo.files", "OutputExistsError": "zoo.files",
-         "MetricsError": "agents.metrics", "UnknownTopicError": "agents.theory"}
+_LAZY = {
+    "ARCHS": "zoo",
+    "FRAMEWORKS": "zoo",
+    "Handle": "zoo",
+    "get_config": "zoo",
+    "installed_frameworks": "zoo",
+    "load": "zoo",
+    "ZooError": "zoo.configs",
+    "ConfigError": "zoo.configs",
+    "WeightsError": "zoo.spec",
+    "HubError": "zoo.hub",
+    "PathError": "zoo.files",
+    "OutputExistsError": "zoo.files",
+    "MetricsError": "agents.metrics",
+    "UnknownTopicError": "agents.theory",
+}
 __all__ = sorted([*_LAZY, "create_model", "from_pretrained", "save"])
 
 
@@ -39,8 +51,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'dlzoo' has no attribute {name!r}")
 
 
-def create_model(arch: str, framework: str = "torch", config: Any = "tiny", *, seed: int = 0,
-                 weights: Any = None, **overrides: Any):
+def create_model(arch: str, framework: str = "torch", config: Any = "tiny", *, seed: int = 0, weights: Any = None, **overrides: Any):
     """The framework's own model object (``Handle.native``) for ``arch``; fields of the config
     can be overridden by keyword, e.g. ``create_model("vit", "torch", "B/16", num_classes=10)``."""
     from .zoo.handle import load

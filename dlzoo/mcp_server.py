@@ -49,8 +49,17 @@ DEFAULT_MAX_PARAMS = 130_000_000
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 URI = "dlzoo://"
 # Which extra installs a module a tool may need on first use.
-EXTRAS = {"torch": "torch", "jax": "flax", "flax": "flax", "optax": "flax", "equinox": "equinox",
-          "haiku": "haiku", "keras": "keras", "transformers": "reference", "mcp": "mcp"}
+EXTRAS = {
+    "torch": "torch",
+    "jax": "flax",
+    "flax": "flax",
+    "optax": "flax",
+    "equinox": "equinox",
+    "haiku": "haiku",
+    "keras": "keras",
+    "transformers": "reference",
+    "mcp": "mcp",
+}
 
 
 class ToolError(ZooError):
@@ -62,6 +71,7 @@ def one_line(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- policy
+
 
 def _elements(path: Path) -> int:
     """Number of stored values in a safetensors file, read from its header alone (layout: u64
@@ -107,8 +117,10 @@ def _safetensors_files(folder: Path) -> list[Path]:
         shards = [found]
     pickled = [s for s in shards if not s.endswith(".safetensors")]
     if pickled:
-        raise ToolError(f"{folder}: {pickled[0]} is a PyTorch pickle file, which this server never loads; "
-                        "convert it to safetensors first (outside the server), or use a model.safetensors checkpoint")
+        raise ToolError(
+            f"{folder}: {pickled[0]} is a PyTorch pickle file, which this server never loads; "
+            "convert it to safetensors first (outside the server), or use a model.safetensors checkpoint"
+        )
     return [folder / s for s in shards]
 
 
@@ -121,8 +133,7 @@ class Policy:
     allow_hub: bool = False
 
     @classmethod
-    def create(cls, root: str | os.PathLike = ".", max_params: int = DEFAULT_MAX_PARAMS,
-               allow_hub: bool = False) -> "Policy":
+    def create(cls, root: str | os.PathLike = ".", max_params: int = DEFAULT_MAX_PARAMS, allow_hub: bool = False) -> "Policy":
         path = Path(root).expanduser()
         if not path.is_dir():
             raise ZooError(f"--root {root}: not an existing folder; pass the folder the tools may read and write")
@@ -137,8 +148,10 @@ class Policy:
             raise ToolError(f"{what}: expected a path relative to the server's root {self.root}")
         resolved = (self.root / value).resolve()
         if not resolved.is_relative_to(self.root):
-            raise ToolError(f"{what} {value!r} resolves to {resolved}, outside the server's root {self.root}; "
-                            "the server reads and writes only inside its root (symlinks are followed)")
+            raise ToolError(
+                f"{what} {value!r} resolves to {resolved}, outside the server's root {self.root}; "
+                "the server reads and writes only inside its root (symlinks are followed)"
+            )
         return resolved
 
     def read_path(self, value: str, what: str) -> Path:
@@ -158,14 +171,15 @@ class Policy:
                     continue
                 raise ToolError(f"{what} {value!r} already exists; the server never overwrites: choose a new name")
         if not path.parent.is_dir():
-            raise ToolError(f"{what} {value!r}: folder {path.parent} does not exist; the server creates no folders "
-                            "on the way")
+            raise ToolError(f"{what} {value!r}: folder {path.parent} does not exist; the server creates no folders on the way")
         return path
 
     def check_params(self, params: int, what: str) -> None:
         if params > self.max_params:
-            raise ToolError(f"{what} has {params:,} parameters, above this server's limit of {self.max_params:,}; "
-                            "restart the server with a larger --max-params to allow it")
+            raise ToolError(
+                f"{what} has {params:,} parameters, above this server's limit of {self.max_params:,}; "
+                "restart the server with a larger --max-params to allow it"
+            )
 
     def check_preset(self, arch: str, preset: str) -> None:
         from dlzoo.zoo.configs import check_arch, get_config
@@ -183,8 +197,10 @@ class Policy:
 
         if not os.path.lexists(self.root / value) and not looks_like_path(value):  # the CLI's rule for hub ids
             if not self.allow_hub:
-                raise ToolError(f"{what} {value!r}: not a file or folder under the server's root {self.root}, and hub "
-                                "downloads are off; start the server with --allow-hub to fetch hub ids")
+                raise ToolError(
+                    f"{what} {value!r}: not a file or folder under the server's root {self.root}, and hub "
+                    "downloads are off; start the server with --allow-hub to fetch hub ids"
+                )
             from dlzoo.zoo.hub import resolve
 
             path = resolve(value)
@@ -192,8 +208,10 @@ class Policy:
             path = self.read_path(value, what)
         if path.is_file():
             if path.suffix != ".safetensors":
-                raise ToolError(f"{what} {value!r}: expected a .safetensors file or a checkpoint folder; "
-                                "this server loads no other weight format (no pickles)")
+                raise ToolError(
+                    f"{what} {value!r}: expected a .safetensors file or a checkpoint folder; "
+                    "this server loads no other weight format (no pickles)"
+                )
             files = [path]
         else:
             files = _safetensors_files(path)
@@ -202,6 +220,7 @@ class Policy:
 
 
 # --------------------------------------------------------------------------- tools
+
 
 def _schema(properties: dict[str, dict], required: tuple[str, ...] = ()) -> dict:
     return {"type": "object", "properties": properties, "required": list(required), "additionalProperties": False}
@@ -224,7 +243,7 @@ class Tool:
     schema: dict
     run: Callable[[Policy, dict], Any]
     writes: bool = False
-    provider: str | None = None   # "module:function"; the tool exists only when it does
+    provider: str | None = None  # "module:function"; the tool exists only when it does
 
     def annotations(self, policy: Policy) -> dict:
         """MCP tool hints: read-only or not; never destructive (nothing is overwritten); open to
@@ -243,8 +262,7 @@ def _provided(provider: str) -> bool:
 
 def _provider_function(tool: Tool) -> Callable:
     module_name, _, attr = tool.provider.partition(":")
-    unavailable = ToolError(f"{tool.name} is not available in this version of dlzoo "
-                            f"({module_name}.{attr} is missing); update dlzoo")
+    unavailable = ToolError(f"{tool.name} is not available in this version of dlzoo ({module_name}.{attr} is missing); update dlzoo")
     if not _provided(tool.provider):
         raise unavailable
     function = getattr(importlib.import_module(module_name), attr, None)
@@ -278,10 +296,17 @@ def _list(policy: Policy, args: dict) -> dict:
 def _info(policy: Policy, args: dict) -> dict:
     from dlzoo.cli import info_data
 
-    return info_data(args["arch"], args.get("preset", "tiny"), seq_len=args.get("seq_len"),
-                     image_size=args.get("image_size"), batch_size=args.get("batch_size", 1),
-                     precision=args.get("precision", "fp32"), checkpointing=args.get("checkpointing", False),
-                     device=args.get("device"), utilisation=args.get("utilisation"))
+    return info_data(
+        args["arch"],
+        args.get("preset", "tiny"),
+        seq_len=args.get("seq_len"),
+        image_size=args.get("image_size"),
+        batch_size=args.get("batch_size", 1),
+        precision=args.get("precision", "fp32"),
+        checkpointing=args.get("checkpointing", False),
+        device=args.get("device"),
+        utilisation=args.get("utilisation"),
+    )
 
 
 def _explain(policy: Policy, args: dict) -> dict | list:
@@ -294,8 +319,9 @@ def _explain(policy: Policy, args: dict) -> dict | list:
         raise ToolError("framework applies to paper")
     if args.get("list") and "topic" in args and not papers:
         raise ToolError("list takes no topic; give topic, or list=true alone")
-    return explain_data(args.get("topic"), paper=args.get("paper"), framework=args.get("framework", "torch"),
-                        list_all=args.get("list", False))
+    return explain_data(
+        args.get("topic"), paper=args.get("paper"), framework=args.get("framework", "torch"), list_all=args.get("list", False)
+    )
 
 
 def _ask(policy: Policy, args: dict) -> dict:
@@ -314,8 +340,10 @@ def _annotate(policy: Policy, args: dict) -> dict:
         raise ToolError("give file, or arch and framework, not both")
     files = [policy.read_path(file, "file")] if file is not None else model_files(arch, framework)
     if not find_markers(files[0]):  # the CLI's message (it exits 1 there)
-        raise ToolError(f"{files[0]} has no `# theory: <id>` markers, so there is nothing to annotate; "
-                        "mark a line with e.g. `# theory: layer-norm` (ids: explain with list=true)")
+        raise ToolError(
+            f"{files[0]} has no `# theory: <id>` markers, so there is nothing to annotate; "
+            "mark a line with e.g. `# theory: layer-norm` (ids: explain with list=true)"
+        )
     if "theory_md" in args:
         if "level" in args:
             raise ToolError("level applies to the annotated text; THEORY.md always holds the full entries")
@@ -324,8 +352,12 @@ def _annotate(policy: Policy, args: dict) -> dict:
         return {"theory_md": str(written), "files": [str(f) for f in files]}
     level = args.get("level", "brief")
     text = annotate_source(files[0], level=level)
-    return {"file": str(files[0]), "level": level,
-            "markers": [{"line": m.line, "concept": m.concept} for m in find_markers(files[0])], "text": text}
+    return {
+        "file": str(files[0]),
+        "level": level,
+        "markers": [{"line": m.line, "concept": m.concept} for m in find_markers(files[0])],
+        "text": text,
+    }
 
 
 def _diagnose(policy: Policy, args: dict) -> dict:
@@ -361,8 +393,14 @@ def _verify(policy: Policy, args: dict) -> dict:
         source = policy.weights_source(args["weights"], "weights")
     else:
         policy.check_preset(args["arch"], args.get("preset", "tiny"))
-    return run_verify(args["arch"], preset=args.get("preset"), source=source, tol=args.get("tol", 1e-5),
-                      seed=args.get("seed", 0), frameworks=args.get("frameworks") or None)
+    return run_verify(
+        args["arch"],
+        preset=args.get("preset"),
+        source=source,
+        tol=args.get("tol", 1e-5),
+        seed=args.get("seed", 0),
+        frameworks=args.get("frameworks") or None,
+    )
 
 
 def _convert(policy: Policy, args: dict) -> dict:
@@ -370,8 +408,16 @@ def _convert(policy: Policy, args: dict) -> dict:
 
     src = policy.weights_source(args["src"], "src")
     dst = policy.write_path(args["dst"], "dst", empty_folder_ok=not args["dst"].endswith(".safetensors"))
-    return convert_data(src, dst, arch=args.get("arch"), preset=args.get("preset"), num_classes=args.get("num_classes"),
-                        image_size=args.get("image_size"), seed=args.get("seed", 0), overwrite=False)
+    return convert_data(
+        src,
+        dst,
+        arch=args.get("arch"),
+        preset=args.get("preset"),
+        num_classes=args.get("num_classes"),
+        image_size=args.get("image_size"),
+        seed=args.get("seed", 0),
+        overwrite=False,
+    )
 
 
 def _new(policy: Policy, args: dict) -> Any:
@@ -380,18 +426,34 @@ def _new(policy: Policy, args: dict) -> Any:
         raise ToolError(f"folder {args.get('folder')!r} is not a folder")
     policy.write_path(str(folder.relative_to(policy.root) / args["name"]), "name", empty_folder_ok=True)
     weights = policy.weights_source(args["weights"], "weights") if "weights" in args else None
-    return _call_provider(TOOLS["new"], name=args["name"], arch=args["arch"], framework=args.get("framework"),
-                          preset=args.get("preset"), task=args.get("task"), weights=weights,
-                          annotate=args.get("annotate"), force=False, parent=str(folder))
+    return _call_provider(
+        TOOLS["new"],
+        name=args["name"],
+        arch=args["arch"],
+        framework=args.get("framework"),
+        preset=args.get("preset"),
+        task=args.get("task"),
+        weights=weights,
+        annotate=args.get("annotate"),
+        force=False,
+        parent=str(folder),
+    )
 
 
 def _recommend(policy: Policy, args: dict) -> dict:
     from dlzoo.agents.engineer.cli import recommend_data
 
-    return recommend_data(args.get("arch"), tuple(args.get("needs", ())), task=args.get("task"),
-                          dataset_size=args.get("dataset_size"), input_size=args.get("input_size"),
-                          budget_hours=args.get("budget_hours"), device=args.get("device"),
-                          num_classes=args.get("num_classes"), utilisation=args.get("utilisation"))
+    return recommend_data(
+        args.get("arch"),
+        tuple(args.get("needs", ())),
+        task=args.get("task"),
+        dataset_size=args.get("dataset_size"),
+        input_size=args.get("input_size"),
+        budget_hours=args.get("budget_hours"),
+        device=args.get("device"),
+        num_classes=args.get("num_classes"),
+        utilisation=args.get("utilisation"),
+    )
 
 
 def _migrate(policy: Policy, args: dict) -> dict:
@@ -399,8 +461,7 @@ def _migrate(policy: Policy, args: dict) -> dict:
 
     project = policy.read_path(args["project"], "project")
     provenance = read_provenance(project)  # refuses a folder dlzoo new did not write
-    out = args.get("out", str((project.parent / f"{project.name}_{args['to']}").relative_to(policy.root))
-                   if project != policy.root else "")
+    out = args.get("out", str((project.parent / f"{project.name}_{args['to']}").relative_to(policy.root)) if project != policy.root else "")
     out = policy.write_path(out, "out", empty_folder_ok=True)
     # migrate runs the model in both frameworks: the same size limit as verify
     checkpoint = latest_checkpoint(project)
@@ -411,99 +472,204 @@ def _migrate(policy: Policy, args: dict) -> dict:
     return migrate_project(project, args["to"], out=out)
 
 
-TOOLS: dict[str, Tool] = {t.name: t for t in [
-    Tool("list", "Architectures x frameworks x presets with parameter counts, and which frameworks are installed "
-         "(dlzoo list --json).", _schema({}), _list),
-    Tool("info", "Parameters, FLOPs per example and a memory estimate for a preset (dlzoo info --json).",
-         _schema({"arch": ARCH, "preset": {**PRESET, "default": "tiny"},
-                  "seq_len": {"type": "integer", "minimum": 1, "description": "bert, gpt: tokens per example."},
-                  "image_size": {"type": "integer", "minimum": 1, "description": "resnet: input size in pixels."},
-                  "batch_size": {"type": "integer", "minimum": 1, "default": 1,
-                                 "description": "Batch for the memory and time estimate."},
-                  "precision": {"type": "string", "enum": ["fp32", "tf32", "bf16", "fp16"], "default": "fp32"},
-                  "checkpointing": {"type": "boolean", "default": False,
-                                    "description": "Activation checkpointing per residual block."},
-                  "device": {"type": "string", "description": "cpu (measured), a100, h100 or h200: largest batch, "
-                                                              "time per step."},
-                  "utilisation": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
-                                  "description": "Model FLOPs utilisation (default per device)."}},
-                 ("arch",)), _info),
-    Tool("explain", "A concept from the master agent's knowledge base (summary, explanation, math, practice, "
-         "papers, the zoo lines that show it), or a paper behind the zoo with its equations mapped to zoo lines "
-         "(dlzoo explain --json). list: every concept id; paper='list': every paper id.",
-         _schema({"topic": {"type": "string", "minLength": 1, "description": "Concept id, title or alias, e.g. sdpa, pre-ln."},
-                  "paper": {"type": "string", "minLength": 1, "description": "Paper id (e.g. transformer, bert, resnet) or 'list'."},
-                  "framework": {"type": "string", "enum": [*FRAMEWORKS, "all"], "default": "torch",
-                                "description": "With paper: whose zoo lines to show."},
-                  "list": {"type": "boolean", "default": False, "description": "List every concept id."}}),
-         _explain),
-    Tool("ask", "Answer a question in plain words from the knowledge base (offline BM25), naming its sources; "
-         "declines (declined: true, with related entries) when no entry covers it (dlzoo ask --json).",
-         _schema({"question": {"type": "string", "minLength": 1, "pattern": "\\S"},
-                  "top": {"type": "integer", "minimum": 1, "maximum": 10, "default": 3}}, ("question",)),
-         _ask),
-    Tool("annotate", "A Python file (or a zoo model: arch and framework) with the theory beside the lines its "
-         "'# theory:' markers point at; with theory_md, writes THEORY.md there instead (a new file under the root).",
-         _schema({"file": PATH, "arch": ARCH, "framework": FRAMEWORK,
-                  "level": {"type": "string", "enum": ["brief", "full"], "default": "brief"},
-                  "theory_md": {**PATH, "description": "Write THEORY.md here (a folder means FOLDER/THEORY.md)."}}),
-         _annotate, writes=True),
-    Tool("diagnose", "Find what went wrong in a training run from its metrics.jsonl: divergence, spikes, plateaus, "
-         "over/underfitting, with evidence, cause and fix (dlzoo diagnose --json). plot: also draw the curves.",
-         _schema({"metrics": PATH, "plot": {**PATH, "description": "A new .png, .svg or .pdf file under the root."}},
-                 ("metrics",)),
-         _diagnose, writes=True),
-    Tool("doctor", "Pre-flight checks on a zoo model in one framework: loss at init, overfitting one batch, "
-         "gradient coverage, causal and padding masks, determinism, activation scale (dlzoo doctor --json).",
-         _schema({"arch": ARCH, "framework": FRAMEWORK, "preset": {**PRESET, "default": "tiny"}, "seed": SEED},
-                 ("arch", "framework")), _doctor),
-    Tool("verify", "Run the same weights in every installed framework (or those named) and compare every output "
-         "against torch and transformers (dlzoo verify --json).",
-         _schema({"arch": ARCH, "preset": {**PRESET, "description": "Preset of random weights (default tiny)."},
-                  "weights": {"type": "string", "minLength": 1,
-                              "description": "Canonical .safetensors file or published checkpoint folder under the root."},
-                  "tol": {"type": "number", "minimum": 0, "default": 1e-5}, "seed": SEED,
-                  "frameworks": {"type": "array", "items": FRAMEWORK, "uniqueItems": True}}, ("arch",)),
-         _verify),
-    Tool("convert", "Convert a checkpoint (published folder, or a torchvision/timm state dict in safetensors) to a "
-         "canonical .safetensors file, or a canonical file to the published layout in a new folder "
-         "(dlzoo convert --json). Both paths under the root; dst must be new.",
-         _schema({"src": {"type": "string", "minLength": 1}, "dst": PATH,
-                  "arch": {**ARCH, "description": "What a state dict holds (default: inferred from its names)."},
-                  "preset": {**PRESET, "description": "Preset of a torchvision/timm state dict (default: from shapes)."},
-                  "num_classes": {"type": "integer", "minimum": 1, "description": "Head size; another size starts fresh."},
-                  "image_size": {"type": "integer", "minimum": 1, "description": "ViT resolution (position embeddings resized)."},
-                  "seed": {**SEED, "description": "Seed of freshly initialised heads."}}, ("src", "dst")),
-         _convert, writes=True),
-    Tool("new", "Write a self-contained training project (model copied from the zoo, data, train/evaluate/predict, "
-         "tests) as a new folder under the root (dlzoo new --json).",
-         _schema({"name": {"type": "string", "minLength": 1, "description": "Project folder to create."},
-                  "arch": ARCH, "framework": FRAMEWORK, "preset": PRESET, "task": {"type": "string"},
-                  "weights": {"type": "string", "minLength": 1, "description": "Start from these weights."},
-                  "annotate": {"type": "string", "enum": ["none", "brief", "full"]},
-                  "folder": {**PATH, "default": ".", "description": "Existing folder under the root to create it in."}},
-                 ("name", "arch")), _new, writes=True, provider="dlzoo.scaffold.generate:new_project"),
-    Tool("recommend", "The engineer agent: the five frameworks ranked for the stated needs, each reason tied to a "
-         "need or a dated, sourced fact; with task, dataset_size, input_size and budget_hours, the training design "
-         "too (architecture, preset, batch, optimizer, schedule, ...) (dlzoo recommend --json).",
-         _schema({"arch": ARCH,
-                  "needs": {"type": "array", "items": {"type": "string"}, "uniqueItems": True,
-                            "description": "Needs from the vocabulary, e.g. onnx-export, tpu, beginner-friendly."},
-                  "task": {"type": "string", "enum": ["image-classification", "text-classification", "language-modeling"]},
-                  "dataset_size": {"type": "integer", "minimum": 1, "description": "Labelled examples (LM: tokens)."},
-                  "input_size": {"type": "integer", "minimum": 1, "description": "Image side, or tokens per example."},
-                  "budget_hours": {"type": "number", "exclusiveMinimum": 0},
-                  "device": {"type": "string", "description": "With task: cpu (measured, the default), a100, h100 or h200."},
-                  "num_classes": {"type": "integer", "minimum": 1},
-                  "utilisation": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}}),
-         _recommend),
-    Tool("migrate", "The engineer agent: a generated project as the same project in another framework (same config, "
-         "the latest checkpoint's weights converted and checked), written as a new folder under the root "
-         "(dlzoo migrate --json).",
-         _schema({"project": PATH, "to": FRAMEWORK,
-                  "out": {**PATH, "description": "New folder (default: PROJECT_<framework> beside it)."}},
-                 ("project", "to")), _migrate, writes=True),
-]}
+TOOLS: dict[str, Tool] = {
+    t.name: t
+    for t in [
+        Tool(
+            "list",
+            "Architectures x frameworks x presets with parameter counts, and which frameworks are installed (dlzoo list --json).",
+            _schema({}),
+            _list,
+        ),
+        Tool(
+            "info",
+            "Parameters, FLOPs per example and a memory estimate for a preset (dlzoo info --json).",
+            _schema(
+                {
+                    "arch": ARCH,
+                    "preset": {**PRESET, "default": "tiny"},
+                    "seq_len": {"type": "integer", "minimum": 1, "description": "bert, gpt: tokens per example."},
+                    "image_size": {"type": "integer", "minimum": 1, "description": "resnet: input size in pixels."},
+                    "batch_size": {"type": "integer", "minimum": 1, "default": 1, "description": "Batch for the memory and time estimate."},
+                    "precision": {"type": "string", "enum": ["fp32", "tf32", "bf16", "fp16"], "default": "fp32"},
+                    "checkpointing": {"type": "boolean", "default": False, "description": "Activation checkpointing per residual block."},
+                    "device": {"type": "string", "description": "cpu (measured), a100, h100 or h200: largest batch, time per step."},
+                    "utilisation": {
+                        "type": "number",
+                        "exclusiveMinimum": 0,
+                        "maximum": 1,
+                        "description": "Model FLOPs utilisation (default per device).",
+                    },
+                },
+                ("arch",),
+            ),
+            _info,
+        ),
+        Tool(
+            "explain",
+            "A concept from the master agent's knowledge base (summary, explanation, math, practice, "
+            "papers, the zoo lines that show it), or a paper behind the zoo with its equations mapped to zoo lines "
+            "(dlzoo explain --json). list: every concept id; paper='list': every paper id.",
+            _schema(
+                {
+                    "topic": {"type": "string", "minLength": 1, "description": "Concept id, title or alias, e.g. sdpa, pre-ln."},
+                    "paper": {"type": "string", "minLength": 1, "description": "Paper id (e.g. transformer, bert, resnet) or 'list'."},
+                    "framework": {
+                        "type": "string",
+                        "enum": [*FRAMEWORKS, "all"],
+                        "default": "torch",
+                        "description": "With paper: whose zoo lines to show.",
+                    },
+                    "list": {"type": "boolean", "default": False, "description": "List every concept id."},
+                }
+            ),
+            _explain,
+        ),
+        Tool(
+            "ask",
+            "Answer a question in plain words from the knowledge base (offline BM25), naming its sources; "
+            "declines (declined: true, with related entries) when no entry covers it (dlzoo ask --json).",
+            _schema(
+                {
+                    "question": {"type": "string", "minLength": 1, "pattern": "\\S"},
+                    "top": {"type": "integer", "minimum": 1, "maximum": 10, "default": 3},
+                },
+                ("question",),
+            ),
+            _ask,
+        ),
+        Tool(
+            "annotate",
+            "A Python file (or a zoo model: arch and framework) with the theory beside the lines its "
+            "'# theory:' markers point at; with theory_md, writes THEORY.md there instead (a new file under the root).",
+            _schema(
+                {
+                    "file": PATH,
+                    "arch": ARCH,
+                    "framework": FRAMEWORK,
+                    "level": {"type": "string", "enum": ["brief", "full"], "default": "brief"},
+                    "theory_md": {**PATH, "description": "Write THEORY.md here (a folder means FOLDER/THEORY.md)."},
+                }
+            ),
+            _annotate,
+            writes=True,
+        ),
+        Tool(
+            "diagnose",
+            "Find what went wrong in a training run from its metrics.jsonl: divergence, spikes, plateaus, "
+            "over/underfitting, with evidence, cause and fix (dlzoo diagnose --json). plot: also draw the curves.",
+            _schema({"metrics": PATH, "plot": {**PATH, "description": "A new .png, .svg or .pdf file under the root."}}, ("metrics",)),
+            _diagnose,
+            writes=True,
+        ),
+        Tool(
+            "doctor",
+            "Pre-flight checks on a zoo model in one framework: loss at init, overfitting one batch, "
+            "gradient coverage, causal and padding masks, determinism, activation scale (dlzoo doctor --json).",
+            _schema({"arch": ARCH, "framework": FRAMEWORK, "preset": {**PRESET, "default": "tiny"}, "seed": SEED}, ("arch", "framework")),
+            _doctor,
+        ),
+        Tool(
+            "verify",
+            "Run the same weights in every installed framework (or those named) and compare every output "
+            "against torch and transformers (dlzoo verify --json).",
+            _schema(
+                {
+                    "arch": ARCH,
+                    "preset": {**PRESET, "description": "Preset of random weights (default tiny)."},
+                    "weights": {
+                        "type": "string",
+                        "minLength": 1,
+                        "description": "Canonical .safetensors file or published checkpoint folder under the root.",
+                    },
+                    "tol": {"type": "number", "minimum": 0, "default": 1e-5},
+                    "seed": SEED,
+                    "frameworks": {"type": "array", "items": FRAMEWORK, "uniqueItems": True},
+                },
+                ("arch",),
+            ),
+            _verify,
+        ),
+        Tool(
+            "convert",
+            "Convert a checkpoint (published folder, or a torchvision/timm state dict in safetensors) to a "
+            "canonical .safetensors file, or a canonical file to the published layout in a new folder "
+            "(dlzoo convert --json). Both paths under the root; dst must be new.",
+            _schema(
+                {
+                    "src": {"type": "string", "minLength": 1},
+                    "dst": PATH,
+                    "arch": {**ARCH, "description": "What a state dict holds (default: inferred from its names)."},
+                    "preset": {**PRESET, "description": "Preset of a torchvision/timm state dict (default: from shapes)."},
+                    "num_classes": {"type": "integer", "minimum": 1, "description": "Head size; another size starts fresh."},
+                    "image_size": {"type": "integer", "minimum": 1, "description": "ViT resolution (position embeddings resized)."},
+                    "seed": {**SEED, "description": "Seed of freshly initialised heads."},
+                },
+                ("src", "dst"),
+            ),
+            _convert,
+            writes=True,
+        ),
+        Tool(
+            "new",
+            "Write a self-contained training project (model copied from the zoo, data, train/evaluate/predict, "
+            "tests) as a new folder under the root (dlzoo new --json).",
+            _schema(
+                {
+                    "name": {"type": "string", "minLength": 1, "description": "Project folder to create."},
+                    "arch": ARCH,
+                    "framework": FRAMEWORK,
+                    "preset": PRESET,
+                    "task": {"type": "string"},
+                    "weights": {"type": "string", "minLength": 1, "description": "Start from these weights."},
+                    "annotate": {"type": "string", "enum": ["none", "brief", "full"]},
+                    "folder": {**PATH, "default": ".", "description": "Existing folder under the root to create it in."},
+                },
+                ("name", "arch"),
+            ),
+            _new,
+            writes=True,
+            provider="dlzoo.scaffold.generate:new_project",
+        ),
+        Tool(
+            "recommend",
+            "The engineer agent: the five frameworks ranked for the stated needs, each reason tied to a "
+            "need or a dated, sourced fact; with task, dataset_size, input_size and budget_hours, the training design "
+            "too (architecture, preset, batch, optimizer, schedule, ...) (dlzoo recommend --json).",
+            _schema(
+                {
+                    "arch": ARCH,
+                    "needs": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "uniqueItems": True,
+                        "description": "Needs from the vocabulary, e.g. onnx-export, tpu, beginner-friendly.",
+                    },
+                    "task": {"type": "string", "enum": ["image-classification", "text-classification", "language-modeling"]},
+                    "dataset_size": {"type": "integer", "minimum": 1, "description": "Labelled examples (LM: tokens)."},
+                    "input_size": {"type": "integer", "minimum": 1, "description": "Image side, or tokens per example."},
+                    "budget_hours": {"type": "number", "exclusiveMinimum": 0},
+                    "device": {"type": "string", "description": "With task: cpu (measured, the default), a100, h100 or h200."},
+                    "num_classes": {"type": "integer", "minimum": 1},
+                    "utilisation": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                }
+            ),
+            _recommend,
+        ),
+        Tool(
+            "migrate",
+            "The engineer agent: a generated project as the same project in another framework (same config, "
+            "the latest checkpoint's weights converted and checked), written as a new folder under the root "
+            "(dlzoo migrate --json).",
+            _schema(
+                {"project": PATH, "to": FRAMEWORK, "out": {**PATH, "description": "New folder (default: PROJECT_<framework> beside it)."}},
+                ("project", "to"),
+            ),
+            _migrate,
+            writes=True,
+        ),
+    ]
+}
 
 
 def available_tools() -> list[Tool]:
@@ -566,6 +732,7 @@ def call_tool(policy: Policy, name: str, arguments: Any) -> tuple[Any, str | Non
 
 # --------------------------------------------------------------------------- resources
 
+
 def docs_dir() -> Path | None:
     """docs/ as installed (package data ``dlzoo.docs``) or beside the package in a checkout."""
     spec = importlib.util.find_spec("dlzoo.docs")
@@ -581,15 +748,32 @@ def resources() -> list[dict]:
     from dlzoo.agents.papers import load_papers
     from dlzoo.agents.theory import load_knowledge
 
-    out = [{"uri": f"{URI}knowledge/{e.id}", "name": e.id, "title": e.title, "description": e.brief,
-            "mime_type": "text/plain"} for e in load_knowledge().values()]
-    out += [{"uri": f"{URI}papers/{p.id}", "name": p.id, "title": f"{p.title} ({p.year})",
-             "description": one_line(p.summary)[:300], "mime_type": "text/plain"} for p in load_papers().values()]
+    out = [
+        {"uri": f"{URI}knowledge/{e.id}", "name": e.id, "title": e.title, "description": e.brief, "mime_type": "text/plain"}
+        for e in load_knowledge().values()
+    ]
+    out += [
+        {
+            "uri": f"{URI}papers/{p.id}",
+            "name": p.id,
+            "title": f"{p.title} ({p.year})",
+            "description": one_line(p.summary)[:300],
+            "mime_type": "text/plain",
+        }
+        for p in load_papers().values()
+    ]
     folder = docs_dir()
     if folder is not None:
-        out += [{"uri": f"{URI}docs/{page.name}", "name": page.stem, "title": _title(page),
-                 "description": f"dlzoo documentation: {page.name}", "mime_type": "text/markdown"}
-                for page in sorted(folder.glob("*.md"))]
+        out += [
+            {
+                "uri": f"{URI}docs/{page.name}",
+                "name": page.stem,
+                "title": _title(page),
+                "description": f"dlzoo documentation: {page.name}",
+                "mime_type": "text/markdown",
+            }
+            for page in sorted(folder.glob("*.md"))
+        ]
     return out
 
 
@@ -599,12 +783,24 @@ def _title(page: Path) -> str:
 
 
 RESOURCE_TEMPLATES = [
-    {"uri_template": f"{URI}knowledge/{{id}}", "name": "knowledge", "mime_type": "text/plain",
-     "description": "A knowledge base entry at the deep level (dlzoo explain ID --level deep); ids: explain list=true."},
-    {"uri_template": f"{URI}papers/{{id}}", "name": "papers", "mime_type": "text/plain",
-     "description": "A paper mapped to the zoo lines in every framework (dlzoo explain --paper ID --framework all)."},
-    {"uri_template": f"{URI}docs/{{page}}", "name": "docs", "mime_type": "text/markdown",
-     "description": "A page of dlzoo's documentation, e.g. cli.md, mcp.md."},
+    {
+        "uri_template": f"{URI}knowledge/{{id}}",
+        "name": "knowledge",
+        "mime_type": "text/plain",
+        "description": "A knowledge base entry at the deep level (dlzoo explain ID --level deep); ids: explain list=true.",
+    },
+    {
+        "uri_template": f"{URI}papers/{{id}}",
+        "name": "papers",
+        "mime_type": "text/plain",
+        "description": "A paper mapped to the zoo lines in every framework (dlzoo explain --paper ID --framework all).",
+    },
+    {
+        "uri_template": f"{URI}docs/{{page}}",
+        "name": "docs",
+        "mime_type": "text/markdown",
+        "description": "A page of dlzoo's documentation, e.g. cli.md, mcp.md.",
+    },
 ]
 
 
@@ -628,17 +824,19 @@ def read_resource(uri: str) -> tuple[str, str]:
         names = {p.name for p in folder.glob("*.md")} if folder is not None else set()
         if key in names:  # names from the folder listing: no path in a URI reaches another file
             return (folder / key).read_text(encoding="utf-8"), "text/markdown"
-    raise ToolError(f"unknown resource {uri!r}; resources/list names every one "
-                    f"({URI}knowledge/ID, {URI}papers/ID, {URI}docs/PAGE.md)")
+    raise ToolError(f"unknown resource {uri!r}; resources/list names every one ({URI}knowledge/ID, {URI}papers/ID, {URI}docs/PAGE.md)")
 
 
 # --------------------------------------------------------------------------- the MCP server
 
+
 def instructions(policy: Policy) -> str:
-    return (f"dlzoo: BERT, GPT-2, ResNet and ViT in five frameworks, and two offline agents. Tools return the "
-            f"JSON of the matching `dlzoo ... --json` command. Paths are relative to the root {policy.root} and stay "
-            f"inside it; tools that write never overwrite; models above {policy.max_params:,} parameters are refused. "
-            f"Resources hold the knowledge base ({URI}knowledge/ID), papers and docs.")
+    return (
+        f"dlzoo: BERT, GPT-2, ResNet and ViT in five frameworks, and two offline agents. Tools return the "
+        f"JSON of the matching `dlzoo ... --json` command. Paths are relative to the root {policy.root} and stay "
+        f"inside it; tools that write never overwrite; models above {policy.max_params:,} parameters are refused. "
+        f"Resources hold the knowledge base ({URI}knowledge/ID), papers and docs."
+    )
 
 
 def build_server(policy: Policy):
@@ -653,25 +851,33 @@ def build_server(policy: Policy):
     limiter = anyio.CapacityLimiter(1)  # one command at a time: models are large, matplotlib is not thread-safe
 
     async def list_tools(ctx, params) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=[
-            types.Tool(name=t.name, description=t.description, input_schema=t.schema,
-                       annotations=types.ToolAnnotations(**t.annotations(policy)))
-            for t in available_tools()])
+        return types.ListToolsResult(
+            tools=[
+                types.Tool(
+                    name=t.name,
+                    description=t.description,
+                    input_schema=t.schema,
+                    annotations=types.ToolAnnotations(**t.annotations(policy)),
+                )
+                for t in available_tools()
+            ]
+        )
 
     async def call(ctx, params) -> types.CallToolResult:
         data, error = await anyio.to_thread.run_sync(call_tool, policy, params.name, params.arguments, limiter=limiter)
         if error is not None:
             return types.CallToolResult(content=[types.TextContent(type="text", text=f"error: {error}")], is_error=True)
-        return types.CallToolResult(content=[types.TextContent(type="text", text=json.dumps(data, indent=2))],
-                                    structured_content=data if isinstance(data, dict) else {"result": data})
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=json.dumps(data, indent=2))],
+            structured_content=data if isinstance(data, dict) else {"result": data},
+        )
 
     async def list_resources(ctx, params) -> types.ListResourcesResult:
         listing = await anyio.to_thread.run_sync(resources, limiter=limiter)
         return types.ListResourcesResult(resources=[types.Resource(**r) for r in listing])
 
     async def list_templates(ctx, params) -> types.ListResourceTemplatesResult:
-        return types.ListResourceTemplatesResult(
-            resource_templates=[types.ResourceTemplate(**t) for t in RESOURCE_TEMPLATES])
+        return types.ListResourceTemplatesResult(resource_templates=[types.ResourceTemplate(**t) for t in RESOURCE_TEMPLATES])
 
     async def read(ctx, params) -> types.ReadResourceResult:
         try:
@@ -680,9 +886,17 @@ def build_server(policy: Policy):
             raise MCPError(types.INVALID_PARAMS, one_line(error)) from None
         return types.ReadResourceResult(contents=[types.TextResourceContents(uri=params.uri, mime_type=mime, text=text)])
 
-    return Server("dlzoo", version=__version__, title="dlzoo", instructions=instructions(policy),
-                  on_list_tools=list_tools, on_call_tool=call, on_list_resources=list_resources,
-                  on_list_resource_templates=list_templates, on_read_resource=read)
+    return Server(
+        "dlzoo",
+        version=__version__,
+        title="dlzoo",
+        instructions=instructions(policy),
+        on_list_tools=list_tools,
+        on_call_tool=call,
+        on_list_resources=list_resources,
+        on_list_resource_templates=list_templates,
+        on_read_resource=read,
+    )
 
 
 def serve(policy: Policy, http: str | None = None) -> None:
@@ -715,19 +929,30 @@ def _host_port(text: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ZooError(f"--http {text!r}: expected [HOST:]PORT, e.g. 8765 or 127.0.0.1:8765")
     if host not in LOOPBACK:
-        raise ZooError(f"--http {text!r}: the server listens on loopback only ({', '.join(LOOPBACK)}); it has no "
-                       "authentication, so put an authenticating proxy in front of it for remote clients")
+        raise ZooError(
+            f"--http {text!r}: the server listens on loopback only ({', '.join(LOOPBACK)}); it has no "
+            "authentication, so put an authenticating proxy in front of it for remote clients"
+        )
     return host, int(port)
 
 
 @click.command("mcp")
-@click.option("--root", default=".", show_default=True, type=click.Path(path_type=Path),
-              help="The only folder tools read and write in (paths outside it are refused).")
-@click.option("--max-params", type=click.IntRange(min=1), default=DEFAULT_MAX_PARAMS, show_default=True,
-              help="Largest model (parameters) that verify, doctor, convert, migrate and new will load.")
+@click.option(
+    "--root",
+    default=".",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="The only folder tools read and write in (paths outside it are refused).",
+)
+@click.option(
+    "--max-params",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PARAMS,
+    show_default=True,
+    help="Largest model (parameters) that verify, doctor, convert, migrate and new will load.",
+)
 @click.option("--allow-hub", is_flag=True, help="Let tools download hub ids (into the Hugging Face cache).")
-@click.option("--http", default=None, metavar="[HOST:]PORT",
-              help="Serve streamable HTTP on a loopback address instead of stdio.")
+@click.option("--http", default=None, metavar="[HOST:]PORT", help="Serve streamable HTTP on a loopback address instead of stdio.")
 def mcp_command(root: Path, max_params: int, allow_hub: bool, http: str | None):
     """Serve dlzoo's commands as tools for LLM clients over the Model Context Protocol (stdio).
 

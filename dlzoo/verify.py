@@ -65,9 +65,15 @@ def _compare(got: dict, want: dict, tol: float) -> tuple[dict, bool]:
     return diffs, passed and set(got) == set(want)
 
 
-def run_verify(arch: str, preset: str | None = None, source: str | None = None, tol: float = 1e-5,
-               seed: int = 0, frameworks: list[str] | None = None,
-               progress: Callable[[str], None] | None = None) -> dict:
+def run_verify(
+    arch: str,
+    preset: str | None = None,
+    source: str | None = None,
+    tol: float = 1e-5,
+    seed: int = 0,
+    frameworks: list[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """Run the same weights in ``frameworks`` (default: every installed one) and compare every
     output with torch's and transformers' (the references, used whenever installed).
 
@@ -121,12 +127,20 @@ def run_verify(arch: str, preset: str | None = None, source: str | None = None, 
         float32 = transformers_outputs(arch, model, inputs)
         hf_outputs = transformers_outputs(arch, model.double(), inputs)
         floor, _ = _compare(float32, hf_outputs, tol)
-        reference_info = {"implementation": "transformers", "class": type(model).__name__, "dtype": "float64",
-                          "source": source_note, "float32_diffs": floor}
+        reference_info = {
+            "implementation": "transformers",
+            "class": type(model).__name__,
+            "dtype": "float64",
+            "source": source_note,
+            "float32_diffs": floor,
+        }
         del model
-        notes.append(f"reference: transformers' {reference_info['class']} {source_note}, evaluated in float64; "
-                     "transformers in float32 is " + ", ".join(f"{k} {v:.2e}" for k, v in floor.items())
-                     + " from it (this model's float32 noise floor)")
+        notes.append(
+            f"reference: transformers' {reference_info['class']} {source_note}, evaluated in float64; "
+            "transformers in float32 is "
+            + ", ".join(f"{k} {v:.2e}" for k, v in floor.items())
+            + " from it (this model's float32 noise floor)"
+        )
     elif reference == "torch":
         notes.append("transformers is not installed: no comparison against the reference implementation")
     rows = []
@@ -139,6 +153,14 @@ def run_verify(arch: str, preset: str | None = None, source: str | None = None, 
             rows.append({"framework": labels[framework], "against": labels[reference], "diffs": diffs, "passed": ok})
     if not rows:
         notes.append("only one framework and no reference implementation: nothing to compare")
-    return {"arch": arch, "config": config.to_dict(), "params": weights.count_params(arch, config), "tol": tol,
-            "frameworks": [labels[f] for f in frameworks], "rows": rows, "reference": reference_info, "notes": notes,
-            "passed": bool(rows) and all(r["passed"] for r in rows)}
+    return {
+        "arch": arch,
+        "config": config.to_dict(),
+        "params": weights.count_params(arch, config),
+        "tol": tol,
+        "frameworks": [labels[f] for f in frameworks],
+        "rows": rows,
+        "reference": reference_info,
+        "notes": notes,
+        "passed": bool(rows) and all(r["passed"] for r in rows),
+    }

@@ -31,15 +31,14 @@ from ..zoo.frameworks import check_framework
 
 SCAFFOLD_DIR = Path(__file__).resolve().parent
 TEMPLATES = SCAFFOLD_DIR / "templates"
-RESULTS = SCAFFOLD_DIR / "results.json"   # measured by benchmarks/scaffold_quality.py
+RESULTS = SCAFFOLD_DIR / "results.json"  # measured by benchmarks/scaffold_quality.py
 
-TASKS = {"vit": ("image-classification",), "resnet": ("image-classification",), "gpt": ("lm",),
-         "bert": ("mlm", "classify")}
+TASKS = {"vit": ("image-classification",), "resnet": ("image-classification",), "gpt": ("lm",), "bert": ("mlm", "classify")}
 TEXT_ARCHS = ("gpt", "bert")
 ANNOTATE = ("none", "brief", "full")
-DEFAULT_PRESET = "tiny"   # trains to >= 95% on digits in minutes on a laptop CPU (docs/scaffold.md)
+DEFAULT_PRESET = "tiny"  # trains to >= 95% on digits in minutes on a laptop CPU (docs/scaffold.md)
 DIGITS_CLASSES = 10
-RESNET_IMAGE_SIZE = 32    # digits (8x8) upsampled; ResNet's stem and one stride-2 stage leave 4x4
+RESNET_IMAGE_SIZE = 32  # digits (8x8) upsampled; ResNet's stem and one stride-2 stage leave 4x4
 
 # Dependency ranges of a generated project: what every project needs, then the framework's own.
 COMMON_DEPS = ["numpy>=1.26", "safetensors>=0.4", "scikit-learn>=1.3", "pillow>=10", "tqdm>=4.66"]
@@ -48,27 +47,75 @@ FRAMEWORK_DEPS = {
     "flax": ["jax>=0.4.30", "flax>=0.10", "optax>=0.2", "jaxtyping>=0.2"],
     "equinox": ["jax>=0.4.30", "equinox>=0.11", "optax>=0.2", "jaxtyping>=0.2"],
     "haiku": ["jax>=0.4.30", "dm-haiku>=0.0.13", "optax>=0.2", "jaxtyping>=0.2"],
-    "keras": ["keras>=3.5,<4", "jax>=0.4.30"],   # keras runs its jitted stateless step on the jax backend
+    "keras": ["keras>=3.5,<4", "jax>=0.4.30"],  # keras runs its jitted stateless step on the jax backend
 }
 # Import names a package must not shadow: the project's own dependencies and test folder.
-_RESERVED = {"torch", "jax", "flax", "equinox", "haiku", "keras", "optax", "jaxtyping", "numpy", "safetensors",
-             "sklearn", "PIL", "tqdm", "pytest", "tests", "test", "dlzoo", "setuptools"}
+_RESERVED = {
+    "torch",
+    "jax",
+    "flax",
+    "equinox",
+    "haiku",
+    "keras",
+    "optax",
+    "jaxtyping",
+    "numpy",
+    "safetensors",
+    "sklearn",
+    "PIL",
+    "tqdm",
+    "pytest",
+    "tests",
+    "test",
+    "dlzoo",
+    "setuptools",
+}
 
 # Training defaults per architecture, tuned on digits (benchmarks/scaffold_quality.py).
 DEFAULTS = {
-    "vit": {"lr": 2e-3, "weight_decay": 0.05, "warmup_fraction": 0.05, "label_smoothing": 0.1,
-            "epochs": 100, "batch_size": 64, "max_shift": 2},
-    "resnet": {"lr": 3e-3, "weight_decay": 0.05, "warmup_fraction": 0.05, "label_smoothing": 0.1,
-               "epochs": 20, "batch_size": 64, "max_shift": 3},
+    "vit": {
+        "lr": 2e-3,
+        "weight_decay": 0.05,
+        "warmup_fraction": 0.05,
+        "label_smoothing": 0.1,
+        "epochs": 100,
+        "batch_size": 64,
+        "max_shift": 2,
+    },
+    "resnet": {
+        "lr": 3e-3,
+        "weight_decay": 0.05,
+        "warmup_fraction": 0.05,
+        "label_smoothing": 0.1,
+        "epochs": 20,
+        "batch_size": 64,
+        "max_shift": 3,
+    },
 }
 # Text: tuned for 5 minutes of training on a 2-core CPU (benchmarks/scaffold_quality.py).
-_TEXT = {"weight_decay": 0.01, "warmup_fraction": 0.05, "label_smoothing": 0.0, "epochs": 1,
-         "val_fraction": 0.05, "test_fraction": 0.05, "max_bytes": 8_000_000, "max_eval_rows": 512}
+_TEXT = {
+    "weight_decay": 0.01,
+    "warmup_fraction": 0.05,
+    "label_smoothing": 0.0,
+    "epochs": 1,
+    "val_fraction": 0.05,
+    "test_fraction": 0.05,
+    "max_bytes": 8_000_000,
+    "max_eval_rows": 512,
+}
 TEXT_DEFAULTS = {
     "lm": {**_TEXT, "lr": 2e-3, "batch_size": 32, "seq_len": 64, "max_steps": 2000},
     "mlm": {**_TEXT, "lr": 1e-3, "batch_size": 32, "seq_len": 64, "max_steps": 1000},
-    "classify": {**_TEXT, "lr": 5e-4, "batch_size": 32, "seq_len": 128, "max_steps": 0, "epochs": 15,
-                 "val_fraction": 0.1, "test_fraction": 0.2},
+    "classify": {
+        **_TEXT,
+        "lr": 5e-4,
+        "batch_size": 32,
+        "seq_len": 128,
+        "max_steps": 0,
+        "epochs": 15,
+        "val_fraction": 0.1,
+        "test_fraction": 0.2,
+    },
 }
 TEXT_SPECIALS = {"gpt": ["<|endoftext|>"], "bert": ["[PAD]", "[CLS]", "[SEP]", "[MASK]"]}
 # Default classification data: stdlib docstrings labelled by package (enough docstrings in each).
@@ -76,7 +123,7 @@ DOCSTRING_PACKAGES = ["asyncio", "email", "http", "importlib", "logging", "multi
 FRAMEWORK_TITLES = {"torch": "PyTorch", "flax": "Flax NNX", "equinox": "Equinox", "haiku": "dm-haiku", "keras": "Keras 3"}
 ARCH_TITLES = {"vit": "a Vision Transformer", "resnet": "a ResNet", "gpt": "a GPT", "bert": "a BERT"}
 
-_ANNOTATION = "#   | "   # prefix of the one-line theory notes added under --annotate brief/full
+_ANNOTATION = "#   | "  # prefix of the one-line theory notes added under --annotate brief/full
 
 
 def _zoo_dir() -> Path:
@@ -87,18 +134,17 @@ def _zoo_dir() -> Path:
 
 # --------------------------------------------------------------------------- names
 
+
 def package_name(name: str) -> tuple[str, str | None]:
     """(Python package name for project folder ``name``, a note when it had to be adjusted)."""
     base = re.sub(r"[^0-9a-zA-Z_]+", "_", name).strip("_").lower()
     note = None
     if not base:
-        raise ZooError(f"project name {name!r} has no letter or digit to name a Python package after; "
-                       "choose a name like digits_vit")
+        raise ZooError(f"project name {name!r} has no letter or digit to name a Python package after; choose a name like digits_vit")
     package = base
     if package[0].isdigit():
         package = f"project_{package}"
-    if keyword.iskeyword(package) or keyword.issoftkeyword(package) or package in sys.stdlib_module_names \
-            or package in _RESERVED:
+    if keyword.iskeyword(package) or keyword.issoftkeyword(package) or package in sys.stdlib_module_names or package in _RESERVED:
         package = f"{package}_project"
         note = f"package name {base!r} would shadow a keyword or module of the same name; using {package!r}"
     elif package != name:
@@ -111,8 +157,10 @@ def check_name(name: str) -> str:
     if not name or not name.strip():
         raise ZooError("project name is empty; pass a folder name like digits_vit")
     if os.path.isabs(name) or "/" in name or "\\" in name or (os.altsep and os.altsep in name):
-        raise ZooError(f"project name {name!r} contains a path separator; pass a plain folder name and run "
-                       "dlzoo new from the folder that should contain it")
+        raise ZooError(
+            f"project name {name!r} contains a path separator; pass a plain folder name and run "
+            "dlzoo new from the folder that should contain it"
+        )
     if ".." in name or name in (".", "~") or name.startswith("-"):
         raise ZooError(f"project name {name!r} is not a plain folder name (no '..', '.', '~' or leading '-')")
     if any(ord(c) < 32 for c in name) or len(name) > 100:
@@ -122,18 +170,23 @@ def check_name(name: str) -> str:
 
 # --------------------------------------------------------------------------- copying zoo sources
 
+
 @dataclass
 class Copied:
-    target: str             # path inside the project, e.g. "digits_vit/model.py"
-    source: str             # path inside dlzoo, e.g. "zoo/torch/vit.py"
-    original: str           # the zoo file's text
-    text: str = ""          # as written into the project
+    target: str  # path inside the project, e.g. "digits_vit/model.py"
+    source: str  # path inside dlzoo, e.g. "zoo/torch/vit.py"
+    original: str  # the zoo file's text
+    text: str = ""  # as written into the project
 
 
 def copied_sources(arch: str, framework: str) -> list[tuple[str, str]]:
     """(file in the package, file under zoo/) for every zoo file a project copies."""
-    return [("configs.py", "configs.py"), ("layers.py", f"{framework}/layers.py"),
-            ("model.py", f"{framework}/{arch}.py"), ("canonical.py", f"{framework}/canonical.py")]
+    return [
+        ("configs.py", "configs.py"),
+        ("layers.py", f"{framework}/layers.py"),
+        ("model.py", f"{framework}/{arch}.py"),
+        ("canonical.py", f"{framework}/canonical.py"),
+    ]
 
 
 _IMPORT = re.compile(r"^(?P<indent>\s*)from (?P<dots>\.+)(?P<module>[\w.]*) import ", re.MULTILINE)
@@ -143,6 +196,7 @@ def adapt_imports(text: str, arch: str) -> str:
     """Relative imports of a zoo backend file, as seen from the project package: ``..configs``
     -> ``.configs`` (the package holds configs.py), ``.<arch>`` -> ``.model``, ``.layers`` and
     ``.canonical`` unchanged. Any other relative import has no counterpart in the project."""
+
     def rewrite(match: re.Match) -> str:
         dots, module = match.group("dots"), match.group("module")
         if dots == ".." and module == "configs":
@@ -152,8 +206,10 @@ def adapt_imports(text: str, arch: str) -> str:
         elif dots == "." and module == arch:
             module = "model"
         else:
-            raise ZooError(f"zoo import 'from {dots}{module} import' has no counterpart in a generated project; "
-                           "model files may import only ..configs, .layers and .canonical")
+            raise ZooError(
+                f"zoo import 'from {dots}{module} import' has no counterpart in a generated project; "
+                "model files may import only ..configs, .layers and .canonical"
+            )
         return f"{match.group('indent')}from .{module} import "
 
     return _IMPORT.sub(rewrite, text)
@@ -213,12 +269,13 @@ def _sha256(text: str | bytes) -> str:
 
 # --------------------------------------------------------------------------- weights
 
+
 @dataclass
 class Weights:
     source: str
-    config: Any             # the checkpoint's model config
+    config: Any  # the checkpoint's model config
     tensors: dict
-    fresh: list[str]        # canonical names the project initialises anew (a head for another class count)
+    fresh: list[str]  # canonical names the project initialises anew (a head for another class count)
 
 
 def read_weights(source: str, arch: str) -> Weights:
@@ -228,8 +285,10 @@ def read_weights(source: str, arch: str) -> Weights:
 
     path = Path(source).expanduser()
     if not path.exists() and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-        raise ZooError(f"--weights {source}: not a local file or folder, and HF_HUB_OFFLINE is set so the hub "
-                       "cannot be asked; pass a local checkpoint folder or canonical .safetensors file")
+        raise ZooError(
+            f"--weights {source}: not a local file or folder, and HF_HUB_OFFLINE is set so the hub "
+            "cannot be asked; pass a local checkpoint folder or canonical .safetensors file"
+        )
     file_arch, config, tensors, _ = hub.load_checkpoint(source)
     if file_arch != arch:
         raise ZooError(f"--weights {source} holds {file_arch} weights; the project is --arch {arch}")
@@ -238,12 +297,14 @@ def read_weights(source: str, arch: str) -> Weights:
 
 # --------------------------------------------------------------------------- rendering
 
+
 def _environment():
     from jinja2 import FileSystemLoader, StrictUndefined
     from jinja2.sandbox import SandboxedEnvironment
 
-    return SandboxedEnvironment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined,
-                                keep_trailing_newline=True, autoescape=False)
+    return SandboxedEnvironment(
+        loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False
+    )
 
 
 def _model_class(source: str, arch: str) -> str | None:
@@ -263,7 +324,7 @@ def _measured(arch: str, framework: str, task: str | None = None) -> dict | None
 
 
 def _py_literal(value: Any, indent: str = "") -> str:
-    if isinstance(value, dict):   # one key per line: readable, and within any line length
+    if isinstance(value, dict):  # one key per line: readable, and within any line length
         inner = indent + "    "
         return "{\n" + "".join(f"{inner}{k!r}: {_py_literal(v)},\n" for k, v in value.items()) + indent + "}"
     if isinstance(value, (list, tuple)):
@@ -278,8 +339,9 @@ def tokenizer_vocab(path: str) -> tuple[bytes, int]:
     try:
         data = file.read_bytes()
         spec = json.loads(data)
-        ids = list(spec["model"]["vocab"].values()) if isinstance(spec["model"]["vocab"], dict) else \
-            list(range(len(spec["model"]["vocab"])))
+        ids = (
+            list(spec["model"]["vocab"].values()) if isinstance(spec["model"]["vocab"], dict) else list(range(len(spec["model"]["vocab"])))
+        )
         ids += [token["id"] for token in spec.get("added_tokens") or []]
     except OSError:
         raise ZooError(f"--tokenizer {path}: cannot read it; pass a Hugging Face tokenizer.json") from None
@@ -293,22 +355,34 @@ def _text_model_config(arch: str, task: str, base, vocab: int, weights: bool, cl
     that it fits (pretrained weights), and the head the task needs."""
     if weights:
         if vocab > base.vocab_size:
-            raise ZooError(f"the tokenizer has {vocab} tokens but the weights' embedding has {base.vocab_size}; pass "
-                           "the tokenizer.json the weights were trained with (--tokenizer)")
+            raise ZooError(
+                f"the tokenizer has {vocab} tokens but the weights' embedding has {base.vocab_size}; pass "
+                "the tokenizer.json the weights were trained with (--tokenizer)"
+            )
         config = base
     else:
         config = base.replace(vocab_size=vocab)
         if vocab != base.vocab_size:
             notes.append(f"model.vocab_size {base.vocab_size} -> {vocab} (the tokenizer's vocabulary)")
     if arch == "bert":
-        config = config.replace(mlm_head=task == "mlm", num_classes=classes if task == "classify" else 0,
-                                pooler=config.pooler or task == "classify")
+        config = config.replace(
+            mlm_head=task == "mlm", num_classes=classes if task == "classify" else 0, pooler=config.pooler or task == "classify"
+        )
     return config
 
 
-def plan(name: str, *, arch: str, framework: str, preset: str | None = None, task: str | None = None,
-         weights: str | None = None, annotate: str = "brief", tokenizer: str | None = None,
-         choice: list[str] | None = None) -> dict[str, Any]:
+def plan(
+    name: str,
+    *,
+    arch: str,
+    framework: str,
+    preset: str | None = None,
+    task: str | None = None,
+    weights: str | None = None,
+    annotate: str = "brief",
+    tokenizer: str | None = None,
+    choice: list[str] | None = None,
+) -> dict[str, Any]:
     """Everything ``new_project`` writes, as {relative path: text or bytes}, plus the summary.
     ``choice``: the engineer agent's reasons when it chose the framework (for the README)."""
     check_name(name)
@@ -362,8 +436,10 @@ def plan(name: str, *, arch: str, framework: str, preset: str | None = None, tas
             notes.append(f"model.num_classes {base.num_classes} -> {DIGITS_CLASSES} (the default data, digits, has 10 classes)")
         if loaded is not None and base.num_classes != DIGITS_CLASSES:
             loaded.fresh = ["head.kernel", "head.bias"]
-            notes.append(f"--weights: the backbone is loaded and the head is freshly initialised "
-                         f"({base.num_classes} classes in the checkpoint, {DIGITS_CLASSES} in the project)")
+            notes.append(
+                f"--weights: the backbone is loaded and the head is freshly initialised "
+                f"({base.num_classes} classes in the checkpoint, {DIGITS_CLASSES} in the project)"
+            )
         image_size = model_config.image_size if arch == "vit" else RESNET_IMAGE_SIZE
 
     copies = []
@@ -379,20 +455,32 @@ def plan(name: str, *, arch: str, framework: str, preset: str | None = None, tas
     model_source = next(c.original for c in copies if c.target.endswith("model.py"))
 
     context = {
-        "pkg": pkg, "name": name, "arch": arch, "framework": framework, "preset": preset_label, "task": task,
+        "pkg": pkg,
+        "name": name,
+        "arch": arch,
+        "framework": framework,
+        "preset": preset_label,
+        "task": task,
         "framework_choice": list(choice or []),
-        "arch_title": ARCH_TITLES[arch], "framework_title": FRAMEWORK_TITLES[framework],
-        "config_class": type(model_config).__name__, "model_class": _model_class(model_source, arch),
-        "model_defaults": _py_literal(model_config.to_dict()), "model_config": model_config.to_dict(),
-        "image_size": image_size, "defaults": TEXT_DEFAULTS[task] if modality == "text" else DEFAULTS[arch],
-        "modality": modality, "specials": TEXT_SPECIALS.get(arch, []), "docstring_packages": DOCSTRING_PACKAGES,
+        "arch_title": ARCH_TITLES[arch],
+        "framework_title": FRAMEWORK_TITLES[framework],
+        "config_class": type(model_config).__name__,
+        "model_class": _model_class(model_source, arch),
+        "model_defaults": _py_literal(model_config.to_dict()),
+        "model_config": model_config.to_dict(),
+        "image_size": image_size,
+        "defaults": TEXT_DEFAULTS[task] if modality == "text" else DEFAULTS[arch],
+        "modality": modality,
+        "specials": TEXT_SPECIALS.get(arch, []),
+        "docstring_packages": DOCSTRING_PACKAGES,
         "sources": ("stdlib-docstrings", "jsonl", "csv") if task == "classify" else ("stdlib", "files"),
         "tokenizer": "tokenizer.json" if tokenizer_file else "bytes",
         "init_weights": "weights/init.safetensors" if loaded else "",
         "weights": {"source": weights, "source_name": Path(weights).name or weights, "fresh": loaded.fresh} if loaded else None,
         "dependencies": COMMON_DEPS + (["tokenizers>=0.15"] if tokenizer_file else []) + FRAMEWORK_DEPS[framework],
         "annotate": annotate,
-        "measured": _measured(arch, framework, task), "dlzoo_version": _version(),
+        "measured": _measured(arch, framework, task),
+        "dlzoo_version": _version(),
     }
     env = _environment()
     files: dict[str, str | bytes] = {}
@@ -412,17 +500,28 @@ def plan(name: str, *, arch: str, framework: str, preset: str | None = None, tas
     if tokenizer_file is not None:
         files["tokenizer.json"] = tokenizer_file
     if annotate == "full":
-        files["THEORY.md"] = None   # written from the files on disk, so its links point at real lines
+        files["THEORY.md"] = None  # written from the files on disk, so its links point at real lines
 
     provenance = {
-        "dlzoo_version": context["dlzoo_version"], "arch": arch, "framework": framework, "preset": preset_label,
-        "task": task, "package": pkg,
+        "dlzoo_version": context["dlzoo_version"],
+        "arch": arch,
+        "framework": framework,
+        "preset": preset_label,
+        "task": task,
+        "package": pkg,
         "options": {"annotate": annotate, "weights": weights, "preset": preset, "tokenizer": tokenizer},
         "model_config": model_config.to_dict(),
-        "copied": {c.target: {"source": c.source, "sha256_source": _sha256(c.original), "sha256": _sha256(c.text)}
-                   for c in copies},
-        "weights": ({"source": weights, "file": "weights/init.safetensors", "fresh": loaded.fresh,
-                     "sha256": _sha256(files["weights/init.safetensors"])} if loaded else None),
+        "copied": {c.target: {"source": c.source, "sha256_source": _sha256(c.original), "sha256": _sha256(c.text)} for c in copies},
+        "weights": (
+            {
+                "source": weights,
+                "file": "weights/init.safetensors",
+                "fresh": loaded.fresh,
+                "sha256": _sha256(files["weights/init.safetensors"]),
+            }
+            if loaded
+            else None
+        ),
     }
     return {"files": files, "provenance": provenance, "package": pkg, "notes": notes, "context": context}
 
@@ -434,15 +533,18 @@ _IMAGE_ONLY = {"PKG/predict.py.j2"}
 
 def _project_templates(modality: str, task: str) -> list[tuple[str, str]]:
     """(template folder, path inside it) of every project file to render."""
-    found = {p.relative_to(TEMPLATES / "project").as_posix(): "project"
-             for p in (TEMPLATES / "project").rglob("*.j2") if p.is_file()}
+    found = {p.relative_to(TEMPLATES / "project").as_posix(): "project" for p in (TEMPLATES / "project").rglob("*.j2") if p.is_file()}
     if modality == "text":
         for path in _IMAGE_ONLY:
             found.pop(path, None)
         for p in (TEMPLATES / "text").rglob("*.j2"):
             relative = p.relative_to(TEMPLATES / "text").as_posix()
-            if p.is_file() and not p.name.startswith("_") and not (relative == "PKG/generate.py.j2" and task != "lm") \
-                    and not (relative == "PKG/predict.py.j2" and task != "classify"):
+            if (
+                p.is_file()
+                and not p.name.startswith("_")
+                and not (relative == "PKG/generate.py.j2" and task != "lm")
+                and not (relative == "PKG/predict.py.j2" and task != "classify")
+            ):
                 found[relative] = "text"
     return sorted((folder, relative) for relative, folder in found.items())
 
@@ -474,6 +576,7 @@ def _write_theory(root: Path, pkg: str, arch: str, framework: str) -> None:
 
 # --------------------------------------------------------------------------- writing
 
+
 def _existing_ours(target: Path) -> dict[str, str]:
     """{relative path: sha256} of the files a previous ``dlzoo new`` wrote into ``target``."""
     try:
@@ -482,10 +585,21 @@ def _existing_ours(target: Path) -> dict[str, str]:
         return {}
 
 
-def new_project(name: str, *, arch: str, framework: str | None, preset: str | None = None, task: str | None = None,
-                weights: str | None = None, annotate: str = "brief", force: bool = False,
-                parent: str | os.PathLike = ".", tokenizer: str | None = None,
-                needs: tuple[str, ...] = (), design: dict[str, Any] | None = None) -> dict[str, Any]:
+def new_project(
+    name: str,
+    *,
+    arch: str,
+    framework: str | None,
+    preset: str | None = None,
+    task: str | None = None,
+    weights: str | None = None,
+    annotate: str = "brief",
+    force: bool = False,
+    parent: str | os.PathLike = ".",
+    tokenizer: str | None = None,
+    needs: tuple[str, ...] = (),
+    design: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write project ``name`` under ``parent``; returns the summary (the ``--json`` output,
     docs/scaffold.md). Raises ZooError for anything the user can fix, before writing anything."""
     recommended = _design(arch, task, design) if design else None
@@ -502,10 +616,21 @@ def new_project(name: str, *, arch: str, framework: str | None, preset: str | No
     if target.exists() and not target.is_dir():
         raise ZooError(f"{target} exists and is a file; choose another project name")
     if target.is_dir() and any(target.iterdir()) and not force:
-        raise ZooError(f"{target} exists and is not empty; choose another name, or pass --force to add the project's "
-                       "files (files you wrote are never replaced)")
-    result = plan(name, arch=arch, framework=framework, preset=preset, task=task, weights=weights, annotate=annotate,
-                  tokenizer=tokenizer, choice=choice)
+        raise ZooError(
+            f"{target} exists and is not empty; choose another name, or pass --force to add the project's "
+            "files (files you wrote are never replaced)"
+        )
+    result = plan(
+        name,
+        arch=arch,
+        framework=framework,
+        preset=preset,
+        task=task,
+        weights=weights,
+        annotate=annotate,
+        tokenizer=tokenizer,
+        choice=choice,
+    )
     pkg, files, provenance = result["package"], result["files"], result["provenance"]
     if recommended:
         from ..agents.engineer.strategy import overrides_toml
@@ -517,7 +642,8 @@ def new_project(name: str, *, arch: str, framework: str | None, preset: str | No
             f"dlzoo's engineer agent designed this run (`dlzoo recommend`, for {design['dataset_size']:,} examples "
             f"of size {design['input_size']} and {design['budget_hours']:g} h on {design.get('device', 'cpu')}). "
             f"Train with them: `python -m {pkg}.train --config recommended.toml`.\n\n"
-            f"| decision | value | why |\n|---|---|---|\n{rows}\n")
+            f"| decision | value | why |\n|---|---|---|\n{rows}\n"
+        )
         provenance["options"]["design"] = dict(design)
     if not parent.is_dir():
         raise ZooError(f"{parent} is not a folder")
@@ -549,14 +675,25 @@ def new_project(name: str, *, arch: str, framework: str | None, preset: str | No
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     listing = sorted(written) + [".dlzoo.json"]
-    next_commands = [f"cd {name} && python -m pip install -e '.[test]'", f"python -m {pkg}.train",
-                     f"python -m {pkg}.evaluate runs/default"]
-    return {"path": str(target), "package": pkg, "arch": arch, "framework": framework,
-            "preset": provenance["preset"], "task": provenance["task"], "annotate": annotate,
-            "files": listing, "kept": kept, "weights": provenance["weights"], "notes": result["notes"],
-            "framework_choice": choice, "next": next_commands,
-            "recommended": {"config": "recommended.toml", "preset": recommended["preset"],
-                            "overrides": recommended["overrides"]} if recommended else None}
+    next_commands = [f"cd {name} && python -m pip install -e '.[test]'", f"python -m {pkg}.train", f"python -m {pkg}.evaluate runs/default"]
+    return {
+        "path": str(target),
+        "package": pkg,
+        "arch": arch,
+        "framework": framework,
+        "preset": provenance["preset"],
+        "task": provenance["task"],
+        "annotate": annotate,
+        "files": listing,
+        "kept": kept,
+        "weights": provenance["weights"],
+        "notes": result["notes"],
+        "framework_choice": choice,
+        "next": next_commands,
+        "recommended": {"config": "recommended.toml", "preset": recommended["preset"], "overrides": recommended["overrides"]}
+        if recommended
+        else None,
+    }
 
 
 def _merge_into(tmp: Path, target: Path) -> list[str]:
@@ -568,8 +705,7 @@ def _merge_into(tmp: Path, target: Path) -> list[str]:
     for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
         relative = path.relative_to(tmp).as_posix()
         dest = target / relative
-        mine = bool(ours) if relative == ".dlzoo.json" else ours.get(relative) == _sha256(dest.read_bytes()) \
-            if dest.is_file() else False
+        mine = bool(ours) if relative == ".dlzoo.json" else ours.get(relative) == _sha256(dest.read_bytes()) if dest.is_file() else False
         if dest.is_dir() or (dest.exists() and not mine):
             kept.append(relative)
             dest = dest.with_name(dest.name + ".dlzoo-new")
@@ -589,8 +725,10 @@ def _design(arch: str, task: str | None, design: dict[str, Any]) -> dict[str, An
 
     task = task or TASKS[check_arch(arch)][0]
     if task not in DESIGN_TASKS:
-        raise ZooError(f"--dataset-size/--input-size/--budget-hours design a training run for "
-                       f"{', '.join(DESIGN_TASKS)}; the {arch} {task} task has no design rules yet")
+        raise ZooError(
+            f"--dataset-size/--input-size/--budget-hours design a training run for "
+            f"{', '.join(DESIGN_TASKS)}; the {arch} {task} task has no design rules yet"
+        )
     missing = [f"--{k.replace('_', '-')}" for k in ("dataset_size", "input_size", "budget_hours") if design.get(k) is None]
     if missing:
         raise ZooError(f"a training design needs {', '.join(missing)} as well (see dlzoo recommend --task)")
@@ -608,8 +746,10 @@ def choose_framework(arch: str, needs: tuple[str, ...] = ()) -> tuple[str, list[
 
 def summary_text(result: dict[str, Any]) -> str:
     """What ``dlzoo new`` prints: what it wrote, notes, and the next three commands."""
-    lines = [f"wrote {result['path']}/ ({result['arch']} {result['preset']}, {result['framework']}, "
-             f"package {result['package']}, {len(result['files'])} files):"]
+    lines = [
+        f"wrote {result['path']}/ ({result['arch']} {result['preset']}, {result['framework']}, "
+        f"package {result['package']}, {len(result['files'])} files):"
+    ]
     lines += [f"  {f}" for f in result["files"]]
     lines += [f"note: {n}" for n in result["notes"]]
     if result.get("framework_choice"):
@@ -618,8 +758,10 @@ def summary_text(result: dict[str, Any]) -> str:
     if result["kept"]:
         lines.append("kept your files (ours written beside them as <file>.dlzoo-new): " + ", ".join(result["kept"]))
     if result.get("recommended"):
-        lines.append(f"training design by the engineer agent (dlzoo recommend): preset {result['recommended']['preset']}, "
-                     f"{result['path']}/recommended.toml (train with --config recommended.toml)")
+        lines.append(
+            f"training design by the engineer agent (dlzoo recommend): preset {result['recommended']['preset']}, "
+            f"{result['path']}/recommended.toml (train with --config recommended.toml)"
+        )
     lines.append("next:")
     lines += [f"  {c}" for c in result["next"]]
     return "\n".join(lines)

@@ -27,9 +27,11 @@ class Score:
     failures: list[str] = field(default_factory=list)
 
     def line(self, name: str) -> str:
-        return (f"{name}: {self.found}/{self.pathologies} pathologies found (onset within 10%), "
-                f"{self.false_alarms}/{self.healthy} healthy runs with a medium/high finding, "
-                f"{self.misattributions} misattributed cause(s)")
+        return (
+            f"{name}: {self.found}/{self.pathologies} pathologies found (onset within 10%), "
+            f"{self.false_alarms}/{self.healthy} healthy runs with a medium/high finding, "
+            f"{self.misattributions} misattributed cause(s)"
+        )
 
 
 def score(which: str, diagnose_file=None) -> Score:
@@ -49,8 +51,7 @@ def score(which: str, diagnose_file=None) -> Score:
                 result.failures.append(f"{name}: false alarm {alarms}")
         for expected in run["expected"]:
             result.pathologies += 1
-            if any(f.kind in expected["kinds"] and abs(f.start_step - expected["onset"]) <= tolerance
-                   for f in findings):
+            if any(f.kind in expected["kinds"] and abs(f.start_step - expected["onset"]) <= tolerance for f in findings):
                 result.found += 1
             else:
                 result.failures.append(f"{name}: missed {expected['kinds']} at {expected['onset']} (found {brief})")

@@ -13,20 +13,25 @@ FRAMEWORKS = installed_frameworks()
 def _is_native(framework, native):
     if framework == "torch":
         import torch
+
         return isinstance(native, torch.nn.Module)
     if framework == "flax":
         from flax import nnx
+
         return isinstance(native, nnx.Module)
     if framework == "equinox":
         import equinox as eqx
+
         module, state = native
         return isinstance(module, eqx.Module) and isinstance(state, eqx.nn.State)
     if framework == "haiku":
         import haiku as hk
+
         transformed, params, state = native
         return isinstance(transformed, hk.TransformedWithState) and isinstance(params, dict)
     if framework == "keras":
         import keras
+
         return isinstance(native, keras.Model)
     raise AssertionError(framework)
 
@@ -41,6 +46,7 @@ def test_create_model_returns_the_native_object(framework):
 def test_from_pretrained_returns_the_native_object_with_the_weights(framework, tmp_path):
     source = load("gpt", FRAMEWORKS[0], seed=5)
     from dlzoo.zoo import hub
+
     folder = hub.export("gpt", source.config, source.state_dict(), tmp_path / "gpt")
     native = dlzoo.from_pretrained(str(folder), framework=framework)
     assert _is_native(framework, native)
@@ -65,12 +71,15 @@ def test_seeds_are_reproducible_and_distinct(framework):
     assert not np.array_equal(a["wte.embedding"], c["wte.embedding"])
 
 
-@pytest.mark.parametrize("inputs,fragment", [
-    ({"input_ids": np.zeros((2, 3), np.float32)}, "integer array [B, T]"),
-    ({"input_ids": np.full((1, 4), 10_000, np.int32)}, "input_ids must be in [0, 256)"),
-    ({"input_ids": np.zeros((1, 65), np.int32)}, "at most 64"),
-    ({"tokens": np.zeros((1, 4), np.int32)}, "expected keys input_ids"),
-])
+@pytest.mark.parametrize(
+    "inputs,fragment",
+    [
+        ({"input_ids": np.zeros((2, 3), np.float32)}, "integer array [B, T]"),
+        ({"input_ids": np.full((1, 4), 10_000, np.int32)}, "input_ids must be in [0, 256)"),
+        ({"input_ids": np.zeros((1, 65), np.int32)}, "at most 64"),
+        ({"tokens": np.zeros((1, 4), np.int32)}, "expected keys input_ids"),
+    ],
+)
 def test_bad_inputs_are_refused_before_reaching_the_framework(inputs, fragment):
     handle = load("gpt", FRAMEWORKS[0])
     with pytest.raises(ZooError, match="") as info:
@@ -95,12 +104,15 @@ def test_save_refuses_to_overwrite_unless_asked(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt.safetensors"], "no temporary file left"
 
 
-@pytest.mark.parametrize("name,fragment", [
-    (".", "is a folder; expected a canonical weights file name"),
-    ("missing_dir/w.safetensors", "folder {tmp}/missing_dir does not exist; create it first"),
-    ("afile/w.safetensors", "{tmp}/afile is a file, not a folder"),
-    ("weights.bin", "must end in .safetensors, not '.bin'"),
-])
+@pytest.mark.parametrize(
+    "name,fragment",
+    [
+        (".", "is a folder; expected a canonical weights file name"),
+        ("missing_dir/w.safetensors", "folder {tmp}/missing_dir does not exist; create it first"),
+        ("afile/w.safetensors", "{tmp}/afile is a file, not a folder"),
+        ("weights.bin", "must end in .safetensors, not '.bin'"),
+    ],
+)
 def test_save_refuses_bad_destinations_with_one_line(tmp_path, name, fragment):
     (tmp_path / "afile").write_text("mine")
     handle = load("gpt", FRAMEWORKS[0])
@@ -148,8 +160,7 @@ def test_error_classes_are_public_and_share_one_base():
     from dlzoo.agents.theory import UnknownTopicError
 
     assert dlzoo.OutputExistsError is dlzoo.zoo.files.OutputExistsError and dlzoo.HubError is dlzoo.zoo.hub.HubError
-    for name in ("ConfigError", "WeightsError", "HubError", "PathError", "OutputExistsError", "MetricsError",
-                 "UnknownTopicError"):
+    for name in ("ConfigError", "WeightsError", "HubError", "PathError", "OutputExistsError", "MetricsError", "UnknownTopicError"):
         cls = getattr(dlzoo, name)
         assert issubclass(cls, dlzoo.ZooError) and issubclass(cls, ValueError) and name in dlzoo.__all__
     assert dlzoo.MetricsError is MetricsError and dlzoo.UnknownTopicError is UnknownTopicError

@@ -48,20 +48,22 @@ def test_report_schema_and_interleaving():
     json.dumps(report)  # the --json document is plain JSON
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"seq_len": 5000}, "exceeds the gpt context"),
-    ({"image_size": 64}, "does not apply to gpt"),
-    ({"implementations": ["mxnet"]}, "unknown implementation"),
-    ({"mode": "backward"}, "--mode must be"),
-    ({"trials": 1}, "at least 3"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"seq_len": 5000}, "exceeds the gpt context"),
+        ({"image_size": 64}, "does not apply to gpt"),
+        ({"implementations": ["mxnet"]}, "unknown implementation"),
+        ({"mode": "backward"}, "--mode must be"),
+        ({"trials": 1}, "at least 3"),
+    ],
+)
 def test_refusals(kwargs, message):
     with pytest.raises(ZooError, match=message):
         run("gpt", "tiny", **kwargs)
 
 
 def test_cli_refuses_in_one_line():
-    result = subprocess.run([sys.executable, "-m", "dlzoo.cli", "bench", "resnet", "--seq-len", "8"],
-                            capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "dlzoo.cli", "bench", "resnet", "--seq-len", "8"], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: --seq-len does not apply to resnet; use --image-size"]

@@ -26,9 +26,11 @@ def _run(*args):
 
 @pytest.mark.parametrize("args", [["--help"], ["list"], ["list", "--json"], ["info", "resnet", "-p", "50"]])
 def test_start_up_imports_no_deep_learning_framework(args):
-    code = ("import sys; from click.testing import CliRunner; from dlzoo.cli import cli; "
-            f"r = CliRunner().invoke(cli, {args!r}); assert r.exit_code == 0, r.output; "
-            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    code = (
+        "import sys; from click.testing import CliRunner; from dlzoo.cli import cli; "
+        f"r = CliRunner().invoke(cli, {args!r}); assert r.exit_code == 0, r.output; "
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
 
@@ -43,11 +45,14 @@ def test_list_json_schema():
     assert all(isinstance(f["installed"], bool) for f in data["frameworks"])
 
 
-@pytest.mark.parametrize("arch,preset,params,gflops", [
-    ("resnet", "50", 25_557_032, 8.18),   # 4.09 GMACs at 224x224 (He et al., 2016 report 3.8-4.1)
-    ("resnet", "18", 11_689_512, 3.63),   # 1.8 GMACs
-    ("vit", "B/16", 86_567_656, 35.1),    # 17.6 GMACs (Dosovitskiy et al., 2021)
-])
+@pytest.mark.parametrize(
+    "arch,preset,params,gflops",
+    [
+        ("resnet", "50", 25_557_032, 8.18),  # 4.09 GMACs at 224x224 (He et al., 2016 report 3.8-4.1)
+        ("resnet", "18", 11_689_512, 3.63),  # 1.8 GMACs
+        ("vit", "B/16", 86_567_656, 35.1),  # 17.6 GMACs (Dosovitskiy et al., 2021)
+    ],
+)
 def test_info_json_params_and_flops(arch, preset, params, gflops):
     result = runner.invoke(app, ["info", arch, "--preset", preset, "--json"])
     data = json.loads(result.stdout)
@@ -58,8 +63,9 @@ def test_info_json_params_and_flops(arch, preset, params, gflops):
     assert type(config).from_dict(data["config"]) == config
 
 
-needs_torch = pytest.mark.skipif("torch" not in installed_frameworks(),
-                                 reason="convert and verify compare against torch, which is not installed")
+needs_torch = pytest.mark.skipif(
+    "torch" not in installed_frameworks(), reason="convert and verify compare against torch, which is not installed"
+)
 
 
 def test_convert_round_trip_and_the_overwrite_policy(tmp_path):
@@ -97,8 +103,9 @@ def test_list_shows_aliases_and_the_keras_backend():
     assert "124M (124.44M; aka gpt2, small)" in text and "50 (25.56M; aka resnet50)" in text
     if "keras" in installed_frameworks():
         assert "keras (backend torch: KERAS_BACKEND" in text
-    data = json.loads(subprocess.run([sys.executable, "-m", "dlzoo.cli", "list", "--json"], capture_output=True,
-                                     text=True, env=env, check=True).stdout)
+    data = json.loads(
+        subprocess.run([sys.executable, "-m", "dlzoo.cli", "list", "--json"], capture_output=True, text=True, env=env, check=True).stdout
+    )
     keras = next(f for f in data["frameworks"] if f["name"] == "keras")
     assert keras["backend"] == "torch" and keras["backend_source"] == "KERAS_BACKEND"
     assert keras["backend_installed"] == (importlib.util.find_spec("torch") is not None)

@@ -47,8 +47,9 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): ("dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): ("dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()) for p in sorted(root.rglob("*"))
+    }
 
 
 # (args, fragment expected in the error line). Exit status 2 (bad input) unless listed in EXIT_1.
@@ -115,8 +116,10 @@ CASES = {
         (["new"], "Missing argument 'NAME'"),
         (["new", "p"], "Missing option '--arch'"),
         (["new", "p", "--arch", "vit", "-f", "torch", "--dataset-size", "100"], "a training design needs --input-size"),
-        (["new", "p", "--arch", "bert", "-f", "torch", "--dataset-size", "9", "--input-size", "8", "--budget-hours", "1"],
-         "the bert mlm task has no design rules yet"),
+        (
+            ["new", "p", "--arch", "bert", "-f", "torch", "--dataset-size", "9", "--input-size", "8", "--budget-hours", "1"],
+            "the bert mlm task has no design rules yet",
+        ),
         (["new", "p", "--arch", "vit", "--need", "nope"], "unknown need 'nope'; expected one of: onnx-export"),
         (["new", "p", "--arch", "vit", "-f", "torch", "--need", "tpu"], "--need asks the engineer agent to choose"),
         (["new", "p", "--arch", "vit", "-f", "mxnet"], "unknown framework 'mxnet'"),
@@ -185,12 +188,10 @@ CASES = {
         (["annotate", "--arch", "gpt"], "expected FILE, or --arch and --framework"),
         (["annotate", "--arch", "gpt", "--framework", "mxnet"], "unknown framework 'mxnet'"),
         (["annotate", "--arch", "lstm", "--framework", "torch"], "unknown architecture 'lstm'"),
-        (["annotate", "--arch", "gpt", "--framework", "torch", "--theory-md", "missing_dir/T.md"],
-         "folder missing_dir does not exist"),
+        (["annotate", "--arch", "gpt", "--framework", "torch", "--theory-md", "missing_dir/T.md"], "folder missing_dir does not exist"),
         (["annotate", "--arch", "gpt", "--framework", "torch", "--theory-md", "afile/T.md"], "afile is a file, not a folder"),
         (["annotate", "--arch", "gpt", "--framework", "torch", "--theory-md", "existing.md"], "existing.md already exists"),
-        (["annotate", "--arch", "gpt", "--framework", "torch", "--theory-md", "T.md", "--level", "full"],
-         "--level applies to printing"),
+        (["annotate", "--arch", "gpt", "--framework", "torch", "--theory-md", "T.md", "--level", "full"], "--level applies to printing"),
         (["annotate", "plain.py", "--theory-md", "T.md"], "plain.py has no `# theory: <id>` markers"),
         (["annotate", "--theory-md", "T.md"], "--theory-md needs FILE or both --arch and --framework"),
     ],
@@ -258,8 +259,9 @@ def _without(module: str, tmp_path: Path, *args: str, **env: str) -> subprocess.
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(f"import sys\nsys.modules[{module!r}] = None\n")
     environ = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "dlzoo.cli", *args], capture_output=True, text=True, env=environ,
-                          cwd=tmp_path, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dlzoo.cli", *args], capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=300
+    )
 
 
 @pytest.mark.parametrize("args", [["verify", "vit"], ["verify", "gpt", "-f", "keras"], ["doctor", "gpt", "-f", "keras"]])
@@ -278,5 +280,6 @@ def test_missing_framework_names_its_extra(tmp_path):
     assert result.returncode == 2 and result.stderr.startswith("error: framework 'equinox' needs equinox, which is not installed")
     result = _without("equinox", tmp_path, "doctor", "gpt", "-f", "equinox")
     assert result.returncode == 2
-    assert result.stderr.strip() == ("error: framework 'equinox' needs equinox, which is not installed; "
-                                     "install it with: pip install 'dlzoo[equinox]'")
+    assert result.stderr.strip() == (
+        "error: framework 'equinox' needs equinox, which is not installed; install it with: pip install 'dlzoo[equinox]'"
+    )

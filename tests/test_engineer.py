@@ -24,17 +24,49 @@ from dlzoo.zoo.configs import GPTConfig, ZooError
 from dlzoo.zoo.frameworks import FRAMEWORKS
 
 runner = CliRunner()
-REQUIRED_NEEDS = {"onnx-export", "torch-export", "tpu", "multi-host", "functional-style", "beginner-friendly",
-                  "keras-multi-backend", "existing-torch-code", "existing-jax-code", "research-flexibility",
-                  "long-term-maintenance", "installed-only", "mobile-or-edge", "production-serving"}
+REQUIRED_NEEDS = {
+    "onnx-export",
+    "torch-export",
+    "tpu",
+    "multi-host",
+    "functional-style",
+    "beginner-friendly",
+    "keras-multi-backend",
+    "existing-torch-code",
+    "existing-jax-code",
+    "research-flexibility",
+    "long-term-maintenance",
+    "installed-only",
+    "mobile-or-edge",
+    "production-serving",
+}
 # The keys of a generated project's config (SCAFFOLD_SPEC.md; scaffold config.py template).
-PROJECT_KEYS = {"optim.lr", "optim.weight_decay", "optim.beta1", "optim.beta2", "optim.eps", "optim.warmup_fraction",
-                "optim.min_lr_ratio", "optim.clip_norm", "optim.label_smoothing", "train.epochs", "train.batch_size",
-                "train.precision", "data.image_size", "data.augment", "data.max_shift", "model.dropout",
-                "model.attention_dropout", "model.image_size", "model.patch_size", "model.num_classes"}
+PROJECT_KEYS = {
+    "optim.lr",
+    "optim.weight_decay",
+    "optim.beta1",
+    "optim.beta2",
+    "optim.eps",
+    "optim.warmup_fraction",
+    "optim.min_lr_ratio",
+    "optim.clip_norm",
+    "optim.label_smoothing",
+    "train.epochs",
+    "train.batch_size",
+    "train.precision",
+    "data.image_size",
+    "data.augment",
+    "data.max_shift",
+    "model.dropout",
+    "model.attention_dropout",
+    "model.image_size",
+    "model.patch_size",
+    "model.num_classes",
+}
 
 
 # --------------------------------------------------------------------------- the facts table
+
 
 def test_table_rows_are_sourced_and_dated():
     table = facts_module.load()
@@ -186,19 +218,34 @@ def test_choose_framework_for_dlzoo_new():
 
 # --------------------------------------------------------------------------- training strategy
 
+
 def test_digits_design_is_dlzoo_s_measured_recipe_moved_to_the_batch():
     t = design_training("image-classification", dataset_size=1797, input_size=8, budget_hours=0.1)
     assert (t["arch"], t["preset"]) == ("resnet", "tiny")
     o = t["overrides"]
     assert set(o) <= PROJECT_KEYS
-    assert o["train.batch_size"] == 32                  # 1,257 training images / 32 steps, floored to 2^k
+    assert o["train.batch_size"] == 32  # 1,257 training images / 32 steps, floored to 2^k
     assert o["optim.lr"] == pytest.approx(3e-3 * math.sqrt(32 / 64), rel=0.01)
     assert o["data.image_size"] == 32 and o["train.precision"] == "float32" and o["train.epochs"] == 20
     lr = next(d for d in t["decisions"] if d["name"] == "lr")
     assert lr["scaling_rule"]["rule"] == "sqrt" and "adam-sqrt-scaling" in lr["rules"]
     names = {d["name"] for d in t["decisions"]}
-    assert {"arch", "preset", "batch_size", "optimizer", "lr", "epochs", "warmup_fraction", "schedule", "weight_decay",
-            "label_smoothing", "augmentation", "dropout", "precision", "activation_checkpointing"} <= names
+    assert {
+        "arch",
+        "preset",
+        "batch_size",
+        "optimizer",
+        "lr",
+        "epochs",
+        "warmup_fraction",
+        "schedule",
+        "weight_decay",
+        "label_smoothing",
+        "augmentation",
+        "dropout",
+        "precision",
+        "activation_checkpointing",
+    } <= names
     cited = {r["id"] for r in t["rules"]}
     assert all(set(d["rules"]) <= cited and d["rules"] for d in t["decisions"])
 
@@ -206,8 +253,10 @@ def test_digits_design_is_dlzoo_s_measured_recipe_moved_to_the_batch():
 def test_overrides_as_a_config_file_round_trip():
     import tomllib
 
-    for args in [dict(dataset_size=1797, input_size=8, budget_hours=0.1),
-                 dict(dataset_size=30_000_000, input_size=224, budget_hours=500, device="h200")]:
+    for args in [
+        dict(dataset_size=1797, input_size=8, budget_hours=0.1),
+        dict(dataset_size=30_000_000, input_size=224, budget_hours=500, device="h200"),
+    ]:
         t = design_training("image-classification", **args)
         data = tomllib.loads(overrides_toml(t))
         assert {f"{a}.{b}": v for a, sec in data.items() for b, v in sec.items()} == t["overrides"]
@@ -215,36 +264,30 @@ def test_overrides_as_a_config_file_round_trip():
 
 def test_architecture_follows_the_vit_paper_s_data_scale():
     small = design_training("image-classification", dataset_size=50_000, input_size=32, budget_hours=4, device="a100")
-    large = design_training("image-classification", dataset_size=30_000_000, input_size=224, budget_hours=500,
-                            device="h200")
+    large = design_training("image-classification", dataset_size=30_000_000, input_size=224, budget_hours=500, device="h200")
     assert small["arch"] == "resnet" and large["arch"] == "vit"
     assert "vit-data-scale" in {r["id"] for r in small["rules"]}
     assert large["overrides"]["train.precision"] == "bfloat16"
     assert large["overrides"]["model.image_size"] % large["overrides"]["model.patch_size"] == 0
-    forced = design_training("image-classification", dataset_size=50_000, input_size=32, budget_hours=4,
-                             device="a100", arch="vit")
+    forced = design_training("image-classification", dataset_size=50_000, input_size=32, budget_hours=4, device="a100", arch="vit")
     assert forced["arch"] == "vit" and any("usually trails a ResNet" in n for n in forced["notes"])
 
 
 def test_budget_picks_the_model_size_and_the_plan_fits_it():
-    short = design_training("image-classification", dataset_size=1_281_167, input_size=224, budget_hours=3,
-                            device="a100")
-    long = design_training("image-classification", dataset_size=1_281_167, input_size=224, budget_hours=48,
-                           device="a100")
+    short = design_training("image-classification", dataset_size=1_281_167, input_size=224, budget_hours=3, device="a100")
+    long = design_training("image-classification", dataset_size=1_281_167, input_size=224, budget_hours=48, device="a100")
     ladder = ["tiny", "18", "34", "50", "101", "152"]
     assert ladder.index(short["preset"]) < ladder.index(long["preset"])
     assert long["estimated_hours"] <= 48 and long["overrides"]["train.epochs"] == 90
-    assert 45 <= short["overrides"]["train.epochs"] < 90      # the budget caps the schedule at >= half of it
+    assert 45 <= short["overrides"]["train.epochs"] < 90  # the budget caps the schedule at >= half of it
     assert short["estimated_hours"] <= 3
-    tiny_budget = design_training("image-classification", dataset_size=1_281_167, input_size=224, budget_hours=0.05,
-                                  device="a100")
+    tiny_budget = design_training("image-classification", dataset_size=1_281_167, input_size=224, budget_hours=0.05, device="a100")
     assert tiny_budget["preset"] == "18" and any("undertrained" in n for n in tiny_budget["notes"])
 
 
 def test_checkpointing_is_recommended_exactly_when_the_batch_needs_it():
     for device, size in [("a100", 1024), ("h100", 512), ("h200", 1024)]:
-        t = design_training("language-modeling", dataset_size=50_000_000_000, input_size=size, budget_hours=200,
-                            device=device)
+        t = design_training("language-modeling", dataset_size=50_000_000_000, input_size=size, budget_hours=200, device=device)
         ckpt = next(d["value"] for d in t["decisions"] if d["name"] == "activation_checkpointing")
         model = GPTConfig(**t["model_config"])
         batch = t["overrides"]["train.batch_size"]
@@ -256,24 +299,26 @@ def test_checkpointing_is_recommended_exactly_when_the_batch_needs_it():
 
 def test_text_recipes():
     bert = design_training("text-classification", dataset_size=5000, input_size=128, budget_hours=1, device="a100")
-    assert bert["preset"] == "base"    # not large: unstable below 10k examples (Devlin et al.)
+    assert bert["preset"] == "base"  # not large: unstable below 10k examples (Devlin et al.)
     assert bert["overrides"]["optim.lr"] == 3e-5 and bert["overrides"]["train.epochs"] == 3
-    lm = design_training("language-modeling", dataset_size=9_000_000_000, input_size=1024, budget_hours=24,
-                         device="h100")
+    lm = design_training("language-modeling", dataset_size=9_000_000_000, input_size=1024, budget_hours=24, device="h100")
     params = estimates.memory("gpt", GPTConfig(**lm["model_config"])).params
     assert 20 * params <= 4 * 9_000_000_000 and lm["estimated_hours"] <= 24
     assert lm["overrides"]["optim.beta2"] == 0.95 and lm["overrides"]["model.dropout"] == 0.0
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(task="segmentation"), "unknown task 'segmentation'; expected one of: image-classification"),
-    (dict(task="image-classification", arch="gpt"), "--arch gpt does not do image-classification"),
-    (dict(task="text-classification", input_size=1000), "longer than BERT's context of 512"),
-    (dict(task="language-modeling", input_size=2048), "longer than GPT-2's context of 1024"),
-    (dict(task="image-classification", dataset_size=0), "--dataset-size must be a positive integer"),
-    (dict(task="image-classification", budget_hours=-1), "--budget-hours must be a positive number"),
-    (dict(task="image-classification", device="tpu"), "unknown device 'tpu'; expected one of: cpu, a100, h100, h200"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(task="segmentation"), "unknown task 'segmentation'; expected one of: image-classification"),
+        (dict(task="image-classification", arch="gpt"), "--arch gpt does not do image-classification"),
+        (dict(task="text-classification", input_size=1000), "longer than BERT's context of 512"),
+        (dict(task="language-modeling", input_size=2048), "longer than GPT-2's context of 1024"),
+        (dict(task="image-classification", dataset_size=0), "--dataset-size must be a positive integer"),
+        (dict(task="image-classification", budget_hours=-1), "--budget-hours must be a positive number"),
+        (dict(task="image-classification", device="tpu"), "unknown device 'tpu'; expected one of: cpu, a100, h100, h200"),
+    ],
+)
 def test_strategy_errors(kwargs, message):
     args = {"dataset_size": 10_000, "input_size": 128, "budget_hours": 1.0, **kwargs}
     with pytest.raises(ZooError, match=re.escape(message)):
@@ -281,6 +326,7 @@ def test_strategy_errors(kwargs, message):
 
 
 # --------------------------------------------------------------------------- command lines
+
 
 def test_recommend_json_schema_and_text():
     result = runner.invoke(cli, ["recommend", "--need", "onnx-export", "--arch", "vit", "--json"])
@@ -295,25 +341,53 @@ def test_recommend_json_schema_and_text():
 
 
 def test_recommend_task_json():
-    args = ["recommend", "--task", "image-classification", "--dataset-size", "1797", "--input-size", "8",
-            "--budget-hours", "0.1", "--need", "beginner-friendly", "--json"]
+    args = [
+        "recommend",
+        "--task",
+        "image-classification",
+        "--dataset-size",
+        "1797",
+        "--input-size",
+        "8",
+        "--budget-hours",
+        "0.1",
+        "--need",
+        "beginner-friendly",
+        "--json",
+    ]
     data = json.loads(runner.invoke(cli, args).stdout)
     t = data["training"]
     assert data["frameworks"]["arch"] == t["arch"] == "resnet"
-    assert {"task", "arch", "preset", "model_config", "decisions", "overrides", "epochs", "steps", "estimated_hours",
-            "budget_hours", "costs", "notes", "rules"} == set(t)
+    assert {
+        "task",
+        "arch",
+        "preset",
+        "model_config",
+        "decisions",
+        "overrides",
+        "epochs",
+        "steps",
+        "estimated_hours",
+        "budget_hours",
+        "costs",
+        "notes",
+        "rules",
+    } == set(t)
 
 
-@pytest.mark.parametrize(("args", "fragment"), [
-    (["recommend", "--need", "gpu"], "error: unknown need 'gpu'; expected one of: onnx-export, torch-export, tpu"),
-    (["recommend", "--budget-hours", "2"], "error: --budget-hours design a training run and need --task"),
-    (["recommend", "--task", "image-classification"], "error: --task needs --dataset-size, --input-size, --budget-hours"),
-    (["recommend", "--need", "torch-export", "--need", "keras-multi-backend"], "error: no framework meets every hard need"),
-    (["info", "vit", "--seq-len", "10"], "error: --seq-len applies to bert and gpt"),
-    (["info", "gpt", "--seq-len", "65"], "error: --seq-len 65 exceeds the gpt tiny context of 64 tokens"),
-    (["info", "gpt", "--precision", "fp8"], "error: unknown precision 'fp8'"),
-    (["info", "gpt", "--device", "tpu"], "error: unknown device 'tpu'"),
-])
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["recommend", "--need", "gpu"], "error: unknown need 'gpu'; expected one of: onnx-export, torch-export, tpu"),
+        (["recommend", "--budget-hours", "2"], "error: --budget-hours design a training run and need --task"),
+        (["recommend", "--task", "image-classification"], "error: --task needs --dataset-size, --input-size, --budget-hours"),
+        (["recommend", "--need", "torch-export", "--need", "keras-multi-backend"], "error: no framework meets every hard need"),
+        (["info", "vit", "--seq-len", "10"], "error: --seq-len applies to bert and gpt"),
+        (["info", "gpt", "--seq-len", "65"], "error: --seq-len 65 exceeds the gpt tiny context of 64 tokens"),
+        (["info", "gpt", "--precision", "fp8"], "error: unknown precision 'fp8'"),
+        (["info", "gpt", "--device", "tpu"], "error: unknown device 'tpu'"),
+    ],
+)
 def test_user_errors_are_one_line(args, fragment):
     result = subprocess.run([sys.executable, "-m", "dlzoo.cli", *args], capture_output=True, text=True)
     assert result.returncode == 2
@@ -322,8 +396,9 @@ def test_user_errors_are_one_line(args, fragment):
 
 
 def test_info_reports_memory_batch_and_time_on_a_device():
-    data = json.loads(runner.invoke(cli, ["info", "vit", "-p", "B/16", "--batch-size", "64", "--precision", "bf16",
-                                          "--device", "h100", "--json"]).stdout)
+    data = json.loads(
+        runner.invoke(cli, ["info", "vit", "-p", "B/16", "--batch-size", "64", "--precision", "bf16", "--device", "h100", "--json"]).stdout
+    )
     costs = data["costs"]
     assert costs["memory"]["precision"] == "bf16" and costs["memory"]["kernels"] == "fused"
     dev = costs["device"]

@@ -66,8 +66,7 @@ def test_shapes_and_canonical_names(arch, natives):
 def test_canonical_round_trip_is_bit_exact(arch, natives):
     config = CONFIGS[arch]
     rng = np.random.default_rng(1)
-    tensors = {k: rng.standard_normal(v.shape).astype(np.float32)
-               for k, v in backend.state_dict(arch, config, natives[arch]).items()}
+    tensors = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in backend.state_dict(arch, config, natives[arch]).items()}
     if arch == "resnet":
         tensors = {k: np.abs(v) if k.endswith(".var") else v for k, v in tensors.items()}
     native = backend.load_state_dict(arch, config, backend.build(arch, config, seed=5), tensors)
@@ -105,8 +104,7 @@ def test_vmap_equals_per_example_calls(arch, natives):
     for row in range(BATCH):
         single = _call(arch, module, state, {k: v[row] for k, v in inputs.items()})
         for key in batched:
-            np.testing.assert_allclose(batched[key][row], single[key], atol=1e-5, rtol=1e-5,
-                                       err_msg=f"{arch} {key} row {row}")
+            np.testing.assert_allclose(batched[key][row], single[key], atol=1e-5, rtol=1e-5, err_msg=f"{arch} {key} row {row}")
 
 
 def test_backend_apply_does_not_recompile(natives, monkeypatch):
@@ -128,8 +126,9 @@ def test_batch_norm_state_changes_only_in_train_mode(natives):
     def run(inference):
         # state goes in as an argument (in_axes None): State.set invalidates the object it was
         # called on, so a closed-over state would be unusable afterwards.
-        return jax.vmap(lambda x, s: module(x, s, inference=inference), axis_name="batch",
-                        in_axes=(0, None), out_axes=(0, None))(images, state)[1]
+        return jax.vmap(lambda x, s: module(x, s, inference=inference), axis_name="batch", in_axes=(0, None), out_axes=(0, None))(
+            images, state
+        )[1]
 
     bn = module.stem.bn
     mean0, var0 = state.get(bn.state_index)
@@ -175,8 +174,9 @@ def test_dropout_only_when_not_inference(arch, natives):
 def test_bfloat16_compute_keeps_float32_parameters_and_outputs(arch, natives):
     config = CONFIGS[arch]
     fp32 = natives[arch]
-    module, state = backend.load_state_dict(arch, config, backend.build(arch, config, seed=0, compute_dtype="bfloat16"),
-                                            backend.state_dict(arch, config, fp32))
+    module, state = backend.load_state_dict(
+        arch, config, backend.build(arch, config, seed=0, compute_dtype="bfloat16"), backend.state_dict(arch, config, fp32)
+    )
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(eqx.filter(module, eqx.is_array)))
     inputs = _inputs(arch)
     low = _batched(arch, module, state, inputs)["logits"]
@@ -196,8 +196,7 @@ def test_vjp_and_adamw_step_cover_every_trainable_tensor(natives):
     grads = backend.vjp(arch, config, native, inputs, cot, train=False)
     spec = canonical_spec(arch, config)
     assert sorted(grads) == sorted(k for k, s in spec.items() if s.trainable)
-    stepped = backend.adamw_step(arch, config, native, inputs, cot, lr=1e-2, betas=(0.9, 0.999),
-                                 eps=1e-8, weight_decay=0.0)
+    stepped = backend.adamw_step(arch, config, native, inputs, cot, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     before, after = backend.state_dict(arch, config, native), backend.state_dict(arch, config, stepped)
     # A first Adam step moves each parameter by ~lr * sign(grad); statistics stay put.
     kernel = "stem.conv.kernel"
@@ -248,8 +247,12 @@ def test_transformer_blocks_are_wired_per_architecture(natives):
     config = GPTConfig(vocab_size=64, context_length=16, hidden_size=256, num_layers=8, num_heads=4, mlp_dim=512)
     block = backend.build("gpt", config, seed=0)[0].blocks[0]
     residual_std = 0.02 / np.sqrt(2 * config.num_layers)
-    for kernel, std in [(block.attn.qkv.kernel, 0.02), (block.mlp.fc.kernel, 0.02),
-                        (block.attn.out.kernel, residual_std), (block.mlp.out.kernel, residual_std)]:
+    for kernel, std in [
+        (block.attn.qkv.kernel, 0.02),
+        (block.mlp.fc.kernel, 0.02),
+        (block.attn.out.kernel, residual_std),
+        (block.mlp.out.kernel, residual_std),
+    ]:
         assert abs(float(jnp.std(kernel)) / std - 1) < 0.03, (kernel.shape, float(jnp.std(kernel)), std)
 
 
@@ -266,14 +269,14 @@ def test_theory_markers_are_known_and_where_each_model_decides():
         return set(re.findall(r"# theory: ([\w-]+)", (folder / f"{name}.py").read_text()))
 
     shared = markers("layers")
-    assert {"multi-head-attention", "scaled-dot-product-attention", "gelu", "pre-ln-vs-post-ln",
-            "residual-connections"} <= shared <= known
+    assert {"multi-head-attention", "scaled-dot-product-attention", "gelu", "pre-ln-vs-post-ln", "residual-connections"} <= shared <= known
     # Each model marks the choices it makes itself: causality, mask, GELU flavour, block order, init.
-    own = {"gpt": {"causal-masking", "gelu", "pre-ln-vs-post-ln", "initialization", "weight-tying"},
-           "vit": {"gelu", "pre-ln-vs-post-ln", "initialization", "patch-embedding", "cls-pooling"},
-           "bert": {"attention-mask", "gelu", "pre-ln-vs-post-ln", "residual-connections", "initialization",
-                    "masked-lm"},
-           "resnet": {"batch-norm", "bottleneck-block", "residual-connections", "initialization"}}
+    own = {
+        "gpt": {"causal-masking", "gelu", "pre-ln-vs-post-ln", "initialization", "weight-tying"},
+        "vit": {"gelu", "pre-ln-vs-post-ln", "initialization", "patch-embedding", "cls-pooling"},
+        "bert": {"attention-mask", "gelu", "pre-ln-vs-post-ln", "residual-connections", "initialization", "masked-lm"},
+        "resnet": {"batch-norm", "bottleneck-block", "residual-connections", "initialization"},
+    }
     for arch, required in own.items():
         used = markers(arch)
         assert used <= known, (arch, sorted(used - known))

@@ -111,9 +111,16 @@ def test_parameter_counts_are_exact(arch, overrides, size):
     assert memory(arch, config, **_options(arch, size)).params == sum(p.numel() for p in build(arch, config).parameters())
 
 
-@pytest.mark.parametrize(("arch", "preset", "count"), [
-    ("bert", "base", 109_482_240), ("gpt", "124M", 124_439_808), ("resnet", "50", 25_557_032),
-    ("resnet", "18", 11_689_512), ("vit", "B/16", 86_567_656)])
+@pytest.mark.parametrize(
+    ("arch", "preset", "count"),
+    [
+        ("bert", "base", 109_482_240),
+        ("gpt", "124M", 124_439_808),
+        ("resnet", "50", 25_557_032),
+        ("resnet", "18", 11_689_512),
+        ("vit", "B/16", 86_567_656),
+    ],
+)
 def test_parameter_counts_match_published(arch, preset, count):
     # transformers' models with random init (PITFALLS.md)
     assert memory(arch, get_config(arch, preset)).params == count
@@ -201,16 +208,19 @@ def test_step_time_is_flops_over_delivered_throughput():
     assert t_ckpt == pytest.approx(t * (f.train + f.forward) / f.train)
 
 
-@pytest.mark.parametrize(("arch", "kwargs", "message"), [
-    ("vit", {"seq_len": 10}, "seq_len does not apply to vit"),
-    ("resnet", {"seq_len": 10}, "seq_len does not apply to resnet"),
-    ("gpt", {"image_size": 32}, "image_size does not apply to gpt"),
-    ("bert", {"image_size": 32}, "image_size does not apply to bert"),
-    ("vit", {"image_size": 64}, "ViT's image size is part of its config"),
-    ("gpt", {"seq_len": 65}, "longer than the gpt context of 64"),
-    ("bert", {"seq_len": 513}, "longer than the bert context of 512"),
-    ("gpt", {"seq_len": 0}, "positive integer"),
-])
+@pytest.mark.parametrize(
+    ("arch", "kwargs", "message"),
+    [
+        ("vit", {"seq_len": 10}, "seq_len does not apply to vit"),
+        ("resnet", {"seq_len": 10}, "seq_len does not apply to resnet"),
+        ("gpt", {"image_size": 32}, "image_size does not apply to gpt"),
+        ("bert", {"image_size": 32}, "image_size does not apply to bert"),
+        ("vit", {"image_size": 64}, "ViT's image size is part of its config"),
+        ("gpt", {"seq_len": 65}, "longer than the gpt context of 64"),
+        ("bert", {"seq_len": 513}, "longer than the bert context of 512"),
+        ("gpt", {"seq_len": 0}, "positive integer"),
+    ],
+)
 def test_options_that_do_not_apply_are_refused(arch, kwargs, message):
     with pytest.raises(EstimateError, match=message):
         workload(arch, get_config(arch, "tiny" if arch != "bert" else "tiny"), **kwargs)

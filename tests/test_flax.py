@@ -56,6 +56,7 @@ EXPECTED_SHAPES = tiny.output_shapes(BATCH)
 
 # --------------------------------------------------------------------------- shapes and names
 
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_shapes_and_state_paths_are_the_canonical_names(arch, natives):
     model = natives[arch]
@@ -70,9 +71,10 @@ def test_shapes_and_state_paths_are_the_canonical_names(arch, natives):
     assert all(v.dtype == np.float32 for v in params.values())
 
 
-@pytest.mark.parametrize("arch, preset, published", [
-    ("gpt", "124M", 124_439_808), ("bert", "base", 109_482_240), ("vit", "B/16", 86_567_656),
-    ("resnet", "50", 25_557_032)])
+@pytest.mark.parametrize(
+    "arch, preset, published",
+    [("gpt", "124M", 124_439_808), ("bert", "base", 109_482_240), ("vit", "B/16", 86_567_656), ("resnet", "50", 25_557_032)],
+)
 def test_full_size_parameter_counts(arch, preset, published):
     """Counted on abstract shapes (nnx.eval_shape): no full-size weights are allocated."""
     config = get_config(arch, preset)
@@ -108,8 +110,7 @@ def test_canonical_round_trip_is_bit_exact(arch):
     config = CONFIGS[arch]
     rng = np.random.default_rng(1)
     source = {k: rng.standard_normal(s.shape).astype(np.float32) for k, s in canonical_spec(arch, config).items()}
-    model = backend.load_state_dict(arch, config, backend.build(arch, config, seed=0),
-                                    {k: v.copy() for k, v in source.items()})
+    model = backend.load_state_dict(arch, config, backend.build(arch, config, seed=0), {k: v.copy() for k, v in source.items()})
     back = backend.state_dict(arch, config, model)
     assert set(back) == set(source)
     for key in source:
@@ -118,8 +119,7 @@ def test_canonical_round_trip_is_bit_exact(arch):
     if arch == "gpt":
         np.testing.assert_array_equal(model.blocks[0].attn.qkv.kernel[...], source["blocks.0.attn.qkv.kernel"])
     if arch == "resnet":
-        np.testing.assert_array_equal(model.stages[1].blocks[0].downsample.bn.var[...],
-                                      source["stages.1.blocks.0.downsample.bn.var"])
+        np.testing.assert_array_equal(model.stages[1].blocks[0].downsample.bn.var[...], source["stages.1.blocks.0.downsample.bn.var"])
 
 
 def test_long_input_and_wrong_cotangent_raise_zoo_errors(natives):
@@ -137,17 +137,19 @@ def test_long_input_and_wrong_cotangent_raise_zoo_errors(natives):
 
 # --------------------------------------------------------------------------- initialisation
 
+
 def test_initialisation_follows_the_documented_schemes():
-    bert = backend.build("bert", BertConfig(vocab_size=2048, hidden_size=64, num_layers=1, num_heads=4,
-                                            mlp_dim=128), seed=0)
+    bert = backend.build("bert", BertConfig(vocab_size=2048, hidden_size=64, num_layers=1, num_heads=4, mlp_dim=128), seed=0)
     word = np.asarray(bert.embeddings.word.embedding[...])
     assert abs(word.std() - 0.02) < 0.001  # truncated normal whose std *is* 0.02 ...
     assert np.abs(word).max() <= 2 * 0.02 / 0.8796 + 1e-6  # ... cut at two of its sigmas
     assert not np.asarray(bert.blocks[0].attn.qkv.bias[...]).any()
-    gpt = backend.build("gpt", GPTConfig(vocab_size=64, context_length=16, hidden_size=256, num_layers=8,
-                                         num_heads=4, mlp_dim=256), seed=0)
-    for module, std in ((gpt.blocks[0].attn.qkv, 0.02), (gpt.blocks[0].attn.out, 0.02 / 4),
-                        (gpt.blocks[0].mlp.out, 0.02 / 4)):  # residual projections: 1/sqrt(2 * 8)
+    gpt = backend.build("gpt", GPTConfig(vocab_size=64, context_length=16, hidden_size=256, num_layers=8, num_heads=4, mlp_dim=256), seed=0)
+    for module, std in (
+        (gpt.blocks[0].attn.qkv, 0.02),
+        (gpt.blocks[0].attn.out, 0.02 / 4),
+        (gpt.blocks[0].mlp.out, 0.02 / 4),
+    ):  # residual projections: 1/sqrt(2 * 8)
         assert abs(np.asarray(module.kernel[...]).std() / std - 1) < 0.05
     resnet = backend.build("resnet", ResNetConfig(depths=(1,), widths=(64,), zero_init_residual=True), seed=0)
     block = resnet.stages[0].blocks[0]
@@ -157,6 +159,7 @@ def test_initialisation_follows_the_documented_schemes():
 
 
 # --------------------------------------------------------------------------- compilation
+
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_nnx_jit_matches_jax_jit_over_split_state(arch, natives):
@@ -173,13 +176,14 @@ def test_backend_compiles_once_per_config_and_shape(natives):
     first = load("gpt", "flax", config, seed=0)
     first.apply(_inputs("gpt", seed=0))
     compiled = backend._apply._cache_size()
-    first.apply(_inputs("gpt", seed=1))                      # new values, same shapes
+    first.apply(_inputs("gpt", seed=1))  # new values, same shapes
     load("gpt", "flax", config, seed=3).apply(_inputs("gpt", seed=2))  # new model, same config
-    first.apply(_inputs("gpt", seed=0), seed=5)              # new dropout seed is data, not a constant
+    first.apply(_inputs("gpt", seed=0), seed=5)  # new dropout seed is data, not a constant
     assert backend._apply._cache_size() == compiled
 
 
 # --------------------------------------------------------------------------- batch norm
+
 
 def test_batch_norm_matches_torch_conventions():
     """Normalise with the biased batch variance; track the unbiased one with torch's momentum."""
@@ -215,13 +219,13 @@ def test_batch_stats_live_in_nnx_state_and_change_only_in_train_mode():
 
 # --------------------------------------------------------------------------- shared transformer layers
 
+
 def test_transformers_are_built_from_the_shared_layers_with_their_own_gelu(natives):
     """GPT-2 and ViT stack layers.Block (pre-LN); BERT keeps its post-LN block around the same
     layers.Attention and layers.MLP. The GELU flavour is each model's: tanh for GPT-2 only."""
     gpt, vit, bert = natives["gpt"], natives["vit"], natives["bert"]
     assert all(type(b) is layers.Block for model in (gpt, vit) for b in model.blocks)
-    assert all(type(b) is not layers.Block and type(b.attn) is layers.Attention and type(b.mlp) is layers.MLP
-               for b in bert.blocks)
+    assert all(type(b) is not layers.Block and type(b.attn) is layers.Attention and type(b.mlp) is layers.MLP for b in bert.blocks)
     assert [b.mlp.approximate for b in gpt.blocks] == [True] * CONFIGS["gpt"].num_layers
     assert [b.mlp.approximate for b in [*vit.blocks, *bert.blocks]] == [False] * 2
 
@@ -239,12 +243,22 @@ def test_only_gpt_attention_is_causal(arch, causal, natives):
 def test_shared_mlp_gelu_flavours_are_the_published_formulas():
     x = jax.random.normal(jax.random.key(0), (2, 3, 4))
     erf = np.vectorize(math.erf)
-    formulas = {False: lambda h: 0.5 * h * (1 + erf(h / np.sqrt(2))),  # exact (BERT, ViT)
-                True: lambda h: 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))}  # GPT-2
+    formulas = {
+        False: lambda h: 0.5 * h * (1 + erf(h / np.sqrt(2))),  # exact (BERT, ViT)
+        True: lambda h: 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3))),
+    }  # GPT-2
     outputs = {}
     for approximate, gelu in formulas.items():
-        mlp = layers.MLP(4, 8, approximate=approximate, dropout=0.0, kernel_init=layers.normal(1.0),
-                         out_init=layers.normal(1.0), dtype=jnp.float32, rngs=nnx.Rngs(0))
+        mlp = layers.MLP(
+            4,
+            8,
+            approximate=approximate,
+            dropout=0.0,
+            kernel_init=layers.normal(1.0),
+            out_init=layers.normal(1.0),
+            dtype=jnp.float32,
+            rngs=nnx.Rngs(0),
+        )
         h = np.asarray(mlp.fc(x), np.float64)  # [2, 3, 8]
         want = gelu(h) @ np.asarray(mlp.out.kernel[...], np.float64) + np.asarray(mlp.out.bias[...])
         outputs[approximate] = np.asarray(mlp(x, train=False, rngs=None))
@@ -254,13 +268,13 @@ def test_shared_mlp_gelu_flavours_are_the_published_formulas():
 
 # --------------------------------------------------------------------------- dropout
 
+
 @pytest.mark.parametrize("arch", ["gpt", "bert", "vit"])
 def test_dropout_only_when_train(arch, natives):
     model = natives[arch]
     x = {k: jnp.asarray(v) for k, v in _inputs(arch).items()}
     out = next(iter(EXPECTED_SHAPES[arch]))
-    call = nnx.jit(lambda m, x, rng, train: m(**x, train=train, rngs=nnx.Rngs(dropout=rng))[out],
-                   static_argnames="train")
+    call = nnx.jit(lambda m, x, rng, train: m(**x, train=train, rngs=nnx.Rngs(dropout=rng))[out], static_argnames="train")
     key0, key1 = jax.random.key(0), jax.random.key(1)
     eval_a, eval_b = call(model, x, key0, False), call(model, x, key1, False)
     np.testing.assert_array_equal(eval_a, eval_b)
@@ -294,6 +308,7 @@ def test_written_out_attention_equals_the_fused_kernel(causal):
 
 # --------------------------------------------------------------------------- bfloat16
 
+
 def _primitives(jaxpr, found: list) -> list:
     """Every (primitive, operand dtypes) in a jaxpr, nested jaxprs included."""
     for eqn in jaxpr.eqns:
@@ -314,17 +329,20 @@ def test_bfloat16_activations_with_float32_parameters_and_outputs(arch):
     inputs = {k: jnp.asarray(v) for k, v in _inputs(arch).items()}
     graphdef, state = nnx.split(model)
     jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(**x))(state, inputs)
-    matmuls = [dtypes for name, dtypes in _primitives(jaxpr.jaxpr, [])
-               if name in ("dot_general", "conv_general_dilated")]
+    matmuls = [dtypes for name, dtypes in _primitives(jaxpr.jaxpr, []) if name in ("dot_general", "conv_general_dilated")]
     assert matmuls and all(set(d) == {"bfloat16"} for d in matmuls), matmuls
-    features = (model.forward_features(**inputs) if arch != "bert"
-                else model.forward_features(inputs["input_ids"], inputs["token_type_ids"], inputs["attention_mask"]))
+    features = (
+        model.forward_features(**inputs)
+        if arch != "bert"
+        else model.forward_features(inputs["input_ids"], inputs["token_type_ids"], inputs["attention_mask"])
+    )
     assert features.dtype == jnp.bfloat16
     outputs, _ = backend.apply(arch, CONFIGS[arch], model, _inputs(arch), train=False)
     assert all(v.dtype == np.float32 and np.isfinite(v).all() for v in outputs.values())
 
 
 # --------------------------------------------------------------------------- gradients and AdamW
+
 
 def test_vjp_matches_nnx_grad_and_adamw_step_moves_only_parameters():
     arch, config = "bert", CONFIGS["bert"]
@@ -357,6 +375,7 @@ def test_vjp_matches_nnx_grad_and_adamw_step_moves_only_parameters():
 
 # --------------------------------------------------------------------------- code conventions
 
+
 def _markers(text: str) -> set[str]:
     return set(re.findall(r"# theory: ([\w-]+)", text))
 
@@ -372,11 +391,17 @@ def _arch_markers(framework: str, arch: str) -> set[str]:
         return found
     text = (folder / "layers.py").read_text()
     lines = text.splitlines()
-    defs = {node.name: "\n".join(lines[node.lineno - 1:node.end_lineno]) for node in ast.parse(text).body
-            if isinstance(node, (ast.FunctionDef, ast.ClassDef))}  # whole lines: trailing comments too
-    todo = [alias.name for node in ast.walk(ast.parse(arch_text))
-            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module == "layers"
-            for alias in node.names]
+    defs = {
+        node.name: "\n".join(lines[node.lineno - 1 : node.end_lineno])
+        for node in ast.parse(text).body
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+    }  # whole lines: trailing comments too
+    todo = [
+        alias.name
+        for node in ast.walk(ast.parse(arch_text))
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module == "layers"
+        for alias in node.names
+    ]
     seen: set[str] = set()
     while todo:
         name = todo.pop()

@@ -15,16 +15,19 @@ def gpt():
     return load("gpt", FRAMEWORKS[0], config="tiny", seed=0)
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"max_new_tokens": 0}, "max_new_tokens must be a positive integer"),
-    ({"max_new_tokens": 60}, "exceeds context_length 64"),
-    ({"max_new_tokens": 2, "temperature": -1.0}, "temperature must be a number >= 0"),
-    ({"max_new_tokens": 2, "temperature": 1.0, "top_k": 0}, "top_k must be a positive integer"),
-    ({"max_new_tokens": 2, "temperature": 1.0, "top_p": 1.5}, "top_p must be in (0, 1]"),
-    ({"max_new_tokens": 2, "attention_mask": np.array([[1, 1, 1, 1, 1, 0], [1] * 6])}, "needs left padding"),
-    ({"max_new_tokens": 2, "attention_mask": np.full((2, 6), 2)}, "attention_mask must hold 1"),
-    ({"max_new_tokens": 2, "attention_mask": np.ones((2, 5), np.int32)}, "must share one [B, T] shape"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens must be a positive integer"),
+        ({"max_new_tokens": 60}, "exceeds context_length 64"),
+        ({"max_new_tokens": 2, "temperature": -1.0}, "temperature must be a number >= 0"),
+        ({"max_new_tokens": 2, "temperature": 1.0, "top_k": 0}, "top_k must be a positive integer"),
+        ({"max_new_tokens": 2, "temperature": 1.0, "top_p": 1.5}, "top_p must be in (0, 1]"),
+        ({"max_new_tokens": 2, "attention_mask": np.array([[1, 1, 1, 1, 1, 0], [1] * 6])}, "needs left padding"),
+        ({"max_new_tokens": 2, "attention_mask": np.full((2, 6), 2)}, "attention_mask must hold 1"),
+        ({"max_new_tokens": 2, "attention_mask": np.ones((2, 5), np.int32)}, "must share one [B, T] shape"),
+    ],
+)
 def test_bad_arguments_are_one_line(gpt, kwargs, fragment):
     with pytest.raises(ZooError) as error:
         gpt.generate(IDS, **kwargs)

@@ -22,15 +22,13 @@ from dlzoo.zoo.haiku.layers import MLP, Attention, BatchNorm, canonical_name, no
 
 CONFIGS = {
     "gpt": get_config("gpt", "tiny", vocab_size=64, context_length=16, dropout=0.1, attention_dropout=0.1),
-    "bert": get_config("bert", "tiny", vocab_size=64, max_positions=16, num_layers=1, mlm_head=True,
-                       num_classes=3),
+    "bert": get_config("bert", "tiny", vocab_size=64, max_positions=16, num_layers=1, mlm_head=True, num_classes=3),
     "vit": get_config("vit", "tiny", image_size=16, num_layers=1, dropout=0.1, attention_dropout=0.1),
     "resnet": get_config("resnet", "tiny"),
 }
 OUTPUT_SHAPES = {
     "gpt": {"logits": (2, 8, 64)},
-    "bert": {"last_hidden_state": (2, 8, 128), "pooler_output": (2, 128), "mlm_logits": (2, 8, 64),
-             "logits": (2, 3)},
+    "bert": {"last_hidden_state": (2, 8, 128), "pooler_output": (2, 128), "mlm_logits": (2, 8, 64), "logits": (2, 3)},
     "vit": {"logits": (2, 10)},
     "resnet": {"logits": (2, 10)},
 }
@@ -53,13 +51,13 @@ def native():
         if arch not in built:
             built[arch] = dlzoo.create_model(arch, framework="haiku", config=CONFIGS[arch], seed=0)
         return built[arch]
+
     return get
 
 
 def test_canonical_name_rule():
     assert canonical_name("gpt/~/blocks_0/~/attn/~/qkv", "kernel") == "blocks.0.attn.qkv.kernel"
-    assert canonical_name("resnet/~/stages_1/~/blocks_12/~/downsample/~/bn", "var") == \
-        "stages.1.blocks.12.downsample.bn.var"
+    assert canonical_name("resnet/~/stages_1/~/blocks_12/~/downsample/~/bn", "var") == "stages.1.blocks.12.downsample.bn.var"
     assert canonical_name("vit", "cls_token") == "cls_token"
     assert canonical_name("bert/~/embeddings/~/token_type", "embedding") == "embeddings.token_type.embedding"
     assert canonical_name("gpt/~/ln_f", "scale") == "ln_f.scale"
@@ -195,9 +193,11 @@ def test_resnet_blocks_follow_the_config_layout(preset):
 
 def test_shared_attention_causal_flag_equals_a_causal_bias():
     """GPT's is_causal and BERT's additive bias are two doors into the same attention."""
+
     def run(x, **kwargs):
-        return Attention(16, 4, dropout=0.0, attention_dropout=0.0, init=normal(0.02),
-                         out_init=normal(0.02))(x, is_training=False, **kwargs)
+        return Attention(16, 4, dropout=0.0, attention_dropout=0.0, init=normal(0.02), out_init=normal(0.02))(
+            x, is_training=False, **kwargs
+        )
 
     attn = hk.without_apply_rng(hk.transform(run))
     x = jax.random.normal(jax.random.key(0), (2, 5, 16))
@@ -222,8 +222,7 @@ def test_gelu_flavour_is_chosen_per_model():
     assert flavours(bert.BERT, "bert", ids) == {False}
     assert flavours(vit.ViT, "vit", jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)) == {False}
     with pytest.raises(ZooError, match="approximate"):
-        hk.transform(lambda: MLP(16, 64, approximate="tanh", dropout=0.0, init=normal(0.02),
-                                 out_init=normal(0.02))).init(None)
+        hk.transform(lambda: MLP(16, 64, approximate="tanh", dropout=0.0, init=normal(0.02), out_init=normal(0.02))).init(None)
 
 
 def test_zero_init_residual_zeroes_each_blocks_last_bn_scale():

@@ -19,15 +19,15 @@ from dlzoo.zoo.reference import sample_inputs, transformers_model, transformers_
 
 
 def _gpt2(n_layer=2):
-    config = transformers.GPT2Config(vocab_size=61, n_embd=16, n_layer=n_layer, n_head=2, n_positions=32,
-                                     bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(vocab_size=61, n_embd=16, n_layer=n_layer, n_head=2, n_positions=32, bos_token_id=0, eos_token_id=0)
     torch.manual_seed(0)
     return transformers.GPT2LMHeadModel(config).eval()
 
 
 def _bert():
-    config = transformers.BertConfig(vocab_size=61, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=24, max_position_embeddings=32)
+    config = transformers.BertConfig(
+        vocab_size=61, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24, max_position_embeddings=32
+    )
     torch.manual_seed(0)
     return transformers.BertForPreTraining(config).eval()
 
@@ -91,8 +91,10 @@ def test_pytorch_model_bin_with_legacy_names_and_buffers(tmp_path):
 def test_bert_tf_era_names_and_heads_are_detected(tmp_path):
     """bert-base-uncased's first upload: LayerNorm.gamma/beta, MLM and next-sentence heads."""
     model = _bert()
-    state = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
-             for k, v in model.state_dict().items()}
+    state = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in model.state_dict().items()
+    }
     state["cls.predictions.decoder.weight"] = model.bert.embeddings.word_embeddings.weight
     folder = tmp_path / "bert"
     _write_config(model, folder)
@@ -123,10 +125,16 @@ def test_pickles_are_never_executed(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("problem,fragment", [
-    ("no-config", "no config.json"), ("no-weights", "no weights"), ("bad-type", "model_type 'llama'"),
-    ("missing-tensor", "missing 1: h.1.mlp.c_fc.weight"), ("missing-shard", "shard"),
-])
+@pytest.mark.parametrize(
+    "problem,fragment",
+    [
+        ("no-config", "no config.json"),
+        ("no-weights", "no weights"),
+        ("bad-type", "model_type 'llama'"),
+        ("missing-tensor", "missing 1: h.1.mlp.c_fc.weight"),
+        ("missing-shard", "shard"),
+    ],
+)
 def test_broken_checkpoints_fail_in_one_line(tmp_path, problem, fragment):
     model = _gpt2()
     folder = tmp_path / problem
@@ -141,6 +149,7 @@ def test_broken_checkpoints_fail_in_one_line(tmp_path, problem, fragment):
         (folder / "config.json").write_text(json.dumps({**data, "model_type": "llama"}))
     elif problem == "missing-tensor":
         from safetensors.numpy import load_file, save_file
+
         tensors = load_file(folder / "model.safetensors")
         tensors.pop("transformer.h.1.mlp.c_fc.weight")
         save_file(tensors, folder / "model.safetensors")
@@ -152,8 +161,7 @@ def test_broken_checkpoints_fail_in_one_line(tmp_path, problem, fragment):
 
 
 def _offline_env(tmp_path):
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"),
-            "HF_HUB_CACHE": str(tmp_path / "hf-home" / "hub")}
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_CACHE": str(tmp_path / "hf-home" / "hub")}
 
 
 def _seed_hub_cache(tmp_path, repo_id, model):
@@ -170,17 +178,23 @@ def _seed_hub_cache(tmp_path, repo_id, model):
 def test_hub_ids_resolve_through_huggingface_hub(tmp_path):
     model = _gpt2()
     _seed_hub_cache(tmp_path, "someone/tiny-gpt2", model)
-    code = ("import numpy as np, sys; from dlzoo.zoo import from_pretrained; "
-            "h = from_pretrained('someone/tiny-gpt2'); "
-            f"np.save(sys.argv[1], h.apply({{'input_ids': np.array({IDS.tolist()}, np.int32)}})['logits'])")
+    code = (
+        "import numpy as np, sys; from dlzoo.zoo import from_pretrained; "
+        "h = from_pretrained('someone/tiny-gpt2'); "
+        f"np.save(sys.argv[1], h.apply({{'input_ids': np.array({IDS.tolist()}, np.int32)}})['logits'])"
+    )
     out = tmp_path / "logits.npy"
     subprocess.run([sys.executable, "-c", code, str(out)], env=_offline_env(tmp_path), check=True)
     np.testing.assert_allclose(np.load(out), _logits(model, IDS), atol=1e-5)
 
 
 def test_unknown_hub_id_offline_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "dlzoo.cli", "convert", "nobody/nothing", str(tmp_path / "x.safetensors")],
-                            env=_offline_env(tmp_path), capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "dlzoo.cli", "convert", "nobody/nothing", str(tmp_path / "x.safetensors")],
+        env=_offline_env(tmp_path),
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "could not download 'nobody/nothing'" in result.stderr
     assert not (tmp_path / "x.safetensors").exists()
@@ -208,6 +222,7 @@ def test_export_loads_in_transformers_with_the_same_outputs(tmp_path, arch, pres
 
 def test_export_refuses_to_overwrite(tmp_path):
     from dlzoo.zoo import load
+
     handle = load("gpt", "torch")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
@@ -218,16 +233,25 @@ def test_export_refuses_to_overwrite(tmp_path):
 
 # --- untied output heads ------------------------------------------------------------------------
 
+
 def _untied_gpt2():
-    config = transformers.GPT2Config(vocab_size=61, n_embd=16, n_layer=1, n_head=2, n_positions=32,
-                                     bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
+    config = transformers.GPT2Config(
+        vocab_size=61, n_embd=16, n_layer=1, n_head=2, n_positions=32, bos_token_id=0, eos_token_id=0, tie_word_embeddings=False
+    )
     torch.manual_seed(1)
     return transformers.GPT2LMHeadModel(config).eval()
 
 
 def _untied_bert_mlm():
-    config = transformers.BertConfig(vocab_size=61, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=24, max_position_embeddings=32, tie_word_embeddings=False)
+    config = transformers.BertConfig(
+        vocab_size=61,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=32,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(2)
     model = transformers.BertForMaskedLM(config).eval()
     with torch.no_grad():  # a trained decoder bias: transformers >= 5 applies the decoder's own
@@ -247,6 +271,7 @@ def test_untied_heads_load_their_own_matrix(tmp_path, build, head):
     if arch == "bert" and model.cls.predictions.decoder.bias is not model.cls.predictions.bias:
         unused = model.cls.predictions.bias.numel()
     from dlzoo.zoo import count_params
+
     assert count_params(arch, config) == sum(t.size for t in tensors.values()) == model.num_parameters() - unused
     handle = from_pretrained(tmp_path / "untied", framework="torch")
     inputs = sample_inputs(arch, config)
@@ -264,10 +289,13 @@ def test_untied_heads_load_their_own_matrix(tmp_path, build, head):
     assert config_back == config and all(np.array_equal(tensors_back[k], v) for k, v in tensors.items())
 
 
-@pytest.mark.parametrize("published_head, embedding", [
-    ("lm_head.weight", "transformer.wte.weight"),
-    ("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight"),
-])
+@pytest.mark.parametrize(
+    "published_head, embedding",
+    [
+        ("lm_head.weight", "transformer.wte.weight"),
+        ("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight"),
+    ],
+)
 def test_tied_checkpoint_with_a_different_head_names_both_tensors(tmp_path, published_head, embedding):
     from safetensors.numpy import load_file, save_file
 
@@ -299,8 +327,7 @@ def test_verify_compares_against_the_folder_not_dlzoos_reading_of_it(tmp_path, m
     real = hub.to_canonical
 
     def drops_the_head(arch, hf, tensors):  # the old behaviour: the head silently tied to wte
-        return real(arch, {**hf, "tie_word_embeddings": True},
-                    {k: v for k, v in tensors.items() if k != "lm_head.weight"})
+        return real(arch, {**hf, "tie_word_embeddings": True}, {k: v for k, v in tensors.items() if k != "lm_head.weight"})
 
     monkeypatch.setattr(hub, "to_canonical", drops_the_head)
     report = run_verify("gpt", source=str(tmp_path / "untied"), frameworks=["torch"])
@@ -309,8 +336,9 @@ def test_verify_compares_against_the_folder_not_dlzoos_reading_of_it(tmp_path, m
 
 def test_convert_prints_and_returns_the_load_report(tmp_path):
     """A backbone (ViTModel) converted with a new head at another resolution, behind a DDP prefix."""
-    config = transformers.ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1,
-                                    num_attention_heads=2, intermediate_size=24)
+    config = transformers.ViTConfig(
+        image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24
+    )
     transformers.ViTModel(config, add_pooling_layer=False).save_pretrained(tmp_path / "saved")
     from safetensors.torch import load_file
 
@@ -319,15 +347,29 @@ def test_convert_prints_and_returns_the_load_report(tmp_path):
     (tmp_path / "backbone").mkdir()
     config.to_json_file(tmp_path / "backbone" / "config.json")
     torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "backbone" / "model.pth")
-    command = [sys.executable, "-m", "dlzoo.cli", "convert", str(tmp_path / "backbone"), str(tmp_path / "v.safetensors"),
-               "--num-classes", "3", "--image-size", "32", "--seed", "5"]
+    command = [
+        sys.executable,
+        "-m",
+        "dlzoo.cli",
+        "convert",
+        str(tmp_path / "backbone"),
+        str(tmp_path / "v.safetensors"),
+        "--num-classes",
+        "3",
+        "--image-size",
+        "32",
+        "--seed",
+        "5",
+    ]
     data = json.loads(subprocess.run(command + ["--json"], capture_output=True, text=True, check=True).stdout)
     report = data["report"]
     assert (report["layout"], report["stripped_prefixes"], sorted(report["initialised"])) == (
-        "transformers", ["module."], ["head.bias", "head.kernel"])
+        "transformers",
+        ["module."],
+        ["head.bias", "head.kernel"],
+    )
     assert report["resized"] == {"pos_embed": [[1, 5, 16], [1, 17, 16]]} and data["config"]["num_classes"] == 3
-    text = subprocess.run(command[:5] + [str(tmp_path / "w.safetensors")] + command[6:], capture_output=True,
-                          text=True, check=True).stdout
+    text = subprocess.run(command[:5] + [str(tmp_path / "w.safetensors")] + command[6:], capture_output=True, text=True, check=True).stdout
     assert "stripped wrapper prefix 'module.'" in text and "freshly initialised" in text and "resized pos_embed" in text
 
 
@@ -361,6 +403,9 @@ def test_canonical_file_with_a_new_head_and_resolution(tmp_path):
     h = from_pretrained(tmp_path / "v.safetensors", num_classes=4, image_size=48)
     report = h.load_report
     assert (report.layout, sorted(report.initialised), report.ignored) == (
-        "dlzoo", ["head.bias", "head.kernel"], ["head.bias", "head.kernel"])
+        "dlzoo",
+        ["head.bias", "head.kernel"],
+        ["head.bias", "head.kernel"],
+    )
     assert report.resized == {"pos_embed": [[1, 17, 64], [1, 37, 64]]}
     assert h.apply({"pixel_values": np.zeros((1, 48, 48, 3), np.float32)})["logits"].shape == (1, 4)

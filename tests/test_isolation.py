@@ -41,8 +41,7 @@ def _cli(*args: str, hide: str | None = None, cwd: Path | None = None) -> subpro
         site.mkdir(exist_ok=True)
         (site / "sitecustomize.py").write_text(f"import sys\nsys.modules[{hide!r}] = None\n")
         env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-m", "dlzoo.cli", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=600)
+    return subprocess.run([sys.executable, "-m", "dlzoo.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
@@ -64,8 +63,10 @@ def test_python_api_names_the_extra(framework, tmp_path):
     """dlzoo.create_model for a framework that is not installed (really, or hidden in a fresh
     process) raises ZooError naming the extra."""
     hide = f"import sys; sys.modules[{PACKAGE[framework]!r}] = None; " if framework in INSTALLED else ""
-    code = (f"{hide}import dlzoo\nfrom dlzoo.zoo import ZooError\ntry:\n    dlzoo.create_model('vit', framework={framework!r})"
-            "\nexcept ZooError as error:\n    print(error)")
+    code = (
+        f"{hide}import dlzoo\nfrom dlzoo.zoo import ZooError\ntry:\n    dlzoo.create_model('vit', framework={framework!r})"
+        "\nexcept ZooError as error:\n    print(error)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
     assert f"pip install 'dlzoo[{EXTRAS[framework]}]'" in result.stdout, result.stdout

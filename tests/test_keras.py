@@ -62,10 +62,12 @@ def test_summary_lists_the_named_layers(arch, handles):
     lines = []
     handles[arch].native.summary(print_fn=lambda line, **_: lines.append(line))
     text = "\n".join(lines)
-    expected = {"gpt": ["wte", "wpe", "blocks_0", "blocks_1", "ln_f"],
-                "bert": ["embeddings", "blocks_0", "pooler", "mlm", "classifier"],
-                "vit": ["patch_embed", "blocks_0", "ln_f", "head"],
-                "resnet": ["stem", "stages_0_blocks_0", "stages_1_blocks_0", "head"]}[arch]
+    expected = {
+        "gpt": ["wte", "wpe", "blocks_0", "blocks_1", "ln_f"],
+        "bert": ["embeddings", "blocks_0", "pooler", "mlm", "classifier"],
+        "vit": ["patch_embed", "blocks_0", "ln_f", "head"],
+        "resnet": ["stem", "stages_0_blocks_0", "stages_1_blocks_0", "head"],
+    }[arch]
     for name in expected:
         assert name in text, f"{name} missing from the summary:\n{text}"
     assert f"{count_params(arch, CONFIGS[arch]):,}" in text  # trainable count, as the spec says
@@ -90,8 +92,7 @@ def test_bfloat16_policy_keeps_float32_variables_and_outputs(arch):
 
 
 def test_same_seed_same_weights_other_seed_other_weights():
-    a, b, c = (backend.state_dict("vit", CONFIGS["vit"], backend.build("vit", CONFIGS["vit"], seed=s))
-               for s in (3, 3, 4))
+    a, b, c = (backend.state_dict("vit", CONFIGS["vit"], backend.build("vit", CONFIGS["vit"], seed=s)) for s in (3, 3, 4))
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["blocks.0.attn.qkv.kernel"], c["blocks.0.attn.qkv.kernel"])
     # every initializer draws its own values: no two tensors of one shape are copies
@@ -117,11 +118,9 @@ def test_batch_norm_updates_running_variance_with_the_unbiased_variance():
     mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
     np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-5), atol=1e-5)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), 0.1 * mean, atol=1e-6)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), 0.9 + 0.1 * var * n / (n - 1),
-                               rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), 0.9 + 0.1 * var * n / (n - 1), rtol=1e-6)
     inference = keras.ops.convert_to_numpy(bn(x, training=False))
-    np.testing.assert_allclose(inference, (x - 0.1 * mean) / np.sqrt(0.9 + 0.1 * var * n / (n - 1) + 1e-5),
-                               atol=1e-5)
+    np.testing.assert_allclose(inference, (x - 0.1 * mean) / np.sqrt(0.9 + 0.1 * var * n / (n - 1) + 1e-5), atol=1e-5)
 
 
 def test_vjp_restores_batch_norm_statistics():
@@ -228,8 +227,10 @@ def test_backend_is_chosen_when_unset_and_tensorflow_is_missing(hidden, chosen, 
     assert "KERAS_BACKEND" not in result.stderr, "the library logs its choice, it never prints it"
     shown = _run_without(hidden, tmp_path, prefix=_CLI_NOTES)
     notes = [line for line in shown.stderr.splitlines() if line.startswith("note:")]
-    assert notes == [f"note: KERAS_BACKEND is unset and tensorflow is not installed; keras runs on {chosen} "
-                     "(set KERAS_BACKEND=jax|torch|tensorflow to choose)"]
+    assert notes == [
+        f"note: KERAS_BACKEND is unset and tensorflow is not installed; keras runs on {chosen} "
+        "(set KERAS_BACKEND=jax|torch|tensorflow to choose)"
+    ]
 
 
 def test_explicit_keras_backend_is_respected_silently(tmp_path):

@@ -55,15 +55,18 @@ def test_tuning_set(scores):
     assert tuning["top1"] >= 0.85 and tuning["out_of_scope_declined"] >= 0.80, tuning
 
 
-@pytest.mark.parametrize("question, expected", [
-    ("Why does my transformer converge faster than my CNN on the same task?", "inductive-bias"),
-    ("Explain BERT pretraining theory", "masked-lm"),
-    ("My model's loss suddenly spiked at epoch 50", "loss-plateaus-spikes"),
-    ("my loss is stuck on a plateau for thousands of steps", "loss-plateaus-spikes"),
-    ("how is backprop derived", "backpropagation"),
-    ("how many tokens should I train an llm on for its size", "scaling-laws"),
-    ("vanishing gradients in deep networks", "vanishing-exploding-gradients"),
-])
+@pytest.mark.parametrize(
+    "question, expected",
+    [
+        ("Why does my transformer converge faster than my CNN on the same task?", "inductive-bias"),
+        ("Explain BERT pretraining theory", "masked-lm"),
+        ("My model's loss suddenly spiked at epoch 50", "loss-plateaus-spikes"),
+        ("my loss is stuck on a plateau for thousands of steps", "loss-plateaus-spikes"),
+        ("how is backprop derived", "backpropagation"),
+        ("how many tokens should I train an llm on for its size", "scaling-laws"),
+        ("vanishing gradients in deep networks", "vanishing-exploding-gradients"),
+    ],
+)
 def test_the_issue_examples_and_vocabulary_gaps(question, expected):
     assert ask(question)[0].id == expected
 
@@ -73,8 +76,8 @@ def test_inflections_generic_words_and_typos():
     assert tokenize("normalisation") == tokenize("normalization")
     weights = expand("explain the theory in this paper about epoch 50 lerning")
     assert all(weights[t] == 0 for t in tokenize("explain theory paper epoch"))
-    assert weights[tokenize("learning")[0]] == 0.8          # typo matched to the knowledge base's word
-    assert tokenize("three")[0] not in expand("what is a decision tree")   # short words are not typos
+    assert weights[tokenize("learning")[0]] == 0.8  # typo matched to the knowledge base's word
+    assert tokenize("three")[0] not in expand("what is a decision tree")  # short words are not typos
 
 
 def test_classifier_is_not_the_cls_entry():
@@ -109,7 +112,7 @@ def test_answers_are_deterministic_and_fast():
     from dlzoo.agents import ask as module
 
     module._index.cache_clear()
-    start = time.process_time()   # CPU time: wall time on a shared CI machine measures the neighbours
+    start = time.process_time()  # CPU time: wall time on a shared CI machine measures the neighbours
     first = [a.to_dict() for a in ask("why does SGD noise act as a regularizer")]
     cold = time.process_time() - start
     assert first == [a.to_dict() for a in ask("why does SGD noise act as a regularizer")]

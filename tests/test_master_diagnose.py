@@ -23,29 +23,33 @@ from dlzoo.agents.metrics import MetricsError, MetricsLogger, parse_lines, read_
 # on 2 cores):
 #     DLZOO_DIAGNOSE_SWEEP=1000 python -m pytest -n 2 tests/test_master_diagnose.py --hypothesis-show-statistics
 SWEEP = int(os.environ.get("DLZOO_DIAGNOSE_SWEEP", "0"))
-SETTINGS = settings(max_examples=SWEEP or 50, derandomize=not SWEEP, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=SWEEP or 50, derandomize=not SWEEP, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
-def healthy(n=400, L0=5.0, floor=0.3, tau=0.15, noise=0.02, warmup=0, g0=1.0, seed=0,
-            num_classes=None, evals=True, lr=1e-3, gap=0.05) -> list[dict]:
+def healthy(
+    n=400, L0=5.0, floor=0.3, tau=0.15, noise=0.02, warmup=0, g0=1.0, seed=0, num_classes=None, evals=True, lr=1e-3, gap=0.05
+) -> list[dict]:
     """A run that learns: loss decays towards floor*L0 at a speed set by the cumulative learning
     rate (linear warmup, then cosine), with multiplicative noise; gradient norms log-normal
     around a slowly decaying level; validation loss a constant gap above the trend."""
     rng = np.random.default_rng(seed)
     t = np.arange(n)
-    sched = np.where(t < warmup, (t + 1) / max(warmup, 1),
-                     0.5 * (1 + np.cos(np.pi * (t - warmup) / max(n - warmup, 1))))
+    sched = np.where(t < warmup, (t + 1) / max(warmup, 1), 0.5 * (1 + np.cos(np.pi * (t - warmup) / max(n - warmup, 1))))
     sched = np.maximum(sched, 0.05)
     trend = L0 * floor + L0 * (1 - floor) * np.exp(-np.cumsum(sched) / (tau * n))
     loss = trend * (1 + noise * rng.standard_normal(n))
     grad = g0 * (0.4 + 0.6 * np.exp(-t / n)) * np.exp(0.2 * rng.standard_normal(n))
     lines = [{"type": "meta", "num_classes": num_classes}] if num_classes else []
-    lines += [{"type": "train", "step": int(i), "loss": float(loss[i]), "lr": float(lr * sched[i]),
-               "grad_norm": float(grad[i])} for i in range(n)]
+    lines += [
+        {"type": "train", "step": int(i), "loss": float(loss[i]), "lr": float(lr * sched[i]), "grad_norm": float(grad[i])} for i in range(n)
+    ]
     if evals:
-        lines += [{"type": "eval", "step": int(i), "val_loss": float(trend[i] * (1 + gap) * (1 + 0.005 * rng.standard_normal()))}
-                  for i in range(n // 10, n, n // 10)]
+        lines += [
+            {"type": "eval", "step": int(i), "val_loss": float(trend[i] * (1 + gap) * (1 + 0.005 * rng.standard_normal()))}
+            for i in range(n // 10, n, n // 10)
+        ]
     return lines
 
 
@@ -61,26 +65,32 @@ def kinds(findings):
     return [f.kind for f in findings]
 
 
-shapes = st.fixed_dictionaries({
-    "n": st.integers(60, 600), "L0": st.floats(0.5, 10.0), "floor": st.floats(0.02, 0.7),
-    "tau": st.floats(0.02, 0.4), "noise": st.floats(0.0, 0.04), "g0": st.floats(0.01, 50.0),
-    "seed": st.integers(0, 10_000), "gap": st.floats(0.0, 0.3), "lr": st.floats(1e-5, 1.0),
-})
+shapes = st.fixed_dictionaries(
+    {
+        "n": st.integers(60, 600),
+        "L0": st.floats(0.5, 10.0),
+        "floor": st.floats(0.02, 0.7),
+        "tau": st.floats(0.02, 0.4),
+        "noise": st.floats(0.0, 0.04),
+        "g0": st.floats(0.01, 50.0),
+        "seed": st.integers(0, 10_000),
+        "gap": st.floats(0.0, 0.3),
+        "lr": st.floats(1e-5, 1.0),
+    }
+)
 
 
 @SETTINGS
 @given(shape=shapes, warmup_fraction=st.floats(0.0, 0.1))
 # A 60-step run that converged within its first steps (once read as lr-too-low), and one whose
 # 10-step spike window looked quiet by chance (once read as a loss spike).
-@example(shape=dict(n=60, L0=1.0, floor=0.6875, tau=0.0234375, noise=0.0, g0=1.0, seed=0, gap=0.0, lr=1.0),
-         warmup_fraction=0.0)
-@example(shape=dict(n=60, L0=3.75, floor=0.466, tau=0.375, noise=0.0274, g0=18.4, seed=5563, gap=0.25, lr=0.855),
-         warmup_fraction=0.0)
+@example(shape=dict(n=60, L0=1.0, floor=0.6875, tau=0.0234375, noise=0.0, g0=1.0, seed=0, gap=0.0, lr=1.0), warmup_fraction=0.0)
+@example(shape=dict(n=60, L0=3.75, floor=0.466, tau=0.375, noise=0.0274, g0=18.4, seed=5563, gap=0.25, lr=0.855), warmup_fraction=0.0)
 # A slow start in warmup whose noise once read as an early instability (a minimum is biased low).
-@example(shape=dict(n=272, L0=1.0, floor=0.5, tau=0.25, noise=0.0390625, g0=1.0, seed=312, gap=0.0, lr=1.0),
-         warmup_fraction=0.0625)
-@example(shape=dict(n=390, L0=1.0, floor=0.625, tau=0.375, noise=0.0390625, g0=1.0, seed=566, gap=0.0, lr=1.0),
-         warmup_fraction=0.0)  # a 4-noise-std draw in the first steps once read as an early instability
+@example(shape=dict(n=272, L0=1.0, floor=0.5, tau=0.25, noise=0.0390625, g0=1.0, seed=312, gap=0.0, lr=1.0), warmup_fraction=0.0625)
+@example(
+    shape=dict(n=390, L0=1.0, floor=0.625, tau=0.375, noise=0.0390625, g0=1.0, seed=566, gap=0.0, lr=1.0), warmup_fraction=0.0
+)  # a 4-noise-std draw in the first steps once read as an early instability
 def test_healthy_runs_have_no_findings(shape, warmup_fraction):
     lines = healthy(warmup=int(warmup_fraction * shape["n"]), **shape)
     assert diagnose(run_of(lines)) == []
@@ -96,11 +106,11 @@ def test_healthy_runs_starting_at_ln_classes_have_no_findings(classes, seed, n):
 @SETTINGS
 @given(shape=shapes, where=st.floats(0.2, 0.95), size=st.floats(0.8, 20.0), width=st.integers(1, 3))
 # A doubling on a noise-free curve still falling fast (once missed: the curve's bend inflated the scale).
-@example(shape=dict(n=60, L0=1.0, floor=0.03125, tau=0.0625, noise=0.0, g0=1.0, seed=0, gap=0.0, lr=1.0),
-         where=0.25, size=1.0, width=1)
+@example(shape=dict(n=60, L0=1.0, floor=0.03125, tau=0.0625, noise=0.0, g0=1.0, seed=0, gap=0.0, lr=1.0), where=0.25, size=1.0, width=1)
 # A spike 20x above a loss near zero on the same steep curve.
-@example(shape=dict(n=60, L0=1.0, floor=0.0234375, tau=0.046875, noise=0.0, g0=1.0, seed=0, gap=0.0, lr=1.0),
-         where=0.203125, size=20.0, width=1)
+@example(
+    shape=dict(n=60, L0=1.0, floor=0.0234375, tau=0.046875, noise=0.0, g0=1.0, seed=0, gap=0.0, lr=1.0), where=0.203125, size=20.0, width=1
+)
 def test_loss_spike_found_at_its_step(shape, where, size, width):
     lines = healthy(**shape)
     n = shape["n"]
@@ -131,16 +141,12 @@ def test_non_finite_found_at_its_step(shape, where, value):
 @given(shape=shapes, where=st.floats(0.3, 0.8), rate=st.floats(2.0, 20.0))
 # Growth injected while the trend still falls (the rise starts ~100 steps later), and a rise that
 # is small beside the progress made (once hidden by a 5%-of-progress term in the threshold).
-@example(shape=dict(n=600, L0=8.5, floor=0.02, tau=0.16, noise=0.027, g0=13.7, seed=0, gap=0.0, lr=0.17),
-         where=0.41, rate=2.0)
-@example(shape=dict(n=495, L0=4.2, floor=0.02, tau=0.03, noise=0.017, g0=11.2, seed=4155, gap=0.0, lr=0.54),
-         where=0.707, rate=2.0)
+@example(shape=dict(n=600, L0=8.5, floor=0.02, tau=0.16, noise=0.027, g0=13.7, seed=0, gap=0.0, lr=0.17), where=0.41, rate=2.0)
+@example(shape=dict(n=495, L0=4.2, floor=0.02, tau=0.03, noise=0.017, g0=11.2, seed=4155, gap=0.0, lr=0.54), where=0.707, rate=2.0)
 # A rise still growing at the very end, above the threshold for its last 2 steps only.
-@example(shape=dict(n=60, L0=1.0, floor=0.03125, tau=0.1875, noise=0.0390625, g0=1.0, seed=60, gap=0.0, lr=1.0),
-         where=0.796875, rate=2.0)
+@example(shape=dict(n=60, L0=1.0, floor=0.03125, tau=0.1875, noise=0.0390625, g0=1.0, seed=60, gap=0.0, lr=1.0), where=0.796875, rate=2.0)
 # A loss near zero (below the floor): the onset band once used the floored noise as if relative to the loss.
-@example(shape=dict(n=239, L0=1.0, floor=0.0234375, tau=0.03125, noise=0.03125, g0=1.0, seed=7181, gap=0.0, lr=1.0),
-         where=0.625, rate=2.0)
+@example(shape=dict(n=239, L0=1.0, floor=0.0234375, tau=0.03125, noise=0.03125, g0=1.0, seed=7181, gap=0.0, lr=1.0), where=0.625, rate=2.0)
 def test_divergence_found_where_it_starts(shape, where, rate):
     n = max(shape["n"], 200)
     lines = healthy(**{**shape, "n": n})
@@ -164,14 +170,21 @@ def test_divergence_found_where_it_starts(shape, where, rate):
 
 
 @SETTINGS
-@given(n=st.integers(60, 600), L0=st.floats(0.5, 10.0), noise=st.floats(0.0, 0.04), seed=st.integers(0, 10_000),
-       start=st.integers(0, 1), rate=st.floats(0.1, 1.0))
+@given(
+    n=st.integers(60, 600),
+    L0=st.floats(0.5, 10.0),
+    noise=st.floats(0.0, 0.04),
+    seed=st.integers(0, 10_000),
+    start=st.integers(0, 1),
+    rate=st.floats(0.1, 1.0),
+)
 def test_divergence_from_the_first_step_is_cut_by_its_growth(n, L0, noise, seed, start, rate):
     """The loss grows e^rate-fold per step from step `start` on (up to 1e4 times, where a real run
     would overflow). A rate of at least 0.1 is 2.5 noise std or more, so the rise is visible from
     its first step. The onset must be found within 2 steps, and the learning-rate cut must be at
     least the loss's growth over the 5 steps after it (capped at 100), so a faster blow-up never
     gets a milder cut."""
+
     def blow_up(rate):
         lines = healthy(n=n, L0=L0, floor=1.0, noise=noise, seed=seed, evals=False)
         for s in range(start, n):
@@ -187,6 +200,7 @@ def test_divergence_from_the_first_step_is_cut_by_its_growth(n, L0, noise, seed,
         assert sentence in diverged.fix and sentence in too_high.fix
         assert too_high.evidence["suggested_peak_lr"] == pytest.approx(too_high.evidence["peak_lr"] / cut)
         return cut
+
     slow, fast = blow_up(rate), blow_up(2 * rate + 0.3)
     # An onset found a step early leaves 4 growing steps in the 5-step horizon; the medians the
     # growth is read from carry up to 4 noise std each.
@@ -197,8 +211,9 @@ def test_divergence_from_the_first_step_is_cut_by_its_growth(n, L0, noise, seed,
 
 @SETTINGS
 @given(shape=shapes, where=st.floats(0.2, 0.6), rise=st.floats(0.15, 1.0))
-@example(shape=dict(n=294, L0=1.0, floor=0.5, tau=0.0625, noise=0.03125, g0=1.0, seed=294, gap=0.0, lr=1.0),
-         where=0.5, rise=1.0)  # a converged training loss 3 standard errors higher at the end by chance
+@example(
+    shape=dict(n=294, L0=1.0, floor=0.5, tau=0.0625, noise=0.03125, g0=1.0, seed=294, gap=0.0, lr=1.0), where=0.5, rise=1.0
+)  # a converged training loss 3 standard errors higher at the end by chance
 def test_overfitting_found_after_the_best_validation_step(shape, where, rise):
     n = shape["n"]
     lines = healthy(**shape)
@@ -248,9 +263,9 @@ def test_starved_layer_named(shape, ratio):
 @SETTINGS
 @given(seed=st.integers(0, 1000), n=st.integers(100, 800), noise=st.floats(0.3, 0.6))
 @example(seed=831, n=209, noise=0.5)  # once read as healthy: chance "progress" between two medians
-@example(seed=2, n=288, noise=0.5)    # once also "lr-too-low" (a chance fall in the last half)
+@example(seed=2, n=288, noise=0.5)  # once also "lr-too-low" (a chance fall in the last half)
 @example(seed=982, n=629, noise=0.5)  # once also a "stuck" plateau after a chance divergence
-@example(seed=95, n=132, noise=0.5)   # once read as lr-too-low (a chance 14% "fall")
+@example(seed=95, n=132, noise=0.5)  # once read as lr-too-low (a chance 14% "fall")
 def test_oscillation_without_progress_is_lr_too_high(seed, n, noise):
     lines = healthy(n=n, floor=1.0, noise=noise, seed=seed, evals=False)
     found = diagnose(run_of(lines))
@@ -323,15 +338,18 @@ def test_logger_round_trip_with_non_finite_values(tmp_path):
     assert math.isnan(run.train[1]["loss"]) and run.train[0]["grad_norms"] == {"head": pytest.approx(0.1)}
 
 
-@pytest.mark.parametrize("content, message", [
-    ("", "no training lines"),
-    ("not json\n", "is not a JSON object"),
-    ('[1, 2]\n', "expected an object"),
-    ('{"step": -1, "loss": 1.0}\n', "integer step"),
-    ('{"step": 1, "loss": "high"}\n', "must be a number"),
-    ('{"type": "eval", "step": 1}\n', "without val_loss"),
-    ('{"type": "train", "step": 1}\n', "without 'loss'"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "no training lines"),
+        ("not json\n", "is not a JSON object"),
+        ("[1, 2]\n", "expected an object"),
+        ('{"step": -1, "loss": 1.0}\n', "integer step"),
+        ('{"step": 1, "loss": "high"}\n', "must be a number"),
+        ('{"type": "eval", "step": 1}\n', "without val_loss"),
+        ('{"type": "train", "step": 1}\n', "without 'loss'"),
+    ],
+)
 def test_malformed_files_are_one_line_errors(tmp_path, content, message):
     from dlzoo.cli import cli
 

@@ -20,18 +20,21 @@ def kinds(run):
     return {f.kind for f in diagnose(run) if f.severity in ("medium", "high")}
 
 
-@pytest.mark.parametrize("path, source", [
-    ("keras/training.csv", "keras-csv"),
-    ("keras/history.json", "keras-history"),
-    ("lightning/version_0", "lightning-csv"),
-    ("lightning/version_0/metrics.csv", "lightning-csv"),
-    ("hf", "hf-trainer-state"),
-    ("hf/checkpoint-120/trainer_state.json", "hf-trainer-state"),
-    ("derived/overfit.csv", "csv"),
-    ("derived/overfit_val_on_train_lines.jsonl", "jsonl"),
-    ("derived/epochs.jsonl", "jsonl"),
-    ("tensorboard", "tensorboard"),
-])
+@pytest.mark.parametrize(
+    "path, source",
+    [
+        ("keras/training.csv", "keras-csv"),
+        ("keras/history.json", "keras-history"),
+        ("lightning/version_0", "lightning-csv"),
+        ("lightning/version_0/metrics.csv", "lightning-csv"),
+        ("hf", "hf-trainer-state"),
+        ("hf/checkpoint-120/trainer_state.json", "hf-trainer-state"),
+        ("derived/overfit.csv", "csv"),
+        ("derived/overfit_val_on_train_lines.jsonl", "jsonl"),
+        ("derived/epochs.jsonl", "jsonl"),
+        ("tensorboard", "tensorboard"),
+    ],
+)
 def test_detected_from_path_and_content(path, source):
     assert detect(LOGS / path)[1] == source
 
@@ -99,27 +102,44 @@ def test_jsonl_counting_epochs():
     assert all("val_accuracy" in e for e in run.eval)
 
 
-@pytest.mark.parametrize("name, where", [
-    ("loss", ("train", "loss")), ("train_loss", ("train", "loss")), ("Loss/train", ("train", "loss")),
-    ("train_loss_step", ("train", "loss")), ("epoch_loss", ("train", "loss")),
-    ("val_loss", ("eval", "val_loss")), ("eval_loss", ("eval", "val_loss")), ("Loss/val", ("eval", "val_loss")),
-    ("validation/epoch_loss", ("eval", "val_loss")), ("val_acc", ("eval", "val_accuracy")),
-    ("eval_accuracy", ("eval", "val_accuracy")), ("lr-AdamW", ("train", "lr")), ("learning_rate", ("train", "lr")),
-    ("train/grad_norm", ("train", "grad_norm")), ("test_loss", None), ("eval_runtime", None), ("throughput", None),
-])
+@pytest.mark.parametrize(
+    "name, where",
+    [
+        ("loss", ("train", "loss")),
+        ("train_loss", ("train", "loss")),
+        ("Loss/train", ("train", "loss")),
+        ("train_loss_step", ("train", "loss")),
+        ("epoch_loss", ("train", "loss")),
+        ("val_loss", ("eval", "val_loss")),
+        ("eval_loss", ("eval", "val_loss")),
+        ("Loss/val", ("eval", "val_loss")),
+        ("validation/epoch_loss", ("eval", "val_loss")),
+        ("val_acc", ("eval", "val_accuracy")),
+        ("eval_accuracy", ("eval", "val_accuracy")),
+        ("lr-AdamW", ("train", "lr")),
+        ("learning_rate", ("train", "lr")),
+        ("train/grad_norm", ("train", "grad_norm")),
+        ("test_loss", None),
+        ("eval_runtime", None),
+        ("throughput", None),
+    ],
+)
 def test_metric_names_mapped_by_their_words(name, where):
     assert canonical(name) == where
 
 
-@pytest.mark.parametrize("content, name, message", [
-    ("loss,val_loss\n1.0,2.0\n", "no_index.csv", "needs a step"),
-    ("step,loss\n,1.0\n", "blank_step.csv", "have no step"),
-    ('{"epoch": 0, "loss": 1}\n{"loss": 0.5, "val_loss": 0.7}\n', "lines.jsonl", "have no step or epoch"),
-    ('{"step": 0, "acc": 0.5}\n', "noloss.jsonl", "no training loss"),
-    ('{"a": [1, 2], "b": [1]}', "history.json", "different lengths"),
-    ('{"x": 1}', "other.json", "neither a trainer_state"),
-    ("\x00\x01binary", "blob.bin", "binary file"),
-])
+@pytest.mark.parametrize(
+    "content, name, message",
+    [
+        ("loss,val_loss\n1.0,2.0\n", "no_index.csv", "needs a step"),
+        ("step,loss\n,1.0\n", "blank_step.csv", "have no step"),
+        ('{"epoch": 0, "loss": 1}\n{"loss": 0.5, "val_loss": 0.7}\n', "lines.jsonl", "have no step or epoch"),
+        ('{"step": 0, "acc": 0.5}\n', "noloss.jsonl", "no training loss"),
+        ('{"a": [1, 2], "b": [1]}', "history.json", "different lengths"),
+        ('{"x": 1}', "other.json", "neither a trainer_state"),
+        ("\x00\x01binary", "blob.bin", "binary file"),
+    ],
+)
 def test_unplaceable_values_are_errors(tmp_path, content, name, message):
     path = tmp_path / name
     path.write_text(content)

@@ -53,8 +53,7 @@ def test_overrides_per_finding_and_fix_file(tmp_path):
     assert data["project"]["package"] == "proj"
     advice = data["learning_rate"]
     lowered = [f for f in data["findings"] if "optim.lr" in f["overrides"]]
-    assert lowered and all(f["overrides"]["optim.lr"] == pytest.approx(advice["suggested_peak_lr"], rel=1e-2)
-                           for f in lowered)
+    assert lowered and all(f["overrides"]["optim.lr"] == pytest.approx(advice["suggested_peak_lr"], rel=1e-2) for f in lowered)
     # no warmup before: one is added; clipping was off: the threshold comes from the logged norms
     assert data["project"]["overrides"]["optim.warmup_fraction"] == 0.05
     for f in lowered:
@@ -109,8 +108,7 @@ def test_cli_text_and_json(tmp_path):
 
 
 def _train(project: Path, *args: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "proj.train", *args], cwd=project, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run([sys.executable, "-m", "proj.train", *args], cwd=project, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
@@ -123,8 +121,7 @@ def test_far_too_high_lr_diagnosed_fixed_and_rerun_healthy(tmp_path):
 
     new_project("proj", arch="vit", framework="torch", parent=tmp_path)
     project = tmp_path / "proj"
-    _train(project, "--set", "train.epochs=6", "--set", "train.batch_size=16", "--set", "optim.lr=0.05",
-           "--set", "run.name=hot")
+    _train(project, "--set", "train.epochs=6", "--set", "train.batch_size=16", "--set", "optim.lr=0.05", "--set", "run.name=hot")
     result = run_diagnose(project / "runs" / "hot" / "metrics.jsonl", write_fix=project / "fix.toml")
     kinds = {f.kind for f in result["findings"] if f.severity == "high"}
     assert {"lr-too-high", "early-instability"} <= kinds, kinds

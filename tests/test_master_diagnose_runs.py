@@ -95,8 +95,7 @@ def test_plot_panels_log_axis_legend_and_title():
         layer = [f for f in findings if f.evidence.get("series") == "per-layer"]
         shaded = {name: len(ax.patches) for name, ax in axes.items()}
         assert shaded["grad_norms"] == len(layer)
-        assert shaded["grad_norm"] == sum(f.kind == "exploding-gradients" and f.evidence.get("series") == "global"
-                                          for f in findings)
+        assert shaded["grad_norm"] == sum(f.kind == "exploding-gradients" and f.evidence.get("series") == "global" for f in findings)
     finally:
         plt.close(fig)
 
@@ -137,7 +136,8 @@ def test_instability_from_a_too_large_init_is_not_blamed_on_the_rate():
     # from 12 nats (ln 10 = 2.3) down to 2, with a sustained rise while still far above ln C
     loss = 2.0 + 10.0 * np.exp(-t / 40) * (1 + 2 / (1 + np.exp(-(t - 30) / 3)))
     lines = [{"type": "meta", "num_classes": 10}] + [
-        {"step": int(i), "loss": float(v * (1 + 0.01 * rng.standard_normal())), "lr": 1e-3} for i, v in enumerate(loss)]
+        {"step": int(i), "loss": float(v * (1 + 0.01 * rng.standard_normal())), "lr": 1e-3} for i, v in enumerate(loss)
+    ]
     found = {f.kind: f for f in diagnose(run_of(lines))}
     assert "abnormal-initial-loss" in found and found["abnormal-initial-loss"].evidence["initial_loss"] > 3 * math.log(10)
     unstable = [f for f in found.values() if f.kind in ("divergence", "loss-spike", "early-instability")]

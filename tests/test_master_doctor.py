@@ -23,14 +23,16 @@ class FakeGPT:
     def __init__(self, config, *, leak=False, scale=0.02, dead=False, noisy=False):
         rng = np.random.default_rng(0)
         self.config, self.leak, self.dead, self.noisy = config, leak, dead, noisy
-        self.params = {"wte.embedding": (scale * rng.standard_normal((config.vocab_size, 32))).astype(np.float32),
-                       "head.kernel": (scale * rng.standard_normal((32, config.vocab_size))).astype(np.float32),
-                       "unused.kernel": np.ones((2, 2), np.float32)}
+        self.params = {
+            "wte.embedding": (scale * rng.standard_normal((config.vocab_size, 32))).astype(np.float32),
+            "head.kernel": (scale * rng.standard_normal((32, config.vocab_size))).astype(np.float32),
+            "unused.kernel": np.ones((2, 2), np.float32),
+        }
         self.calls = 0
 
     def _hidden(self, ids):
-        e = self.params["wte.embedding"][ids]                       # (B, T, D)
-        if self.leak:                                               # every position sees the whole sequence
+        e = self.params["wte.embedding"][ids]  # (B, T, D)
+        if self.leak:  # every position sees the whole sequence
             e = e + e.mean(axis=1, keepdims=True)
         return e
 
@@ -42,13 +44,12 @@ class FakeGPT:
         return {"logits": logits.astype(np.float32)}
 
     def vjp(self, inputs, cotangents, train=False, seed=0):
-        ids, g = inputs["input_ids"], cotangents["logits"]       # g: (B, T, V)
+        ids, g = inputs["input_ids"], cotangents["logits"]  # g: (B, T, V)
         w = self.params["head.kernel"]
-        head = np.einsum("btv,btd->dv", g, self._hidden(ids))       # through the output projection
+        head = np.einsum("btv,btd->dv", g, self._hidden(ids))  # through the output projection
         embedding = np.zeros_like(self.params["wte.embedding"])
-        np.add.at(embedding, ids, g @ w.T)                          # through the lookup (leak ignored)
-        grads = {"wte.embedding": embedding, "head.kernel": head.astype(np.float32),
-                 "unused.kernel": np.zeros((2, 2), np.float32)}
+        np.add.at(embedding, ids, g @ w.T)  # through the lookup (leak ignored)
+        grads = {"wte.embedding": embedding, "head.kernel": head.astype(np.float32), "unused.kernel": np.zeros((2, 2), np.float32)}
         if not self.dead:
             grads["unused.kernel"] += 1.0
         return grads
@@ -80,12 +81,15 @@ def test_fake_healthy_model_passes():
     assert {k: c.passed for k, c in checks(FakeGPT(CONFIG)).items()} == dict.fromkeys(checks(FakeGPT(CONFIG)), True)
 
 
-@pytest.mark.parametrize("bug, failing", [
-    ({"leak": True}, "no-future-leak"),
-    ({"scale": 3.0}, "initial-loss"),
-    ({"dead": True}, "every-parameter-gets-gradient"),
-    ({"noisy": True}, "eval-deterministic"),
-])
+@pytest.mark.parametrize(
+    "bug, failing",
+    [
+        ({"leak": True}, "no-future-leak"),
+        ({"scale": 3.0}, "initial-loss"),
+        ({"dead": True}, "every-parameter-gets-gradient"),
+        ({"noisy": True}, "eval-deterministic"),
+    ],
+)
 def test_each_bug_fails_its_check(bug, failing):
     result = checks(FakeGPT(CONFIG, **bug))
     assert result[failing].passed is False, result[failing]
@@ -103,8 +107,7 @@ def test_overfit_fails_when_the_gradient_is_wrong():
     assert check.passed is False and check.numbers["final_loss"] > check.numbers["initial_loss"]
 
 
-EXPECTED_CHECKS = {"initial-loss", "every-parameter-gets-gradient", "eval-deterministic", "activation-scale",
-                   "overfit-one-batch"}
+EXPECTED_CHECKS = {"initial-loss", "every-parameter-gets-gradient", "eval-deterministic", "activation-scale", "overfit-one-batch"}
 # One architecture per framework keeps the suite short; conformance holds block_outputs (what
 # activation-scale reads) to transformers for every (arch, framework).
 CLI_CASES = {"torch": "gpt", "flax": "bert", "equinox": "vit", "haiku": "resnet", "keras": "gpt"}
@@ -117,8 +120,7 @@ def test_doctor_cli_on_a_real_model(framework):
     args = ["--arch", arch] if framework == "torch" else [arch]
     result = CliRunner().invoke(cli, ["doctor", *args, "--framework", framework, "--json"])
     assert result.exit_code == 0, result.output
-    assert result.stderr == ("note: --arch is deprecated; write `dlzoo doctor gpt -f torch`\n" if framework == "torch"
-                             else "")
+    assert result.stderr == ("note: --arch is deprecated; write `dlzoo doctor gpt -f torch`\n" if framework == "torch" else "")
     report = json.loads(result.stdout)
     names = {c["name"]: c for c in report["checks"]}
     extra = {"gpt": {"no-future-leak"}, "bert": {"padding-invariance"}}.get(arch, set())
@@ -145,16 +147,19 @@ class Blocks:
         outputs = {}
         for i, r in enumerate(self.rms):
             x = rng.standard_normal((2, 8, 16))
-            outputs[f"blocks.{i}"] = (r * x / np.sqrt(np.mean(x ** 2))).astype(np.float32)
+            outputs[f"blocks.{i}"] = (r * x / np.sqrt(np.mean(x**2))).astype(np.float32)
         return outputs
 
 
-@pytest.mark.parametrize("rms, passed", [
-    ([1.0, 1.3, 1.8, 2.2], True),             # pre-LN: the residual stream grows additively
-    ([1.0, 10.0, 100.0, 1000.0], False),      # geometric growth
-    ([1.0, 0.1, 0.01, 0.001], False),         # geometric decay
-    ([1.0, float("nan"), 1.0, 1.0], False),   # a block that produces NaN
-])
+@pytest.mark.parametrize(
+    "rms, passed",
+    [
+        ([1.0, 1.3, 1.8, 2.2], True),  # pre-LN: the residual stream grows additively
+        ([1.0, 10.0, 100.0, 1000.0], False),  # geometric growth
+        ([1.0, 0.1, 0.01, 0.001], False),  # geometric decay
+        ([1.0, float("nan"), 1.0, 1.0], False),  # a block that produces NaN
+    ],
+)
 def test_activation_scale_flags_geometric_growth_and_decay(rms, passed):
     task = doctor._Task("gpt", CONFIG, np.random.default_rng(0))
     check = doctor._activation_scale(task, Blocks(rms))

@@ -77,8 +77,11 @@ def test_broken_normalisation_and_scaled_head(tmp_path):
     data = root / "broken" / "data.py"
     text = data.read_text()
     assert "return ((x - self.mean) / self.std).astype(np.float32)" in text
-    data.write_text(text.replace("return ((x - self.mean) / self.std).astype(np.float32)",
-                                 "return (x * 255).astype(np.float32)  # normalisation forgotten"))
+    data.write_text(
+        text.replace(
+            "return ((x - self.mean) / self.std).astype(np.float32)", "return (x * 255).astype(np.float32)  # normalisation forgotten"
+        )
+    )
     model = root / "broken" / "model.py"
     text = model.read_text()
     assert "return self.head(x[:, 0])" in text

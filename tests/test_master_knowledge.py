@@ -47,11 +47,19 @@ def test_entries_are_complete():
         assert set(entry.related) <= set(entries), entry.id
 
 
-@pytest.mark.parametrize("topic, expected", [
-    ("sdpa", "scaled-dot-product-attention"), ("Pre-LN", "pre-ln-vs-post-ln"), ("bn momentum", "batch-norm"),
-    ("layer normalisation", "layer-norm"), ("atention", "scaled-dot-product-attention"),
-    ("lottery tickets", "lottery-ticket"), ("AdamW", "adamw"), ("gelu_new", "gelu"),
-])
+@pytest.mark.parametrize(
+    "topic, expected",
+    [
+        ("sdpa", "scaled-dot-product-attention"),
+        ("Pre-LN", "pre-ln-vs-post-ln"),
+        ("bn momentum", "batch-norm"),
+        ("layer normalisation", "layer-norm"),
+        ("atention", "scaled-dot-product-attention"),
+        ("lottery tickets", "lottery-ticket"),
+        ("AdamW", "adamw"),
+        ("gelu_new", "gelu"),
+    ],
+)
 def test_lookup_aliases_and_fuzzy(topic, expected):
     assert lookup(topic).id == expected
 
@@ -151,7 +159,7 @@ def test_theory_md_in_reading_order_with_links(tmp_path, app, framework):
     markers = find_markers(model)
     first_seen = list(dict.fromkeys(m.concept for m in markers))
     headings = re.findall(r'<a id="([a-z0-9-]+)"></a>', text)
-    assert headings[:len(first_seen)] == first_seen
+    assert headings[: len(first_seen)] == first_seen
     for m in markers:
         assert f"gpt.py:{m.line}](" in text
     assert "$$" in text and "Papers:" in text

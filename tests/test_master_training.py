@@ -31,8 +31,7 @@ def _corpus() -> np.ndarray:
 def _train(path: Path, lr: float, warmup: int = 5) -> Path:
     import dlzoo
 
-    model = dlzoo.create_model("gpt", framework="torch", config="tiny", seed=0, dropout=0.0,
-                               attention_dropout=0.0)
+    model = dlzoo.create_model("gpt", framework="torch", config="tiny", seed=0, dropout=0.0, attention_dropout=0.0)
     model.train()
     data = torch.from_numpy(_corpus())
     generator = torch.Generator().manual_seed(0)
@@ -43,7 +42,7 @@ def _train(path: Path, lr: float, warmup: int = 5) -> Path:
             for group in optimizer.param_groups:
                 group["lr"] = lr * schedule(step)
             starts = torch.randint(0, len(data) - LENGTH - 1, (BATCH,), generator=generator)
-            batch = torch.stack([data[s:s + LENGTH + 1] for s in starts])
+            batch = torch.stack([data[s : s + LENGTH + 1] for s in starts])
             logits = model(batch[:, :-1])["logits"]
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
             optimizer.zero_grad()

@@ -26,8 +26,7 @@ from dlzoo.zoo import get_config, weights  # noqa: E402
 from dlzoo.zoo.handle import installed_frameworks  # noqa: E402
 from dlzoo.zoo.spec import canonical_spec  # noqa: E402
 
-BUILT_IN = {"list", "info", "explain", "ask", "annotate", "diagnose", "doctor", "verify", "convert", "recommend",
-            "migrate"}
+BUILT_IN = {"list", "info", "explain", "ask", "annotate", "diagnose", "doctor", "verify", "convert", "recommend", "migrate"}
 OPTIONAL = {"new": "dlzoo.scaffold.generate:new_project"}
 HEAVY = ("torch", "jax", "flax", "keras", "tensorflow", "haiku", "equinox", "transformers")
 
@@ -43,6 +42,7 @@ def _absent_reason(tool: str) -> str:
 
 def calls(policy: Policy, *requests):
     """Call tools in order through one in-process client; returns the CallToolResults."""
+
     async def go():
         async with Client(build_server(policy)) as client:
             return [await client.call_tool(name, args) for name, args in requests]
@@ -90,6 +90,7 @@ def canonical_file(path: Path, arch="gpt", preset="tiny", seed=0) -> Path:
 
 # --------------------------------------------------------------------------- listing and arguments
 
+
 def test_tools_listed_with_schemas(policy):
     async def go():
         async with Client(build_server(policy)) as client:
@@ -107,27 +108,30 @@ def test_tools_listed_with_schemas(policy):
     assert tools["list"].annotations.read_only_hint and tools["convert"].annotations.destructive_hint is False
 
 
-@pytest.mark.parametrize("name, args, message", [
-    ("info", {}, "'arch' is a required property"),
-    ("info", {"arch": "gpt", "preset": 5}, "argument 'preset': 5 is not of type 'string'"),
-    ("info", {"arch": "lstm"}, "argument 'arch': 'lstm' is not one of"),
-    ("info", {"arch": "gpt", "colour": "red"}, "'colour' was unexpected"),
-    ("info", {"arch": "gpt", "seq_len": 0}, "argument 'seq_len': 0 is less than the minimum of 1"),
-    ("info", {"arch": "gpt", "preset": "huge"}, "unknown gpt preset 'huge'"),
-    ("ask", {"question": "   "}, "argument 'question'"),
-    ("ask", {"question": "why?", "top": 11}, "argument 'top'"),
-    ("explain", {}, "expected a TOPIC"),
-    ("explain", {"topic": "flux capacitor"}, "no theory entry for 'flux capacitor'"),
-    ("explain", {"paper": "no-such-paper"}, "no-such-paper"),
-    ("explain", {"paper": "bert", "framework": "jax"}, "argument 'framework'"),
-    ("explain", {"topic": "adamw", "paper": "adam"}, "give topic or paper, not both"),
-    ("explain", {"topic": "adamw", "framework": "all"}, "framework applies to paper"),
-    ("annotate", {}, "give file, or arch and framework"),
-    ("doctor", {"arch": "gpt", "framework": "mxnet"}, "argument 'framework'"),
-    ("verify", {"arch": "gpt", "frameworks": ["torch", "torch"]}, "non-unique elements"),
-    ("convert", {"src": "x"}, "'dst' is a required property"),
-    ("no-such-tool", {}, "unknown tool 'no-such-tool'"),
-])
+@pytest.mark.parametrize(
+    "name, args, message",
+    [
+        ("info", {}, "'arch' is a required property"),
+        ("info", {"arch": "gpt", "preset": 5}, "argument 'preset': 5 is not of type 'string'"),
+        ("info", {"arch": "lstm"}, "argument 'arch': 'lstm' is not one of"),
+        ("info", {"arch": "gpt", "colour": "red"}, "'colour' was unexpected"),
+        ("info", {"arch": "gpt", "seq_len": 0}, "argument 'seq_len': 0 is less than the minimum of 1"),
+        ("info", {"arch": "gpt", "preset": "huge"}, "unknown gpt preset 'huge'"),
+        ("ask", {"question": "   "}, "argument 'question'"),
+        ("ask", {"question": "why?", "top": 11}, "argument 'top'"),
+        ("explain", {}, "expected a TOPIC"),
+        ("explain", {"topic": "flux capacitor"}, "no theory entry for 'flux capacitor'"),
+        ("explain", {"paper": "no-such-paper"}, "no-such-paper"),
+        ("explain", {"paper": "bert", "framework": "jax"}, "argument 'framework'"),
+        ("explain", {"topic": "adamw", "paper": "adam"}, "give topic or paper, not both"),
+        ("explain", {"topic": "adamw", "framework": "all"}, "framework applies to paper"),
+        ("annotate", {}, "give file, or arch and framework"),
+        ("doctor", {"arch": "gpt", "framework": "mxnet"}, "argument 'framework'"),
+        ("verify", {"arch": "gpt", "frameworks": ["torch", "torch"]}, "non-unique elements"),
+        ("convert", {"src": "x"}, "'dst' is a required property"),
+        ("no-such-tool", {}, "unknown tool 'no-such-tool'"),
+    ],
+)
 def test_bad_arguments_are_one_line_tool_errors(policy, name, args, message):
     assert message in error(call(policy, name, args))
 
@@ -144,17 +148,24 @@ def test_the_server_keeps_serving_after_an_internal_error(policy, monkeypatch):
 
 # --------------------------------------------------------------------------- results equal the CLI's --json
 
+
 def test_list_info_explain_ask_equal_the_cli_json(policy):
-    results = calls(policy, ("list", {}), ("info", {"arch": "resnet", "preset": "50", "image_size": 160,
-                                                     "batch_size": 8, "precision": "bf16", "device": "h100"}),
-                    ("explain", {"topic": "pre-ln"}), ("explain", {"list": True}), ("explain", {"paper": "list"}),
-                    ("explain", {"paper": "transformer", "framework": "all"}),
-                    ("ask", {"question": "why warm up the learning rate?", "top": 2}),
-                    ("ask", {"question": "what is the capital of France?"}))
+    results = calls(
+        policy,
+        ("list", {}),
+        ("info", {"arch": "resnet", "preset": "50", "image_size": 160, "batch_size": 8, "precision": "bf16", "device": "h100"}),
+        ("explain", {"topic": "pre-ln"}),
+        ("explain", {"list": True}),
+        ("explain", {"paper": "list"}),
+        ("explain", {"paper": "transformer", "framework": "all"}),
+        ("ask", {"question": "why warm up the learning rate?", "top": 2}),
+        ("ask", {"question": "what is the capital of France?"}),
+    )
     data = [ok(r) for r in results]
     assert data[0] == cli_json("list")
-    assert data[1] == cli_json("info", "resnet", "-p", "50", "--image-size", "160", "--batch-size", "8",
-                               "--precision", "bf16", "--device", "h100")
+    assert data[1] == cli_json(
+        "info", "resnet", "-p", "50", "--image-size", "160", "--batch-size", "8", "--precision", "bf16", "--device", "h100"
+    )
     assert data[1]["params"] == 25_557_032
     assert data[2] == cli_json("explain", "pre-ln") and data[2]["zoo_lines"]
     assert data[3]["result"] == cli_json("explain", "--list")
@@ -169,8 +180,12 @@ def test_annotate_prints_and_writes_theory_md_only_as_a_new_file(policy):
     model = policy.root / "model.py"
     model.write_text("import torch\n\nx = torch.softmax(s, -1)  # theory: scaled-dot-product-attention\n")
     printed, by_zoo, written, again = calls(
-        policy, ("annotate", {"file": "model.py", "level": "full"}), ("annotate", {"arch": "gpt", "framework": "torch"}),
-        ("annotate", {"file": "model.py", "theory_md": "."}), ("annotate", {"file": "model.py", "theory_md": "THEORY.md"}))
+        policy,
+        ("annotate", {"file": "model.py", "level": "full"}),
+        ("annotate", {"arch": "gpt", "framework": "torch"}),
+        ("annotate", {"file": "model.py", "theory_md": "."}),
+        ("annotate", {"file": "model.py", "theory_md": "THEORY.md"}),
+    )
     data = ok(printed)
     assert data["text"] == CliRunner().invoke(cli, ["annotate", str(model), "--level", "full"]).stdout
     assert data["markers"] == [{"line": 3, "concept": "scaled-dot-product-attention"}]
@@ -185,8 +200,9 @@ def test_annotate_prints_and_writes_theory_md_only_as_a_new_file(policy):
 
 def _metrics(path: Path) -> Path:
     rng = np.random.default_rng(0)
-    lines = [{"type": "train", "step": s, "loss": float(4 * np.exp(-s / 60) + 0.5) * (1 + 0.01 * rng.standard_normal())}
-             for s in range(300)]
+    lines = [
+        {"type": "train", "step": s, "loss": float(4 * np.exp(-s / 60) + 0.5) * (1 + 0.01 * rng.standard_normal())} for s in range(300)
+    ]
     lines[200]["loss"] *= 5
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
@@ -195,9 +211,13 @@ def _metrics(path: Path) -> Path:
 def test_diagnose_equals_the_cli_and_writes_a_new_plot_only(policy):
     metrics = _metrics(policy.root / "metrics.jsonl")
     first, plotted, again, not_png, bad = calls(
-        policy, ("diagnose", {"metrics": "metrics.jsonl"}), ("diagnose", {"metrics": "metrics.jsonl", "plot": "run.png"}),
+        policy,
+        ("diagnose", {"metrics": "metrics.jsonl"}),
         ("diagnose", {"metrics": "metrics.jsonl", "plot": "run.png"}),
-        ("diagnose", {"metrics": "metrics.jsonl", "plot": "run.jpg"}), ("diagnose", {"metrics": "missing.jsonl"}))
+        ("diagnose", {"metrics": "metrics.jsonl", "plot": "run.png"}),
+        ("diagnose", {"metrics": "metrics.jsonl", "plot": "run.jpg"}),
+        ("diagnose", {"metrics": "missing.jsonl"}),
+    )
     data = ok(first)
     assert data == cli_json("diagnose", str(metrics)) and data["findings"]
     with_plot = ok(plotted)
@@ -211,8 +231,9 @@ def test_diagnose_equals_the_cli_and_writes_a_new_plot_only(policy):
 
 @pytest.mark.skipif("torch" not in installed_frameworks(), reason="doctor runs a zoo model; this case uses torch")
 def test_doctor_equals_the_cli_and_refuses_large_presets(policy, tmp_path):
-    good, large = calls(policy, ("doctor", {"arch": "gpt", "framework": "torch"}),
-                        ("doctor", {"arch": "gpt", "framework": "torch", "preset": "medium"}))
+    good, large = calls(
+        policy, ("doctor", {"arch": "gpt", "framework": "torch"}), ("doctor", {"arch": "gpt", "framework": "torch", "preset": "medium"})
+    )
     data = ok(good)
     assert data == cli_json("doctor", "gpt", "-f", "torch") and data["passed"]
     assert "354,823,168 parameters, above this server's limit of 130,000,000" in error(large)
@@ -230,12 +251,16 @@ def test_a_missing_framework_names_its_extra(policy, monkeypatch):
 
 # --------------------------------------------------------------------------- weights: verify and convert
 
+
 @pytest.mark.skipif("torch" not in installed_frameworks(), reason="verify compares against torch; this case needs it")
 def test_verify_equals_the_cli_with_a_preset_and_with_weights_under_the_root(policy, monkeypatch):
     canonical_file(policy.root / "gpt.safetensors")
-    preset, weighted, both = calls(policy, ("verify", {"arch": "gpt", "frameworks": ["torch"]}),
-                                   ("verify", {"arch": "gpt", "weights": "gpt.safetensors", "frameworks": ["torch"]}),
-                                   ("verify", {"arch": "gpt", "preset": "tiny", "weights": "gpt.safetensors"}))
+    preset, weighted, both = calls(
+        policy,
+        ("verify", {"arch": "gpt", "frameworks": ["torch"]}),
+        ("verify", {"arch": "gpt", "weights": "gpt.safetensors", "frameworks": ["torch"]}),
+        ("verify", {"arch": "gpt", "preset": "tiny", "weights": "gpt.safetensors"}),
+    )
     data = ok(preset)
     assert data == cli_json("verify", "gpt", "-f", "torch") and data["passed"]
     data = ok(weighted)
@@ -256,9 +281,12 @@ def test_weights_are_counted_from_headers_before_loading(policy, monkeypatch):
 def test_convert_round_trip_equals_the_cli_and_never_overwrites(policy):
     canonical_file(policy.root / "gpt.safetensors")
     published, back, again, existing = calls(
-        policy, ("convert", {"src": "gpt.safetensors", "dst": "published"}),
+        policy,
+        ("convert", {"src": "gpt.safetensors", "dst": "published"}),
         ("convert", {"src": "published", "dst": "back.safetensors"}),
-        ("convert", {"src": "published", "dst": "back.safetensors"}), ("convert", {"src": "gpt.safetensors", "dst": "published"}))
+        ("convert", {"src": "published", "dst": "back.safetensors"}),
+        ("convert", {"src": "gpt.safetensors", "dst": "published"}),
+    )
     data = ok(published)
     assert data["direction"] == "canonical->published" and (policy.root / "published" / "config.json").is_file()
     data = ok(back)
@@ -284,11 +312,13 @@ def test_pickle_checkpoints_are_refused_unread(policy, monkeypatch):
     (policy.root / "resnet.pth").write_bytes(b"\x80\x04")
     (policy.root / "state").mkdir()
     (policy.root / "state" / "resnet50.pth").write_bytes(b"\x80\x04")
-    for name, args in [("convert", {"src": "bin", "dst": "x.safetensors"}),
-                       ("convert", {"src": "resnet.pth", "dst": "x.safetensors"}),
-                       ("convert", {"src": "state", "dst": "x.safetensors", "arch": "resnet"}),
-                       ("verify", {"arch": "gpt", "weights": "bin"}),
-                       ("verify", {"arch": "gpt", "weights": "model.bin"})]:
+    for name, args in [
+        ("convert", {"src": "bin", "dst": "x.safetensors"}),
+        ("convert", {"src": "resnet.pth", "dst": "x.safetensors"}),
+        ("convert", {"src": "state", "dst": "x.safetensors", "arch": "resnet"}),
+        ("verify", {"arch": "gpt", "weights": "bin"}),
+        ("verify", {"arch": "gpt", "weights": "model.bin"}),
+    ]:
         assert "pickle" in error(call(policy, name, args))
     assert not (policy.root / "x.safetensors").exists()
 
@@ -303,17 +333,21 @@ def test_hub_ids_are_refused_unless_allowed(policy, monkeypatch):
 
 # --------------------------------------------------------------------------- the root
 
-@pytest.mark.parametrize("name, args", [
-    ("annotate", {"file": "../outside.py"}),
-    ("annotate", {"file": "link/outside.py"}),
-    ("annotate", {"arch": "gpt", "framework": "torch", "theory_md": "link/THEORY.md"}),
-    ("annotate", {"arch": "gpt", "framework": "torch", "theory_md": "dangling.md"}),
-    ("diagnose", {"metrics": "/etc/passwd"}),
-    ("diagnose", {"metrics": "metrics.jsonl", "plot": "../run.png"}),
-    ("convert", {"src": "gpt.safetensors", "dst": "link/out"}),
-    ("convert", {"src": "../gpt.safetensors", "dst": "x.safetensors"}),
-    ("verify", {"arch": "gpt", "weights": "link/gpt.safetensors"}),
-])
+
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("annotate", {"file": "../outside.py"}),
+        ("annotate", {"file": "link/outside.py"}),
+        ("annotate", {"arch": "gpt", "framework": "torch", "theory_md": "link/THEORY.md"}),
+        ("annotate", {"arch": "gpt", "framework": "torch", "theory_md": "dangling.md"}),
+        ("diagnose", {"metrics": "/etc/passwd"}),
+        ("diagnose", {"metrics": "metrics.jsonl", "plot": "../run.png"}),
+        ("convert", {"src": "gpt.safetensors", "dst": "link/out"}),
+        ("convert", {"src": "../gpt.safetensors", "dst": "x.safetensors"}),
+        ("verify", {"arch": "gpt", "weights": "link/gpt.safetensors"}),
+    ],
+)
 def test_paths_outside_the_root_are_refused_symlinks_included(policy, tmp_path, name, args):
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -346,9 +380,11 @@ def test_policy_rejects_a_missing_root_and_the_cli_says_so_in_one_line(tmp_path)
 
 # --------------------------------------------------------------------------- commands other branches add
 
+
 def test_a_command_this_version_lacks_is_unlisted_and_a_clear_error(policy, monkeypatch):
-    absent = mcp_server.Tool("new", "x", mcp_server._schema({"name": {"type": "string"}}), mcp_server._new,
-                             provider="dlzoo.no_such_module:new_project")
+    absent = mcp_server.Tool(
+        "new", "x", mcp_server._schema({"name": {"type": "string"}}), mcp_server._new, provider="dlzoo.no_such_module:new_project"
+    )
     monkeypatch.setitem(TOOLS, "new", absent)
 
     async def go():
@@ -363,9 +399,11 @@ def test_a_command_this_version_lacks_is_unlisted_and_a_clear_error(policy, monk
 @pytest.mark.skipif(not _present("new"), reason=_absent_reason("new"))
 def test_new_writes_a_project_under_the_root_only(policy):
     made, again, escaping = calls(
-        policy, ("new", {"name": "digits_vit", "arch": "vit", "framework": "torch"}),
+        policy,
         ("new", {"name": "digits_vit", "arch": "vit", "framework": "torch"}),
-        ("new", {"name": "../escape", "arch": "vit", "framework": "torch"}))
+        ("new", {"name": "digits_vit", "arch": "vit", "framework": "torch"}),
+        ("new", {"name": "../escape", "arch": "vit", "framework": "torch"}),
+    )
     data = ok(made)
     assert Path(data["path"]) == policy.root / "digits_vit" and (policy.root / "digits_vit" / ".dlzoo.json").is_file()
     assert data["framework"] == "torch" and data["arch"] == "vit"
@@ -376,16 +414,29 @@ def test_new_writes_a_project_under_the_root_only(policy):
 
 def test_recommend_equals_the_cli_json(policy):
     ranked, designed, unknown, half = calls(
-        policy, ("recommend", {"needs": ["onnx-export", "beginner-friendly"]}),
-        ("recommend", {"task": "image-classification", "dataset_size": 1797, "input_size": 8, "budget_hours": 0.1,
-                       "device": "a100"}),
-        ("recommend", {"needs": ["no-such-need"]}), ("recommend", {"task": "image-classification"}))
+        policy,
+        ("recommend", {"needs": ["onnx-export", "beginner-friendly"]}),
+        ("recommend", {"task": "image-classification", "dataset_size": 1797, "input_size": 8, "budget_hours": 0.1, "device": "a100"}),
+        ("recommend", {"needs": ["no-such-need"]}),
+        ("recommend", {"task": "image-classification"}),
+    )
     data = ok(ranked)
     assert data == cli_json("recommend", "--need", "onnx-export", "--need", "beginner-friendly")
     assert data["training"] is None and data["frameworks"]["ranking"][0]["eligible"]
     data = ok(designed)
-    assert data == cli_json("recommend", "--task", "image-classification", "--dataset-size", "1797", "--input-size", "8",
-                            "--budget-hours", "0.1", "--device", "a100")
+    assert data == cli_json(
+        "recommend",
+        "--task",
+        "image-classification",
+        "--dataset-size",
+        "1797",
+        "--input-size",
+        "8",
+        "--budget-hours",
+        "0.1",
+        "--device",
+        "a100",
+    )
     assert data["training"]["arch"] in ("resnet", "vit")
     assert "no-such-need" in error(unknown)
     assert "--task needs --dataset-size, --input-size, --budget-hours" in error(half)
@@ -395,9 +446,13 @@ def test_recommend_equals_the_cli_json(policy):
 def test_migrate_writes_a_new_project_under_the_root_only(policy, tmp_path):
     (policy.root / "plain").mkdir()
     made, migrated, again, escaping, not_ours = calls(
-        policy, ("new", {"name": "p", "arch": "vit", "framework": "torch"}), ("migrate", {"project": "p", "to": "flax"}),
-        ("migrate", {"project": "p", "to": "flax"}), ("migrate", {"project": "p", "to": "haiku", "out": "../p_haiku"}),
-        ("migrate", {"project": "plain", "to": "flax"}))
+        policy,
+        ("new", {"name": "p", "arch": "vit", "framework": "torch"}),
+        ("migrate", {"project": "p", "to": "flax"}),
+        ("migrate", {"project": "p", "to": "flax"}),
+        ("migrate", {"project": "p", "to": "haiku", "out": "../p_haiku"}),
+        ("migrate", {"project": "plain", "to": "flax"}),
+    )
     ok(made)
     data = ok(migrated)
     assert data["from"] == "torch" and data["to"] == "flax" and Path(data["out"]) == policy.root / "p_flax"
@@ -409,6 +464,7 @@ def test_migrate_writes_a_new_project_under_the_root_only(policy, tmp_path):
 
 # --------------------------------------------------------------------------- resources
 
+
 def test_resources_are_the_knowledge_base_papers_and_docs(policy):
     from dlzoo.agents.papers import FRAMEWORKS as PAPER_FRAMEWORKS, load_papers, render_paper
     from dlzoo.agents.theory import load_knowledge, render
@@ -417,8 +473,10 @@ def test_resources_are_the_knowledge_base_papers_and_docs(policy):
         async with Client(build_server(policy)) as client:
             listing = (await client.list_resources()).resources
             templates = (await client.list_resource_templates()).resource_templates
-            texts = [(await client.read_resource(uri)).contents[0].text
-                     for uri in ("dlzoo://knowledge/layer-norm", "dlzoo://papers/resnet", "dlzoo://docs/mcp.md")]
+            texts = [
+                (await client.read_resource(uri)).contents[0].text
+                for uri in ("dlzoo://knowledge/layer-norm", "dlzoo://papers/resnet", "dlzoo://docs/mcp.md")
+            ]
             refused = []
             for uri in ("dlzoo://knowledge/nope", "dlzoo://docs/../README.md", "file:///etc/passwd"):
                 with pytest.raises(MCPError) as caught:
@@ -440,13 +498,16 @@ def test_resources_are_the_knowledge_base_papers_and_docs(policy):
 
 # --------------------------------------------------------------------------- the server as a process
 
+
 def test_building_and_listing_imports_no_deep_learning_framework(tmp_path):
-    code = ("import sys, anyio; from mcp import Client; from dlzoo.mcp_server import Policy, build_server\n"
-            "async def go():\n"
-            "    async with Client(build_server(Policy.create('.'))) as c:\n"
-            "        await c.list_tools(); await c.call_tool('explain', {'topic': 'adamw'})\n"
-            "anyio.run(go)\n"
-            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    code = (
+        "import sys, anyio; from mcp import Client; from dlzoo.mcp_server import Policy, build_server\n"
+        "async def go():\n"
+        "    async with Client(build_server(Policy.create('.'))) as c:\n"
+        "        await c.list_tools(); await c.call_tool('explain', {'topic': 'adamw'})\n"
+        "anyio.run(go)\n"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
@@ -480,8 +541,11 @@ def test_streamable_http_round_trip(policy):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "dlzoo.cli", "mcp", "--http", f"127.0.0.1:{port}",
-                               "--root", str(policy.root)], stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "dlzoo.cli", "mcp", "--http", f"127.0.0.1:{port}", "--root", str(policy.root)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -494,9 +558,11 @@ def test_streamable_http_round_trip(policy):
 
         async def go():
             async with Client(f"http://127.0.0.1:{port}/mcp") as client:
-                return ({t.name for t in (await client.list_tools()).tools},
-                        await client.call_tool("ask", {"question": "what does layer norm normalise?"}),
-                        await client.call_tool("diagnose", {"metrics": "../x.jsonl"}))
+                return (
+                    {t.name for t in (await client.list_tools()).tools},
+                    await client.call_tool("ask", {"question": "what does layer norm normalise?"}),
+                    await client.call_tool("diagnose", {"metrics": "../x.jsonl"}),
+                )
 
         names, answered, refused = anyio.run(go)
     finally:

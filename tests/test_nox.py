@@ -20,7 +20,7 @@ def _listed() -> list[str]:
 
 def _table(text: str, start: str) -> list[str]:
     """Session names from the first column of the table that follows the line ``start``."""
-    lines = text[text.index(start):].splitlines()[1:]
+    lines = text[text.index(start) :].splitlines()[1:]
     names = []
     for line in lines:
         match = re.match(r"^\s*\|?\s*`?([a-z][a-z-]*)`?\s*(\||\s{2,})", line)

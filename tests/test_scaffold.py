@@ -59,6 +59,7 @@ def _project(projects, arch: str, framework: str) -> Path:
 
 # --------------------------------------------------------------------------- generated code
 
+
 @pytest.mark.parametrize("arch,framework", PAIRS)
 def test_copied_model_code_is_the_zoo_file_modulo_imports(projects, arch, framework):
     project = _project(projects, arch, framework)
@@ -75,7 +76,7 @@ def test_copied_model_code_is_the_zoo_file_modulo_imports(projects, arch, framew
         ours, theirs = g.strip_annotations(copied).splitlines(), zoo_text.splitlines()
         assert len(ours) == len(theirs), f"{target}: line count differs from zoo/{source}"
         for number, (a, b) in enumerate(zip(ours, theirs), start=1):
-            if a != b:   # only relative imports may differ, and only in the module they name
+            if a != b:  # only relative imports may differ, and only in the module they name
                 assert relative_import.match(a) and relative_import.match(b), f"{target}:{number}: {a!r} != {b!r}"
                 assert a.split(" import ")[1] == b.split(" import ")[1], f"{target}:{number}"
 
@@ -85,8 +86,23 @@ def test_generated_project_is_complete_and_lint_clean(projects, arch, framework)
     project = _project(projects, arch, framework)
     provenance = json.loads((project / ".dlzoo.json").read_text())
     pkg = provenance["package"]
-    expected = {f"{pkg}/{f}.py" for f in ("__init__", "configs", "layers", "model", "canonical", "config", "data",
-                                           "engine", "checkpoint", "train", "evaluate", "predict")}
+    expected = {
+        f"{pkg}/{f}.py"
+        for f in (
+            "__init__",
+            "configs",
+            "layers",
+            "model",
+            "canonical",
+            "config",
+            "data",
+            "engine",
+            "checkpoint",
+            "train",
+            "evaluate",
+            "predict",
+        )
+    }
     expected |= {"pyproject.toml", "README.md", ".gitignore", "tests/test_project.py"}
     assert expected <= set(provenance["written"])
     for relative, digest in provenance["written"].items():
@@ -101,8 +117,11 @@ def test_generated_project_is_complete_and_lint_clean(projects, arch, framework)
     ruff = subprocess.run([sys.executable, "-m", "ruff", "--version"], capture_output=True)
     if ruff.returncode != 0:
         pytest.skip("ruff is not installed (nox -s scaffold installs it)")
-    lint = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--config",
-                           str(ZOO.parent / "pyproject.toml"), str(project)], capture_output=True, text=True)
+    lint = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "--config", str(ZOO.parent / "pyproject.toml"), str(project)],
+        capture_output=True,
+        text=True,
+    )
     assert lint.returncode == 0, lint.stdout
 
 
@@ -127,8 +146,7 @@ print(json.dumps(out))
 """
     other = next(arch for arch in ARCHS if arch != SUITE_ARCH[framework])
     paths = [str(_project(projects, other, framework))]
-    done = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, timeout=600,
-                          env=_env(Path(paths[0])))
+    done = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, timeout=600, env=_env(Path(paths[0])))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert sorted(result) == [f"p_{framework}_{other}"]
@@ -142,8 +160,14 @@ def test_generated_project_suite_passes(projects, framework):
     SIGKILL, one-line errors. The architecture rotates (SUITE_ARCH)."""
     arch = SUITE_ARCH[framework]
     project = _project(projects, arch, framework)
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests"],
-                          cwd=project, env=_env(project), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests"],
+        cwd=project,
+        env=_env(project),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, f"{arch}/{framework}:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}"
 
 
@@ -153,8 +177,14 @@ def test_metrics_are_read_by_dlzoo_diagnose(projects, tmp_path):
 
     project = _project(projects, "resnet", "torch")
     sets = ["train.epochs=2", "train.batch_size=128", "train.threads=1", f"run.out_dir={tmp_path}", "run.name=r"]
-    done = subprocess.run([sys.executable, "-m", "p_torch_resnet.train", *[f"--set={s}" for s in sets]],
-                          cwd=project, env=_env(project), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "p_torch_resnet.train", *[f"--set={s}" for s in sets]],
+        cwd=project,
+        env=_env(project),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"test accuracy 0\.\d{4} \(\d+ images", done.stdout), done.stdout
     run = read_metrics(tmp_path / "r" / "metrics.jsonl")
@@ -163,7 +193,7 @@ def test_metrics_are_read_by_dlzoo_diagnose(projects, tmp_path):
     assert [r["step"] for r in run.train] == list(range(steps))
     assert all({"loss", "lr", "grad_norm", "throughput"} <= set(r) for r in run.train)
     assert [r["step"] for r in run.eval] == [steps // 2, steps] and all("val_accuracy" in r for r in run.eval)
-    diagnose(run)   # reads without error; the findings themselves depend on the two-epoch run
+    diagnose(run)  # reads without error; the findings themselves depend on the two-epoch run
     state = json.loads(next((tmp_path / "r" / "checkpoints").glob("step_*/state.json")).read_text())
     assert state["data"]["classes"] == [str(i) for i in range(10)]
     # The checkpoint's model file is a dlzoo canonical file: dlzoo reads it (in another framework, too).
@@ -175,6 +205,7 @@ def test_metrics_are_read_by_dlzoo_diagnose(projects, tmp_path):
 
 # --------------------------------------------------------------------------- the command's safety
 
+
 @pytest.mark.parametrize("name", ["", " ", "a/b", "/abs", "..", "a..b", ".", "-x", "a\\b", "~"])
 def test_bad_names_are_refused(tmp_path, name):
     with pytest.raises(ZooError):
@@ -182,10 +213,19 @@ def test_bad_names_are_refused(tmp_path, name):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name,package,adjusted", [
-    ("digits_vit", "digits_vit", False), ("My-Project 2", "my_project_2", False), ("2cool", "project_2cool", False),
-    ("class", "class_project", True), ("json", "json_project", True), ("torch", "torch_project", True),
-    ("tests", "tests_project", True), ("match", "match_project", True)])
+@pytest.mark.parametrize(
+    "name,package,adjusted",
+    [
+        ("digits_vit", "digits_vit", False),
+        ("My-Project 2", "my_project_2", False),
+        ("2cool", "project_2cool", False),
+        ("class", "class_project", True),
+        ("json", "json_project", True),
+        ("torch", "torch_project", True),
+        ("tests", "tests_project", True),
+        ("match", "match_project", True),
+    ],
+)
 def test_package_names(name, package, adjusted):
     found, note = g.package_name(name)
     assert found == package and found.isidentifier()
@@ -219,7 +259,7 @@ def test_a_failure_part_way_leaves_nothing(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(g, "_write_theory", broken)   # runs after every other file is rendered
+    monkeypatch.setattr(g, "_write_theory", broken)  # runs after every other file is rendered
     with pytest.raises(RuntimeError):
         g.new_project("proj", arch="vit", framework="torch", parent=tmp_path, annotate="full")
     assert list(tmp_path.iterdir()) == []
@@ -235,15 +275,18 @@ def test_templates_render_sandboxed_and_strict():
         env.from_string("{{ ''.__class__.__mro__[1].__subclasses__() }}").render()
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"arch": "gpt", "framework": "torch", "task": "mlm"}, "--task"),
-    ({"arch": "vit", "framework": "mxnet"}, "unknown framework"),
-    ({"arch": "vit", "framework": "torch", "preset": "huge"}, "unknown vit preset"),
-    ({"arch": "vit", "framework": "torch", "task": "segmentation"}, "--task"),
-    ({"arch": "vit", "framework": "torch", "annotate": "verbose"}, "--annotate"),
-    ({"arch": "vit", "framework": None, "needs": ("nope",)}, "unknown need 'nope'; expected one of: onnx-export"),
-    ({"arch": "vit", "framework": "torch", "needs": ("tpu",)}, "--need asks the engineer agent to choose the framework"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"arch": "gpt", "framework": "torch", "task": "mlm"}, "--task"),
+        ({"arch": "vit", "framework": "mxnet"}, "unknown framework"),
+        ({"arch": "vit", "framework": "torch", "preset": "huge"}, "unknown vit preset"),
+        ({"arch": "vit", "framework": "torch", "task": "segmentation"}, "--task"),
+        ({"arch": "vit", "framework": "torch", "annotate": "verbose"}, "--annotate"),
+        ({"arch": "vit", "framework": None, "needs": ("nope",)}, "unknown need 'nope'; expected one of: onnx-export"),
+        ({"arch": "vit", "framework": "torch", "needs": ("tpu",)}, "--need asks the engineer agent to choose the framework"),
+    ],
+)
 def test_user_errors(tmp_path, kwargs, message):
     with pytest.raises(ZooError, match=re.escape(message)):
         g.new_project("proj", parent=tmp_path, **kwargs)
@@ -270,12 +313,17 @@ print(json.dumps({{"cpu": usage.ru_utime + usage.ru_stime,
     assert report["frameworks"] == [], report
     assert report["cpu"] < 2.0, f"dlzoo new took {report['cpu']:.2f} s of CPU"
     assert result["package"] == "proj" and result["framework"] == "equinox"
-    assert result["next"] == ["cd proj && python -m pip install -e '.[test]'", "python -m proj.train",
-                              "python -m proj.evaluate runs/default"]
+    assert result["next"] == [
+        "cd proj && python -m pip install -e '.[test]'",
+        "python -m proj.train",
+        "python -m proj.evaluate runs/default",
+    ]
     dlzoo = [sys.executable, "-m", "dlzoo.cli"]
-    for args, expected in [(["new", "--arch", "vit", "-f", "mxnet", "other"], "unknown framework 'mxnet'"),
-                           (["new", "--arch", "vit", "-f", "torch", "proj"], "not empty"),
-                           (["new", "--arch", "vit", "-f", "torch", "../escape"], "path separator")]:
+    for args, expected in [
+        (["new", "--arch", "vit", "-f", "mxnet", "other"], "unknown framework 'mxnet'"),
+        (["new", "--arch", "vit", "-f", "torch", "proj"], "not empty"),
+        (["new", "--arch", "vit", "-f", "torch", "../escape"], "path separator"),
+    ]:
         done = subprocess.run(dlzoo + args, cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and done.stderr.startswith("error: ") and expected in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -283,6 +331,7 @@ print(json.dumps({{"cpu": usage.ru_utime + usage.ru_stime,
 
 
 # --------------------------------------------------------------------------- annotations
+
 
 def test_annotate_levels(tmp_path):
     zoo_model = (ZOO / "torch" / "vit.py").read_text()
@@ -301,13 +350,14 @@ def test_annotate_levels(tmp_path):
     theory = (Path(full["path"]) / "THEORY.md").read_text()
     links = re.findall(r"\]\((a_full/[\w/]+\.py)#L(\d+)\)", theory)
     assert links and {path for path, _ in links} >= {"a_full/model.py", "a_full/engine.py"}
-    for path, line in links:   # every link points at a marked line of the written project
+    for path, line in links:  # every link points at a marked line of the written project
         lines = (Path(full["path"]) / path).read_text().splitlines()
-        window = lines[max(0, int(line) - 8):int(line)]
+        window = lines[max(0, int(line) - 8) : int(line)]
         assert any("# theory:" in w for w in window), (path, line)
 
 
 # --------------------------------------------------------------------------- --weights
+
 
 def _canonical(arch: str, config, seed: int = 0) -> dict[str, np.ndarray]:
     from dlzoo.zoo.spec import canonical_spec
@@ -332,8 +382,14 @@ def test_weights_from_a_canonical_file_and_a_published_folder(tmp_path):
         assert saved_config == config and all(np.array_equal(saved[k], tensors[k]) for k in tensors)
         assert 'init_weights: str = "weights/init.safetensors"' in (tmp_path / name / name / "config.py").read_text()
     project = tmp_path / "w_vit5"
-    done = subprocess.run([sys.executable, "-m", "w_vit5.train", "--fast-dev-run", "--set=train.threads=1"],
-                          cwd=project, env=_env(project), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "w_vit5.train", "--fast-dev-run", "--set=train.threads=1"],
+        cwd=project,
+        env=_env(project),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "freshly initialised: head.bias, head.kernel" in done.stderr and "fast-dev-run ok" in done.stdout
 
@@ -380,8 +436,9 @@ def test_design_flags_write_the_engineer_recommendation(tmp_path):
 
     from dlzoo.agents.engineer.strategy import design_training
 
-    result = g.new_project("designed", arch="resnet", framework="torch", parent=tmp_path,
-                           design={"dataset_size": 1797, "input_size": 8, "budget_hours": 0.1})
+    result = g.new_project(
+        "designed", arch="resnet", framework="torch", parent=tmp_path, design={"dataset_size": 1797, "input_size": 8, "budget_hours": 0.1}
+    )
     design = design_training("image-classification", arch="resnet", dataset_size=1797, input_size=8, budget_hours=0.1)
     assert result["recommended"]["overrides"] == design["overrides"]
     assert "## Recommended training settings" in (tmp_path / "designed" / "README.md").read_text()

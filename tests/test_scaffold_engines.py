@@ -113,17 +113,22 @@ def test_engine_resumes_exactly_follows_the_schedule_and_compiles_once(framework
     for arch in ("vit", "resnet"):
         result = g.new_project(f"e_{framework}_{arch}", arch=arch, framework=framework, parent=tmp_path, annotate="none")
         packages.append((result["path"], result["package"]))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path, _ in packages), "KERAS_BACKEND": "jax",
-           "PYTHONDONTWRITEBYTECODE": "1"}
-    done = subprocess.run([sys.executable, "-c", CHECK, *[pkg for _, pkg in packages]], capture_output=True, text=True,
-                          env=env, timeout=900)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(path for path, _ in packages),
+        "KERAS_BACKEND": "jax",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK, *[pkg for _, pkg in packages]], capture_output=True, text=True, env=env, timeout=900
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(done.stdout.split("REPORT ", 1)[1])
     for pkg, out in report.items():
         assert out["resume_logs_equal"] and out["resume_weights_equal"] and out["resume_optimizer_equal"], (pkg, out)
         assert out["lr_max_rel_error"] < 1e-5, (pkg, out)
         assert out["grad_norm_over_clip"], (pkg, out)
-        assert out["compiles_after_first_step"] == 0, (pkg, out)   # the learning rate and step are arrays
+        assert out["compiles_after_first_step"] == 0, (pkg, out)  # the learning rate and step are arrays
         assert out["bf16_ok"] and out["bf16_differs"], (pkg, out)
         assert out["strict_error"] and "head.kernel" in out["strict_error"], (pkg, out)
         if pkg.endswith("vit"):

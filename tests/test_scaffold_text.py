@@ -59,18 +59,24 @@ def test_text_project_is_complete_with_the_zoo_model(projects, arch, task, frame
     provenance = json.loads((project / ".dlzoo.json").read_text())
     pkg = provenance["package"]
     entry = {"lm": "generate", "mlm": None, "classify": "predict"}[task]
-    expected = {f"{pkg}/{f}.py" for f in ("configs", "layers", "model", "canonical", "config", "data", "engine",
-                                           "checkpoint", "train", "evaluate") + ((entry,) if entry else ())}
+    expected = {
+        f"{pkg}/{f}.py"
+        for f in ("configs", "layers", "model", "canonical", "config", "data", "engine", "checkpoint", "train", "evaluate")
+        + ((entry,) if entry else ())
+    }
     assert expected <= set(provenance["written"]) and provenance["task"] == task
     assert f"{pkg}/predict.py" in provenance["written"] if task == "classify" else f"{pkg}/predict.py" not in provenance["written"]
     assert provenance["copied"][f"{pkg}/model.py"]["source"] == f"zoo/{framework}/{arch}.py"
     config = provenance["model_config"]
-    assert config["vocab_size"] == 256 + len(g.TEXT_SPECIALS[arch])   # the byte tokenizer's vocabulary
+    assert config["vocab_size"] == 256 + len(g.TEXT_SPECIALS[arch])  # the byte tokenizer's vocabulary
     if arch == "bert":
         assert config["mlm_head"] == (task == "mlm")
         assert config["num_classes"] == (len(g.DOCSTRING_PACKAGES) if task == "classify" else 0)
-    lint = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--config",
-                           str(ZOO.parent / "pyproject.toml"), str(project)], capture_output=True, text=True)
+    lint = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "--config", str(ZOO.parent / "pyproject.toml"), str(project)],
+        capture_output=True,
+        text=True,
+    )
     assert lint.returncode == 0, lint.stdout
 
 
@@ -94,14 +100,14 @@ print(json.dumps({"loss_sum": out["loss_sum"], "count": out["count"], "labelled"
 def test_text_project_imports_and_evaluates_a_batch(projects, arch, task, framework):
     project = _project(projects, arch, task, framework)
     code = _EVAL_ONE_BATCH.replace('"data.max_bytes=200000", ', "" if task == "classify" else '"data.max_bytes=200000", ')
-    done = subprocess.run([sys.executable, "-c", code, str(project)], capture_output=True, text=True, timeout=600,
-                          env=_env(project))
+    done = subprocess.run([sys.executable, "-c", code, str(project)], capture_output=True, text=True, timeout=600, env=_env(project))
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["count"] == out["labelled"] > 0 and 0 <= out["correct"] <= out["count"]
     # a fresh model is near the uniform guess: mean cross-entropy close to log(number of outputs)
     outputs = len(g.DOCSTRING_PACKAGES) if task == "classify" else 256 + len(g.TEXT_SPECIALS[arch])
     import math
+
     assert abs(out["loss_sum"] / out["count"] - math.log(outputs)) < 1.0, out
 
 
@@ -109,8 +115,14 @@ def test_text_project_imports_and_evaluates_a_batch(projects, arch, task, framew
 def test_text_project_suite_passes(projects, framework):
     arch, task = SUITE_TASK[framework]
     project = _project(projects, arch, task, framework)
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests"],
-                          cwd=project, env=_env(project), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests"],
+        cwd=project,
+        env=_env(project),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, f"{arch} {task}/{framework}:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}"
 
 
@@ -126,15 +138,30 @@ def _word_tokenizer(path: Path, words: list[str]) -> Path:
 
 def test_tokenizer_json_sets_the_vocabulary_and_trains(tmp_path):
     tok = _word_tokenizer(tmp_path / "tokenizer.json", ["def", "return", "self", "import", "(", ")", ":"])
-    result = g.new_project("wl", arch="bert", task="mlm", framework="torch", tokenizer=str(tok), parent=tmp_path,
-                           annotate="none")
+    result = g.new_project("wl", arch="bert", task="mlm", framework="torch", tokenizer=str(tok), parent=tmp_path, annotate="none")
     project = Path(result["path"])
     assert (project / "tokenizer.json").read_bytes() == tok.read_bytes()
     assert json.loads((project / ".dlzoo.json").read_text())["model_config"]["vocab_size"] == 13
     assert '"tokenizers>=' in (project / "pyproject.toml").read_text()
-    done = subprocess.run([sys.executable, "-m", "wl.train", "--fast-dev-run", "--set", "data.max_bytes=200000",
-                           "--set", "train.batch_size=4", "--set", "data.max_eval_rows=8"],
-                          cwd=project, env=_env(project), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wl.train",
+            "--fast-dev-run",
+            "--set",
+            "data.max_bytes=200000",
+            "--set",
+            "train.batch_size=4",
+            "--set",
+            "data.max_eval_rows=8",
+        ],
+        cwd=project,
+        env=_env(project),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "fast-dev-run ok" in done.stdout
 

@@ -54,8 +54,7 @@ def handle(case: str):
 
 EXPECTED_SHAPES = {
     "gpt": {"logits": (2, 12, 256)},
-    "bert": {"last_hidden_state": (2, 12, 128), "pooler_output": (2, 128), "mlm_logits": (2, 12, 512),
-             "logits": (2, 3)},
+    "bert": {"last_hidden_state": (2, 12, 128), "pooler_output": (2, 128), "mlm_logits": (2, 12, 512), "logits": (2, 3)},
     "vit": {"logits": (2, 10)},
     "resnet": {"logits": (2, 10)},
     "resnet-basic": {"logits": (2, 10)},
@@ -80,8 +79,13 @@ def test_forward_features_and_head_compose():
 
 
 # Published counts (transformers' models): PITFALLS.md.
-PUBLISHED = [("bert", "base", 109_482_240), ("gpt", "124M", 124_439_808), ("vit", "B/16", 86_567_656),
-             ("resnet", "50", 25_557_032), ("resnet", "18", 11_689_512)]
+PUBLISHED = [
+    ("bert", "base", 109_482_240),
+    ("gpt", "124M", 124_439_808),
+    ("vit", "B/16", 86_567_656),
+    ("resnet", "50", 25_557_032),
+    ("resnet", "18", 11_689_512),
+]
 
 
 @pytest.mark.parametrize("arch,preset,published", PUBLISHED)
@@ -117,6 +121,7 @@ def test_resnet_blocks_follow_the_config_layout(preset):
 
 # --------------------------------------------------------------------------- canonical mapping
 
+
 @pytest.mark.parametrize("case", list(TINY))
 def test_state_dict_is_the_canonical_spec(case):
     h = handle(case)
@@ -133,8 +138,10 @@ def test_canonical_round_trip_is_bit_exact(case, tmp_path):
     rng = np.random.default_rng(3)
     # Random values everywhere (running variances positive), so a transposed square kernel or a
     # swapped q/k/v would show.
-    tensors = {k: (rng.uniform(0.5, 2.0, s.shape) if k.endswith(".var") else rng.normal(size=s.shape)).astype(np.float32)
-               for k, s in canonical_spec(arch, config).items()}
+    tensors = {
+        k: (rng.uniform(0.5, 2.0, s.shape) if k.endswith(".var") else rng.normal(size=s.shape)).astype(np.float32)
+        for k, s in canonical_spec(arch, config).items()
+    }
     h = load(arch, "torch", config, weights=tensors, seed=5)
     back = h.state_dict()
     assert all(np.array_equal(back[k], tensors[k]) for k in tensors)
@@ -152,12 +159,12 @@ def test_linear_and_conv_layouts():
     tensors = h.state_dict()
     model = h.native
     assert np.array_equal(tensors["blocks.0.attn.qkv.kernel"], model.blocks[0].attn.qkv.weight.detach().numpy().T)
-    assert np.array_equal(tensors["patch_embed.kernel"],
-                          model.patch_embed.weight.detach().numpy().transpose(2, 3, 1, 0))
+    assert np.array_equal(tensors["patch_embed.kernel"], model.patch_embed.weight.detach().numpy().transpose(2, 3, 1, 0))
     assert tensors["patch_embed.kernel"].shape == (8, 8, 3, 64)
 
 
 # --------------------------------------------------------------------------- initialisation
+
 
 def test_build_is_deterministic_and_leaves_global_rng_alone():
     torch.manual_seed(123)
@@ -185,8 +192,7 @@ def test_gpt_init_scales_residual_projections():
 
 @pytest.mark.parametrize("arch", ["bert", "vit"])
 def test_truncated_normal_init(arch):
-    config = get_config(arch, "tiny", hidden_size=256, num_heads=4, mlp_dim=1024,
-                        **({"vocab_size": 512} if arch == "bert" else {}))
+    config = get_config(arch, "tiny", hidden_size=256, num_heads=4, mlp_dim=1024, **({"vocab_size": 512} if arch == "bert" else {}))
     model = build(arch, config, seed=0)
     w = torch.cat([b.mlp.fc.weight.flatten() for b in model.blocks])
     assert w.std().item() == pytest.approx(0.02, rel=0.02)
@@ -221,6 +227,7 @@ def test_zero_init_residual_makes_blocks_identities():
 
 # --------------------------------------------------------------------------- modes and properties
 
+
 def test_dropout_only_in_train_mode_and_seeded():
     h = load("gpt", "torch", "tiny", dropout=0.2, attention_dropout=0.2)
     x = inputs_for("gpt")
@@ -247,8 +254,7 @@ def test_batch_norm_train_mode_updates_running_statistics():
         stem = h.native.stem.conv(batch)
     m = h.config.bn_momentum
     np.testing.assert_allclose(after["stem.bn.mean"], m * stem.mean((0, 2, 3)).numpy(), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(after["stem.bn.var"], (1 - m) + m * stem.var((0, 2, 3), unbiased=True).numpy(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(after["stem.bn.var"], (1 - m) + m * stem.var((0, 2, 3), unbiased=True).numpy(), rtol=1e-5)
     assert not np.allclose(train_out, h.apply(x)["logits"], atol=1e-4)
 
 
@@ -257,10 +263,10 @@ def test_gpt_never_sees_the_future(position):
     h = handle("gpt")
     x = inputs_for("gpt")
     changed = {"input_ids": x["input_ids"].copy()}
-    changed["input_ids"][:, position + 1:] = (changed["input_ids"][:, position + 1:] + 1) % 256
+    changed["input_ids"][:, position + 1 :] = (changed["input_ids"][:, position + 1 :] + 1) % 256
     a, b = h.apply(x)["logits"], h.apply(changed)["logits"]
-    assert np.array_equal(a[:, :position + 1], b[:, :position + 1])
-    assert not np.allclose(a[:, position + 1:], b[:, position + 1:])
+    assert np.array_equal(a[:, : position + 1], b[:, : position + 1])
+    assert not np.allclose(a[:, position + 1 :], b[:, position + 1 :])
 
 
 def test_shared_attention_causal_flag_equals_a_causal_bias():
@@ -336,6 +342,7 @@ def test_bfloat16_compute_returns_float32_close_to_float32():
 
 # --------------------------------------------------------------------------- gradients and AdamW
 
+
 def test_vjp_returns_canonical_gradients_of_every_trainable_tensor():
     h = handle("bert")
     x = inputs_for("bert")
@@ -349,10 +356,8 @@ def test_vjp_returns_canonical_gradients_of_every_trainable_tensor():
     # Directional derivative along the classifier kernel equals the finite difference.
     direction = rng.normal(size=spec["classifier.kernel"].shape).astype(np.float32)
     tensors, eps = h.state_dict(), 1e-2
-    shifted = load("bert", "torch", h.config, weights={**tensors, "classifier.kernel":
-                                                         tensors["classifier.kernel"] + eps * direction})
-    objective = sum(float((shifted.apply(x)[k].astype(np.float64) - outputs[k]).ravel() @ cots[k].ravel())
-                    for k in outputs)
+    shifted = load("bert", "torch", h.config, weights={**tensors, "classifier.kernel": tensors["classifier.kernel"] + eps * direction})
+    objective = sum(float((shifted.apply(x)[k].astype(np.float64) - outputs[k]).ravel() @ cots[k].ravel()) for k in outputs)
     assert objective / eps == pytest.approx(float((grads["classifier.kernel"] * direction).sum()), rel=1e-3)
 
 
@@ -376,6 +381,7 @@ def test_adamw_step_decays_decoupled_and_moves_against_the_gradient():
 
 
 # --------------------------------------------------------------------------- code conventions
+
 
 def test_theory_markers_use_known_ids():
     text = (ROOT / "docs" / "architecture.md").read_text()

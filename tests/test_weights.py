@@ -10,8 +10,7 @@ from dlzoo.zoo import WeightsError, canonical_spec, get_config, weights
 def _random(arch="gpt", preset="tiny", seed=0):
     config = get_config(arch, preset)
     rng = np.random.default_rng(seed)
-    return config, {k: rng.standard_normal(s.shape).astype(np.float32)
-                    for k, s in canonical_spec(arch, config).items()}
+    return config, {k: rng.standard_normal(s.shape).astype(np.float32) for k, s in canonical_spec(arch, config).items()}
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -47,9 +46,12 @@ def test_validation_names_every_problem_in_one_line():
         weights.validate("gpt", config, tensors)
     message = str(info.value)
     assert "\n" not in message
-    for fragment in ("missing 1: ln_f.scale [64]", "unexpected 1: extra.kernel [2, 2]",
-                     "wpe.embedding has shape [3, 64], expected [64, 64]",
-                     "wte.embedding has dtype int32, expected float32"):
+    for fragment in (
+        "missing 1: ln_f.scale [64]",
+        "unexpected 1: extra.kernel [2, 2]",
+        "wpe.embedding has shape [3, 64], expected [64, 64]",
+        "wte.embedding has dtype int32, expected float32",
+    ):
         assert fragment in message
 
 
@@ -69,8 +71,12 @@ def test_corrupt_truncated_and_foreign_files_fail_cleanly(tmp_path):
     (tmp_path / "garbage.safetensors").write_bytes(b"\x00not a safetensors file at all")
     header = json.dumps({"__metadata__": {"format": "pt"}}).encode()
     (tmp_path / "foreign.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
-    for name, fragment in [("truncated", "corrupt, truncated"), ("garbage", "corrupt, truncated or not a safetensors"),
-                           ("foreign", "not a dlzoo canonical file"), ("missing", "no such file")]:
+    for name, fragment in [
+        ("truncated", "corrupt, truncated"),
+        ("garbage", "corrupt, truncated or not a safetensors"),
+        ("foreign", "not a dlzoo canonical file"),
+        ("missing", "no such file"),
+    ]:
         with pytest.raises(WeightsError, match=fragment) as info:
             weights.load(tmp_path / f"{name}.safetensors")
         assert "\n" not in str(info.value)

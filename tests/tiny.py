@@ -12,12 +12,22 @@ LENGTH, SIZE = 8, 16
 
 def configs(num_layers: int = 1, vit_dropout: float = 0.1) -> dict:
     return {
-        "gpt": GPTConfig(vocab_size=64, context_length=16, hidden_size=32, num_layers=num_layers, num_heads=4,
-                         mlp_dim=64, dropout=0.1, attention_dropout=0.1),
-        "bert": BertConfig(vocab_size=64, max_positions=16, hidden_size=32, num_layers=num_layers, num_heads=4,
-                           mlp_dim=64, mlm_head=True, num_classes=3),
-        "vit": ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_layers=1, num_heads=4, mlp_dim=64,
-                         num_classes=5, dropout=vit_dropout),
+        "gpt": GPTConfig(
+            vocab_size=64,
+            context_length=16,
+            hidden_size=32,
+            num_layers=num_layers,
+            num_heads=4,
+            mlp_dim=64,
+            dropout=0.1,
+            attention_dropout=0.1,
+        ),
+        "bert": BertConfig(
+            vocab_size=64, max_positions=16, hidden_size=32, num_layers=num_layers, num_heads=4, mlp_dim=64, mlm_head=True, num_classes=3
+        ),
+        "vit": ViTConfig(
+            image_size=16, patch_size=8, hidden_size=32, num_layers=1, num_heads=4, mlp_dim=64, num_classes=5, dropout=vit_dropout
+        ),
         "resnet": ResNetConfig(depths=(1, 1), widths=(4, 8), stem_width=8, num_classes=5),
     }
 
@@ -39,7 +49,14 @@ def inputs(arch: str, config, batch: int, seed: int = 0) -> dict[str, np.ndarray
 
 def output_shapes(batch: int) -> dict[str, dict[str, tuple[int, ...]]]:
     """What each tiny model returns for ``inputs(arch, config, batch)``."""
-    return {"gpt": {"logits": (batch, LENGTH, 64)},
-            "bert": {"last_hidden_state": (batch, LENGTH, 32), "pooler_output": (batch, 32),
-                     "mlm_logits": (batch, LENGTH, 64), "logits": (batch, 3)},
-            "vit": {"logits": (batch, 5)}, "resnet": {"logits": (batch, 5)}}
+    return {
+        "gpt": {"logits": (batch, LENGTH, 64)},
+        "bert": {
+            "last_hidden_state": (batch, LENGTH, 32),
+            "pooler_output": (batch, 32),
+            "mlm_logits": (batch, LENGTH, 64),
+            "logits": (batch, 3),
+        },
+        "vit": {"logits": (batch, 5)},
+        "resnet": {"logits": (batch, 5)},
+    }

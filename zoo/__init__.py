@@ -7,11 +7,25 @@ framework import until something needs them.
 import importlib
 
 _EXPORTS = {
-    "ARCHS": "configs", "ALIASES": "configs", "CONFIGS": "configs", "PRESETS": "configs",
-    "BertConfig": "configs", "ConfigError": "configs", "GPTConfig": "configs", "ResNetConfig": "configs",
-    "ViTConfig": "configs", "ZooError": "configs", "get_config": "configs", "preset_names": "configs",
-    "FRAMEWORKS": "frameworks", "Handle": "handle", "installed_frameworks": "frameworks", "load": "handle",
-    "WeightsError": "spec", "canonical_spec": "spec", "count_params": "spec",
+    "ARCHS": "configs",
+    "ALIASES": "configs",
+    "CONFIGS": "configs",
+    "PRESETS": "configs",
+    "BertConfig": "configs",
+    "ConfigError": "configs",
+    "GPTConfig": "configs",
+    "ResNetConfig": "configs",
+    "ViTConfig": "configs",
+    "ZooError": "configs",
+    "get_config": "configs",
+    "preset_names": "configs",
+    "FRAMEWORKS": "frameworks",
+    "Handle": "handle",
+    "installed_frameworks": "frameworks",
+    "load": "handle",
+    "WeightsError": "spec",
+    "canonical_spec": "spec",
+    "count_params": "spec",
 }
 __all__ = sorted([*_EXPORTS, "from_pretrained"])
 

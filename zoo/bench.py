@@ -54,7 +54,7 @@ def matmul_ceiling_gflops(size: int = CEILING_SIZE, repeats: int = 10) -> tuple[
         run, library = (lambda: a @ b), f"numpy {np.__version__}"
     run()
     best = min(_seconds(run) for _ in range(repeats))
-    return 2 * size ** 3 / best / 1e9, library
+    return 2 * size**3 / best / 1e9, library
 
 
 def _seconds(fn: Callable[[], Any]) -> float:
@@ -94,8 +94,9 @@ def bench_inputs(arch: str, config, batch: int, seq_len: int | None, image_size:
         limit = config.context_length if arch == "gpt" else config.max_positions
         length = seq_len or min(128, limit)
         if length > limit:
-            raise ZooError(f"--seq-len {length} exceeds the {arch} context of {limit} positions; "
-                           f"use at most {limit} or a config with a longer context")
+            raise ZooError(
+                f"--seq-len {length} exceeds the {arch} context of {limit} positions; use at most {limit} or a config with a longer context"
+            )
         return {"input_ids": rng.integers(0, config.vocab_size, (batch, length)).astype(np.int32)}
     size = image_size or (config.image_size if arch == "vit" else 64)
     return {"pixel_values": rng.standard_normal((batch, size, size, config.num_channels)).astype(np.float32)}
@@ -108,8 +109,10 @@ def _reference_step(arch: str, config, tensors, inputs, cotangents, mode: str) -
     from .reference import transformers_model
 
     model = transformers_model(arch, config, tensors)
-    tin = {k: (torch.from_numpy(v).permute(0, 3, 1, 2).contiguous() if k == "pixel_values"
-               else torch.from_numpy(v.astype(np.int64))) for k, v in inputs.items()}
+    tin = {
+        k: (torch.from_numpy(v).permute(0, 3, 1, 2).contiguous() if k == "pixel_values" else torch.from_numpy(v.astype(np.int64)))
+        for k, v in inputs.items()
+    }
     cots = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in cotangents.items()}
 
     def outputs():
@@ -125,6 +128,7 @@ def _reference_step(arch: str, config, tensors, inputs, cotangents, mode: str) -
         @torch.no_grad()
         def forward():
             model(**tin)
+
         return forward
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -134,12 +138,23 @@ def _reference_step(arch: str, config, tensors, inputs, cotangents, mode: str) -
         out = outputs()
         sum((out[k] * c).sum() for k, c in cots.items() if out.get(k) is not None).backward()
         optimizer.step()
+
     return step
 
 
-def run(arch: str, preset: str = "tiny", *, batch: int = 8, seq_len: int | None = None,
-        image_size: int | None = None, implementations: list[str] | None = None, mode: str = "train",
-        trials: int = 15, overrides: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
+def run(
+    arch: str,
+    preset: str = "tiny",
+    *,
+    batch: int = 8,
+    seq_len: int | None = None,
+    image_size: int | None = None,
+    implementations: list[str] | None = None,
+    mode: str = "train",
+    trials: int = 15,
+    overrides: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Benchmark ``arch`` in every requested (default: every installed) implementation.
 
     Returns the ``--json`` document of ``dlzoo bench`` (docs/bench.md): the setup, the machine's
@@ -172,8 +187,10 @@ def run(arch: str, preset: str = "tiny", *, batch: int = 8, seq_len: int | None 
             require("keras" if name == "keras-fit" else name)  # names the extra to install
     missing = [name for name in chosen if name not in available]
     if missing:
-        raise ZooError(f"not installed: {', '.join(missing)}; installed: {', '.join(available) or 'none'} "
-                       "(pip install 'dlzoo[all,reference]' for every one)")
+        raise ZooError(
+            f"not installed: {', '.join(missing)}; installed: {', '.join(available) or 'none'} "
+            "(pip install 'dlzoo[all,reference]' for every one)"
+        )
     if not chosen:
         raise ZooError("no framework is installed; install one, e.g. pip install 'dlzoo[torch]'")
 
@@ -196,20 +213,23 @@ def run(arch: str, preset: str = "tiny", *, batch: int = 8, seq_len: int | None 
             framework = "keras" if name == "keras-fit" else name
             handle = load(arch, framework, config=config, weights=tensors)
             kwargs = {"fit": True} if name == "keras-fit" else {}
-            step = backend(framework).benchmark_step(arch, config, handle.native, inputs, cotangents,
-                                                     mode=mode, seed=seed, **kwargs)
+            step = backend(framework).benchmark_step(arch, config, handle.native, inputs, cotangents, mode=mode, seed=seed, **kwargs)
         compile_s[name] = _seconds(step)
         memory[name] = _peak_step_memory(step)
         steps[name] = step
 
     times: dict[str, list[float]] = {name: [] for name in chosen}
     for trial in range(trials):
-        order = chosen[trial % len(chosen):] + chosen[:trial % len(chosen)]  # rotate who goes first
+        order = chosen[trial % len(chosen) :] + chosen[: trial % len(chosen)]  # rotate who goes first
         for name in order:
             times[name].append(_seconds(steps[name]))
 
-    cost = estimate(arch, config, seq_len=inputs["input_ids"].shape[1] if "input_ids" in inputs else None,
-                    image_size=inputs["pixel_values"].shape[1] if "pixel_values" in inputs else None)
+    cost = estimate(
+        arch,
+        config,
+        seq_len=inputs["input_ids"].shape[1] if "input_ids" in inputs else None,
+        image_size=inputs["pixel_values"].shape[1] if "pixel_values" in inputs else None,
+    )
     flops = (cost.flops_train_step if mode == "train" else cost.flops_forward) * batch
     tokens = batch * inputs["input_ids"].shape[1] if "input_ids" in inputs else None
     medians = {name: statistics.median(t) for name, t in times.items()}
@@ -218,19 +238,35 @@ def run(arch: str, preset: str = "tiny", *, batch: int = 8, seq_len: int | None 
     for name in chosen:
         median = medians[name]
         q1, _, q3 = statistics.quantiles(times[name], n=4)
-        rows.append({
-            "implementation": name, "median_s": median, "iqr_s": [q1, q3],
-            "ratio_to_fastest": median / fastest,
-            "ratio_to_torch": median / medians["torch"] if "torch" in medians else None,
-            "compile_s": compile_s[name], "examples_per_s": batch / median,
-            "tokens_per_s": tokens / median if tokens else None,
-            "gflops": flops / median / 1e9, "fraction_of_ceiling": flops / median / 1e9 / ceiling,
-            "peak_step_memory_bytes": memory[name],
-        })
-    return {"arch": arch, "preset": preset, "config": config.to_dict(), "mode": mode, "batch": batch,
-            "inputs": {k: list(v.shape) for k, v in inputs.items()}, "trials": trials,
-            "flops_per_step": flops, "ceiling_gflops": ceiling, "ceiling_library": library,
-            "threads": os.cpu_count(), "results": rows}
+        rows.append(
+            {
+                "implementation": name,
+                "median_s": median,
+                "iqr_s": [q1, q3],
+                "ratio_to_fastest": median / fastest,
+                "ratio_to_torch": median / medians["torch"] if "torch" in medians else None,
+                "compile_s": compile_s[name],
+                "examples_per_s": batch / median,
+                "tokens_per_s": tokens / median if tokens else None,
+                "gflops": flops / median / 1e9,
+                "fraction_of_ceiling": flops / median / 1e9 / ceiling,
+                "peak_step_memory_bytes": memory[name],
+            }
+        )
+    return {
+        "arch": arch,
+        "preset": preset,
+        "config": config.to_dict(),
+        "mode": mode,
+        "batch": batch,
+        "inputs": {k: list(v.shape) for k, v in inputs.items()},
+        "trials": trials,
+        "flops_per_step": flops,
+        "ceiling_gflops": ceiling,
+        "ceiling_library": library,
+        "threads": os.cpu_count(),
+        "results": rows,
+    }
 
 
 def _available() -> list[str]:

@@ -35,8 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from . import hub
-from .configs import (_VIT_SIZES, ResNetConfig, ViTConfig, _rename_fields, bicubic_resize_matrix, check_arch,
-                      get_config)
+from .configs import _VIT_SIZES, ResNetConfig, ViTConfig, _rename_fields, bicubic_resize_matrix, check_arch, get_config
 from .hub import HubError, Rule
 from .spec import canonical_spec
 
@@ -46,12 +45,19 @@ WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 # Canonical modules a checkpoint may lack (or hold at another size): they are initialised fresh.
 HEADS = {"vit": ("head",), "resnet": ("head",), "bert": ("classifier", "pooler", "mlm"), "gpt": ()}
 # Published names of heads: when unused (a head replaced or dropped), they are ignored, not unexpected.
-_HEAD_NAMES = {"transformers": re.compile(r"^(classifier|cls\.predictions|pooler)\."),
-               "torchvision": re.compile(r"^fc\."), "timm": re.compile(r"^head\."),
-               "dlzoo": re.compile(r"^(head|classifier|pooler|mlm)\.")}
+_HEAD_NAMES = {
+    "transformers": re.compile(r"^(classifier|cls\.predictions|pooler)\."),
+    "torchvision": re.compile(r"^fc\."),
+    "timm": re.compile(r"^head\."),
+    "dlzoo": re.compile(r"^(head|classifier|pooler|mlm)\."),
+}
 # One tensor every transformers checkpoint of the architecture holds (prefix stripped).
-_SIGNATURE = {"bert": "embeddings.word_embeddings.weight", "gpt": "wte.weight",
-              "vit": "embeddings.patch_embeddings.projection.weight", "resnet": "embedder.embedder.convolution.weight"}
+_SIGNATURE = {
+    "bert": "embeddings.word_embeddings.weight",
+    "gpt": "wte.weight",
+    "vit": "embeddings.patch_embeddings.projection.weight",
+    "resnet": "embedder.embedder.convolution.weight",
+}
 # timm's ViTs use layer-norm epsilon 1e-6 (timm vision_transformer.py, partial(nn.LayerNorm, eps=1e-6)).
 TIMM_LAYER_NORM_EPS = 1e-6
 # A normal truncated at +-2 std has 0.8796 of the untruncated std; the model files divide it out.
@@ -101,12 +107,13 @@ def _shorten(names: list[str], limit: int = 8) -> str:
 
 # --------------------------------------------------------------------------- names
 
+
 def strip_wrappers(tensors: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
     """Strip ``_orig_mod.`` / ``module.`` while every name carries one (they nest: DDP around
     torch.compile). Returns the renamed tensors and the prefixes stripped, in order."""
     stripped = []
     while tensors and (prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in tensors)), None)):
-        tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+        tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
         stripped.append(prefix)
     return tensors, stripped
 
@@ -117,11 +124,11 @@ def common_prefix(names) -> str:
     if not names:
         return ""
     prefix = os.path.commonprefix([names[0], names[-1]])
-    return prefix[:prefix.rfind(".") + 1]
+    return prefix[: prefix.rfind(".") + 1]
 
 
 def detect_layout(tensors: dict[str, np.ndarray]) -> str | None:
-    """"torchvision" (ResNet, also timm's ResNet), "timm" (ViT), or None (not recognised here:
+    """ "torchvision" (ResNet, also timm's ResNet), "timm" (ViT), or None (not recognised here:
     the transformers layout, which needs its config.json)."""
     if "conv1.weight" in tensors and any(k.startswith("layer1.0.") for k in tensors):
         return "torchvision"
@@ -134,13 +141,16 @@ def _names_problem(names, what: str) -> str:
     prefix = common_prefix(names)
     shown = _shorten(sorted(names), 4)
     if prefix and len(names) > 1:
-        return (f"{what}: all {len(names)} tensor names start with {prefix!r} (e.g. {shown}); a wrapper "
-                f"prefix? dlzoo strips {', '.join(repr(p) for p in WRAPPER_PREFIXES)} itself; save the "
-                f"inner model's state_dict or strip {prefix!r}")
+        return (
+            f"{what}: all {len(names)} tensor names start with {prefix!r} (e.g. {shown}); a wrapper "
+            f"prefix? dlzoo strips {', '.join(repr(p) for p in WRAPPER_PREFIXES)} itself; save the "
+            f"inner model's state_dict or strip {prefix!r}"
+        )
     return f"{what}: {len(names)} tensors, e.g. {shown}"
 
 
 # --------------------------------------------------------------------------- torchvision / timm rules
+
 
 def torchvision_resnet_rules(c: ResNetConfig) -> list[Rule]:
     """torchvision's ``resnet*`` (and timm's ``resnet*``) names -> canonical names."""
@@ -152,21 +162,24 @@ def torchvision_resnet_rules(c: ResNetConfig) -> list[Rule]:
             for k in range(1, n_convs + 1):
                 rules += [Rule(f"{p}.conv{k}", f"{t}.conv{k}", "conv"), Rule(f"{p}.bn{k}", f"{t}.bn{k}", "bn")]
             if stride != 1 or n_in != n_out:
-                rules += [Rule(f"{p}.downsample.conv", f"{t}.downsample.0", "conv"),
-                          Rule(f"{p}.downsample.bn", f"{t}.downsample.1", "bn")]
+                rules += [Rule(f"{p}.downsample.conv", f"{t}.downsample.0", "conv"), Rule(f"{p}.downsample.bn", f"{t}.downsample.1", "bn")]
     return rules + [Rule("head", "fc", "linear")]
 
 
 def timm_vit_rules(c: ViTConfig) -> list[Rule]:
     """timm's ``vit_*_patch*`` names -> canonical names. timm fuses q, k, v into one
     ``attn.qkv`` Linear whose rows are q | k | v, heads contiguous: the canonical order."""
-    rules = [Rule("patch_embed", "patch_embed.proj", "conv"), Rule("cls_token", "cls_token", "raw"),
-             Rule("pos_embed", "pos_embed", "raw")]
+    rules = [Rule("patch_embed", "patch_embed.proj", "conv"), Rule("cls_token", "cls_token", "raw"), Rule("pos_embed", "pos_embed", "raw")]
     for i in range(c.num_layers):
         b = f"blocks.{i}"
-        rules += [Rule(f"{b}.ln1", f"{b}.norm1", "ln"), Rule(f"{b}.attn.qkv", f"{b}.attn.qkv", "linear"),
-                  Rule(f"{b}.attn.out", f"{b}.attn.proj", "linear"), Rule(f"{b}.ln2", f"{b}.norm2", "ln"),
-                  Rule(f"{b}.mlp.fc", f"{b}.mlp.fc1", "linear"), Rule(f"{b}.mlp.out", f"{b}.mlp.fc2", "linear")]
+        rules += [
+            Rule(f"{b}.ln1", f"{b}.norm1", "ln"),
+            Rule(f"{b}.attn.qkv", f"{b}.attn.qkv", "linear"),
+            Rule(f"{b}.attn.out", f"{b}.attn.proj", "linear"),
+            Rule(f"{b}.ln2", f"{b}.norm2", "ln"),
+            Rule(f"{b}.mlp.fc", f"{b}.mlp.fc1", "linear"),
+            Rule(f"{b}.mlp.out", f"{b}.mlp.fc2", "linear"),
+        ]
     return rules + [Rule("ln_f", "norm", "ln"), Rule("head", "head", "linear")]
 
 
@@ -183,8 +196,7 @@ def _head_rows(tensors, name: str, num_classes: int | None, arch: str, what: str
         return num_classes
     if name in tensors:
         return int(tensors[name].shape[0])
-    raise HubError(f"{arch} checkpoint without a classifier ({what}): pass num_classes=N to add a freshly "
-                   "initialised head of N classes")
+    raise HubError(f"{arch} checkpoint without a classifier ({what}): pass num_classes=N to add a freshly initialised head of N classes")
 
 
 def _check_preset(arch: str, inferred, preset: str | None):
@@ -195,11 +207,16 @@ def _check_preset(arch: str, inferred, preset: str | None):
     # the head, epsilon and training resolution are the checkpoint's; the preset gives the rest
     keep = {k: getattr(inferred, k) for k in ("num_classes", "layer_norm_eps", "image_size") if hasattr(inferred, k)}
     wanted = get_config(arch, preset, **keep)
-    differ = [f"{k} {getattr(inferred, k)!r} (preset {getattr(wanted, k)!r})" for k in inferred.to_dict()
-              if getattr(inferred, k) != getattr(wanted, k) and k != "num_heads"]
+    differ = [
+        f"{k} {getattr(inferred, k)!r} (preset {getattr(wanted, k)!r})"
+        for k in inferred.to_dict()
+        if getattr(inferred, k) != getattr(wanted, k) and k != "num_heads"
+    ]
     if differ:
-        raise HubError(f"the checkpoint does not match {arch} preset {preset!r}: it has {', '.join(differ)}; "
-                       "drop the preset to infer the config from the tensors")
+        raise HubError(
+            f"the checkpoint does not match {arch} preset {preset!r}: it has {', '.join(differ)}; "
+            "drop the preset to infer the config from the tensors"
+        )
     return wanted
 
 
@@ -208,17 +225,24 @@ def resnet_config_from_torchvision(tensors, num_classes: int | None = None, pres
     and width of each stage, stem width, input channels, head size (``fc``)."""
     stem = tensors["conv1.weight"]  # (stem, C_in, 7, 7)
     if tuple(stem.shape[2:]) != (7, 7):
-        raise HubError(f"conv1.weight is {list(stem.shape)}: a ResNet with a {stem.shape[2]}x{stem.shape[3]} "
-                       "stem is not the published ResNet (7x7 stem; deep-stem variants are not supported)")
+        raise HubError(
+            f"conv1.weight is {list(stem.shape)}: a ResNet with a {stem.shape[2]}x{stem.shape[3]} "
+            "stem is not the published ResNet (7x7 stem; deep-stem variants are not supported)"
+        )
     stages = _layer_indices(tensors, r"layer(\d+)\.")
     if stages != list(range(1, len(stages) + 1)):
         raise HubError(f"torchvision ResNet stages must be layer1..layerN, found layer{stages}")
     depths = tuple(1 + max(_layer_indices(tensors, rf"layer{s}\.(\d+)\.")) for s in stages)
     block = "bottleneck" if "layer1.0.conv3.weight" in tensors else "basic"
     widths = tuple(int(tensors[f"layer{s}.0.conv1.weight"].shape[0]) for s in stages)
-    config = ResNetConfig(block=block, depths=depths, widths=widths, stem_width=int(stem.shape[0]),
-                          num_channels=int(stem.shape[1]),
-                          num_classes=_head_rows(tensors, "fc.weight", num_classes, "resnet", "no fc"))
+    config = ResNetConfig(
+        block=block,
+        depths=depths,
+        widths=widths,
+        stem_width=int(stem.shape[0]),
+        num_channels=int(stem.shape[1]),
+        num_classes=_head_rows(tensors, "fc.weight", num_classes, "resnet", "no fc"),
+    )
     return _check_preset("resnet", config, preset)
 
 
@@ -233,27 +257,37 @@ def vit_config_from_timm(tensors, num_classes: int | None = None, preset: str | 
     tokens = int(tensors["pos_embed"].shape[1])
     grid = math.isqrt(tokens - 1)
     if grid * grid != tokens - 1:
-        raise HubError(f"pos_embed holds {tokens} positions, not a [CLS] position plus a square grid "
-                       "(timm's no_embed_class or register-token ViTs are not the published ViT)")
+        raise HubError(
+            f"pos_embed holds {tokens} positions, not a [CLS] position plus a square grid "
+            "(timm's no_embed_class or register-token ViTs are not the published ViT)"
+        )
     layers = _layer_indices(tensors, r"blocks\.(\d+)\.")
     mlp = int(tensors["blocks.0.mlp.fc1.weight"].shape[0])
     notes = []
     if preset is not None:
         heads = get_config("vit", preset).num_heads
-    elif (size := next((s for s, (h, _, _, m) in _VIT_SIZES.items() if (h, m) == (width, mlp)), None)):
+    elif size := next((s for s, (h, _, _, m) in _VIT_SIZES.items() if (h, m) == (width, mlp)), None):
         heads = _VIT_SIZES[size][2]
         notes.append(f"num_heads {heads} taken from ViT-{size} (width {width}); pass preset= to choose")
     else:
         heads = max(1, width // 64)
         notes.append(f"num_heads {heads} inferred as width / 64; pass preset= (or num_heads=) if it differs")
-    config = ViTConfig(image_size=grid * patch, patch_size=patch, num_channels=channels, hidden_size=width,
-                       num_layers=len(layers), num_heads=heads, mlp_dim=mlp,
-                       num_classes=_head_rows(tensors, "head.weight", num_classes, "vit", "timm num_classes=0"),
-                       layer_norm_eps=TIMM_LAYER_NORM_EPS)
+    config = ViTConfig(
+        image_size=grid * patch,
+        patch_size=patch,
+        num_channels=channels,
+        hidden_size=width,
+        num_layers=len(layers),
+        num_heads=heads,
+        mlp_dim=mlp,
+        num_classes=_head_rows(tensors, "head.weight", num_classes, "vit", "timm num_classes=0"),
+        layer_norm_eps=TIMM_LAYER_NORM_EPS,
+    )
     return _check_preset("vit", config, preset), notes
 
 
 # --------------------------------------------------------------------------- fresh heads, resizing
+
 
 def fresh_tensors(arch: str, config, names, seed: int = 0) -> dict[str, np.ndarray]:
     """Canonical tensors drawn from the architecture's own init (as its model files'
@@ -298,12 +332,22 @@ def resize_pos_embed(pos_embed: np.ndarray, grid: tuple[int, int]) -> np.ndarray
 
 # --------------------------------------------------------------------------- mapping
 
+
 class _Missing(Exception):
     pass
 
 
-def map_tensors(arch: str, config, rules: list[Rule], tensors: dict[str, np.ndarray], layout: str, *,
-                seed: int = 0, ignorable: re.Pattern | None = None, report: LoadReport) -> dict[str, np.ndarray]:
+def map_tensors(
+    arch: str,
+    config,
+    rules: list[Rule],
+    tensors: dict[str, np.ndarray],
+    layout: str,
+    *,
+    seed: int = 0,
+    ignorable: re.Pattern | None = None,
+    report: LoadReport,
+) -> dict[str, np.ndarray]:
     """Canonical tensors for ``config`` from published ones through ``rules``.
 
     Heads the checkpoint lacks or holds at another size are drawn fresh (``fresh_tensors``); a
@@ -339,16 +383,17 @@ def map_tensors(arch: str, config, rules: list[Rule], tensors: dict[str, np.ndar
         used.update(requested)
         canonical.update(mapped)
     leftover = [n for n in tensors if n not in used]
-    unexpected = sorted(n for n in leftover if not (ignorable and ignorable.search(n))
-                        and not _HEAD_NAMES[layout].search(n))
+    unexpected = sorted(n for n in leftover if not (ignorable and ignorable.search(n)) and not _HEAD_NAMES[layout].search(n))
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(_names_problem(missing, "missing") if len(missing) > 8 else
-                         f"missing {len(missing)}: {', '.join(missing)}")
+            parts.append(_names_problem(missing, "missing") if len(missing) > 8 else f"missing {len(missing)}: {', '.join(missing)}")
         if unexpected:
-            parts.append(_names_problem(unexpected, "unexpected") if len(unexpected) > 8 else
-                         f"unexpected {len(unexpected)}: {', '.join(unexpected)}")
+            parts.append(
+                _names_problem(unexpected, "unexpected")
+                if len(unexpected) > 8
+                else f"unexpected {len(unexpected)}: {', '.join(unexpected)}"
+            )
         raise HubError(f"checkpoint ({layout} layout) does not match a {arch} model with {config}: " + " | ".join(parts))
     if arch == "vit" and canonical["pos_embed"].shape != spec["pos_embed"].shape:
         old = canonical["pos_embed"]
@@ -367,6 +412,7 @@ def map_tensors(arch: str, config, rules: list[Rule], tensors: dict[str, np.ndar
 
 
 # --------------------------------------------------------------------------- reading
+
 
 def _upcast(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float32) if hub._is_float(v.dtype) else v for k, v in tensors.items()}
@@ -396,15 +442,18 @@ def _read(name_or_path, revision) -> tuple[dict | None, dict[str, np.ndarray], s
     files = _state_dict_files(folder)
     if len(files) != 1:
         found = "no weights" if not files else f"{len(files)} state-dict files"
-        raise HubError(f"{folder}: {'no config.json and ' if not has_config else ''}{found}; expected config.json "
-                       f"with one of {', '.join(hub.WEIGHT_FILES)}, or a single state-dict file "
-                       f"({', '.join(STATE_DICT_SUFFIXES)}); with several, pass the file itself")
+        raise HubError(
+            f"{folder}: {'no config.json and ' if not has_config else ''}{found}; expected config.json "
+            f"with one of {', '.join(hub.WEIGHT_FILES)}, or a single state-dict file "
+            f"({', '.join(STATE_DICT_SUFFIXES)}); with several, pass the file itself"
+        )
     hf = json.loads((folder / "config.json").read_text()) if has_config else None
     return hf, _read_state_dict(files[0]), str(files[0])
 
 
-def read_pretrained(name_or_path, revision: str | None = None, *, arch: str | None = None, preset: str | None = None,
-                    seed: int = 0, **overrides):
+def read_pretrained(
+    name_or_path, revision: str | None = None, *, arch: str | None = None, preset: str | None = None, seed: int = 0, **overrides
+):
     """(arch, config, canonical tensors, LoadReport) from a hub id, a published folder, a
     torchvision/timm state dict or a canonical file.
 
@@ -424,13 +473,16 @@ def read_pretrained(name_or_path, revision: str | None = None, *, arch: str | No
     notes: list[str] = []
     found = {"torchvision": "resnet", "timm": "vit"}.get(layout) or (hub.detect_arch(hf) if hf else None)
     if found is None:
-        raise HubError(f"{source}: no config.json and the tensor names are neither torchvision's ResNet nor timm's "
-                       f"ViT ({_names_problem(list(tensors), 'names')}); transformers-named weights need their config.json")
+        raise HubError(
+            f"{source}: no config.json and the tensor names are neither torchvision's ResNet nor timm's "
+            f"ViT ({_names_problem(list(tensors), 'names')}); transformers-named weights need their config.json"
+        )
     if arch is not None and arch != found:
         raise HubError(f"{source} holds {layout}-named {found} weights, not {arch!r}")
     if layout != "transformers" and hf is not None:
-        notes.append(f"config.json ({hf.get('model_type')!r}) ignored: the tensors carry {layout} names, "
-                     "so the config comes from their shapes")
+        notes.append(
+            f"config.json ({hf.get('model_type')!r}) ignored: the tensors carry {layout} names, so the config comes from their shapes"
+        )
     if layout == "torchvision":
         config = resnet_config_from_torchvision(tensors, num_classes, preset)
         rules, ignorable = torchvision_resnet_rules(config.replace(**overrides)), hub._IGNORED
@@ -443,8 +495,10 @@ def read_pretrained(name_or_path, revision: str | None = None, *, arch: str | No
             raise HubError(f"{source} has a config.json, which defines the config; drop preset={preset!r}")
         published, tensors = list(tensors), hub._normalise(found, tensors)
         if _SIGNATURE[found] not in tensors:  # say so before the config asks for a head
-            raise HubError(f"{source}: config.json says {hf.get('model_type')!r} but the tensors lack transformers' "
-                           f"{_SIGNATURE[found]} ({_names_problem(list(tensors), 'names')})")
+            raise HubError(
+                f"{source}: config.json says {hf.get('model_type')!r} but the tensors lack transformers' "
+                f"{_SIGNATURE[found]} ({_names_problem(list(tensors), 'names')})"
+            )
         config = hub.config_from_hf(found, hf, tensors, num_classes)
         tensors = hub.resolve_heads(found, config, tensors, published)
         rules, ignorable = hub.RULES[found](config.replace(**overrides)), hub._IGNORED
@@ -468,6 +522,5 @@ def _read_canonical(path: Path, arch, preset, seed, num_classes, overrides):
     file_arch, file_config, tensors = load_canonical(path, arch=arch)
     config = file_config.replace(**overrides, **({} if num_classes is None else {"num_classes": num_classes}))
     report = LoadReport(source=str(path), layout="dlzoo", arch=file_arch)
-    tensors = map_tensors(file_arch, config, _canonical_rules(file_arch, file_config), tensors, "dlzoo",
-                          seed=seed, report=report)
+    tensors = map_tensors(file_arch, config, _canonical_rules(file_arch, file_config), tensors, "dlzoo", seed=seed, report=report)
     return file_arch, config, tensors, report

@@ -32,21 +32,24 @@ def _require(condition: bool, message: str) -> None:
 def _positive(config: Any, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
-        _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-                 f"{type(config).__name__}.{name} must be a positive integer, got {value!r}")
+        _require(
+            isinstance(value, int) and not isinstance(value, bool) and value > 0,
+            f"{type(config).__name__}.{name} must be a positive integer, got {value!r}",
+        )
 
 
 def _probability(config: Any, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
-        _require(isinstance(value, (int, float)) and 0.0 <= value < 1.0,
-                 f"{type(config).__name__}.{name} must be in [0, 1), got {value!r}")
+        _require(isinstance(value, (int, float)) and 0.0 <= value < 1.0, f"{type(config).__name__}.{name} must be in [0, 1), got {value!r}")
 
 
 def _heads_divide(config: Any) -> None:
-    _require(config.hidden_size % config.num_heads == 0,
-             f"{type(config).__name__}: hidden_size {config.hidden_size} is not divisible by "
-             f"num_heads {config.num_heads}; choose num_heads that divides it")
+    _require(
+        config.hidden_size % config.num_heads == 0,
+        f"{type(config).__name__}: hidden_size {config.hidden_size} is not divisible by "
+        f"num_heads {config.num_heads}; choose num_heads that divides it",
+    )
 
 
 # One name for the size of the classification head in every architecture: ``num_classes``, as
@@ -61,11 +64,13 @@ def _rename_fields(cls_name: str, values: dict[str, Any], *, warn: bool) -> dict
         if old not in values:
             continue
         if new in values and values[new] != values[old]:
-            raise ConfigError(f"{cls_name}: {old}={values[old]!r} and {new}={values[new]!r} disagree; "
-                              f"pass {new} only ({old} is its deprecated name)")
+            raise ConfigError(
+                f"{cls_name}: {old}={values[old]!r} and {new}={values[new]!r} disagree; pass {new} only ({old} is its deprecated name)"
+            )
         if warn:
-            warnings.warn(f"{old} is deprecated in dlzoo; use {new} (one name for the head size in every "
-                          "architecture)", FutureWarning, stacklevel=4)
+            warnings.warn(
+                f"{old} is deprecated in dlzoo; use {new} (one name for the head size in every architecture)", FutureWarning, stacklevel=4
+            )
         values[new] = values.pop(old)
     return values
 
@@ -87,8 +92,7 @@ class _Config:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"{cls.__name__} has no field(s) {', '.join(unknown)}; "
-                              f"valid fields: {', '.join(sorted(known))}")
+            raise ConfigError(f"{cls.__name__} has no field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
 
@@ -102,8 +106,7 @@ class _Config:
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ConfigError(f"{type(self).__name__} has no field(s) {', '.join(unknown)}; "
-                              f"valid fields: {', '.join(sorted(known))}")
+            raise ConfigError(f"{type(self).__name__} has no field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
         return dataclasses.replace(self, **overrides)
 
 
@@ -122,23 +125,25 @@ class BertConfig(_Config):
     layer_norm_eps: float = 1e-12
     dropout: float = 0.1
     attention_dropout: float = 0.1
-    pooler: bool = True           # tanh dense over [CLS] (BertModel's pooler)
-    mlm_head: bool = False        # transform + layer norm + decoder (tied to word embeddings by default)
-    num_classes: int = 0          # > 0: sequence-classification dense over the pooled output
+    pooler: bool = True  # tanh dense over [CLS] (BertModel's pooler)
+    mlm_head: bool = False  # transform + layer norm + decoder (tied to word embeddings by default)
+    num_classes: int = 0  # > 0: sequence-classification dense over the pooled output
     tie_word_embeddings: bool = True  # False: the MLM decoder has its own kernel, mlm.decoder.kernel
 
     def __post_init__(self):
-        _positive(self, "vocab_size", "max_positions", "type_vocab_size", "hidden_size",
-                  "num_layers", "num_heads", "mlp_dim")
+        _positive(self, "vocab_size", "max_positions", "type_vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim")
         _heads_divide(self)
         _probability(self, "dropout", "attention_dropout")
         _require(self.layer_norm_eps > 0, f"BertConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps}")
-        _require(isinstance(self.num_classes, int) and self.num_classes >= 0,
-                 f"BertConfig.num_classes must be an integer >= 0, got {self.num_classes!r}")
-        _require(self.num_classes == 0 or self.pooler,
-                 "BertConfig: a classifier (num_classes > 0) needs the pooler; set pooler=True")
-        _require(isinstance(self.tie_word_embeddings, bool),
-                 f"BertConfig.tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}")
+        _require(
+            isinstance(self.num_classes, int) and self.num_classes >= 0,
+            f"BertConfig.num_classes must be an integer >= 0, got {self.num_classes!r}",
+        )
+        _require(self.num_classes == 0 or self.pooler, "BertConfig: a classifier (num_classes > 0) needs the pooler; set pooler=True")
+        _require(
+            isinstance(self.tie_word_embeddings, bool),
+            f"BertConfig.tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}",
+        )
 
     @property
     def num_labels(self) -> int:
@@ -162,15 +167,16 @@ class GPTConfig(_Config):
     num_heads: int = 12
     mlp_dim: int = 3072
     layer_norm_eps: float = 1e-5
-    dropout: float = 0.1          # embedding and residual dropout
+    dropout: float = 0.1  # embedding and residual dropout
     attention_dropout: float = 0.1
     tie_word_embeddings: bool = True  # False: a separate LM head kernel, lm_head.kernel
 
     def __post_init__(self):
-        _require(isinstance(self.tie_word_embeddings, bool),
-                 f"GPTConfig.tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}")
-        _positive(self, "vocab_size", "context_length", "hidden_size", "num_layers",
-                  "num_heads", "mlp_dim")
+        _require(
+            isinstance(self.tie_word_embeddings, bool),
+            f"GPTConfig.tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}",
+        )
+        _positive(self, "vocab_size", "context_length", "hidden_size", "num_layers", "num_heads", "mlp_dim")
         _heads_divide(self)
         _probability(self, "dropout", "attention_dropout")
         _require(self.layer_norm_eps > 0, f"GPTConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps}")
@@ -194,12 +200,13 @@ class ViTConfig(_Config):
     attention_dropout: float = 0.0
 
     def __post_init__(self):
-        _positive(self, "image_size", "patch_size", "num_channels", "hidden_size",
-                  "num_layers", "num_heads", "mlp_dim", "num_classes")
+        _positive(self, "image_size", "patch_size", "num_channels", "hidden_size", "num_layers", "num_heads", "mlp_dim", "num_classes")
         _heads_divide(self)
-        _require(self.image_size % self.patch_size == 0,
-                 f"ViTConfig: patch_size {self.patch_size} does not divide image_size "
-                 f"{self.image_size}; choose a patch size that divides the image size")
+        _require(
+            self.image_size % self.patch_size == 0,
+            f"ViTConfig: patch_size {self.patch_size} does not divide image_size "
+            f"{self.image_size}; choose a patch size that divides the image size",
+        )
         _probability(self, "dropout", "attention_dropout")
         _require(self.layer_norm_eps > 0, f"ViTConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps}")
 
@@ -248,7 +255,7 @@ class ResNetConfig(_Config):
     """
 
     arch: ClassVar[str] = "resnet"
-    block: str = "bottleneck"                 # "basic" (ResNet-18/34) or "bottleneck"
+    block: str = "bottleneck"  # "basic" (ResNet-18/34) or "bottleneck"
     depths: tuple[int, ...] = (3, 4, 6, 3)
     widths: tuple[int, ...] = (64, 128, 256, 512)  # inner width of each stage
     stem_width: int = 64
@@ -256,21 +263,25 @@ class ResNetConfig(_Config):
     num_classes: int = 1000
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
-    zero_init_residual: bool = False          # zero each block's last BN scale at init (Goyal et al., 2017)
+    zero_init_residual: bool = False  # zero each block's last BN scale at init (Goyal et al., 2017)
 
     def __post_init__(self):
         object.__setattr__(self, "depths", tuple(self.depths))
         object.__setattr__(self, "widths", tuple(self.widths))
-        _require(self.block in ("basic", "bottleneck"),
-                 f"ResNetConfig.block must be 'basic' or 'bottleneck', got {self.block!r}")
-        _require(len(self.depths) >= 1 and len(self.depths) == len(self.widths),
-                 f"ResNetConfig: depths {self.depths} and widths {self.widths} must be non-empty "
-                 "and of equal length (one entry per stage)")
-        _require(all(isinstance(d, int) and d > 0 for d in self.depths + self.widths),
-                 f"ResNetConfig: depths and widths must be positive integers, got {self.depths}, {self.widths}")
+        _require(self.block in ("basic", "bottleneck"), f"ResNetConfig.block must be 'basic' or 'bottleneck', got {self.block!r}")
+        _require(
+            len(self.depths) >= 1 and len(self.depths) == len(self.widths),
+            f"ResNetConfig: depths {self.depths} and widths {self.widths} must be non-empty and of equal length (one entry per stage)",
+        )
+        _require(
+            all(isinstance(d, int) and d > 0 for d in self.depths + self.widths),
+            f"ResNetConfig: depths and widths must be positive integers, got {self.depths}, {self.widths}",
+        )
         _positive(self, "stem_width", "num_channels", "num_classes")
-        _require(0.0 < self.bn_momentum < 1.0,
-                 f"ResNetConfig.bn_momentum (weight of the new batch, torch convention) must be in (0, 1), got {self.bn_momentum}")
+        _require(
+            0.0 < self.bn_momentum < 1.0,
+            f"ResNetConfig.bn_momentum (weight of the new batch, torch convention) must be in (0, 1), got {self.bn_momentum}",
+        )
         _require(self.bn_eps > 0, f"ResNetConfig.bn_eps must be > 0, got {self.bn_eps}")
 
     @property
@@ -312,20 +323,28 @@ def _gpt(layers: int, hidden: int, heads: int) -> GPTConfig:
 
 
 _VIT_SIZES = {  # name: (hidden, layers, heads, mlp) from Dosovitskiy et al. and Touvron et al. (Ti, S)
-    "Ti": (192, 12, 3, 768), "S": (384, 12, 6, 1536), "B": (768, 12, 12, 3072),
-    "L": (1024, 24, 16, 4096), "H": (1280, 32, 16, 5120),
+    "Ti": (192, 12, 3, 768),
+    "S": (384, 12, 6, 1536),
+    "B": (768, 12, 12, 3072),
+    "L": (1024, 24, 16, 4096),
+    "H": (1280, 32, 16, 5120),
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
     "bert": {
         # BERT miniatures (Turc et al., 2019) and the two original sizes.
-        "tiny": _bert(2, 128), "mini": _bert(4, 256), "small": _bert(4, 512),
-        "medium": _bert(8, 512), "base": BertConfig(), "large": _bert(24, 1024),
+        "tiny": _bert(2, 128),
+        "mini": _bert(4, 256),
+        "small": _bert(4, 512),
+        "medium": _bert(8, 512),
+        "base": BertConfig(),
+        "large": _bert(24, 1024),
     },
     "gpt": {
-        "tiny": GPTConfig(vocab_size=256, context_length=64, hidden_size=64, num_layers=2,
-                          num_heads=4, mlp_dim=256),
-        "124M": GPTConfig(), "medium": _gpt(24, 1024, 16), "large": _gpt(36, 1280, 20),
+        "tiny": GPTConfig(vocab_size=256, context_length=64, hidden_size=64, num_layers=2, num_heads=4, mlp_dim=256),
+        "124M": GPTConfig(),
+        "medium": _gpt(24, 1024, 16),
+        "large": _gpt(36, 1280, 20),
         "xl": _gpt(48, 1600, 25),
     },
     "resnet": {
@@ -337,19 +356,27 @@ PRESETS: dict[str, dict[str, Any]] = {
         "152": ResNetConfig(depths=(3, 8, 36, 3)),
     },
     "vit": {
-        "tiny": ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_layers=2, num_heads=4,
-                          mlp_dim=128, num_classes=10),
-        **{f"{size}/{patch}": ViTConfig(patch_size=patch, hidden_size=h, num_layers=n,
-                                        num_heads=k, mlp_dim=m)
-           for size, (h, n, k, m) in _VIT_SIZES.items()
-           for patch in ((14,) if size == "H" else (16, 32))},
+        "tiny": ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_layers=2, num_heads=4, mlp_dim=128, num_classes=10),
+        **{
+            f"{size}/{patch}": ViTConfig(patch_size=patch, hidden_size=h, num_layers=n, num_heads=k, mlp_dim=m)
+            for size, (h, n, k, m) in _VIT_SIZES.items()
+            for patch in ((14,) if size == "H" else (16, 32))
+        },
     },
 }
 
 ALIASES: dict[str, dict[str, str]] = {
     "bert": {"bert-base-uncased": "base", "bert-large-uncased": "large"},
-    "gpt": {"gpt2": "124M", "small": "124M", "gpt2-medium": "medium", "355M": "medium",
-            "gpt2-large": "large", "774M": "large", "gpt2-xl": "xl", "1.5B": "xl"},
+    "gpt": {
+        "gpt2": "124M",
+        "small": "124M",
+        "gpt2-medium": "medium",
+        "355M": "medium",
+        "gpt2-large": "large",
+        "774M": "large",
+        "gpt2-xl": "xl",
+        "1.5B": "xl",
+    },
     "resnet": {f"resnet{d}": d for d in ("18", "34", "50", "101", "152")},
     "vit": {},
 }
@@ -383,11 +410,9 @@ def get_config(arch: str, preset: str | Any = "tiny", **overrides: Any):
         elif arch == "vit" and (match := _VIT_GRAMMAR.match(name)):
             size = next(s for s in _VIT_SIZES if s.lower() == match.group(1).lower())
             hidden, layers, heads, mlp = _VIT_SIZES[size]
-            config = ViTConfig(patch_size=int(match.group(2)), hidden_size=hidden,
-                               num_layers=layers, num_heads=heads, mlp_dim=mlp)
+            config = ViTConfig(patch_size=int(match.group(2)), hidden_size=hidden, num_layers=layers, num_heads=heads, mlp_dim=mlp)
         else:
-            raise ConfigError(f"unknown {arch} preset {preset!r}; expected one of: "
-                              f"{', '.join(preset_names(arch))}")
+            raise ConfigError(f"unknown {arch} preset {preset!r}; expected one of: {', '.join(preset_names(arch))}")
     else:
         raise ConfigError(f"expected a {arch} preset name or a {cls.__name__}, got {type(preset).__name__}")
     return config.replace(**overrides) if overrides else config
@@ -401,22 +426,36 @@ def config_from_json(arch: str, text: str):
     return CONFIGS[check_arch(arch)].from_dict(data)
 
 
-def check_generation(config: GPTConfig, prompt_length: int, max_new_tokens: int, temperature: float,
-                     top_k: int | None, top_p: float | None, last_mask_column=None) -> None:
+def check_generation(
+    config: GPTConfig,
+    prompt_length: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    last_mask_column=None,
+) -> None:
     """The arguments of every framework's GPT ``generate``, checked once. ``last_mask_column``:
     the attention mask's last column (iterable) or None; generation needs left padding, so every
     row's last prompt token must be real."""
-    _require(isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool) and max_new_tokens >= 1,
-             f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    _require(prompt_length + max_new_tokens <= config.context_length,
-             f"prompt length {prompt_length} + max_new_tokens {max_new_tokens} exceeds context_length "
-             f"{config.context_length}; shorten the prompt or generate fewer tokens")
-    _require(last_mask_column is None or all(int(v) == 1 for v in last_mask_column),
-             "generate needs left padding: every row's last prompt token must be real "
-             "(attention_mask[:, -1] == 1); pad prompts on the left")
-    _require(isinstance(temperature, (int, float)) and temperature >= 0.0,
-             f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-    _require(top_k is None or (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1),
-             f"top_k must be a positive integer or None, got {top_k!r}")
-    _require(top_p is None or (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0),
-             f"top_p must be in (0, 1] or None, got {top_p!r}")
+    _require(
+        isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool) and max_new_tokens >= 1,
+        f"max_new_tokens must be a positive integer, got {max_new_tokens!r}",
+    )
+    _require(
+        prompt_length + max_new_tokens <= config.context_length,
+        f"prompt length {prompt_length} + max_new_tokens {max_new_tokens} exceeds context_length "
+        f"{config.context_length}; shorten the prompt or generate fewer tokens",
+    )
+    _require(
+        last_mask_column is None or all(int(v) == 1 for v in last_mask_column),
+        "generate needs left padding: every row's last prompt token must be real (attention_mask[:, -1] == 1); pad prompts on the left",
+    )
+    _require(
+        isinstance(temperature, (int, float)) and temperature >= 0.0, f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}"
+    )
+    _require(
+        top_k is None or (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1),
+        f"top_k must be a positive integer or None, got {top_k!r}",
+    )
+    _require(top_p is None or (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0), f"top_p must be in (0, 1] or None, got {top_p!r}")

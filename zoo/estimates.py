@@ -69,6 +69,7 @@ def _activation_bytes(precision: str) -> int:
 
 # --------------------------------------------------------------------------- workload
 
+
 @dataclass(frozen=True)
 class Workload:
     """What one example is: ``tokens`` for the transformers (ViT: patches + [CLS]), ``image_size``
@@ -100,23 +101,33 @@ def workload(arch: str, config, *, seq_len: int | None = None, image_size: int |
         context = config.context_length if arch == "gpt" else config.max_positions
         tokens = context if seq_len is None else seq_len
         if tokens > context:
-            raise EstimateError(f"seq_len {tokens} is longer than the {arch} context of {context} positions; "
-                                f"use seq_len <= {context} or a config with a longer context")
+            raise EstimateError(
+                f"seq_len {tokens} is longer than the {arch} context of {context} positions; "
+                f"use seq_len <= {context} or a config with a longer context"
+            )
         return Workload(arch, tokens, None)
     if seq_len is not None:
-        raise EstimateError(f"seq_len does not apply to {arch} (an image model)"
-                            + ("; its sequence is fixed by the config: image_size/patch_size squared patches + [CLS]"
-                               if arch == "vit" else "; give image_size instead"))
+        raise EstimateError(
+            f"seq_len does not apply to {arch} (an image model)"
+            + (
+                "; its sequence is fixed by the config: image_size/patch_size squared patches + [CLS]"
+                if arch == "vit"
+                else "; give image_size instead"
+            )
+        )
     if arch == "vit":
         if image_size is not None and image_size != config.image_size:
-            raise EstimateError(f"ViT's image size is part of its config (position embeddings for "
-                                f"{config.num_patches} patches at {config.image_size} px); use a config "
-                                f"with image_size={image_size} instead of the image_size option")
+            raise EstimateError(
+                f"ViT's image size is part of its config (position embeddings for "
+                f"{config.num_patches} patches at {config.image_size} px); use a config "
+                f"with image_size={image_size} instead of the image_size option"
+            )
         return Workload(arch, config.num_patches + 1, config.image_size)
     return Workload(arch, None, 224 if image_size is None else image_size)
 
 
 # --------------------------------------------------------------------------- FLOPs
+
 
 @dataclass(frozen=True)
 class Flops:
@@ -125,7 +136,7 @@ class Flops:
 
     forward: int
     backward: int
-    train: int                   # forward + backward
+    train: int  # forward + backward
     tokens: int | None
 
     @property
@@ -191,9 +202,8 @@ def flops(arch: str, config, *, seq_len: int | None = None, image_size: int | No
             forward += 2 * t * c.hidden_size * (c.hidden_size + c.vocab_size)
     elif isinstance(c, ViTConfig):
         n = c.num_patches
-        patch_embed = 2 * n * c.patch_size ** 2 * c.num_channels * c.hidden_size
-        forward = (patch_embed + _transformer_layers(c.num_layers, n + 1, c.hidden_size, c.mlp_dim)
-                   + 2 * c.hidden_size * c.num_classes)
+        patch_embed = 2 * n * c.patch_size**2 * c.num_channels * c.hidden_size
+        forward = patch_embed + _transformer_layers(c.num_layers, n + 1, c.hidden_size, c.mlp_dim) + 2 * c.hidden_size * c.num_classes
         skipped = patch_embed
     else:
         stem, _, blocks = _resnet_convs(c, w.image_size)
@@ -206,6 +216,7 @@ def flops(arch: str, config, *, seq_len: int | None = None, image_size: int | No
 
 
 # --------------------------------------------------------------------------- activations
+
 
 @dataclass(frozen=True)
 class _Acts:
@@ -224,25 +235,24 @@ class _Acts:
         return self.other + sum(self.block_inputs) + max(self.blocks, default=0) + self.transient
 
 
-def _transformer_block(s: int, h: int, f: int, a: int, *, e: int, kernels: str, dropout: bool,
-                       attention_dropout: bool) -> int:
+def _transformer_block(s: int, h: int, f: int, a: int, *, e: int, kernels: str, dropout: bool, attention_dropout: bool) -> int:
     """Bytes one transformer block stores for backward, per example of s tokens (pre-LN and
     post-LN blocks store the same tensors, in different places). ``e`` is the bytes of a matmul
     input or output. The reference kernels run math attention in fp32 even under autocast (CPU
     autocast keeps scaled_dot_product_attention in fp32) and keep each dropout's random mask in
     the dtype of what it drops; the fused ones keep 1-byte masks and no s x s tensor."""
-    stored = 2 * s * h * _FP32                  # the two layer-norm inputs: the fp32 residual stream
-    stored += 2 * 2 * s * _FP32                 # their mean and 1/std
-    stored += 3 * s * h * e                     # qkv input, attention output (projection input), MLP input
-    stored += 2 * s * f * e                     # GELU input and output
+    stored = 2 * s * h * _FP32  # the two layer-norm inputs: the fp32 residual stream
+    stored += 2 * 2 * s * _FP32  # their mean and 1/std
+    stored += 3 * s * h * e  # qkv input, attention output (projection input), MLP input
+    stored += 2 * s * f * e  # GELU input and output
     if dropout:
         stored += 2 * s * h * (e if kernels == "reference" else 1)  # masks of the two residual dropouts
     if kernels == "reference":
-        stored += 3 * s * h * _FP32 + a * s * s * _FP32             # q, k, v and the probabilities
+        stored += 3 * s * h * _FP32 + a * s * s * _FP32  # q, k, v and the probabilities
         if attention_dropout:
-            stored += 2 * a * s * s * _FP32                          # their dropout mask and result
+            stored += 2 * a * s * s * _FP32  # their dropout mask and result
     else:
-        stored += 4 * s * h * e + a * s * _FP32   # flash attention: q, k, v, its output, log-sum-exp
+        stored += 4 * s * h * e + a * s * _FP32  # flash attention: q, k, v, its output, log-sum-exp
     return stored
 
 
@@ -255,25 +265,28 @@ def _activations(arch: str, config, w: Workload, *, precision: str, kernels: str
     if arch in ("gpt", "bert", "vit"):
         s, h = w.tokens, c.hidden_size
         dropout = c.dropout > 0
-        block = _transformer_block(s, h, c.mlp_dim, c.num_heads, e=e, kernels=kernels, dropout=dropout,
-                                   attention_dropout=c.attention_dropout > 0)
+        block = _transformer_block(
+            s, h, c.mlp_dim, c.num_heads, e=e, kernels=kernels, dropout=dropout, attention_dropout=c.attention_dropout > 0
+        )
         blocks = [block] * c.num_layers
         block_inputs = [s * h * _FP32] * c.num_layers
         # the embeddings are fp32, so is the mask of their dropout (1 byte with fused kernels)
         embedding_mask = s * h * (_FP32 if kernels == "reference" else 1) if dropout else 0
+
         # logits in the compute dtype, their fp32 log-softmax for the loss (and under mixed
         # precision the fp32 copy the loss upcasts to, alive while the log-softmax is computed)
         def loss(v: int) -> int:
             return s * v * (e + _FP32 + (_FP32 if mixed else 0))
+
         transient = 0
         if arch == "gpt":
-            before = s * _INT64 + embedding_mask                          # position ids, dropout mask
+            before = s * _INT64 + embedding_mask  # position ids, dropout mask
             # ln_f input, statistics and output (the LM head's input); logits and loss
             after = s * h * (_FP32 + e) + 2 * s * _FP32 + loss(c.vocab_size)
         elif arch == "bert":
             # position and token-type ids, embedding layer-norm input and statistics, dropout mask
             before = 2 * s * _INT64 + s * h * _FP32 + 2 * s * _FP32 + embedding_mask
-            after = s * h * _FP32                                         # the last hidden state
+            after = s * h * _FP32  # the last hidden state
             if c.mlm_head:
                 # transform input, GELU input, layer-norm input, statistics and output; the decoder
                 # adds its fp32 bias, so logits and their log-softmax are both fp32
@@ -283,7 +296,7 @@ def _activations(arch: str, config, w: Workload, *, precision: str, kernels: str
             # 16-bit copies of them, so nothing else keeps them.
             transient = 2 * s * h * _FP32 if mixed else 0
         else:
-            before = c.num_channels * c.image_size ** 2 * e if mixed else 0  # the 16-bit copy of the image
+            before = c.num_channels * c.image_size**2 * e if mixed else 0  # the 16-bit copy of the image
             before += embedding_mask
             # ln_f input, statistics and output: the head reads [CLS] only (under mixed precision a
             # 16-bit copy of it), but the whole output stays alive until the head has run
@@ -296,9 +309,14 @@ def _activations(arch: str, config, w: Workload, *, precision: str, kernels: str
             during = 3 * s * h * e + s * h * _FP32
             if mixed:
                 during += 3 * s * h * _FP32 + c.num_heads * s * s * e
-            stored_after = (2 * s * h * e + 2 * s * c.mlp_dim * e + s * h * _FP32 + 2 * s * _FP32
-                            + (2 * s * h * e if dropout else 0)
-                            + (2 * c.num_heads * s * s * _FP32 if c.attention_dropout > 0 else 0))
+            stored_after = (
+                2 * s * h * e
+                + 2 * s * c.mlp_dim * e
+                + s * h * _FP32
+                + 2 * s * _FP32
+                + (2 * s * h * e if dropout else 0)
+                + (2 * c.num_heads * s * s * _FP32 if c.attention_dropout > 0 else 0)
+            )
             transient = max(transient, transient + during - stored_after - after)
         return _Acts(before + after, blocks, block_inputs, transient=transient)
     return _resnet_activations(c, w.image_size, e)
@@ -308,11 +326,11 @@ def _resnet_activations(c: ResNetConfig, image_size: int, e: int) -> _Acts:
     """Walks the forward pass in order: what each conv -> batch norm (-> ReLU) stores, and the
     batch-norm outputs that live only until their ReLU or residual add (the transient peak)."""
     stem, pooled, blocks_spec = _resnet_convs(c, image_size)
-    image = c.num_channels * image_size ** 2 * e if e != _FP32 else 0  # the 16-bit copy of the image
+    image = c.num_channels * image_size**2 * e if e != _FP32 else 0  # the 16-bit copy of the image
     _, _, z, hw = stem[0]
     fmap = z * hw * hw
-    saved = image + fmap * e                      # stem conv output (its batch norm's input)
-    peak = saved + 2 * fmap * e                   # + batch-norm output (until the ReLU) and ReLU output
+    saved = image + fmap * e  # stem conv output (its batch norm's input)
+    peak = saved + 2 * fmap * e  # + batch-norm output (until the ReLU) and ReLU output
     saved += fmap * e + z * pooled * pooled * _INT64  # ReLU output (max-pool input), max-pool indices
     other = saved
     blocks, block_inputs = [], []
@@ -320,18 +338,18 @@ def _resnet_activations(c: ResNetConfig, image_size: int, e: int) -> _Acts:
         start = saved
         for i, (_, _, z, hw) in enumerate(convs):
             fmap = z * hw * hw * e
-            saved += fmap                         # conv output (batch-norm input)
+            saved += fmap  # conv output (batch-norm input)
             if i < len(convs) - 1:
                 peak = max(peak, saved + 2 * fmap)  # batch-norm output (until its ReLU) and ReLU output
-                saved += fmap                     # ReLU output (the next conv's input)
+                saved += fmap  # ReLU output (the next conv's input)
         last = n_out * h_out * h_out * e
         shortcut = 0
         if downsample:
             _, _, z, hw = downsample
-            saved += z * hw * hw * e              # projection conv output
-            shortcut = z * hw * hw * e            # its batch-norm output, until the add
+            saved += z * hw * hw * e  # projection conv output
+            shortcut = z * hw * hw * e  # its batch-norm output, until the add
         peak = max(peak, saved + 3 * last + shortcut)  # last batch-norm output, the sum, its ReLU
-        saved += last                             # the block's ReLU output
+        saved += last  # the block's ReLU output
         blocks.append(saved - start)
         block_inputs.append(n_in * h_in * h_in * e)
     head = c.out_widths[-1] * e + c.num_classes * (e + 2 * _FP32)  # pooled features, logits, log-softmax
@@ -342,6 +360,7 @@ def _resnet_activations(c: ResNetConfig, image_size: int, e: int) -> _Acts:
 
 # --------------------------------------------------------------------------- memory
 
+
 @dataclass(frozen=True)
 class Memory:
     """Training memory in bytes at one batch size and precision (see the module docstring)."""
@@ -350,25 +369,33 @@ class Memory:
     precision: str
     checkpointing: bool
     kernels: str
-    params: int                          # trainable parameters
-    weights_bytes: int                   # fp32 master weights, batch-norm statistics included
-    weight_copy_bytes: int               # the 16-bit copy under mixed precision
+    params: int  # trainable parameters
+    weights_bytes: int  # fp32 master weights, batch-norm statistics included
+    weight_copy_bytes: int  # the 16-bit copy under mixed precision
     gradient_bytes: int
-    optimizer_bytes: int                 # AdamW's two moments
+    optimizer_bytes: int  # AdamW's two moments
     activation_bytes: int
     activation_bytes_per_example: int
 
     @property
     def total_bytes(self) -> int:
-        return (self.weights_bytes + self.weight_copy_bytes + self.gradient_bytes + self.optimizer_bytes
-                + self.activation_bytes)
+        return self.weights_bytes + self.weight_copy_bytes + self.gradient_bytes + self.optimizer_bytes + self.activation_bytes
 
     def as_dict(self) -> dict:
         return {**asdict(self), "total_bytes": self.total_bytes}
 
 
-def memory(arch: str, config, *, batch_size: int = 1, precision: str = "fp32", checkpointing: bool = False,
-           kernels: str = "reference", seq_len: int | None = None, image_size: int | None = None) -> Memory:
+def memory(
+    arch: str,
+    config,
+    *,
+    batch_size: int = 1,
+    precision: str = "fp32",
+    checkpointing: bool = False,
+    kernels: str = "reference",
+    seq_len: int | None = None,
+    image_size: int | None = None,
+) -> Memory:
     """Weights + gradients + AdamW state + activations for one training step at ``batch_size``.
     Raises EstimateError for an unknown precision or kernels, a non-positive batch, options that
     do not apply to ``arch`` or a sequence beyond the context."""
@@ -379,11 +406,19 @@ def memory(arch: str, config, *, batch_size: int = 1, precision: str = "fp32", c
     params = count_params(arch, config)
     all_tensors = sum(_numel(s.shape) for s in canonical_spec(arch, config).values())
     mixed = _activation_bytes(precision) == 2
-    return Memory(batch_size=batch_size, precision=precision, checkpointing=checkpointing, kernels=kernels,
-                  params=params, weights_bytes=all_tensors * _FP32,
-                  weight_copy_bytes=2 * _matmul_params(arch, config) if mixed else 0,
-                  gradient_bytes=params * _FP32, optimizer_bytes=params * (_STATE_BYTES_PER_PARAM - 2 * _FP32),
-                  activation_bytes=per_example * batch_size, activation_bytes_per_example=per_example)
+    return Memory(
+        batch_size=batch_size,
+        precision=precision,
+        checkpointing=checkpointing,
+        kernels=kernels,
+        params=params,
+        weights_bytes=all_tensors * _FP32,
+        weight_copy_bytes=2 * _matmul_params(arch, config) if mixed else 0,
+        gradient_bytes=params * _FP32,
+        optimizer_bytes=params * (_STATE_BYTES_PER_PARAM - 2 * _FP32),
+        activation_bytes=per_example * batch_size,
+        activation_bytes_per_example=per_example,
+    )
 
 
 def _matmul_params(arch: str, config) -> int:
@@ -408,23 +443,49 @@ def _numel(shape) -> int:
     return n
 
 
-def max_batch_size(arch: str, config, *, device_bytes: int, precision: str = "fp32", checkpointing: bool = False,
-                   kernels: str = "fused", headroom: float = 0.1, seq_len: int | None = None,
-                   image_size: int | None = None) -> int:
+def max_batch_size(
+    arch: str,
+    config,
+    *,
+    device_bytes: int,
+    precision: str = "fp32",
+    checkpointing: bool = False,
+    kernels: str = "fused",
+    headroom: float = 0.1,
+    seq_len: int | None = None,
+    image_size: int | None = None,
+) -> int:
     """The largest batch whose training memory fits in ``(1 - headroom) * device_bytes``; 0 when
     not even one example fits. ``headroom`` is kept free for the CUDA/XLA context, workspaces and
     allocator fragmentation (a rule of thumb, not a measurement)."""
     if not 0.0 <= headroom < 1.0:
         raise EstimateError(f"headroom must be in [0, 1), got {headroom!r}")
-    one = memory(arch, config, batch_size=1, precision=precision, checkpointing=checkpointing, kernels=kernels,
-                 seq_len=seq_len, image_size=image_size)
+    one = memory(
+        arch,
+        config,
+        batch_size=1,
+        precision=precision,
+        checkpointing=checkpointing,
+        kernels=kernels,
+        seq_len=seq_len,
+        image_size=image_size,
+    )
     fixed = one.total_bytes - one.activation_bytes
     free = int(device_bytes * (1.0 - headroom)) - fixed
     return max(0, free // one.activation_bytes_per_example)
 
 
-def step_time(arch: str, config, *, batch_size: int, peak_flops: float, utilisation: float,
-              checkpointing: bool = False, seq_len: int | None = None, image_size: int | None = None) -> float:
+def step_time(
+    arch: str,
+    config,
+    *,
+    batch_size: int,
+    peak_flops: float,
+    utilisation: float,
+    checkpointing: bool = False,
+    seq_len: int | None = None,
+    image_size: int | None = None,
+) -> float:
     """Seconds per optimizer step: training FLOPs of the batch (plus one recomputed forward with
     checkpointing) over ``peak_flops * utilisation``. ``utilisation`` is model FLOPs utilisation
     in (0, 1] (Chowdhery et al., 2022, arXiv:2204.02311, define it and report 21-46% for large
@@ -442,14 +503,15 @@ def step_time(arch: str, config, *, batch_size: int, peak_flops: float, utilisat
 
 # --------------------------------------------------------------------------- summary for `dlzoo info`
 
+
 @dataclass(frozen=True)
 class Estimate:
     params: int
-    flops_forward: int            # per example
-    flops_train_step: int         # per example, forward + backward
-    tokens_or_pixels: str         # what one example is
-    weights_bytes: int            # trainable parameters, fp32
-    training_state_bytes: int     # weights + grads + AdamW moments, fp32 (16 bytes per trainable parameter)
+    flops_forward: int  # per example
+    flops_train_step: int  # per example, forward + backward
+    tokens_or_pixels: str  # what one example is
+    weights_bytes: int  # trainable parameters, fp32
+    training_state_bytes: int  # weights + grads + AdamW moments, fp32 (16 bytes per trainable parameter)
     activation_bytes_per_example: int  # fp32, reference kernels, no checkpointing
 
     def as_dict(self) -> dict:
@@ -460,8 +522,12 @@ def estimate(arch: str, config, *, seq_len: int | None = None, image_size: int |
     """The fp32 summary ``dlzoo info`` prints by default."""
     f = flops(arch, config, seq_len=seq_len, image_size=image_size)
     m = memory(arch, config, seq_len=seq_len, image_size=image_size)
-    return Estimate(params=m.params, flops_forward=f.forward, flops_train_step=f.train,
-                    tokens_or_pixels=workload(arch, config, seq_len=seq_len, image_size=image_size).unit,
-                    weights_bytes=m.params * _FP32,
-                    training_state_bytes=m.params * _STATE_BYTES_PER_PARAM,
-                    activation_bytes_per_example=m.activation_bytes_per_example)
+    return Estimate(
+        params=m.params,
+        flops_forward=f.forward,
+        flops_train_step=f.train,
+        tokens_or_pixels=workload(arch, config, seq_len=seq_len, image_size=image_size).unit,
+        weights_bytes=m.params * _FP32,
+        training_state_bytes=m.params * _STATE_BYTES_PER_PARAM,
+        activation_bytes_per_example=m.activation_bytes_per_example,
+    )

@@ -23,8 +23,29 @@ from typing import Callable
 
 from .configs import ZooError
 
-FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".pt", ".pth", ".ckpt", ".h5", ".keras", ".msgpack",
-                 ".npz", ".npy", ".pkl", ".onnx", ".jsonl", ".txt", ".csv", ".md", ".py", ".png", ".svg", ".pdf")
+FILE_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".json",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".h5",
+    ".keras",
+    ".msgpack",
+    ".npz",
+    ".npy",
+    ".pkl",
+    ".onnx",
+    ".jsonl",
+    ".txt",
+    ".csv",
+    ".md",
+    ".py",
+    ".png",
+    ".svg",
+    ".pdf",
+)
 
 
 class PathError(ZooError):
@@ -42,8 +63,13 @@ def looks_like_path(name: str | os.PathLike) -> bool:
     if os.path.exists(name):
         return True
     text = name.strip()
-    return (text.startswith(("/", "./", "../", "~", ".\\", "..\\")) or "\\" in text or text.count("/") > 1
-            or text.endswith("/") or text.lower().endswith(FILE_SUFFIXES))
+    return (
+        text.startswith(("/", "./", "../", "~", ".\\", "..\\"))
+        or "\\" in text
+        or text.count("/") > 1
+        or text.endswith("/")
+        or text.lower().endswith(FILE_SUFFIXES)
+    )
 
 
 def _parent(path: Path) -> Path:
@@ -55,8 +81,9 @@ def _parent(path: Path) -> Path:
     return parent
 
 
-def check_output_file(path: str | os.PathLike, *, overwrite: bool = False,
-                      suffixes: tuple[str, ...] | None = None, what: str = "file") -> Path:
+def check_output_file(
+    path: str | os.PathLike, *, overwrite: bool = False, suffixes: tuple[str, ...] | None = None, what: str = "file"
+) -> Path:
     """Validate a file destination before any work is done; returns it as a Path.
 
     Raises PathError when ``path`` is a folder, lacks one of ``suffixes`` (when given), or its
@@ -68,12 +95,12 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool = False,
         raise PathError(f"{path} is a folder; expected a {what} name (e.g. {example})")
     if suffixes and path.suffix.lower() not in suffixes:
         choices = suffixes[0] if len(suffixes) == 1 else f"{', '.join(suffixes[:-1])} or {suffixes[-1]}"
-        raise PathError(f"{path}: a {what} must end in {choices}"
-                        + (f", not {path.suffix!r}" if path.suffix else ""))
+        raise PathError(f"{path}: a {what} must end in {choices}" + (f", not {path.suffix!r}" if path.suffix else ""))
     _parent(path)
     if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} already exists; choose a new name, or pass overwrite=True "
-                                "(--overwrite on the command line) to replace it")
+        raise OutputExistsError(
+            f"{path} already exists; choose a new name, or pass overwrite=True (--overwrite on the command line) to replace it"
+        )
     return path
 
 
@@ -83,14 +110,19 @@ def check_output_folder(path: str | os.PathLike) -> Path:
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"{path} is an existing file; expected a new folder name")
     if path.is_dir() and any(path.iterdir()):
-        raise OutputExistsError(f"{path} exists and is not an empty folder; choose a new folder "
-                                "(dlzoo never replaces a folder's contents)")
+        raise OutputExistsError(f"{path} exists and is not an empty folder; choose a new folder (dlzoo never replaces a folder's contents)")
     _parent(path)
     return path
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[str], object], *, overwrite: bool = False,
-                 suffixes: tuple[str, ...] | None = None, what: str = "file") -> Path:
+def write_atomic(
+    path: str | os.PathLike,
+    write: Callable[[str], object],
+    *,
+    overwrite: bool = False,
+    suffixes: tuple[str, ...] | None = None,
+    what: str = "file",
+) -> Path:
     """Check the destination (``check_output_file``), then ``write(tmp)`` to a temporary file
     beside it (same suffix, so writers that go by the suffix choose the same format) and rename it
     into place. Nothing is left behind when ``write`` fails."""

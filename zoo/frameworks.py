@@ -19,12 +19,23 @@ from .configs import ZooError
 
 FRAMEWORKS: tuple[str, ...] = ("torch", "flax", "equinox", "haiku", "keras")
 # What each backend needs importable; used to list installed frameworks without importing them.
-_REQUIRES = {"torch": ("torch",), "flax": ("flax", "optax"), "equinox": ("equinox", "optax"),
-             "haiku": ("haiku", "optax"), "keras": ("keras",)}
+_REQUIRES = {
+    "torch": ("torch",),
+    "flax": ("flax", "optax"),
+    "equinox": ("equinox", "optax"),
+    "haiku": ("haiku", "optax"),
+    "keras": ("keras",),
+}
 KERAS_BACKENDS: tuple[str, ...] = ("jax", "torch", "tensorflow")
 # The pip extra that installs each framework (keras: per backend).
-EXTRAS = {"torch": "torch", "flax": "flax", "equinox": "equinox", "haiku": "haiku", "keras": "keras-jax",
-          **{f"keras/{b}": f"keras-{b}" for b in KERAS_BACKENDS}}
+EXTRAS = {
+    "torch": "torch",
+    "flax": "flax",
+    "equinox": "equinox",
+    "haiku": "haiku",
+    "keras": "keras-jax",
+    **{f"keras/{b}": f"keras-{b}" for b in KERAS_BACKENDS},
+}
 
 
 def _installed(module: str) -> bool:
@@ -70,14 +81,18 @@ def choose_keras_backend() -> str:
     before keras is imported; log the choice. Returns the backend keras will use."""
     name, source = keras_backend()
     if name is None:
-        raise ZooError("keras needs a backend and none is installed; install one with: "
-                       "pip install 'dlzoo[keras-jax]' (or keras-torch, keras-tensorflow)")
+        raise ZooError(
+            "keras needs a backend and none is installed; install one with: "
+            "pip install 'dlzoo[keras-jax]' (or keras-torch, keras-tensorflow)"
+        )
     if source.startswith("chosen"):
         import logging
 
         os.environ["KERAS_BACKEND"] = name
-        logging.getLogger("dlzoo").info(f"KERAS_BACKEND is unset and tensorflow is not installed; keras runs "
-                                        f"on {name} (set KERAS_BACKEND=jax|torch|tensorflow to choose)")
+        logging.getLogger("dlzoo").info(
+            f"KERAS_BACKEND is unset and tensorflow is not installed; keras runs "
+            f"on {name} (set KERAS_BACKEND=jax|torch|tensorflow to choose)"
+        )
     return name
 
 
@@ -87,24 +102,32 @@ def require(framework: str) -> None:
     check_framework(framework)
     missing = [m for m in _REQUIRES[framework] if not _installed(m)]
     if missing:
-        raise ZooError(f"framework {framework!r} needs {', '.join(missing)}, which is not installed; "
-                       f"install it with: pip install 'dlzoo[{EXTRAS[framework]}]'")
+        raise ZooError(
+            f"framework {framework!r} needs {', '.join(missing)}, which is not installed; "
+            f"install it with: pip install 'dlzoo[{EXTRAS[framework]}]'"
+        )
     if not _backend_exists(framework):
-        raise ZooError(f"framework {framework!r} has no dlzoo implementation in this version; "
-                       f"available: {', '.join(installed_frameworks())}")
+        raise ZooError(
+            f"framework {framework!r} has no dlzoo implementation in this version; available: {', '.join(installed_frameworks())}"
+        )
     if framework == "keras":
         name, source = keras_backend()
         if name is None:
-            raise ZooError("keras needs a backend and none is installed; install one with: "
-                           "pip install 'dlzoo[keras-jax]' (or keras-torch, keras-tensorflow)")
+            raise ZooError(
+                "keras needs a backend and none is installed; install one with: "
+                "pip install 'dlzoo[keras-jax]' (or keras-torch, keras-tensorflow)"
+            )
         if name not in KERAS_BACKENDS:
-            raise ZooError(f"keras backend {name!r} ({source}) is not supported by dlzoo; "
-                           f"set KERAS_BACKEND to one of: {', '.join(KERAS_BACKENDS)}")
+            raise ZooError(
+                f"keras backend {name!r} ({source}) is not supported by dlzoo; set KERAS_BACKEND to one of: {', '.join(KERAS_BACKENDS)}"
+            )
         if not _installed(name):
             others = [b for b in KERAS_BACKENDS if b != name and _installed(b)]
-            raise ZooError(f"keras with backend {name} ({source}) needs {name}, which is not installed; "
-                           f"install it with: pip install 'dlzoo[{EXTRAS['keras/' + name]}]'"
-                           + (f", or set KERAS_BACKEND={others[0]}" if others else ""))
+            raise ZooError(
+                f"keras with backend {name} ({source}) needs {name}, which is not installed; "
+                f"install it with: pip install 'dlzoo[{EXTRAS['keras/' + name]}]'"
+                + (f", or set KERAS_BACKEND={others[0]}" if others else "")
+            )
 
 
 def backend(framework: str):

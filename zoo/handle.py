@@ -54,8 +54,10 @@ def _check_inputs(arch: str, config, inputs: dict[str, Any]) -> dict[str, np.nda
     missing = [k for k in required if k not in inputs]
     unknown = [k for k in inputs if k not in allowed]
     if missing or unknown:
-        raise ZooError(f"{arch} inputs: expected keys {', '.join(allowed)} "
-                       f"(required: {', '.join(required)}); missing {missing or 'none'}, unknown {unknown or 'none'}")
+        raise ZooError(
+            f"{arch} inputs: expected keys {', '.join(allowed)} "
+            f"(required: {', '.join(required)}); missing {missing or 'none'}, unknown {unknown or 'none'}"
+        )
     out = {}
     for key in FLAGS:
         if key in inputs:
@@ -71,12 +73,15 @@ def _check_inputs(arch: str, config, inputs: dict[str, Any]) -> dict[str, np.nda
             want = (config.image_size, config.image_size) if arch == "vit" and not resizable else None
             if value.ndim != 4 or value.shape[-1] != config.num_channels or (want and value.shape[1:3] != want):
                 size = f"{want[0]}, {want[1]}" if want else "H, W"
-                raise ZooError(f"{arch} pixel_values must be NHWC [B, {size}, {config.num_channels}], "
-                               f"got shape {list(value.shape)}"
-                               + ("; pass interpolate_pos_encoding=True to run other sizes" if arch == "vit" else ""))
+                raise ZooError(
+                    f"{arch} pixel_values must be NHWC [B, {size}, {config.num_channels}], "
+                    f"got shape {list(value.shape)}" + ("; pass interpolate_pos_encoding=True to run other sizes" if arch == "vit" else "")
+                )
             if resizable and min(value.shape[1:3]) < config.patch_size:
-                raise ZooError(f"vit pixel_values of {value.shape[1]}x{value.shape[2]} hold no "
-                               f"{config.patch_size}x{config.patch_size} patch; use larger images")
+                raise ZooError(
+                    f"vit pixel_values of {value.shape[1]}x{value.shape[2]} hold no "
+                    f"{config.patch_size}x{config.patch_size} patch; use larger images"
+                )
             out[key] = value.astype(np.float32)
         else:
             if value.ndim != 2 or not np.issubdtype(value.dtype, np.integer):
@@ -85,11 +90,12 @@ def _check_inputs(arch: str, config, inputs: dict[str, Any]) -> dict[str, np.nda
             if limit is not None and value.shape[1] > limit:
                 raise ZooError(f"{arch} {key} has {value.shape[1]} positions; the model supports at most {limit}")
             if key == "input_ids" and (value.min(initial=0) < 0 or value.max(initial=0) >= config.vocab_size):
-                raise ZooError(f"{arch} input_ids must be in [0, {config.vocab_size}), "
-                               f"got values in [{value.min()}, {value.max()}]")
+                raise ZooError(f"{arch} input_ids must be in [0, {config.vocab_size}), got values in [{value.min()}, {value.max()}]")
             if key == "attention_mask" and not np.isin(value, (0, 1)).all():
-                raise ZooError(f"{arch} attention_mask must hold 1 (real token) or 0 (padding), "
-                               f"got values {sorted(set(np.unique(value).tolist()) - {0, 1})[:5]}")
+                raise ZooError(
+                    f"{arch} attention_mask must hold 1 (real token) or 0 (padding), "
+                    f"got values {sorted(set(np.unique(value).tolist()) - {0, 1})[:5]}"
+                )
             out[key] = value.astype(np.int32)
     shapes = {k: v.shape for k, v in out.items() if k != "pixel_values" and k not in FLAGS}
     if len(set(shapes.values())) > 1:
@@ -117,8 +123,10 @@ def output_shapes(arch: str, config, inputs: dict[str, np.ndarray]) -> dict[str,
 def _check_cotangents(arch: str, config, inputs: dict[str, np.ndarray], cotangents) -> dict[str, np.ndarray]:
     expected = output_shapes(arch, config, inputs)
     if not isinstance(cotangents, dict) or not cotangents:
-        raise ZooError(f"cotangents must be a non-empty dict of output name -> array; {arch} outputs: "
-                       + ", ".join(f"{k} {list(v)}" for k, v in expected.items()))
+        raise ZooError(
+            f"cotangents must be a non-empty dict of output name -> array; {arch} outputs: "
+            + ", ".join(f"{k} {list(v)}" for k, v in expected.items())
+        )
     out = {}
     for name, value in cotangents.items():
         if name not in expected:
@@ -128,8 +136,7 @@ def _check_cotangents(arch: str, config, inputs: dict[str, np.ndarray], cotangen
         except (TypeError, ValueError):
             raise ZooError(f"cotangent {name!r} must be a numeric array, got {type(value).__name__}") from None
         if value.shape != expected[name]:
-            raise ZooError(f"cotangent {name!r} has shape {list(value.shape)}, expected "
-                           f"{list(expected[name])} (the output's shape)")
+            raise ZooError(f"cotangent {name!r} has shape {list(value.shape)}, expected {list(expected[name])} (the output's shape)")
         out[name] = value
     return out
 
@@ -172,8 +179,7 @@ class Handle:
         positions.
         """
         inputs = _check_inputs(self.arch, self.config, inputs)
-        outputs, self.native = self._backend.apply(self.arch, self.config, self.native, inputs,
-                                                   train=train, seed=seed)
+        outputs, self.native = self._backend.apply(self.arch, self.config, self.native, inputs, train=train, seed=seed)
         return {k: np.asarray(v) for k, v in outputs.items()}
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -208,11 +214,11 @@ class Handle:
         output name, a wrong shape or a non-numeric cotangent."""
         inputs = _check_inputs(self.arch, self.config, inputs)
         cotangents = _check_cotangents(self.arch, self.config, inputs, cotangents)
-        return self._backend.vjp(self.arch, self.config, self.native, inputs, cotangents,
-                                 train=train, seed=seed)
+        return self._backend.vjp(self.arch, self.config, self.native, inputs, cotangents, train=train, seed=seed)
 
-    def adamw_step(self, inputs, cotangents, *, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                   weight_decay: float = 0.01, seed: int = 0) -> "Handle":
+    def adamw_step(
+        self, inputs, cotangents, *, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01, seed: int = 0
+    ) -> "Handle":
         """One step of the framework's own AdamW (fresh optimizer state, so step 1 with bias
         correction) on the ``vjp`` objective, in eval mode; updates the weights in place and returns
         the handle. Decoupled weight decay as torch: p -= lr * weight_decay * p, then the Adam
@@ -222,11 +228,22 @@ class Handle:
         cotangents = _check_cotangents(self.arch, self.config, inputs, cotangents)
         betas = tuple(betas)
         if not (lr >= 0 and len(betas) == 2 and all(0 <= b < 1 for b in betas) and eps > 0 and weight_decay >= 0):
-            raise ZooError(f"AdamW needs lr >= 0, two betas in [0, 1), eps > 0 and weight_decay >= 0; got "
-                           f"lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}")
-        self.native = self._backend.adamw_step(self.arch, self.config, self.native, inputs, cotangents,
-                                               lr=lr, betas=tuple(betas), eps=eps,
-                                               weight_decay=weight_decay, seed=seed)
+            raise ZooError(
+                f"AdamW needs lr >= 0, two betas in [0, 1), eps > 0 and weight_decay >= 0; got "
+                f"lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}"
+            )
+        self.native = self._backend.adamw_step(
+            self.arch,
+            self.config,
+            self.native,
+            inputs,
+            cotangents,
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            seed=seed,
+        )
         return self
 
     def block_outputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -236,13 +253,20 @@ class Handle:
         outputs = self._backend.block_outputs(self.arch, self.config, self.native, inputs)
         names = self.config.block_names()
         if sorted(outputs) != sorted(names):
-            raise ZooError(f"the {self.framework} backend returned outputs for blocks {sorted(outputs)}, "
-                           f"the config has {names}")
+            raise ZooError(f"the {self.framework} backend returned outputs for blocks {sorted(outputs)}, the config has {names}")
         return {name: np.asarray(outputs[name]) for name in names}
 
-    def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None, *, max_new_tokens: int,
-                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                 seed: int = 0) -> np.ndarray:
+    def generate(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray | None = None,
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+    ) -> np.ndarray:
         """GPT only: prompts ``input_ids`` int [B, T], left-padded where ``attention_mask`` [B, T]
         is 0, -> int32 [B, T + max_new_tokens], the prompts followed by the new tokens (as
         transformers' ``generate`` returns them). ``temperature=0`` (the default) is greedy; a
@@ -255,23 +279,39 @@ class Handle:
         context."""
         if self.arch != "gpt":
             raise ZooError(f"generate is for gpt; this handle holds {self.arch}")
-        inputs = {"input_ids": input_ids} if attention_mask is None else {"input_ids": input_ids,
-                                                                          "attention_mask": attention_mask}
+        inputs = {"input_ids": input_ids} if attention_mask is None else {"input_ids": input_ids, "attention_mask": attention_mask}
         inputs = _check_inputs(self.arch, self.config, inputs)
         mask = inputs.get("attention_mask")
-        check_generation(self.config, inputs["input_ids"].shape[1], max_new_tokens, temperature, top_k, top_p,
-                         None if mask is None else mask[:, -1])
-        return self._backend.generate(self.arch, self.config, self.native, inputs["input_ids"], mask,
-                                      max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k,
-                                      top_p=None if top_p is None else float(top_p), seed=seed)
+        check_generation(
+            self.config, inputs["input_ids"].shape[1], max_new_tokens, temperature, top_k, top_p, None if mask is None else mask[:, -1]
+        )
+        return self._backend.generate(
+            self.arch,
+            self.config,
+            self.native,
+            inputs["input_ids"],
+            mask,
+            max_new_tokens=max_new_tokens,
+            temperature=float(temperature),
+            top_k=top_k,
+            top_p=None if top_p is None else float(top_p),
+            seed=seed,
+        )
 
     @property
     def num_params(self) -> int:
         return _weights.count_params(self.arch, self.config)
 
 
-def load(arch: str, framework: str = "torch", config: Any = "tiny", weights: Any = None, seed: int = 0,
-         compute_dtype: str = "float32", **overrides: Any) -> Handle:
+def load(
+    arch: str,
+    framework: str = "torch",
+    config: Any = "tiny",
+    weights: Any = None,
+    seed: int = 0,
+    compute_dtype: str = "float32",
+    **overrides: Any,
+) -> Handle:
     """Build ``arch`` in ``framework``; optionally load canonical weights (a path or a dict).
 
     With a path and ``config`` left at its default, the file's own config is used.

@@ -13,8 +13,7 @@ import numpy as np
 
 from . import hub
 
-_CLASSES = {"gpt": "GPT2LMHeadModel", "vit": "ViTForImageClassification",
-            "resnet": "ResNetForImageClassification"}
+_CLASSES = {"gpt": "GPT2LMHeadModel", "vit": "ViTForImageClassification", "resnet": "ResNetForImageClassification"}
 
 
 def sample_inputs(arch: str, config, batch: int = 2, length: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
@@ -28,7 +27,7 @@ def sample_inputs(arch: str, config, batch: int = 2, length: int = 16, seed: int
         if arch == "bert":
             mask = np.ones((batch, length), np.int32)
             for row in range(1, batch):
-                mask[row, max(1, length - 3 * row):] = 0
+                mask[row, max(1, length - 3 * row) :] = 0
             inputs["attention_mask"] = mask
             inputs["token_type_ids"] = (np.arange(length) >= length // 2).astype(np.int32)[None].repeat(batch, 0)
         return inputs
@@ -78,8 +77,10 @@ def transformers_outputs(arch: str, model, inputs: dict[str, np.ndarray]) -> dic
     import torch
 
     dtype = next(model.parameters()).dtype
-    tin = {k: (torch.from_numpy(v).permute(0, 3, 1, 2).contiguous().to(dtype) if k == "pixel_values"
-               else torch.from_numpy(v.astype(np.int64))) for k, v in inputs.items()}
+    tin = {
+        k: (torch.from_numpy(v).permute(0, 3, 1, 2).contiguous().to(dtype) if k == "pixel_values" else torch.from_numpy(v.astype(np.int64)))
+        for k, v in inputs.items()
+    }
     if arch == "gpt" and "attention_mask" in tin:  # positions from the mask, as transformers' generate does
         mask = tin["attention_mask"]
         tin["position_ids"] = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)

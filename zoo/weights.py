@@ -48,19 +48,24 @@ def validate(arch: str, config, tensors: dict[str, np.ndarray], *, source: str =
     if missing or unexpected or problems:
         parts = []
         if missing:
-            parts.append(f"missing {len(missing)}: " + ", ".join(
-                f"{n} {_shape(spec[n].shape)}" for n in missing[:8]) + (" ..." if len(missing) > 8 else ""))
+            parts.append(
+                f"missing {len(missing)}: "
+                + ", ".join(f"{n} {_shape(spec[n].shape)}" for n in missing[:8])
+                + (" ..." if len(missing) > 8 else "")
+            )
         if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: " + ", ".join(
-                f"{n} {_shape(np.shape(tensors[n]))}" for n in unexpected[:8]) + (" ..." if len(unexpected) > 8 else ""))
+            parts.append(
+                f"unexpected {len(unexpected)}: "
+                + ", ".join(f"{n} {_shape(np.shape(tensors[n]))}" for n in unexpected[:8])
+                + (" ..." if len(unexpected) > 8 else "")
+            )
         if problems:
             parts.append(f"mismatched {len(problems)}: " + "; ".join(problems[:8]) + (" ..." if len(problems) > 8 else ""))
         raise WeightsError(f"{source} do not fit {arch} {type(config).__name__}: " + " | ".join(parts))
     return {name: np.asarray(tensors[name]) for name in spec}
 
 
-def save(path: str | os.PathLike, arch: str, config, tensors: dict[str, np.ndarray], *,
-         overwrite: bool = False) -> Path:
+def save(path: str | os.PathLike, arch: str, config, tensors: dict[str, np.ndarray], *, overwrite: bool = False) -> Path:
     """Write a canonical ``.safetensors`` file atomically (temp file + rename): never a
     half-written file. The write policy of ``dlzoo.zoo.files``: the folder must exist, and an
     existing file is replaced only with ``overwrite=True``.
@@ -72,9 +77,13 @@ def save(path: str | os.PathLike, arch: str, config, tensors: dict[str, np.ndarr
 
     tensors = validate(arch, config, tensors)
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch, "config": config.to_json()}
-    return write_atomic(path, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp,
-                                                    metadata=metadata),
-                        overwrite=overwrite, suffixes=(".safetensors",), what="canonical weights file")
+    return write_atomic(
+        path,
+        lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata),
+        overwrite=overwrite,
+        suffixes=(".safetensors",),
+        what="canonical weights file",
+    )
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -82,8 +91,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
     path = Path(path)
     if path.is_dir():
-        raise WeightsError(f"{path} is a folder; expected a canonical .safetensors file "
-                           "(a folder in the published layout loads with dlzoo.zoo.from_pretrained)")
+        raise WeightsError(
+            f"{path} is a folder; expected a canonical .safetensors file "
+            "(a folder in the published layout loads with dlzoo.zoo.from_pretrained)"
+        )
     if not path.is_file():
         raise WeightsError(f"{path}: no such file; expected a canonical .safetensors file")
     try:
@@ -103,18 +114,23 @@ def load(path: str | os.PathLike, arch: str | None = None, config=None):
     path = Path(path)
     meta = read_metadata(path)
     if meta.get("format") != FORMAT:
-        raise WeightsError(f"{path}: not a dlzoo canonical file (metadata format={meta.get('format')!r}); "
-                           "convert published checkpoints with `dlzoo convert SRC DST`")
+        raise WeightsError(
+            f"{path}: not a dlzoo canonical file (metadata format={meta.get('format')!r}); "
+            "convert published checkpoints with `dlzoo convert SRC DST`"
+        )
     if meta.get("format_version") != FORMAT_VERSION:
-        raise WeightsError(f"{path}: canonical format version {meta.get('format_version')!r} is not "
-                           f"supported; this dlzoo reads version {FORMAT_VERSION}")
+        raise WeightsError(
+            f"{path}: canonical format version {meta.get('format_version')!r} is not supported; this dlzoo reads version {FORMAT_VERSION}"
+        )
     file_arch = meta.get("arch", "")
     if arch is not None and file_arch != arch:
         raise WeightsError(f"{path}: holds {file_arch!r} weights, expected {arch!r}")
     file_config = config_from_json(check_arch(file_arch), meta.get("config", "{}"))
     if config is not None and config != file_config:
-        raise WeightsError(f"{path}: was saved with config {file_config}, which differs from the "
-                           f"requested {config}; load without a config to use the file's")
+        raise WeightsError(
+            f"{path}: was saved with config {file_config}, which differs from the "
+            f"requested {config}; load without a config to use the file's"
+        )
     try:
         tensors = load_file(str(path))
     except Exception as error:

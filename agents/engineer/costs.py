@@ -27,9 +27,18 @@ def default_utilisation(arch: str, target: Target) -> tuple[float, str]:
     return target.utilisation, "transformer training runs reach 21-46% of peak (mfu)"
 
 
-def cost_report(arch: str, config, *, batch_size: int = 1, precision: str = "fp32", device: str | None = None,
-                utilisation: float | None = None, checkpointing: bool = False, seq_len: int | None = None,
-                image_size: int | None = None) -> dict[str, Any]:
+def cost_report(
+    arch: str,
+    config,
+    *,
+    batch_size: int = 1,
+    precision: str = "fp32",
+    device: str | None = None,
+    utilisation: float | None = None,
+    checkpointing: bool = False,
+    seq_len: int | None = None,
+    image_size: int | None = None,
+) -> dict[str, Any]:
     """Parameters, FLOPs, memory at ``batch_size`` and ``precision``, and with a ``device``: the
     largest batch that fits (with and without activation checkpointing) and the time per step at
     ``utilisation`` (the device's default when None). Raises ZooError (EstimateError) for options
@@ -39,10 +48,11 @@ def cost_report(arch: str, config, *, batch_size: int = 1, precision: str = "fp3
     f = estimates.flops(arch, config, **opts)
     target = resolve(device, precision) if device else None
     kernels = "fused" if target is not None and not target.device.measured else "reference"
-    mem = estimates.memory(arch, config, batch_size=batch_size, precision=precision, checkpointing=checkpointing,
-                           kernels=kernels, **opts)
+    mem = estimates.memory(arch, config, batch_size=batch_size, precision=precision, checkpointing=checkpointing, kernels=kernels, **opts)
     report: dict[str, Any] = {
-        "arch": arch, "example": w.unit, "params": mem.params,
+        "arch": arch,
+        "example": w.unit,
+        "params": mem.params,
         "flops": f.as_dict(),
         "memory": {**mem.as_dict()},
     }
@@ -53,15 +63,17 @@ def cost_report(arch: str, config, *, batch_size: int = 1, precision: str = "fp3
         raise ZooError(f"--utilisation must be in (0, 1], got {u}")
     dev: dict[str, Any] = {**target.to_dict(), "utilisation": u, "utilisation_basis": basis, "kernels": kernels}
     if target.memory_bytes is not None:
-        dev["max_batch_size"] = estimates.max_batch_size(arch, config, device_bytes=target.memory_bytes,
-                                                         precision=precision, kernels=kernels, **opts)
+        dev["max_batch_size"] = estimates.max_batch_size(
+            arch, config, device_bytes=target.memory_bytes, precision=precision, kernels=kernels, **opts
+        )
         dev["max_batch_size_checkpointing"] = estimates.max_batch_size(
-            arch, config, device_bytes=target.memory_bytes, precision=precision, kernels=kernels, checkpointing=True,
-            **opts)
+            arch, config, device_bytes=target.memory_bytes, precision=precision, kernels=kernels, checkpointing=True, **opts
+        )
         dev["headroom"] = 0.1
         dev["fits"] = mem.total_bytes <= 0.9 * target.memory_bytes
-    seconds = estimates.step_time(arch, config, batch_size=batch_size, peak_flops=target.peak_flops, utilisation=u,
-                                  checkpointing=checkpointing, **opts)
+    seconds = estimates.step_time(
+        arch, config, batch_size=batch_size, peak_flops=target.peak_flops, utilisation=u, checkpointing=checkpointing, **opts
+    )
     dev["step_seconds"] = seconds
     dev["examples_per_second"] = batch_size / seconds
     if f.tokens:

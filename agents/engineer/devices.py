@@ -19,16 +19,23 @@ class Target:
 
     device: Device
     precision: str
-    peak_flops: float          # dense, FLOP/s
-    memory_bytes: int | None   # None for the CPU (host memory is not the limit we model)
-    utilisation: float         # the default model-FLOPs utilisation for this device
-    basis: str                 # where the peak comes from, in words
+    peak_flops: float  # dense, FLOP/s
+    memory_bytes: int | None  # None for the CPU (host memory is not the limit we model)
+    utilisation: float  # the default model-FLOPs utilisation for this device
+    basis: str  # where the peak comes from, in words
 
     def to_dict(self) -> dict:
-        return {"device": self.device.key, "name": self.device.name, "precision": self.precision,
-                "peak_flops": self.peak_flops, "memory_bytes": self.memory_bytes,
-                "default_utilisation": self.utilisation, "basis": self.basis, "source": self.device.fact.source,
-                "checked": self.device.fact.checked}
+        return {
+            "device": self.device.key,
+            "name": self.device.name,
+            "precision": self.precision,
+            "peak_flops": self.peak_flops,
+            "memory_bytes": self.memory_bytes,
+            "default_utilisation": self.utilisation,
+            "basis": self.basis,
+            "source": self.device.fact.source,
+            "checked": self.device.fact.checked,
+        }
 
 
 def device_names() -> list[str]:
@@ -59,7 +66,7 @@ def cpu_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
         start = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - start)
-    return 2.0 * n ** 3 / best
+    return 2.0 * n**3 / best
 
 
 def resolve(name: str, precision: str) -> Target:
@@ -70,11 +77,19 @@ def resolve(name: str, precision: str) -> Target:
         raise ZooError(f"unknown precision {precision!r}; expected one of: {', '.join(PRECISION_KEYS)}")
     if device.measured:
         if precision != "fp32":
-            raise ZooError("the cpu ceiling is measured in fp32 only; use --precision fp32 with --device cpu "
-                           "(16-bit matmuls on CPUs without bf16 units are usually slower than fp32)")
+            raise ZooError(
+                "the cpu ceiling is measured in fp32 only; use --precision fp32 with --device cpu "
+                "(16-bit matmuls on CPUs without bf16 units are usually slower than fp32)"
+            )
         flops = cpu_matmul_flops()
-        return Target(device, precision, flops, None, device.utilisation,
-                      f"measured fp32 matmul ceiling of this CPU ({flops / 1e9:.1f} GFLOP/s, numpy sgemm 1024^3)")
+        return Target(
+            device,
+            precision,
+            flops,
+            None,
+            device.utilisation,
+            f"measured fp32 matmul ceiling of this CPU ({flops / 1e9:.1f} GFLOP/s, numpy sgemm 1024^3)",
+        )
     tflops = device.dense_tflops[precision]
     sparse = device.sparse_tflops.get(precision)
     basis = f"{device.name} {precision} dense peak {tflops:g} TFLOPS (datasheet"

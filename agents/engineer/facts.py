@@ -41,8 +41,7 @@ class Fact:
         return f"{self.title} <{self.source}> (checked {self.checked})"
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"id": self.id, "statement": self.statement, "source": self.source, "title": self.title,
-               "checked": self.checked}
+        out = {"id": self.id, "statement": self.statement, "source": self.source, "title": self.title, "checked": self.checked}
         if self.via:
             out["via"] = self.via
         if self.value:
@@ -62,7 +61,7 @@ class Need:
     name: str
     summary: str
     hard: bool
-    support: dict[str, Support]      # empty for installed-only, which filters instead
+    support: dict[str, Support]  # empty for installed-only, which filters instead
 
 
 @dataclass(frozen=True)
@@ -117,9 +116,16 @@ def _fact(row: dict, kind: str) -> Fact:
     _require(bool(_DATE.match(row["checked"])), f"{kind} {row['id']!r}: checked must be YYYY-MM-DD")
     for fw in row.get("frameworks", ()):
         _require(fw in FRAMEWORKS, f"{kind} {row['id']!r} names unknown framework {fw!r}")
-    return Fact(id=row["id"], statement=row["statement"], source=row["source"], title=row["title"],
-                checked=row["checked"], frameworks=tuple(row.get("frameworks", ())), via=row.get("via", ""),
-                value=dict(row.get("value", {})))
+    return Fact(
+        id=row["id"],
+        statement=row["statement"],
+        source=row["source"],
+        title=row["title"],
+        checked=row["checked"],
+        frameworks=tuple(row.get("frameworks", ())),
+        via=row.get("via", ""),
+        value=dict(row.get("value", {})),
+    )
 
 
 def _support(entry: dict, where: str, facts: dict[str, Fact]) -> Support:
@@ -151,29 +157,47 @@ def load(path: Path = FACTS_PATH) -> Table:
     for name, entry in data.get("need", {}).items():
         _require(isinstance(entry.get("hard"), bool), f"need {name!r}: hard must be true or false")
         support = {fw: _support(entry[fw], f"need {name!r} / {fw}", facts) for fw in FRAMEWORKS if fw in entry}
-        _require(not support or set(support) == set(FRAMEWORKS),
-                 f"need {name!r}: give a level for every framework ({', '.join(FRAMEWORKS)}) or none")
+        _require(
+            not support or set(support) == set(FRAMEWORKS),
+            f"need {name!r}: give a level for every framework ({', '.join(FRAMEWORKS)}) or none",
+        )
         needs[name] = Need(name=name, summary=entry.get("summary", ""), hard=entry["hard"], support=support)
     baseline = {fw: _support(entry, f"baseline / {fw}", facts) for fw, entry in data.get("baseline", {}).items()}
     adjust = []
     for row in data.get("adjust", []):
-        _require(row.get("need") in needs and row.get("framework") in FRAMEWORKS,
-                 f"adjust {row}: unknown need or framework")
-        s = _support({"level": row.get("delta"), "facts": row.get("facts", ()), "reason": row.get("reason")},
-                     f"adjust {row.get('need')}/{row.get('arch')}/{row.get('framework')}", facts)
-        adjust.append(Adjust(need=row["need"], arch=row["arch"], framework=row["framework"], delta=s.level,
-                             facts=s.facts, reason=s.reason))
+        _require(row.get("need") in needs and row.get("framework") in FRAMEWORKS, f"adjust {row}: unknown need or framework")
+        s = _support(
+            {"level": row.get("delta"), "facts": row.get("facts", ()), "reason": row.get("reason")},
+            f"adjust {row.get('need')}/{row.get('arch')}/{row.get('framework')}",
+            facts,
+        )
+        adjust.append(Adjust(need=row["need"], arch=row["arch"], framework=row["framework"], delta=s.level, facts=s.facts, reason=s.reason))
     devices: dict[str, Device] = {}
     for key, row in data.get("device", {}).items():
         fact = _fact({"id": f"device-{key}", "statement": row.get("name", ""), **row}, "device")
         measured = bool(row.get("measured", False))
-        _require(measured or {"fp32", "tf32", "bf16", "fp16"} <= set(row.get("dense_tflops", {})),
-                 f"device {key!r}: dense_tflops needs fp32, tf32, bf16 and fp16")
+        _require(
+            measured or {"fp32", "tf32", "bf16", "fp16"} <= set(row.get("dense_tflops", {})),
+            f"device {key!r}: dense_tflops needs fp32, tf32, bf16 and fp16",
+        )
         _require(0 < row.get("utilisation", 0) <= 1, f"device {key!r}: utilisation must be in (0, 1]")
-        devices[key] = Device(key=key, name=row["name"], aliases=tuple(row.get("aliases", ())), measured=measured,
-                              memory_bytes=int(row["memory_gb"] * 10**9) if "memory_gb" in row else None,
-                              dense_tflops=dict(row.get("dense_tflops", {})),
-                              sparse_tflops=dict(row.get("sparse_tflops", {})),
-                              utilisation=float(row["utilisation"]), fact=fact)
-    return Table(checked=data.get("meta", {}).get("checked", ""), facts=facts, needs=needs, baseline=baseline,
-                 adjust=tuple(adjust), devices=devices, rules=rules)
+        devices[key] = Device(
+            key=key,
+            name=row["name"],
+            aliases=tuple(row.get("aliases", ())),
+            measured=measured,
+            memory_bytes=int(row["memory_gb"] * 10**9) if "memory_gb" in row else None,
+            dense_tflops=dict(row.get("dense_tflops", {})),
+            sparse_tflops=dict(row.get("sparse_tflops", {})),
+            utilisation=float(row["utilisation"]),
+            fact=fact,
+        )
+    return Table(
+        checked=data.get("meta", {}).get("checked", ""),
+        facts=facts,
+        needs=needs,
+        baseline=baseline,
+        adjust=tuple(adjust),
+        devices=devices,
+        rules=rules,
+    )

@@ -38,8 +38,7 @@ def check_needs(needs: Iterable[str]) -> list[str]:
     return out
 
 
-def recommend_frameworks(arch: str | None = None, needs: Iterable[str] = (), *,
-                         installed: Iterable[str] | None = None) -> dict[str, Any]:
+def recommend_frameworks(arch: str | None = None, needs: Iterable[str] = (), *, installed: Iterable[str] | None = None) -> dict[str, Any]:
     """The ranking as the ``--json`` dict of ``dlzoo recommend`` (schema in docs/engineer.md).
 
     ``installed`` overrides detection (for tests); otherwise ``installed_frameworks()`` decides,
@@ -57,8 +56,9 @@ def recommend_frameworks(arch: str | None = None, needs: Iterable[str] = (), *,
         candidates = [f for f in FRAMEWORKS if f in present]
         excluded = [{"framework": f, "reason": "not installed (need installed-only)"} for f in FRAMEWORKS if f not in present]
         if not candidates:
-            raise ZooError("need installed-only, but none of the five frameworks is installed here; "
-                           "install one, e.g. pip install 'dlzoo[torch]'")
+            raise ZooError(
+                "need installed-only, but none of the five frameworks is installed here; install one, e.g. pip install 'dlzoo[torch]'"
+            )
     cited: list[str] = []
     rows = []
     for framework in candidates:
@@ -69,7 +69,7 @@ def recommend_frameworks(arch: str | None = None, needs: Iterable[str] = (), *,
             reasons.append({"need": None, "effect": s.level, "text": s.reason, "facts": list(s.facts)})
         for need in needs:
             spec = table.needs[need]
-            if not spec.support:      # installed-only: a filter, already applied
+            if not spec.support:  # installed-only: a filter, already applied
                 reasons.append({"need": need, "effect": 0, "text": "installed", "facts": []})
                 continue
             s = spec.support[framework]
@@ -80,23 +80,31 @@ def recommend_frameworks(arch: str | None = None, needs: Iterable[str] = (), *,
             for adj in table.adjust:
                 if adj.need == need and adj.framework == framework and adj.arch == arch:
                     score += adj.delta
-                    reasons.append({"need": need, "effect": adj.delta, "text": f"{arch}: {adj.reason}",
-                                    "facts": list(adj.facts)})
+                    reasons.append({"need": need, "effect": adj.delta, "text": f"{arch}: {adj.reason}", "facts": list(adj.facts)})
         for r in reasons:
             cited += [f for f in r["facts"] if f not in cited]
-        rows.append({"framework": framework, "score": score, "eligible": not violates, "violates": violates,
-                     "installed": framework in present, "reasons": reasons})
+        rows.append(
+            {
+                "framework": framework,
+                "score": score,
+                "eligible": not violates,
+                "violates": violates,
+                "installed": framework in present,
+                "reasons": reasons,
+            }
+        )
     rows.sort(key=lambda r: (not r["eligible"], -r["score"], FRAMEWORKS.index(r["framework"])))
     if not rows[0]["eligible"]:
         hard = [n for n in needs if table.needs[n].hard and table.needs[n].support]
+
         def met(n: str) -> str:
             meeting = [f for f in FRAMEWORKS if table.needs[n].support[f].level >= 1]
             text = f"{n} is met by {', '.join(meeting) or 'none'}"
             if INSTALLED_ONLY in needs:
                 text += f" (installed: {', '.join(f for f in meeting if f in candidates) or 'none'})"
             return text
-        raise ZooError("no framework meets every hard need: " + "; ".join(met(n) for n in hard)
-                       + "; drop or change one of them")
+
+        raise ZooError("no framework meets every hard need: " + "; ".join(met(n) for n in hard) + "; drop or change one of them")
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
     notes = []
@@ -104,14 +112,25 @@ def recommend_frameworks(arch: str | None = None, needs: Iterable[str] = (), *,
         notes.append("no needs stated: only the baseline facts apply")
     ties = [r["framework"] for r in rows[1:] if r["eligible"] and r["score"] == rows[0]["score"]]
     if ties:
-        notes.append(f"{rows[0]['framework']} ties with {', '.join(ties)} on score; ties are broken by "
-                     f"dlzoo's registry order ({', '.join(FRAMEWORKS)})")
-    return {"arch": arch, "needs": needs, "choice": rows[0]["framework"], "ranking": rows, "excluded": excluded,
-            "notes": notes, "facts_checked": table.checked, "facts": {f: table.facts[f].to_dict() for f in cited}}
+        notes.append(
+            f"{rows[0]['framework']} ties with {', '.join(ties)} on score; ties are broken by "
+            f"dlzoo's registry order ({', '.join(FRAMEWORKS)})"
+        )
+    return {
+        "arch": arch,
+        "needs": needs,
+        "choice": rows[0]["framework"],
+        "ranking": rows,
+        "excluded": excluded,
+        "notes": notes,
+        "facts_checked": table.checked,
+        "facts": {f: table.facts[f].to_dict() for f in cited},
+    }
 
 
-def choose_framework(arch: str | None = None, needs: Iterable[str] = (), *,
-                     installed: Iterable[str] | None = None) -> tuple[str, list[str]]:
+def choose_framework(
+    arch: str | None = None, needs: Iterable[str] = (), *, installed: Iterable[str] | None = None
+) -> tuple[str, list[str]]:
     """The framework ``dlzoo new`` uses without ``--framework``, and its reasons as lines of text
     for the terminal and the generated README (each names the need and the sources behind it).
 
@@ -134,8 +153,10 @@ def reason_lines(result: dict[str, Any]) -> list[str]:
         sources = "; ".join(f"{facts[f]['title']} <{facts[f]['source']}>" for f in r["facts"])
         lines.append(f"{what} ({r['effect']:+d}): {r['text']}" + (f" [{sources}]" if sources else ""))
     lines += result["notes"]
-    others = [f"{r['framework']} {r['score']:+d}" + ("" if r["eligible"] else f" (violates {', '.join(r['violates'])})")
-              for r in result["ranking"][1:]]
+    others = [
+        f"{r['framework']} {r['score']:+d}" + ("" if r["eligible"] else f" (violates {', '.join(r['violates'])})")
+        for r in result["ranking"][1:]
+    ]
     if others:
         lines.append(f"{top['framework']} scores {top['score']:+d}; the others: {', '.join(others)}")
     return lines

@@ -31,8 +31,21 @@ from .vit import ViT
 
 MODELS = {"bert": Bert, "gpt": GPT, "resnet": ResNet, "vit": ViT}
 
-__all__ = ["MODELS", "Bert", "GPT", "ResNet", "ViT", "adamw_step", "apply", "block_outputs", "build",
-           "generate", "load_state_dict", "state_dict", "vjp"]
+__all__ = [
+    "MODELS",
+    "Bert",
+    "GPT",
+    "ResNet",
+    "ViT",
+    "adamw_step",
+    "apply",
+    "block_outputs",
+    "build",
+    "generate",
+    "load_state_dict",
+    "state_dict",
+    "vjp",
+]
 
 
 def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32"):
@@ -47,11 +60,12 @@ def _forward(arch: str, module, state, inputs: dict, key, inference: bool):
     batch = next(iter(inputs.values())).shape[0]
     keys = jax.random.split(key, batch)
     if arch == "resnet":
+
         def one(x, s, k):
             return module(x, s, key=k, inference=inference)
+
         # The new running statistics are batch means (pmean over "batch"): unbatched outputs.
-        return jax.vmap(one, axis_name="batch", in_axes=(0, None, 0),
-                        out_axes=(0, None))(inputs["pixel_values"], state, keys)
+        return jax.vmap(one, axis_name="batch", in_axes=(0, None, 0), out_axes=(0, None))(inputs["pixel_values"], state, keys)
     return jax.vmap(lambda example, k: module(**example, **flags, key=k, inference=inference))(inputs, keys), state
 
 
@@ -62,6 +76,7 @@ def _apply(arch, module, state, inputs, key, inference):
 
 class _Recorded(eqx.Module):
     """A residual block that also writes its output into ``sink`` under its canonical name."""
+
     block: eqx.Module
     name: str = eqx.field(static=True)
     sink: dict = eqx.field(static=True)
@@ -90,16 +105,14 @@ def block_outputs(arch: str, config, native, inputs: dict[str, np.ndarray]) -> d
 
     def one(example):
         sink: dict = {}
-        recorded = eqx.tree_at(_blocks, module,
-                               [_Recorded(block, name, sink) for name, block in zip(names, _blocks(module), strict=True)])
+        recorded = eqx.tree_at(_blocks, module, [_Recorded(block, name, sink) for name, block in zip(names, _blocks(module), strict=True)])
         if arch == "resnet":
             recorded(example["pixel_values"], state, inference=True)
         else:
             recorded(**example, **flags, inference=True)
         return [sink[name] for name in names]
 
-    return {name: np.asarray(out, dtype=np.float32)
-            for name, out in zip(names, jax.vmap(one, axis_name="batch")(inputs))}
+    return {name: np.asarray(out, dtype=np.float32) for name, out in zip(names, jax.vmap(one, axis_name="batch")(inputs))}
 
 
 def _objective(module, arch, state, inputs, cotangents, key, inference):
@@ -135,12 +148,10 @@ def vjp(arch: str, config, native, inputs, cotangents, *, train: bool = False, s
     module, state = native
     cotangents = {k: np.asarray(v, dtype=np.float32) for k, v in cotangents.items()}
     grads = _grads(arch, module, state, inputs, cotangents, jax.random.key(seed), not train)
-    return {_name(path): np.array(g, dtype=np.float32)
-            for path, g in jax.tree_util.tree_leaves_with_path(grads) if eqx.is_array(g)}
+    return {_name(path): np.array(g, dtype=np.float32) for path, g in jax.tree_util.tree_leaves_with_path(grads) if eqx.is_array(g)}
 
 
-def adamw_step(arch: str, config, native, inputs, cotangents, *, lr: float, betas, eps: float,
-               weight_decay: float, seed: int = 0):
+def adamw_step(arch: str, config, native, inputs, cotangents, *, lr: float, betas, eps: float, weight_decay: float, seed: int = 0):
     """One optax.adamw step from a fresh optimizer state, in inference mode (no dropout, running
     batch-norm statistics), so the step is deterministic and comparable across frameworks."""
     module, state = native
@@ -152,18 +163,37 @@ def adamw_step(arch: str, config, native, inputs, cotangents, *, lr: float, beta
     return module, state
 
 
-def generate(arch: str, config, native, input_ids: np.ndarray, attention_mask: np.ndarray | None, *,
-             max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
-             seed: int) -> np.ndarray:
+def generate(
+    arch: str,
+    config,
+    native,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray | None,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int,
+) -> np.ndarray:
     """``gpt.generate``: one compiled prefill + scan, vmapped over rows; keys from ``seed``."""
     module, _ = native
-    out = gpt_generate(module, input_ids, attention_mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                       top_k=top_k, top_p=top_p, key=jax.random.key(seed))
+    out = gpt_generate(
+        module,
+        input_ids,
+        attention_mask,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        key=jax.random.key(seed),
+    )
     return np.asarray(out, dtype=np.int32)
 
 
-def benchmark_step(arch: str, config, native, inputs: dict[str, np.ndarray],
-                   cotangents: dict[str, np.ndarray], *, mode: str, seed: int = 0):
+def benchmark_step(
+    arch: str, config, native, inputs: dict[str, np.ndarray], cotangents: dict[str, np.ndarray], *, mode: str, seed: int = 0
+):
     """A function that runs one step and returns once it is done (see the torch backend): the
     module partitioned once into arrays and static structure, a plain ``jax.jit`` over the
     arrays (no per-call filtering), buffers donated. A train step returns the objective before
@@ -173,8 +203,7 @@ def benchmark_step(arch: str, config, native, inputs: dict[str, np.ndarray],
     inputs = {k: jnp.asarray(v) for k, v in inputs.items()}
     cots = {k: jnp.asarray(v, jnp.float32) for k, v in cotangents.items()}
     if mode == "forward":
-        forward = jax.jit(lambda params, state: _forward(arch, eqx.combine(params, static), state, inputs,
-                                                         jax.random.key(0), True))
+        forward = jax.jit(lambda params, state: _forward(arch, eqx.combine(params, static), state, inputs, jax.random.key(0), True))
         return lambda: jax.block_until_ready(forward(params, state))
     optimizer = optax.adamw(1e-4)
 
@@ -196,4 +225,5 @@ def benchmark_step(arch: str, config, native, inputs: dict[str, np.ndarray],
         *new, value = train(params, state, opt_state, jax.random.fold_in(jax.random.key(seed), i))
         carry[:] = [*new, i + 1]
         return jax.block_until_ready(value)
+
     return step

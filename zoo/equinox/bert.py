@@ -50,8 +50,9 @@ class Embeddings(eqx.Module):
         self.ln = LayerNorm(d, eps=config.layer_norm_eps)  # theory: layer-norm
         self.drop = Dropout(config.dropout)  # theory: dropout
 
-    def __call__(self, input_ids: Int[Array, " T"], token_type_ids: Int[Array, " T"], *,
-                 key: PRNGKeyArray | None, inference: bool) -> Float[Array, "T D"]:
+    def __call__(
+        self, input_ids: Int[Array, " T"], token_type_ids: Int[Array, " T"], *, key: PRNGKeyArray | None, inference: bool
+    ) -> Float[Array, "T D"]:
         positions = jnp.arange(input_ids.shape[0])
         x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)
         return self.drop(self.ln(x), key=key, inference=inference)
@@ -69,16 +70,22 @@ class Block(eqx.Module):
     def __init__(self, config: BertConfig, *, key: PRNGKeyArray):
         k1, k2 = jax.random.split(key)
         d, eps = config.hidden_size, config.layer_norm_eps
-        self.attn = Attention(d, config.num_heads, dropout=config.dropout,
-                              attention_dropout=config.attention_dropout, init=_INIT, key=k1)
+        self.attn = Attention(d, config.num_heads, dropout=config.dropout, attention_dropout=config.attention_dropout, init=_INIT, key=k1)
         self.ln1 = LayerNorm(d, eps=eps)
         # Exact (erf) GELU, as in the published checkpoints.
-        self.mlp = MLP(d, config.mlp_dim, approximate=False,  # theory: gelu
-                       dropout=config.dropout, init=_INIT, key=k2)
+        self.mlp = MLP(
+            d,
+            config.mlp_dim,
+            approximate=False,  # theory: gelu
+            dropout=config.dropout,
+            init=_INIT,
+            key=k2,
+        )
         self.ln2 = LayerNorm(d, eps=eps)
 
-    def __call__(self, x: Float[Array, "T D"], bias: Float[Array, "1 1 T"], *,
-                 key: PRNGKeyArray | None, inference: bool) -> Float[Array, "T D"]:
+    def __call__(
+        self, x: Float[Array, "T D"], bias: Float[Array, "1 1 T"], *, key: PRNGKeyArray | None, inference: bool
+    ) -> Float[Array, "T D"]:
         k1, k2 = split_key(key, 2)
         # theory: pre-ln-vs-post-ln
         x = self.ln1(x + self.attn(x, bias, key=k1, inference=inference))  # theory: residual-connections
@@ -98,8 +105,11 @@ class MLMHead(eqx.Module):
     def __init__(self, config: BertConfig, *, key: PRNGKeyArray):
         self.transform = Dense(config.hidden_size, config.hidden_size, init=_INIT, key=key)
         self.ln = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.decoder = None if config.tie_word_embeddings else Dense(
-            config.hidden_size, config.vocab_size, init=_INIT, use_bias=False, key=jax.random.fold_in(key, 1))
+        self.decoder = (
+            None
+            if config.tie_word_embeddings
+            else Dense(config.hidden_size, config.vocab_size, init=_INIT, use_bias=False, key=jax.random.fold_in(key, 1))
+        )
         self.bias = jnp.zeros((config.vocab_size,))
 
     def __call__(self, x: Float[Array, "T D"], word: Float[Array, "V D"]) -> Float[Array, "T V"]:
@@ -129,9 +139,15 @@ class Bert(eqx.Module):
         self.classifier = Dense(d, config.num_labels, init=_INIT, key=keys[3]) if config.num_labels else None
         self.config, self.dtype = config, dtype
 
-    def forward_features(self, input_ids: Int[Array, " T"], token_type_ids: Int[Array, " T"] | None = None,
-                         attention_mask: Int[Array, " T"] | None = None, *, key: PRNGKeyArray | None = None,
-                         inference: bool = True) -> Float[Array, "T D"]:
+    def forward_features(
+        self,
+        input_ids: Int[Array, " T"],
+        token_type_ids: Int[Array, " T"] | None = None,
+        attention_mask: Int[Array, " T"] | None = None,
+        *,
+        key: PRNGKeyArray | None = None,
+        inference: bool = True,
+    ) -> Float[Array, "T D"]:
         keys = split_key(key, len(self.blocks) + 1)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
@@ -145,8 +161,9 @@ class Bert(eqx.Module):
             x = block(x, bias, key=k, inference=inference)
         return x
 
-    def forward_head(self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None = None,
-                     inference: bool = True) -> dict[str, Float[Array, "..."]]:
+    def forward_head(
+        self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None = None, inference: bool = True
+    ) -> dict[str, Float[Array, "..."]]:
         outputs = {"last_hidden_state": x}
         if self.pooler is not None:
             # theory: cls-pooling
@@ -158,15 +175,20 @@ class Bert(eqx.Module):
             outputs["mlm_logits"] = self.mlm(x, self.embeddings.word.embedding)  # theory: masked-lm
         return outputs
 
-    def __call__(self, input_ids: Int[Array, " T"], token_type_ids: Int[Array, " T"] | None = None,
-                 attention_mask: Int[Array, " T"] | None = None, *, key: PRNGKeyArray | None = None,
-                 inference: bool = True) -> dict[str, Float[Array, "..."]]:
+    def __call__(
+        self,
+        input_ids: Int[Array, " T"],
+        token_type_ids: Int[Array, " T"] | None = None,
+        attention_mask: Int[Array, " T"] | None = None,
+        *,
+        key: PRNGKeyArray | None = None,
+        inference: bool = True,
+    ) -> dict[str, Float[Array, "..."]]:
         """``input_ids`` (T,), optional ``token_type_ids`` (T,) (zeros) and ``attention_mask``
         (T,) (ones; 0 marks padding) -> dict of float32 outputs (see the module docstring)."""
         k_features, k_head = split_key(key, 2)
         # theory: mixed-precision
         model = cast_floating(self, self.dtype)
-        x = model.forward_features(input_ids, token_type_ids, attention_mask, key=k_features,
-                                   inference=inference)
+        x = model.forward_features(input_ids, token_type_ids, attention_mask, key=k_features, inference=inference)
         outputs = model.forward_head(x, key=k_head, inference=inference)
         return {k: v.astype(jnp.float32) for k, v in outputs.items()}

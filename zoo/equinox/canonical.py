@@ -30,8 +30,9 @@ def _batch_norms(module) -> list[tuple[str, BatchNorm]]:
 def state_dict(arch: str, config, native) -> dict[str, np.ndarray]:
     """Every array leaf of the module plus each batch norm's running statistics, float32 numpy."""
     module, state = native
-    tensors = {_name(path): np.array(leaf, dtype=np.float32)
-               for path, leaf in jax.tree_util.tree_leaves_with_path(module) if eqx.is_array(leaf)}
+    tensors = {
+        _name(path): np.array(leaf, dtype=np.float32) for path, leaf in jax.tree_util.tree_leaves_with_path(module) if eqx.is_array(leaf)
+    }
     for name, bn in _batch_norms(module):
         mean, var = state.get(bn.state_index)
         tensors[f"{name}.mean"] = np.array(mean, dtype=np.float32)
@@ -44,9 +45,7 @@ def load_state_dict(arch: str, config, native, tensors: dict[str, np.ndarray]):
     validates names and shapes before calling this)."""
     module, state = native
     state = jax.tree.map(lambda x: x, state)  # a copy: State.set invalidates the object it is called on
-    module = jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jnp.asarray(tensors[_name(path)]) if eqx.is_array(leaf) else leaf, module)
+    module = jax.tree_util.tree_map_with_path(lambda path, leaf: jnp.asarray(tensors[_name(path)]) if eqx.is_array(leaf) else leaf, module)
     for name, bn in _batch_norms(module):
-        state = state.set(bn.state_index, (jnp.asarray(tensors[f"{name}.mean"]),
-                                           jnp.asarray(tensors[f"{name}.var"])))
+        state = state.set(bn.state_index, (jnp.asarray(tensors[f"{name}.mean"]), jnp.asarray(tensors[f"{name}.var"])))
     return module, state

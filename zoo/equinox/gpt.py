@@ -67,8 +67,7 @@ def position_ids(mask: Int[Array, " S"]) -> Int[Array, " S"]:
     return jnp.where(mask == 1, jnp.cumsum(mask) - 1, 0)
 
 
-def attention_bias(mask: Int[Array, " S"], past: Int[Array, ""] | int, num_queries: int,
-                   dtype: str) -> Float[Array, "1 T S"]:
+def attention_bias(mask: Int[Array, " S"], past: Int[Array, ""] | int, num_queries: int, dtype: str) -> Float[Array, "1 T S"]:
     """Additive bias for the T = ``num_queries`` tokens at slots past..past+T: 0 where a query
     may attend (an earlier or the same slot holding a real token), else the dtype's most negative
     finite value (-inf would turn a fully masked padding row into NaN)."""
@@ -100,21 +99,41 @@ class GPT(eqx.Module):
         # block adds two branches to the residual stream, whose variance would otherwise grow.
         out_init = normal(std / math.sqrt(2 * config.num_layers))  # theory: initialization
         # theory: pre-ln-vs-post-ln
-        self.blocks = [Block(d, config.num_heads, config.mlp_dim, eps=config.layer_norm_eps,
-                             is_causal=True,  # theory: causal-masking
-                             # GPT-2's "gelu_new" is the tanh approximation.
-                             approximate=True,  # theory: gelu
-                             dropout=config.dropout, attention_dropout=config.attention_dropout,
-                             init=normal(std), out_init=out_init, key=k)
-                       for k in keys[2:]]
+        self.blocks = [
+            Block(
+                d,
+                config.num_heads,
+                config.mlp_dim,
+                eps=config.layer_norm_eps,
+                is_causal=True,  # theory: causal-masking
+                # GPT-2's "gelu_new" is the tanh approximation.
+                approximate=True,  # theory: gelu
+                dropout=config.dropout,
+                attention_dropout=config.attention_dropout,
+                init=normal(std),
+                out_init=out_init,
+                key=k,
+            )
+            for k in keys[2:]
+        ]
         self.ln_f = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # theory: layer-norm
         # theory: weight-tying
-        self.lm_head = None if config.tie_word_embeddings else Dense(
-            d, config.vocab_size, init=normal(std), use_bias=False, key=jax.random.fold_in(key, 1))
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else Dense(d, config.vocab_size, init=normal(std), use_bias=False, key=jax.random.fold_in(key, 1))
+        )
         self.config, self.dtype = config, dtype
 
-    def forward_features(self, input_ids: Int[Array, " T"], attention_mask: Int[Array, " T"] | None = None, *,
-                         cache: KVCache | None = None, key: PRNGKeyArray | None = None, inference: bool = True):
+    def forward_features(
+        self,
+        input_ids: Int[Array, " T"],
+        attention_mask: Int[Array, " T"] | None = None,
+        *,
+        cache: KVCache | None = None,
+        key: PRNGKeyArray | None = None,
+        inference: bool = True,
+    ):
         """``input_ids`` (T,) -> final hidden states (T, D), after ln_f; with a ``cache``,
         (hidden states, the cache with these T tokens written after the cached ones)."""
         T = input_ids.shape[0]
@@ -134,8 +153,7 @@ class GPT(eqx.Module):
             if cache is None:
                 x = block(x, bias, key=k, inference=inference)
             else:
-                x, layer_kv = block(x, bias, key=k, inference=inference,
-                                    cache=(cache.keys[i], cache.values[i], past))
+                x, layer_kv = block(x, bias, key=k, inference=inference, cache=(cache.keys[i], cache.values[i], past))
                 kv.append(layer_kv)
         x = self.ln_f(x)
         if cache is None:
@@ -148,9 +166,15 @@ class GPT(eqx.Module):
         # theory: weight-tying
         return x @ self.wte.embedding.T  # theory: next-token-prediction
 
-    def __call__(self, input_ids: Int[Array, " T"], attention_mask: Int[Array, " T"] | None = None, *,
-                 cache: KVCache | None = None, key: PRNGKeyArray | None = None,
-                 inference: bool = True) -> dict[str, Float[Array, "T V"] | KVCache]:
+    def __call__(
+        self,
+        input_ids: Int[Array, " T"],
+        attention_mask: Int[Array, " T"] | None = None,
+        *,
+        cache: KVCache | None = None,
+        key: PRNGKeyArray | None = None,
+        inference: bool = True,
+    ) -> dict[str, Float[Array, "T V"] | KVCache]:
         """``input_ids`` (T,) -> {"logits": (T, V)} float32, and "cache" (the updated
         ``KVCache``) when a cache is given; ``key`` is needed when ``inference=False`` and
         dropout is non-zero."""
@@ -163,8 +187,9 @@ class GPT(eqx.Module):
         return {"logits": model.forward_head(x).astype(jnp.float32), "cache": cache}
 
 
-def filter_logits(logits: Float[Array, " V"], temperature: float, top_k: int | None = None,
-                  top_p: float | None = None) -> Float[Array, " V"]:
+def filter_logits(
+    logits: Float[Array, " V"], temperature: float, top_k: int | None = None, top_p: float | None = None
+) -> Float[Array, " V"]:
     """Logits divided by ``temperature`` (> 0), then every token outside the ``top_k`` largest
     (ties with the k-th kept) and outside the smallest most-likely set whose probability reaches
     ``top_p`` (at least one token) set to -inf. transformers' order and rules
@@ -184,30 +209,52 @@ def filter_logits(logits: Float[Array, " V"], temperature: float, top_k: int | N
     return logits
 
 
-def next_token(logits: Float[Array, " V"], key: PRNGKeyArray, temperature: float, top_k: int | None,
-               top_p: float | None) -> Int[Array, ""]:
+def next_token(logits: Float[Array, " V"], key: PRNGKeyArray, temperature: float, top_k: int | None, top_p: float | None) -> Int[Array, ""]:
     """Argmax when ``temperature == 0``, else a draw from the filtered softmax."""
     if temperature == 0.0:
         return jnp.argmax(logits).astype(jnp.int32)
     return jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
 
 
-def generate(model: GPT, input_ids: Int[Array, "B T"], attention_mask: Int[Array, "B T"] | None = None, *,
-             max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-             key: PRNGKeyArray | None = None) -> Int[Array, "B T+N"]:
+def generate(
+    model: GPT,
+    input_ids: Int[Array, "B T"],
+    attention_mask: Int[Array, "B T"] | None = None,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    key: PRNGKeyArray | None = None,
+) -> Int[Array, "B T+N"]:
     """Prompts ``input_ids`` (B, T), left-padded where ``attention_mask`` is 0, -> (B, T + N):
     the prompts followed by N = ``max_new_tokens`` new tokens. ``temperature=0`` is greedy;
     otherwise each token is drawn (with ``key``, one per row) from the softmax of the logits
     divided by ``temperature``, restricted to the ``top_k`` most likely and to the smallest set
     whose mass reaches ``top_p``. One compiled program, vmapped over rows: a prefill over the
     prompt, then a ``lax.scan`` of one-token steps that carry the ``KVCache``. Dropout is off."""
-    check_generation(model.config, input_ids.shape[1], max_new_tokens, temperature, top_k, top_p,
-                     None if attention_mask is None else jax.device_get(attention_mask[:, -1]))
+    check_generation(
+        model.config,
+        input_ids.shape[1],
+        max_new_tokens,
+        temperature,
+        top_k,
+        top_p,
+        None if attention_mask is None else jax.device_get(attention_mask[:, -1]),
+    )
     if attention_mask is None:
         attention_mask = jnp.ones(input_ids.shape, jnp.int32)
     keys = jax.random.split(jax.random.key(0) if key is None else key, input_ids.shape[0])
-    return _generate(model, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32), keys,
-                     max_new_tokens, float(temperature), top_k, top_p)
+    return _generate(
+        model,
+        jnp.asarray(input_ids, jnp.int32),
+        jnp.asarray(attention_mask, jnp.int32),
+        keys,
+        max_new_tokens,
+        float(temperature),
+        top_k,
+        top_p,
+    )
 
 
 @eqx.filter_jit

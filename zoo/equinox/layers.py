@@ -103,16 +103,27 @@ class Conv2d(eqx.Module):
     stride: int = eqx.field(static=True)
     padding: int = eqx.field(static=True)
 
-    def __init__(self, c_in: int, c_out: int, size: int, *, stride: int = 1, padding: int = 0,
-                 use_bias: bool = False, init: Init = kaiming_normal_fan_out, key: PRNGKeyArray):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        size: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        use_bias: bool = False,
+        init: Init = kaiming_normal_fan_out,
+        key: PRNGKeyArray,
+    ):
         self.kernel = init(key, (size, size, c_in, c_out))
         self.bias = jnp.zeros((c_out,)) if use_bias else None
         self.stride, self.padding = stride, padding
 
     def __call__(self, x: Float[Array, "H W c_in"]) -> Float[Array, "h w c_out"]:
         p = self.padding
-        y = jax.lax.conv_general_dilated(x[None], self.kernel, (self.stride, self.stride),
-                                         ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+        y = jax.lax.conv_general_dilated(
+            x[None], self.kernel, (self.stride, self.stride), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )[0]
         return y if self.bias is None else y + self.bias
 
 
@@ -138,8 +149,9 @@ class BatchNorm(eqx.Module):
         self.state_index = eqx.nn.StateIndex((jnp.zeros((channels,)), jnp.ones((channels,))))
         self.momentum, self.eps, self.axis_name = momentum, eps, axis_name
 
-    def __call__(self, x: Float[Array, "*spatial C"], state: eqx.nn.State, *,
-                 inference: bool) -> tuple[Float[Array, "*spatial C"], eqx.nn.State]:
+    def __call__(
+        self, x: Float[Array, "*spatial C"], state: eqx.nn.State, *, inference: bool
+    ) -> tuple[Float[Array, "*spatial C"], eqx.nn.State]:
         h = x.astype(jnp.float32)
         if inference:
             mean, var = state.get(self.state_index)
@@ -150,8 +162,7 @@ class BatchNorm(eqx.Module):
             n = jax.lax.psum(1, self.axis_name) * math.prod(x.shape[:-1])
             running_mean, running_var = state.get(self.state_index)
             m = self.momentum
-            state = state.set(self.state_index, (m * running_mean + (1 - m) * mean,
-                                                 m * running_var + (1 - m) * var * n / (n - 1)))
+            state = state.set(self.state_index, (m * running_mean + (1 - m) * mean, m * running_var + (1 - m) * var * n / (n - 1)))
         h = (h - mean) * jax.lax.rsqrt(var + self.eps)
         return (h * self.scale.astype(jnp.float32) + self.bias.astype(jnp.float32)).astype(x.dtype), state
 
@@ -162,8 +173,7 @@ class Dropout(eqx.nn.Dropout):
     while a select on the residual stream made it recompute earlier residual additions inside
     transposition kernels (docs/bench.md)."""
 
-    def __call__(self, x, *, key: PRNGKeyArray | None = None, inference: bool | None = None,
-                 deterministic: bool | None = None):
+    def __call__(self, x, *, key: PRNGKeyArray | None = None, inference: bool | None = None, deterministic: bool | None = None):
         inference = self.inference if inference is None else inference
         if inference or (isinstance(self.p, (int, float)) and self.p == 0):
             return x
@@ -174,9 +184,17 @@ class Dropout(eqx.nn.Dropout):
         return mask.astype(x.dtype) * x / q
 
 
-def attention(q: Float[Array, "T N H"], k: Float[Array, "S N H"], v: Float[Array, "S N H"], *,
-              bias: Float[Array, "1 1 S"] | None = None, is_causal: bool = False,
-              dropout: Dropout, key: PRNGKeyArray | None, inference: bool) -> Float[Array, "T N H"]:
+def attention(
+    q: Float[Array, "T N H"],
+    k: Float[Array, "S N H"],
+    v: Float[Array, "S N H"],
+    *,
+    bias: Float[Array, "1 1 S"] | None = None,
+    is_causal: bool = False,
+    dropout: Dropout,
+    key: PRNGKeyArray | None,
+    inference: bool,
+) -> Float[Array, "T N H"]:
     """Fused softmax(q k^T / sqrt(H) + bias) v; spelled out only when attention dropout is on,
     which jax.nn.dot_product_attention does not offer."""
     if inference or dropout.p == 0:
@@ -211,8 +229,18 @@ class Attention(eqx.Module):
     num_heads: int = eqx.field(static=True)
     is_causal: bool = eqx.field(static=True)
 
-    def __init__(self, dim: int, num_heads: int, *, is_causal: bool = False, dropout: float,
-                 attention_dropout: float, init: Init, out_init: Init | None = None, key: PRNGKeyArray):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        is_causal: bool = False,
+        dropout: float,
+        attention_dropout: float,
+        init: Init,
+        out_init: Init | None = None,
+        key: PRNGKeyArray,
+    ):
         k1, k2 = jax.random.split(key)
         self.qkv = Dense(dim, 3 * dim, init=init, key=k1)  # fused: columns q | k | v
         self.out = Dense(dim, dim, init=init if out_init is None else out_init, key=k2)
@@ -220,21 +248,30 @@ class Attention(eqx.Module):
         self.resid_drop = Dropout(dropout)
         self.num_heads, self.is_causal = num_heads, is_causal
 
-    def __call__(self, x: Float[Array, "T D"], bias: Float[Array, "1 T S"] | None = None, *,
-                 key: PRNGKeyArray | None, inference: bool, cache: tuple[Array, Array, Array] | None = None):
+    def __call__(
+        self,
+        x: Float[Array, "T D"],
+        bias: Float[Array, "1 T S"] | None = None,
+        *,
+        key: PRNGKeyArray | None,
+        inference: bool,
+        cache: tuple[Array, Array, Array] | None = None,
+    ):
         k_attn, k_resid = split_key(key, 2)
         T, D = x.shape
         # theory: multi-head-attention
-        q, k, v = (t.reshape(T, self.num_heads, D // self.num_heads)
-                   for t in jnp.split(self.qkv(x), 3, axis=-1))  # (T, N, H), heads contiguous
+        q, k, v = (
+            t.reshape(T, self.num_heads, D // self.num_heads) for t in jnp.split(self.qkv(x), 3, axis=-1)
+        )  # (T, N, H), heads contiguous
         if cache is not None:
             keys, values, index = cache  # (S, N, H) each
             # theory: kv-cache
             k = keys = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (index, 0, 0))
             v = values = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (index, 0, 0))
         # theory: scaled-dot-product-attention
-        y = attention(q, k, v, bias=bias, is_causal=self.is_causal and bias is None, dropout=self.attn_drop,
-                      key=k_attn, inference=inference)
+        y = attention(
+            q, k, v, bias=bias, is_causal=self.is_causal and bias is None, dropout=self.attn_drop, key=k_attn, inference=inference
+        )
         y = self.resid_drop(self.out(y.reshape(T, D)), key=k_resid, inference=inference)  # (T, D)
         return y if cache is None else (y, (keys, values))
 
@@ -248,16 +285,16 @@ class MLP(eqx.Module):
     drop: Dropout
     approximate: bool = eqx.field(static=True)
 
-    def __init__(self, dim: int, hidden: int, *, approximate: bool, dropout: float, init: Init,
-                 out_init: Init | None = None, key: PRNGKeyArray):
+    def __init__(
+        self, dim: int, hidden: int, *, approximate: bool, dropout: float, init: Init, out_init: Init | None = None, key: PRNGKeyArray
+    ):
         k1, k2 = jax.random.split(key)
         self.fc = Dense(dim, hidden, init=init, key=k1)
         self.out = Dense(hidden, dim, init=init if out_init is None else out_init, key=k2)
         self.drop = Dropout(dropout)
         self.approximate = approximate
 
-    def __call__(self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None,
-                 inference: bool) -> Float[Array, "T D"]:
+    def __call__(self, x: Float[Array, "T D"], *, key: PRNGKeyArray | None, inference: bool) -> Float[Array, "T D"]:
         # Always explicit: jax.nn.gelu defaults to the tanh approximation, torch's nn.GELU to exact.
         h = jax.nn.gelu(self.fc(x), approximate=self.approximate)  # (T, hidden)  # theory: gelu
         return self.drop(self.out(h), key=key, inference=inference)
@@ -272,19 +309,38 @@ class Block(eqx.Module):
     ln2: LayerNorm
     mlp: MLP
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, eps: float, is_causal: bool = False,
-                 approximate: bool, dropout: float, attention_dropout: float, init: Init,
-                 out_init: Init | None = None, key: PRNGKeyArray):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        *,
+        eps: float,
+        is_causal: bool = False,
+        approximate: bool,
+        dropout: float,
+        attention_dropout: float,
+        init: Init,
+        out_init: Init | None = None,
+        key: PRNGKeyArray,
+    ):
         k1, k2 = jax.random.split(key)
         self.ln1 = LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, num_heads, is_causal=is_causal, dropout=dropout,
-                              attention_dropout=attention_dropout, init=init, out_init=out_init, key=k1)
+        self.attn = Attention(
+            dim, num_heads, is_causal=is_causal, dropout=dropout, attention_dropout=attention_dropout, init=init, out_init=out_init, key=k1
+        )
         self.ln2 = LayerNorm(dim, eps=eps)
-        self.mlp = MLP(dim, mlp_dim, approximate=approximate, dropout=dropout, init=init,
-                       out_init=out_init, key=k2)
+        self.mlp = MLP(dim, mlp_dim, approximate=approximate, dropout=dropout, init=init, out_init=out_init, key=k2)
 
-    def __call__(self, x: Float[Array, "T D"], bias: Float[Array, "1 T S"] | None = None, *,
-                 key: PRNGKeyArray | None, inference: bool, cache: tuple[Array, Array, Array] | None = None):
+    def __call__(
+        self,
+        x: Float[Array, "T D"],
+        bias: Float[Array, "1 T S"] | None = None,
+        *,
+        key: PRNGKeyArray | None,
+        inference: bool,
+        cache: tuple[Array, Array, Array] | None = None,
+    ):
         """-> x (T, D), or (x, (keys, values)) with a ``cache`` (see ``Attention``)."""
         k1, k2 = split_key(key, 2)
         attended = self.attn(self.ln1(x), bias, key=k1, inference=inference, cache=cache)

@@ -53,13 +53,11 @@ class Stem(eqx.Module):
         self.conv = Conv2d(config.num_channels, config.stem_width, 7, stride=2, padding=3, key=key)
         self.bn = _bn(config, config.stem_width)
 
-    def __call__(self, x: Float[Array, "H W C"], state: State, *,
-                 inference: bool) -> tuple[Float[Array, "h w c"], State]:
+    def __call__(self, x: Float[Array, "H W C"], state: State, *, inference: bool) -> tuple[Float[Array, "h w c"], State]:
         x, state = self.bn(self.conv(x), state, inference=inference)
         x = jax.nn.relu(x)
         # Explicit padding 1 filled with -inf: "SAME" would pad bottom/right only.
-        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (3, 3, 1), (2, 2, 1),
-                                  ((1, 1), (1, 1), (0, 0)))
+        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (3, 3, 1), (2, 2, 1), ((1, 1), (1, 1), (0, 0)))
         return x, state
 
 
@@ -71,8 +69,7 @@ class Downsample(eqx.Module):
         self.conv = Conv2d(n_in, n_out, 1, stride=stride, key=key)
         self.bn = _bn(config, n_out)
 
-    def __call__(self, x: Float[Array, "H W c_in"], state: State, *,
-                 inference: bool) -> tuple[Float[Array, "h w c_out"], State]:
+    def __call__(self, x: Float[Array, "H W c_in"], state: State, *, inference: bool) -> tuple[Float[Array, "h w c_out"], State]:
         return self.bn(self.conv(x), state, inference=inference)
 
 
@@ -85,8 +82,7 @@ class BasicBlock(eqx.Module):
     bn2: BatchNorm
     downsample: Downsample | None
 
-    def __init__(self, config: ResNetConfig, n_in: int, width: int, n_out: int, stride: int, *,
-                 key: PRNGKeyArray):
+    def __init__(self, config: ResNetConfig, n_in: int, width: int, n_out: int, stride: int, *, key: PRNGKeyArray):
         k1, k2, k3 = jax.random.split(key, 3)
         self.conv1 = Conv2d(n_in, width, 3, stride=stride, padding=1, key=k1)
         self.bn1 = _bn(config, width)
@@ -95,8 +91,7 @@ class BasicBlock(eqx.Module):
         needed = stride != 1 or n_in != n_out
         self.downsample = Downsample(config, n_in, n_out, stride, key=k3) if needed else None
 
-    def __call__(self, x: Float[Array, "H W c_in"], state: State, *,
-                 inference: bool) -> tuple[Float[Array, "h w c_out"], State]:
+    def __call__(self, x: Float[Array, "H W c_in"], state: State, *, inference: bool) -> tuple[Float[Array, "h w c_out"], State]:
         shortcut = x
         h, state = self.bn1(self.conv1(x), state, inference=inference)
         h, state = self.bn2(self.conv2(jax.nn.relu(h)), state, inference=inference)
@@ -116,8 +111,7 @@ class Bottleneck(eqx.Module):
     bn3: BatchNorm
     downsample: Downsample | None
 
-    def __init__(self, config: ResNetConfig, n_in: int, width: int, n_out: int, stride: int, *,
-                 key: PRNGKeyArray):
+    def __init__(self, config: ResNetConfig, n_in: int, width: int, n_out: int, stride: int, *, key: PRNGKeyArray):
         k1, k2, k3, k4 = jax.random.split(key, 4)
         # theory: bottleneck-block
         self.conv1 = Conv2d(n_in, width, 1, key=k1)
@@ -129,8 +123,7 @@ class Bottleneck(eqx.Module):
         needed = stride != 1 or n_in != n_out
         self.downsample = Downsample(config, n_in, n_out, stride, key=k4) if needed else None
 
-    def __call__(self, x: Float[Array, "H W c_in"], state: State, *,
-                 inference: bool) -> tuple[Float[Array, "h w c_out"], State]:
+    def __call__(self, x: Float[Array, "H W c_in"], state: State, *, inference: bool) -> tuple[Float[Array, "h w c_out"], State]:
         shortcut = x
         h, state = self.bn1(self.conv1(x), state, inference=inference)
         h, state = self.bn2(self.conv2(jax.nn.relu(h)), state, inference=inference)
@@ -147,11 +140,12 @@ class Stage(eqx.Module):
         # layout: (in_channels, width, out_channels, stride) per block, from config.layout(). Only
         # the first block changes resolution (stride) and width (downsample shortcut).
         block = Bottleneck if config.block == "bottleneck" else BasicBlock
-        self.blocks = [block(config, n_in, width, n_out, stride, key=k)
-                       for (n_in, width, n_out, stride), k in zip(layout, jax.random.split(key, len(layout)))]
+        self.blocks = [
+            block(config, n_in, width, n_out, stride, key=k)
+            for (n_in, width, n_out, stride), k in zip(layout, jax.random.split(key, len(layout)))
+        ]
 
-    def __call__(self, x: Float[Array, "H W C"], state: State, *,
-                 inference: bool) -> tuple[Float[Array, "h w c"], State]:
+    def __call__(self, x: Float[Array, "H W C"], state: State, *, inference: bool) -> tuple[Float[Array, "h w c"], State]:
         for block in self.blocks:
             x, state = block(x, state, inference=inference)
         return x, state
@@ -172,8 +166,9 @@ class ResNet(eqx.Module):
         self.head = Dense(config.out_widths[-1], config.num_classes, init=uniform_fan_in, key=keys[1])
         self.config, self.dtype = config, dtype
 
-    def forward_features(self, pixel_values: Float[Array, "H W C"], state: State, *,
-                         inference: bool = True) -> tuple[Float[Array, "h w c"], State]:
+    def forward_features(
+        self, pixel_values: Float[Array, "H W C"], state: State, *, inference: bool = True
+    ) -> tuple[Float[Array, "h w c"], State]:
         x, state = self.stem(pixel_values, state, inference=inference)
         for stage in self.stages:
             x, state = stage(x, state, inference=inference)
@@ -182,9 +177,9 @@ class ResNet(eqx.Module):
     def forward_head(self, x: Float[Array, "h w c"]) -> Float[Array, " classes"]:
         return self.head(x.mean(axis=(0, 1)))  # global average pool
 
-    def __call__(self, pixel_values: Float[Array, "H W C"], state: State, *,
-                 key: PRNGKeyArray | None = None,
-                 inference: bool = True) -> tuple[dict[str, Float[Array, " classes"]], State]:
+    def __call__(
+        self, pixel_values: Float[Array, "H W C"], state: State, *, key: PRNGKeyArray | None = None, inference: bool = True
+    ) -> tuple[dict[str, Float[Array, " classes"]], State]:
         """``pixel_values`` (H, W, C), ``state`` -> ({"logits": (num_classes,)} float32, new
         state). ``key`` is unused (ResNet has no dropout), accepted as every Equinox layer does."""
         # theory: mixed-precision

@@ -55,12 +55,21 @@ class ViT(eqx.Module):
         self.pos_embed = _INIT(keys[2], (1, config.num_patches + 1, d))  # theory: position-embeddings
         self.drop = Dropout(config.dropout)  # theory: dropout
         # theory: pre-ln-vs-post-ln
-        self.blocks = [Block(d, config.num_heads, config.mlp_dim, eps=config.layer_norm_eps,
-                             # Exact (erf) GELU, as in the published checkpoints.
-                             approximate=False,  # theory: gelu
-                             dropout=config.dropout, attention_dropout=config.attention_dropout,
-                             init=_INIT, key=k)
-                       for k in keys[4:]]
+        self.blocks = [
+            Block(
+                d,
+                config.num_heads,
+                config.mlp_dim,
+                eps=config.layer_norm_eps,
+                # Exact (erf) GELU, as in the published checkpoints.
+                approximate=False,  # theory: gelu
+                dropout=config.dropout,
+                attention_dropout=config.attention_dropout,
+                init=_INIT,
+                key=k,
+            )
+            for k in keys[4:]
+        ]
         self.ln_f = LayerNorm(d, eps=config.layer_norm_eps)  # theory: layer-norm
         self.head = Dense(d, config.num_classes, init=_INIT, key=keys[3])
         self.config, self.dtype = config, dtype
@@ -77,16 +86,23 @@ class ViT(eqx.Module):
         rows = jnp.asarray(bicubic_resize_matrix(n, h), jnp.float32)  # (h, n)
         cols = jnp.asarray(bicubic_resize_matrix(n, w), jnp.float32)  # (w, n)
         grid = table[1:].reshape(n, n, -1)  # (n, n, D)
-        grid = jnp.einsum("hi,ijd,wj->hwd", rows, grid.astype(jnp.float32), cols,
-                          precision=jax.lax.Precision.HIGHEST)  # (h, w, D)
+        grid = jnp.einsum("hi,ijd,wj->hwd", rows, grid.astype(jnp.float32), cols, precision=jax.lax.Precision.HIGHEST)  # (h, w, D)
         return jnp.concatenate([table[:1], grid.reshape(h * w, -1).astype(table.dtype)])
 
-    def forward_features(self, pixel_values: Float[Array, "H W C"], *, key: PRNGKeyArray | None = None,
-                         inference: bool = True, interpolate_pos_encoding: bool = False) -> Float[Array, "P D"]:
+    def forward_features(
+        self,
+        pixel_values: Float[Array, "H W C"],
+        *,
+        key: PRNGKeyArray | None = None,
+        inference: bool = True,
+        interpolate_pos_encoding: bool = False,
+    ) -> Float[Array, "P D"]:
         size = self.config.image_size
         if not interpolate_pos_encoding and tuple(pixel_values.shape[:2]) != (size, size):
-            raise ZooError(f"ViT expects images of {size}x{size}, got {list(pixel_values.shape)}; pass "
-                             "interpolate_pos_encoding=True to run other sizes")
+            raise ZooError(
+                f"ViT expects images of {size}x{size}, got {list(pixel_values.shape)}; pass "
+                "interpolate_pos_encoding=True to run other sizes"
+            )
         keys = split_key(key, len(self.blocks) + 1)
         x = self.patch_embed(pixel_values)  # (H/p, W/p, D)
         pos = self.position_embeddings(x.shape[0], x.shape[1])  # (N + 1, D)
@@ -100,11 +116,18 @@ class ViT(eqx.Module):
     def forward_head(self, x: Float[Array, "P D"]) -> Float[Array, " classes"]:
         return self.head(x[0])  # theory: cls-pooling
 
-    def __call__(self, pixel_values: Float[Array, "H W C"], *, key: PRNGKeyArray | None = None,
-                 inference: bool = True, interpolate_pos_encoding: bool = False) -> dict[str, Float[Array, "..."]]:
+    def __call__(
+        self,
+        pixel_values: Float[Array, "H W C"],
+        *,
+        key: PRNGKeyArray | None = None,
+        inference: bool = True,
+        interpolate_pos_encoding: bool = False,
+    ) -> dict[str, Float[Array, "..."]]:
         """``pixel_values`` (H, W, C) -> {"logits": (num_classes,)} float32."""
         # theory: mixed-precision
         model = cast_floating(self, self.dtype)
-        x = model.forward_features(pixel_values.astype(self.dtype), key=key, inference=inference,
-                                   interpolate_pos_encoding=interpolate_pos_encoding)
+        x = model.forward_features(
+            pixel_values.astype(self.dtype), key=key, inference=inference, interpolate_pos_encoding=interpolate_pos_encoding
+        )
         return {"logits": model.forward_head(x).astype(jnp.float32)}

@@ -28,8 +28,21 @@ from .vit import ViT
 MODELS = {"bert": BERT, "gpt": GPT, "resnet": ResNet, "vit": ViT}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
-__all__ = ["MODELS", "BERT", "GPT", "ResNet", "ViT", "adamw_step", "apply", "block_outputs", "build",
-           "generate", "load_state_dict", "state_dict", "vjp"]
+__all__ = [
+    "MODELS",
+    "BERT",
+    "GPT",
+    "ResNet",
+    "ViT",
+    "adamw_step",
+    "apply",
+    "block_outputs",
+    "build",
+    "generate",
+    "load_state_dict",
+    "state_dict",
+    "vjp",
+]
 
 
 def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32") -> nnx.Module:
@@ -40,11 +53,14 @@ def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32") -
 
 # --- compiled entry points ---------------------------------------------------------------------
 
+
 def _split_flags(inputs: dict) -> tuple[dict, tuple]:
     """(arrays, options): Python bools such as ``interpolate_pos_encoding`` are static arguments
     of the compiled functions (one compilation per value), never traced."""
-    return ({k: v for k, v in inputs.items() if not isinstance(v, bool)},
-            tuple(sorted((k, v) for k, v in inputs.items() if isinstance(v, bool))))
+    return (
+        {k: v for k, v in inputs.items() if not isinstance(v, bool)},
+        tuple(sorted((k, v) for k, v in inputs.items() if isinstance(v, bool))),
+    )
 
 
 def _call(model: nnx.Module, inputs: dict, train: bool, key: jax.Array, flags: tuple = ()) -> dict:
@@ -83,8 +99,7 @@ def _adamw(graphdef, params, rest, inputs, cotangents, key, lr, b1, b2, eps, wei
     return optax.apply_updates(params, updates)
 
 
-def apply(arch: str, config, native: nnx.Module, inputs: dict[str, np.ndarray], *,
-          train: bool = False, seed: int = 0):
+def apply(arch: str, config, native: nnx.Module, inputs: dict[str, np.ndarray], *, train: bool = False, seed: int = 0):
     graphdef, state = nnx.split(native)
     inputs, flags = _split_flags(inputs)
     outputs, batch_stats = _apply(graphdef, state, inputs, jax.random.key(seed), train=train, flags=flags)
@@ -97,8 +112,7 @@ def block_outputs(arch: str, config, native: nnx.Module, inputs: dict[str, np.nd
     """The output of every residual block in eval mode, by canonical block name: NNX's own
     ``nnx.capture`` sows each method's output. It runs on a copy, so the model keeps no captures."""
     model = nnx.merge(*nnx.split(native))
-    _, captured = nnx.capture(_call, nnx.Intermediate, method_outputs=nnx.Intermediate)(
-        model, inputs, False, jax.random.key(0))
+    _, captured = nnx.capture(_call, nnx.Intermediate, method_outputs=nnx.Intermediate)(model, inputs, False, jax.random.key(0))
     outputs, blocks = {}, set(config.block_names())
     for path, variable in nnx.to_flat_state(captured):
         if path[-1] == "__call__" and _name(path[:-1]) in blocks:
@@ -111,8 +125,7 @@ def _cotangents(arch: str, config, inputs, cotangents) -> dict[str, jax.Array]:
     return {k: jnp.asarray(v, dtype=jnp.float32) for k, v in cotangents.items()}
 
 
-def vjp(arch: str, config, native: nnx.Module, inputs, cotangents, *, train: bool = False,
-        seed: int = 0) -> dict[str, np.ndarray]:
+def vjp(arch: str, config, native: nnx.Module, inputs, cotangents, *, train: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
     cotangents = _cotangents(arch, config, inputs, cotangents)
     graphdef, params, rest = nnx.split(native, nnx.Param, ...)
     inputs, flags = _split_flags(inputs)
@@ -120,30 +133,72 @@ def vjp(arch: str, config, native: nnx.Module, inputs, cotangents, *, train: boo
     return {_name(path): np.array(g.get_value(), dtype=np.float32) for path, g in nnx.to_flat_state(grads)}
 
 
-def adamw_step(arch: str, config, native: nnx.Module, inputs, cotangents, *, lr: float,
-               betas: tuple[float, float], eps: float, weight_decay: float, seed: int = 0) -> nnx.Module:
+def adamw_step(
+    arch: str,
+    config,
+    native: nnx.Module,
+    inputs,
+    cotangents,
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    seed: int = 0,
+) -> nnx.Module:
     """One optax.adamw step (fresh state) on sum(outputs * cotangents), in eval mode."""
     cotangents = _cotangents(arch, config, inputs, cotangents)
     graphdef, params, rest = nnx.split(native, nnx.Param, ...)
     f32 = partial(jnp.asarray, dtype=jnp.float32)
     inputs, flags = _split_flags(inputs)
-    params = _adamw(graphdef, params, rest, inputs, cotangents, jax.random.key(seed),
-                    f32(lr), f32(betas[0]), f32(betas[1]), f32(eps), f32(weight_decay), flags=flags)
+    params = _adamw(
+        graphdef,
+        params,
+        rest,
+        inputs,
+        cotangents,
+        jax.random.key(seed),
+        f32(lr),
+        f32(betas[0]),
+        f32(betas[1]),
+        f32(eps),
+        f32(weight_decay),
+        flags=flags,
+    )
     nnx.update(native, params)
     return native
 
 
-def generate(arch: str, config, native: nnx.Module, input_ids: np.ndarray, attention_mask: np.ndarray | None, *,
-             max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
-             seed: int) -> np.ndarray:
+def generate(
+    arch: str,
+    config,
+    native: nnx.Module,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray | None,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int,
+) -> np.ndarray:
     """``gpt.generate``: one jitted prefill + scan; sampling keys from ``jax.random.key(seed)``."""
-    out = gpt_generate(native, input_ids, attention_mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                       top_k=top_k, top_p=top_p, key=jax.random.key(seed))
+    out = gpt_generate(
+        native,
+        input_ids,
+        attention_mask,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        key=jax.random.key(seed),
+    )
     return np.asarray(out, dtype=np.int32)
 
 
-def benchmark_step(arch: str, config, native: nnx.Module, inputs: dict[str, np.ndarray],
-                   cotangents: dict[str, np.ndarray], *, mode: str, seed: int = 0):
+def benchmark_step(
+    arch: str, config, native: nnx.Module, inputs: dict[str, np.ndarray], cotangents: dict[str, np.ndarray], *, mode: str, seed: int = 0
+):
     """A function that runs one step and returns once it is done (see the torch backend): NNX's
     low-overhead path, the module split once and a plain ``jax.jit`` over its state, buffers
     donated. The step's state lives in the closure; ``native`` is left as it was. A train step
@@ -152,8 +207,7 @@ def benchmark_step(arch: str, config, native: nnx.Module, inputs: dict[str, np.n
     inputs = {k: jnp.asarray(v) for k, v in inputs.items()}
     cots = {k: jnp.asarray(v, jnp.float32) for k, v in cotangents.items()}
     if mode == "forward":
-        forward = jax.jit(lambda params, rest: _call(nnx.merge(graphdef, params, rest), inputs, False,
-                                                     jax.random.key(0)))
+        forward = jax.jit(lambda params, rest: _call(nnx.merge(graphdef, params, rest), inputs, False, jax.random.key(0)))
         return lambda: jax.block_until_ready(forward(params, rest))
     optimizer = optax.adamw(1e-4)
 
@@ -177,4 +231,5 @@ def benchmark_step(arch: str, config, native: nnx.Module, inputs: dict[str, np.n
         *new, value = train(params, rest, opt_state, jax.random.fold_in(jax.random.key(seed), i))
         state[:] = [*new, i + 1]
         return jax.block_until_ready(value)
+
     return step

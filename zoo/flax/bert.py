@@ -51,8 +51,9 @@ class Embeddings(nnx.Module):
         self.ln = layer_norm(d, config.layer_norm_eps, dtype=dtype, rngs=rngs)  # theory: layer-norm
         self.drop = Dropout(config.dropout)  # theory: dropout
 
-    def __call__(self, input_ids: Int[Array, "B T"], token_type_ids: Int[Array, "B T"], *,
-                 train: bool, rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
+    def __call__(
+        self, input_ids: Int[Array, "B T"], token_type_ids: Int[Array, "B T"], *, train: bool, rngs: nnx.Rngs | None
+    ) -> Float[Array, "B T C"]:
         positions = jnp.arange(input_ids.shape[1])  # [T]
         x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)  # [B, T, C]
         return self.drop(self.ln(x), deterministic=not train, rngs=rngs)
@@ -64,17 +65,26 @@ class Block(nnx.Module):
 
     def __init__(self, config: BertConfig, *, dtype, rngs: nnx.Rngs):
         d = config.hidden_size
-        self.attn = Attention(d, config.num_heads, dropout=config.dropout,
-                              attention_dropout=config.attention_dropout,
-                              kernel_init=INIT, out_init=INIT, dtype=dtype, rngs=rngs)
+        self.attn = Attention(
+            d,
+            config.num_heads,
+            dropout=config.dropout,
+            attention_dropout=config.attention_dropout,
+            kernel_init=INIT,
+            out_init=INIT,
+            dtype=dtype,
+            rngs=rngs,
+        )
         self.ln1 = layer_norm(d, config.layer_norm_eps, dtype=dtype, rngs=rngs)
         # BERT uses the exact (erf) GELU, not GPT-2's tanh approximation (jax's default).
-        self.mlp = MLP(d, config.mlp_dim, approximate=False, dropout=config.dropout,
-                       kernel_init=INIT, out_init=INIT, dtype=dtype, rngs=rngs)
+        self.mlp = MLP(
+            d, config.mlp_dim, approximate=False, dropout=config.dropout, kernel_init=INIT, out_init=INIT, dtype=dtype, rngs=rngs
+        )
         self.ln2 = layer_norm(d, config.layer_norm_eps, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: Float[Array, "B T C"], attn_bias: Float[Array, "B 1 1 T"] | None, *,
-                 train: bool, rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
+    def __call__(
+        self, x: Float[Array, "B T C"], attn_bias: Float[Array, "B 1 1 T"] | None, *, train: bool, rngs: nnx.Rngs | None
+    ) -> Float[Array, "B T C"]:
         # theory: pre-ln-vs-post-ln
         x = self.ln1(x + self.attn(x, attn_bias=attn_bias, train=train, rngs=rngs))  # theory: residual-connections
         x = self.ln2(x + self.mlp(x, train=train, rngs=rngs))
@@ -89,8 +99,11 @@ class MLMHead(nnx.Module):
         d = config.hidden_size
         self.transform = nnx.Linear(d, d, kernel_init=INIT, dtype=dtype, rngs=rngs)
         self.ln = layer_norm(d, config.layer_norm_eps, dtype=dtype, rngs=rngs)
-        self.decoder = None if config.tie_word_embeddings else nnx.Linear(
-            d, config.vocab_size, use_bias=False, kernel_init=INIT, dtype=dtype, rngs=rngs)
+        self.decoder = (
+            None
+            if config.tie_word_embeddings
+            else nnx.Linear(d, config.vocab_size, use_bias=False, kernel_init=INIT, dtype=dtype, rngs=rngs)
+        )
         self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
 
     def __call__(self, x: Float[Array, "B T C"], word: nnx.Embed) -> Float[Array, "B T V"]:
@@ -110,17 +123,23 @@ class BERT(nnx.Module):
         self.mlm = MLMHead(config, dtype=dtype, rngs=rngs) if config.mlm_head else None
         # transformers' BertForSequenceClassification drops out the pooled output first.
         self.classifier_drop = Dropout(config.dropout)
-        self.classifier = (nnx.Linear(d, config.num_labels, kernel_init=INIT, dtype=dtype, rngs=rngs)
-                           if config.num_labels else None)
+        self.classifier = nnx.Linear(d, config.num_labels, kernel_init=INIT, dtype=dtype, rngs=rngs) if config.num_labels else None
 
-    def forward_features(self, input_ids: Int[Array, "B T"], token_type_ids: Int[Array, "B T"] | None = None,
-                         attention_mask: Int[Array, "B T"] | None = None, *, train: bool = False,
-                         rngs: nnx.Rngs | None = None) -> Float[Array, "B T C"]:
+    def forward_features(
+        self,
+        input_ids: Int[Array, "B T"],
+        token_type_ids: Int[Array, "B T"] | None = None,
+        attention_mask: Int[Array, "B T"] | None = None,
+        *,
+        train: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> Float[Array, "B T C"]:
         """``input_ids`` [B, T] -> last hidden state [B, T, C]. ``token_type_ids`` default to 0,
         ``attention_mask`` (1 = attend, 0 = padding) to all ones."""
         if input_ids.shape[1] > self.config.max_positions:
-            raise ZooError(f"BERT input has {input_ids.shape[1]} positions, more than max_positions "
-                           f"{self.config.max_positions}; truncate the sequence")
+            raise ZooError(
+                f"BERT input has {input_ids.shape[1]} positions, more than max_positions {self.config.max_positions}; truncate the sequence"
+            )
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids, train=train, rngs=rngs)  # [B, T, C]
@@ -135,8 +154,7 @@ class BERT(nnx.Module):
             x = block(x, attn_bias, train=train, rngs=rngs)
         return x
 
-    def forward_head(self, x: Float[Array, "B T C"], *, train: bool = False,
-                     rngs: nnx.Rngs | None = None) -> dict[str, Array]:
+    def forward_head(self, x: Float[Array, "B T C"], *, train: bool = False, rngs: nnx.Rngs | None = None) -> dict[str, Array]:
         out = {"last_hidden_state": x}
         if self.pooler is not None:
             # theory: cls-pooling
@@ -148,9 +166,15 @@ class BERT(nnx.Module):
             out["logits"] = self.classifier(pooled)  # [B, num_labels]
         return out
 
-    def __call__(self, input_ids: Int[Array, "B T"], token_type_ids: Int[Array, "B T"] | None = None,
-                 attention_mask: Int[Array, "B T"] | None = None, *, train: bool = False,
-                 rngs: nnx.Rngs | None = None) -> dict[str, Float[Array, "..."]]:
+    def __call__(
+        self,
+        input_ids: Int[Array, "B T"],
+        token_type_ids: Int[Array, "B T"] | None = None,
+        attention_mask: Int[Array, "B T"] | None = None,
+        *,
+        train: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> dict[str, Float[Array, "..."]]:
         """-> {"last_hidden_state": [B, T, C], "pooler_output": [B, C] if config.pooler,
         "mlm_logits": [B, T, V] if config.mlm_head, "logits": [B, num_labels] if num_labels},
         float32 whatever the compute dtype."""

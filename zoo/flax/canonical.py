@@ -22,8 +22,7 @@ def _name(path: tuple) -> str:
 
 def state_dict(arch: str, config, native: nnx.Module) -> dict[str, np.ndarray]:
     """Every variable (parameters and batch-norm statistics) as float32 numpy, by canonical name."""
-    return {_name(path): np.array(variable.get_value(), dtype=np.float32)
-            for path, variable in nnx.to_flat_state(nnx.state(native))}
+    return {_name(path): np.array(variable.get_value(), dtype=np.float32) for path, variable in nnx.to_flat_state(nnx.state(native))}
 
 
 def load_state_dict(arch: str, config, native: nnx.Module, tensors: dict[str, np.ndarray]) -> nnx.Module:
@@ -33,13 +32,17 @@ def load_state_dict(arch: str, config, native: nnx.Module, tensors: dict[str, np
     names = {_name(path) for path, _ in flat}
     missing, unexpected = sorted(names - set(tensors)), sorted(set(tensors) - names)
     if missing or unexpected:
-        raise ZooError(f"flax {arch} model does not match the tensors: missing {missing[:8]}, "
-                       f"unexpected {unexpected[:8]}; build the model from the weights' config")
+        raise ZooError(
+            f"flax {arch} model does not match the tensors: missing {missing[:8]}, "
+            f"unexpected {unexpected[:8]}; build the model from the weights' config"
+        )
     for path, variable in flat:
         value = tensors[_name(path)]
         if tuple(value.shape) != variable.get_value().shape:
-            raise ZooError(f"{_name(path)} has shape {list(value.shape)}, the model expects "
-                           f"{list(variable.get_value().shape)}; build the model from the weights' config")
+            raise ZooError(
+                f"{_name(path)} has shape {list(value.shape)}, the model expects "
+                f"{list(variable.get_value().shape)}; build the model from the weights' config"
+            )
         variable.set_value(jnp.asarray(value, dtype=jnp.float32))
     nnx.update(native, nnx.from_flat_state(flat))
     return native

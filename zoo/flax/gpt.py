@@ -69,8 +69,7 @@ def position_ids(mask: Int[Array, "B S"]) -> Int[Array, "B S"]:
     return jnp.where(mask == 1, jnp.cumsum(mask, axis=-1) - 1, 0)
 
 
-def attention_bias(mask: Int[Array, "B S"], past: Int[Array, ""] | int, num_queries: int,
-                   dtype) -> Float[Array, "B 1 T S"]:
+def attention_bias(mask: Int[Array, "B S"], past: Int[Array, ""] | int, num_queries: int, dtype) -> Float[Array, "B 1 T S"]:
     """Additive bias for the T = ``num_queries`` tokens at slots past..past+T: 0 where a query
     may attend (an earlier or the same slot holding a real token), else the dtype's most negative
     finite value (-inf would turn a fully masked padding row into NaN)."""
@@ -89,32 +88,51 @@ class GPT(nnx.Module):
     def __init__(self, config: GPTConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.config, self.dtype = config, dtype
         # theory: initialization
-        self.wte = nnx.Embed(config.vocab_size, config.hidden_size, embedding_init=normal(0.02),
-                             dtype=dtype, rngs=rngs)
+        self.wte = nnx.Embed(config.vocab_size, config.hidden_size, embedding_init=normal(0.02), dtype=dtype, rngs=rngs)
         # theory: position-embeddings
-        self.wpe = nnx.Embed(config.context_length, config.hidden_size, embedding_init=normal(0.02),
-                             dtype=dtype, rngs=rngs)
+        self.wpe = nnx.Embed(config.context_length, config.hidden_size, embedding_init=normal(0.02), dtype=dtype, rngs=rngs)
         self.drop = Dropout(config.dropout)  # theory: dropout
         out_std = 0.02 / math.sqrt(2 * config.num_layers)  # attn.out and mlp.out, see above
-        self.blocks = nnx.List([
-            Block(config.hidden_size, config.num_heads, config.mlp_dim, layer_norm_eps=config.layer_norm_eps,
-                  approximate=True,  # GPT-2's "gelu_new": the tanh approximation of GELU
-                  dropout=config.dropout, attention_dropout=config.attention_dropout,
-                  kernel_init=normal(0.02), out_init=normal(out_std), dtype=dtype, rngs=rngs)
-            for _ in range(config.num_layers)])
+        self.blocks = nnx.List(
+            [
+                Block(
+                    config.hidden_size,
+                    config.num_heads,
+                    config.mlp_dim,
+                    layer_norm_eps=config.layer_norm_eps,
+                    approximate=True,  # GPT-2's "gelu_new": the tanh approximation of GELU
+                    dropout=config.dropout,
+                    attention_dropout=config.attention_dropout,
+                    kernel_init=normal(0.02),
+                    out_init=normal(out_std),
+                    dtype=dtype,
+                    rngs=rngs,
+                )
+                for _ in range(config.num_layers)
+            ]
+        )
         self.ln_f = layer_norm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)  # theory: layer-norm
         # theory: weight-tying
-        self.lm_head = None if config.tie_word_embeddings else nnx.Linear(
-            config.hidden_size, config.vocab_size, use_bias=False, kernel_init=normal(0.02), dtype=dtype, rngs=rngs)
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else nnx.Linear(config.hidden_size, config.vocab_size, use_bias=False, kernel_init=normal(0.02), dtype=dtype, rngs=rngs)
+        )
 
-    def forward_features(self, input_ids: Int[Array, "B T"], attention_mask: Int[Array, "B T"] | None = None, *,
-                         cache: KVCache | None = None, train: bool = False, rngs: nnx.Rngs | None = None):
+    def forward_features(
+        self,
+        input_ids: Int[Array, "B T"],
+        attention_mask: Int[Array, "B T"] | None = None,
+        *,
+        cache: KVCache | None = None,
+        train: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ):
         """``input_ids`` [B, T] -> final hidden states [B, T, C], after ln_f; with a ``cache``,
         (hidden states, the cache with these T tokens written after the cached ones)."""
         B, T = input_ids.shape
         if T > self.config.context_length:
-            raise ZooError(f"GPT input has {T} positions, more than context_length "
-                           f"{self.config.context_length}; truncate the sequence")
+            raise ZooError(f"GPT input has {T} positions, more than context_length {self.config.context_length}; truncate the sequence")
         mask = jnp.ones((B, T), jnp.int32) if attention_mask is None else attention_mask.astype(jnp.int32)
         past = 0
         if cache is not None:
@@ -131,8 +149,7 @@ class GPT(nnx.Module):
             if cache is None:
                 x = block(x, is_causal=bias is None, attn_bias=bias, train=train, rngs=rngs)  # theory: causal-masking
             else:
-                x, (k, v) = block(x, attn_bias=bias, train=train, rngs=rngs,
-                                  cache=(cache.keys[i], cache.values[i], past))
+                x, (k, v) = block(x, attn_bias=bias, train=train, rngs=rngs, cache=(cache.keys[i], cache.values[i], past))
                 keys.append(k)
                 values.append(v)
         x = self.ln_f(x)
@@ -144,9 +161,15 @@ class GPT(nnx.Module):
         # theory: weight-tying
         return self.wte.attend(x)  # x @ wte.T  # theory: next-token-prediction
 
-    def __call__(self, input_ids: Int[Array, "B T"], attention_mask: Int[Array, "B T"] | None = None, *,
-                 cache: KVCache | None = None, train: bool = False,
-                 rngs: nnx.Rngs | None = None) -> dict[str, Float[Array, "B T V"] | KVCache]:
+    def __call__(
+        self,
+        input_ids: Int[Array, "B T"],
+        attention_mask: Int[Array, "B T"] | None = None,
+        *,
+        cache: KVCache | None = None,
+        train: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> dict[str, Float[Array, "B T V"] | KVCache]:
         """``input_ids`` [B, T] int -> {"logits": [B, T, V]} (float32 whatever the compute dtype),
         and "cache" (the updated ``KVCache``) when a cache is given."""
         features = self.forward_features(input_ids, attention_mask, cache=cache, train=train, rngs=rngs)
@@ -156,8 +179,9 @@ class GPT(nnx.Module):
         return {"logits": self.forward_head(x).astype(jnp.float32), "cache": cache}
 
 
-def filter_logits(logits: Float[Array, "B V"], temperature: float, top_k: int | None = None,
-                  top_p: float | None = None) -> Float[Array, "B V"]:
+def filter_logits(
+    logits: Float[Array, "B V"], temperature: float, top_k: int | None = None, top_p: float | None = None
+) -> Float[Array, "B V"]:
     """Logits divided by ``temperature`` (> 0), then every token outside the ``top_k`` largest
     (ties with the k-th kept) and outside the smallest most-likely set whose probability reaches
     ``top_p`` (at least one token) set to -inf. transformers' order and rules
@@ -177,31 +201,53 @@ def filter_logits(logits: Float[Array, "B V"], temperature: float, top_k: int | 
     return logits
 
 
-def next_token(logits: Float[Array, "B V"], key: jax.Array, temperature: float, top_k: int | None,
-               top_p: float | None) -> Int[Array, " B"]:
+def next_token(logits: Float[Array, "B V"], key: jax.Array, temperature: float, top_k: int | None, top_p: float | None) -> Int[Array, " B"]:
     """Argmax when ``temperature == 0``, else a draw from the filtered softmax."""
     if temperature == 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     return jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p), axis=-1).astype(jnp.int32)
 
 
-def generate(model: GPT, input_ids: Int[Array, "B T"], attention_mask: Int[Array, "B T"] | None = None, *,
-             max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-             key: jax.Array | None = None) -> Int[Array, "B T+N"]:
+def generate(
+    model: GPT,
+    input_ids: Int[Array, "B T"],
+    attention_mask: Int[Array, "B T"] | None = None,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    key: jax.Array | None = None,
+) -> Int[Array, "B T+N"]:
     """Prompts ``input_ids`` [B, T], left-padded where ``attention_mask`` is 0, -> [B, T + N]:
     the prompts followed by N = ``max_new_tokens`` new tokens. ``temperature=0`` is greedy;
     otherwise each token is drawn (with ``key``) from the softmax of the logits divided by
     ``temperature``, restricted to the ``top_k`` most likely and to the smallest set whose mass
     reaches ``top_p``. One jitted program: a prefill over the prompt, then a ``lax.scan`` of
     one-token steps that carry the ``KVCache``. Dropout is off."""
-    check_generation(model.config, input_ids.shape[1], max_new_tokens, temperature, top_k, top_p,
-                     None if attention_mask is None else jax.device_get(attention_mask[:, -1]))
+    check_generation(
+        model.config,
+        input_ids.shape[1],
+        max_new_tokens,
+        temperature,
+        top_k,
+        top_p,
+        None if attention_mask is None else jax.device_get(attention_mask[:, -1]),
+    )
     if attention_mask is None:
         attention_mask = jnp.ones(input_ids.shape, jnp.int32)
     graphdef, state = nnx.split(model)
-    return _generate(graphdef, state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32),
-                     jax.random.key(0) if key is None else key, max_new_tokens=max_new_tokens,
-                     temperature=float(temperature), top_k=top_k, top_p=top_p)
+    return _generate(
+        graphdef,
+        state,
+        jnp.asarray(input_ids, jnp.int32),
+        jnp.asarray(attention_mask, jnp.int32),
+        jax.random.key(0) if key is None else key,
+        max_new_tokens=max_new_tokens,
+        temperature=float(temperature),
+        top_k=top_k,
+        top_p=top_p,
+    )
 
 
 @partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k", "top_p"))

@@ -65,8 +65,7 @@ def attention(
     if dropout_rate == 0.0:
         return jax.nn.dot_product_attention(q, k, v, bias=bias, is_causal=is_causal)
     if rngs is None:
-        raise ZooError("attention dropout is active (train=True) but no rngs were given; "
-                       "call the model with rngs=nnx.Rngs(dropout=seed)")
+        raise ZooError("attention dropout is active (train=True) but no rngs were given; call the model with rngs=nnx.Rngs(dropout=seed)")
     # jax's fused kernel has no dropout, so the same computation is written out here; logits
     # and softmax stay in float32 as in the fused kernel.
     logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
@@ -83,8 +82,8 @@ def attention(
     return jnp.einsum("bnts,bsnh->btnh", weights, v)
 
 
-
 # --------------------------------------------------------------------------- transformer layers
+
 
 class Dropout(nnx.Dropout):
     """``nnx.Dropout`` with the same mask, applied as ``mask * x / keep`` (haiku's form) rather
@@ -104,8 +103,7 @@ class Dropout(nnx.Dropout):
         else:
             key = rngs
         if key is None:
-            raise ZooError("dropout is active (train=True) but no rngs were given; "
-                           "call the model with rngs=nnx.Rngs(dropout=seed)")
+            raise ZooError("dropout is active (train=True) but no rngs were given; call the model with rngs=nnx.Rngs(dropout=seed)")
         keep = 1.0 - self.rate
         mask = jax.random.bernoulli(key, p=keep, shape=inputs.shape)
         return mask.astype(inputs.dtype) * inputs / keep
@@ -123,28 +121,45 @@ class Attention(nnx.Module):
     and the call returns (y, (keys, values)).
     """
 
-    def __init__(self, dim: int, num_heads: int, *, dropout: float, attention_dropout: float,
-                 kernel_init: nnx.Initializer, out_init: nnx.Initializer, dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        dropout: float,
+        attention_dropout: float,
+        kernel_init: nnx.Initializer,
+        out_init: nnx.Initializer,
+        dtype,
+        rngs: nnx.Rngs,
+    ):
         self.qkv = nnx.Linear(dim, 3 * dim, kernel_init=kernel_init, dtype=dtype, rngs=rngs)  # fused: columns q | k | v
         self.out = nnx.Linear(dim, dim, kernel_init=out_init, dtype=dtype, rngs=rngs)
         self.resid_drop = Dropout(dropout)
         self.num_heads, self.attention_dropout = num_heads, attention_dropout
 
-    def __call__(self, x: Float[Array, "B T C"], *, is_causal: bool = False,
-                 attn_bias: Float[Array, "B 1 T S"] | None = None, train: bool, rngs: nnx.Rngs | None,
-                 cache: tuple[Array, Array, Array] | None = None):
+    def __call__(
+        self,
+        x: Float[Array, "B T C"],
+        *,
+        is_causal: bool = False,
+        attn_bias: Float[Array, "B 1 T S"] | None = None,
+        train: bool,
+        rngs: nnx.Rngs | None,
+        cache: tuple[Array, Array, Array] | None = None,
+    ):
         B, T, C = x.shape
         # theory: multi-head-attention
-        q, k, v = (t.reshape(B, T, self.num_heads, C // self.num_heads)
-                   for t in jnp.split(self.qkv(x), 3, axis=-1))  # [B, T, N, H], heads contiguous
+        q, k, v = (
+            t.reshape(B, T, self.num_heads, C // self.num_heads) for t in jnp.split(self.qkv(x), 3, axis=-1)
+        )  # [B, T, N, H], heads contiguous
         if cache is not None:
             keys, values, index = cache  # [B, S, N, H] each
             # theory: kv-cache
             k = keys = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, index, 0, 0))
             v = values = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, index, 0, 0))
         # theory: scaled-dot-product-attention
-        y = attention(q, k, v, bias=attn_bias, is_causal=is_causal,
-                      dropout_rate=self.attention_dropout if train else 0.0, rngs=rngs)
+        y = attention(q, k, v, bias=attn_bias, is_causal=is_causal, dropout_rate=self.attention_dropout if train else 0.0, rngs=rngs)
         y = self.resid_drop(self.out(y.reshape(B, T, C)), deterministic=not train, rngs=rngs)  # [B, T, C]
         return y if cache is None else (y, (keys, values))
 
@@ -154,15 +169,24 @@ class MLP(nnx.Module):
     (jax's default is the tanh approximation): True for GPT-2's "gelu_new", False for the exact
     erf GELU of BERT and ViT."""
 
-    def __init__(self, dim: int, hidden: int, *, approximate: bool, dropout: float,
-                 kernel_init: nnx.Initializer, out_init: nnx.Initializer, dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        *,
+        approximate: bool,
+        dropout: float,
+        kernel_init: nnx.Initializer,
+        out_init: nnx.Initializer,
+        dtype,
+        rngs: nnx.Rngs,
+    ):
         self.fc = nnx.Linear(dim, hidden, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
         self.out = nnx.Linear(hidden, dim, kernel_init=out_init, dtype=dtype, rngs=rngs)
         self.drop = Dropout(dropout)
         self.approximate = approximate
 
-    def __call__(self, x: Float[Array, "B T C"], *, train: bool,
-                 rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
+    def __call__(self, x: Float[Array, "B T C"], *, train: bool, rngs: nnx.Rngs | None) -> Float[Array, "B T C"]:
         h = jax.nn.gelu(self.fc(x), approximate=self.approximate)  # [B, T, F]  # theory: gelu
         return self.drop(self.out(h), deterministic=not train, rngs=rngs)
 
@@ -170,22 +194,49 @@ class MLP(nnx.Module):
 class Block(nnx.Module):
     """Pre-LN transformer block (GPT-2, ViT): x + attn(ln1(x)), then x + mlp(ln2(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, layer_norm_eps: float,
-                 approximate: bool, dropout: float, attention_dropout: float,
-                 kernel_init: nnx.Initializer, out_init: nnx.Initializer, dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        *,
+        layer_norm_eps: float,
+        approximate: bool,
+        dropout: float,
+        attention_dropout: float,
+        kernel_init: nnx.Initializer,
+        out_init: nnx.Initializer,
+        dtype,
+        rngs: nnx.Rngs,
+    ):
         self.ln1 = layer_norm(dim, layer_norm_eps, dtype=dtype, rngs=rngs)
-        self.attn = Attention(dim, num_heads, dropout=dropout, attention_dropout=attention_dropout,
-                              kernel_init=kernel_init, out_init=out_init, dtype=dtype, rngs=rngs)
+        self.attn = Attention(
+            dim,
+            num_heads,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            kernel_init=kernel_init,
+            out_init=out_init,
+            dtype=dtype,
+            rngs=rngs,
+        )
         self.ln2 = layer_norm(dim, layer_norm_eps, dtype=dtype, rngs=rngs)
-        self.mlp = MLP(dim, mlp_dim, approximate=approximate, dropout=dropout,
-                       kernel_init=kernel_init, out_init=out_init, dtype=dtype, rngs=rngs)
+        self.mlp = MLP(
+            dim, mlp_dim, approximate=approximate, dropout=dropout, kernel_init=kernel_init, out_init=out_init, dtype=dtype, rngs=rngs
+        )
 
-    def __call__(self, x: Float[Array, "B T C"], *, is_causal: bool = False,
-                 attn_bias: Float[Array, "B 1 T S"] | None = None, train: bool, rngs: nnx.Rngs | None,
-                 cache: tuple[Array, Array, Array] | None = None):
+    def __call__(
+        self,
+        x: Float[Array, "B T C"],
+        *,
+        is_causal: bool = False,
+        attn_bias: Float[Array, "B 1 T S"] | None = None,
+        train: bool,
+        rngs: nnx.Rngs | None,
+        cache: tuple[Array, Array, Array] | None = None,
+    ):
         """-> x [B, T, C], or (x, (keys, values)) with a ``cache`` (see ``Attention``)."""
-        attended = self.attn(self.ln1(x), is_causal=is_causal, attn_bias=attn_bias, train=train, rngs=rngs,
-                             cache=cache)
+        attended = self.attn(self.ln1(x), is_causal=is_causal, attn_bias=attn_bias, train=train, rngs=rngs, cache=cache)
         attended, kv = attended if cache is not None else (attended, None)
         # theory: pre-ln-vs-post-ln
         x = x + attended  # theory: residual-connections

@@ -44,8 +44,17 @@ CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 def conv(n_in: int, n_out: int, size: int, stride: int = 1, *, dtype, rngs: nnx.Rngs) -> nnx.Conv:
     # Symmetric padding k // 2 on both sides, never "SAME" (which pads bottom/right more when strided).
     pad = size // 2
-    return nnx.Conv(n_in, n_out, (size, size), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                    use_bias=False, kernel_init=CONV_INIT, dtype=dtype, rngs=rngs)
+    return nnx.Conv(
+        n_in,
+        n_out,
+        (size, size),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        kernel_init=CONV_INIT,
+        dtype=dtype,
+        rngs=rngs,
+    )
 
 
 def batch_norm(config: ResNetConfig, channels: int, *, dtype) -> BatchNorm:
@@ -56,9 +65,17 @@ def batch_norm(config: ResNetConfig, channels: int, *, dtype) -> BatchNorm:
 
 class Stem(nnx.Module):
     def __init__(self, config: ResNetConfig, *, dtype, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(config.num_channels, config.stem_width, (7, 7), strides=(2, 2),
-                             padding=((3, 3), (3, 3)), use_bias=False, kernel_init=CONV_INIT,
-                             dtype=dtype, rngs=rngs)
+        self.conv = nnx.Conv(
+            config.num_channels,
+            config.stem_width,
+            (7, 7),
+            strides=(2, 2),
+            padding=((3, 3), (3, 3)),
+            use_bias=False,
+            kernel_init=CONV_INIT,
+            dtype=dtype,
+            rngs=rngs,
+        )
         self.bn = batch_norm(config, config.stem_width, dtype=dtype)
 
     def __call__(self, x: Float[Array, "B H W C_in"], *, train: bool) -> Float[Array, "B h w C"]:
@@ -81,8 +98,7 @@ class Downsample(nnx.Module):
 class BasicBlock(nnx.Module):
     """3x3 -> 3x3 (ResNet-18/34)."""
 
-    def __init__(self, config: ResNetConfig, n_in: int, width: int, n_out: int, stride: int, *,
-                 dtype, rngs: nnx.Rngs):
+    def __init__(self, config: ResNetConfig, n_in: int, width: int, n_out: int, stride: int, *, dtype, rngs: nnx.Rngs):
         self.conv1, self.bn1 = conv(n_in, width, 3, stride, dtype=dtype, rngs=rngs), batch_norm(config, width, dtype=dtype)
         self.conv2, self.bn2 = conv(width, n_out, 3, dtype=dtype, rngs=rngs), batch_norm(config, n_out, dtype=dtype)
         needs_projection = stride != 1 or n_in != n_out
@@ -100,8 +116,7 @@ class BasicBlock(nnx.Module):
 class Bottleneck(nnx.Module):
     """1x1 reduce -> 3x3 (carrying the stride: v1.5) -> 1x1 expand (ResNet-50 and deeper)."""
 
-    def __init__(self, config: ResNetConfig, n_in: int, width: int, n_out: int, stride: int, *,
-                 dtype, rngs: nnx.Rngs):
+    def __init__(self, config: ResNetConfig, n_in: int, width: int, n_out: int, stride: int, *, dtype, rngs: nnx.Rngs):
         # theory: bottleneck-block
         self.conv1, self.bn1 = conv(n_in, width, 1, dtype=dtype, rngs=rngs), batch_norm(config, width, dtype=dtype)
         self.conv2, self.bn2 = conv(width, width, 3, stride, dtype=dtype, rngs=rngs), batch_norm(config, width, dtype=dtype)
@@ -136,16 +151,18 @@ class ResNet(nnx.Module):
         self.stem = Stem(config, dtype=dtype, rngs=rngs)
         self.stages = nnx.List([Stage(config, blocks, dtype=dtype, rngs=rngs) for blocks in config.layout()])
         n_in = config.out_widths[-1]
-        self.head = nnx.Linear(n_in, config.num_classes, kernel_init=uniform_fan_in(n_in),
-                               bias_init=uniform_fan_in(n_in), dtype=dtype, rngs=rngs)
+        self.head = nnx.Linear(
+            n_in, config.num_classes, kernel_init=uniform_fan_in(n_in), bias_init=uniform_fan_in(n_in), dtype=dtype, rngs=rngs
+        )
 
-    def forward_features(self, pixel_values: Float[Array, "B H W C_in"], *,
-                         train: bool = False) -> Float[Array, "B h w C"]:
+    def forward_features(self, pixel_values: Float[Array, "B H W C_in"], *, train: bool = False) -> Float[Array, "B h w C"]:
         """``pixel_values`` [B, H, W, C_in] -> the last stage's feature map [B, H/32, W/32, C]
         (H/2^(S+1) for S stages)."""
         if pixel_values.ndim != 4 or pixel_values.shape[-1] != self.config.num_channels:
-            raise ZooError(f"ResNet expects NHWC images [B, H, W, {self.config.num_channels}], got "
-                           f"{list(pixel_values.shape)}; NCHW arrays need x.transpose(0, 2, 3, 1)")
+            raise ZooError(
+                f"ResNet expects NHWC images [B, H, W, {self.config.num_channels}], got "
+                f"{list(pixel_values.shape)}; NCHW arrays need x.transpose(0, 2, 3, 1)"
+            )
         x = self.stem(pixel_values.astype(self.dtype), train=train)  # [B, H/4, W/4, stem_width]
         for stage in self.stages:
             x = stage(x, train=train)
@@ -154,8 +171,7 @@ class ResNet(nnx.Module):
     def forward_head(self, x: Float[Array, "B h w C"]) -> Float[Array, "B K"]:
         return self.head(x.mean(axis=(1, 2)))  # global average pool -> [B, num_classes]
 
-    def __call__(self, pixel_values: Float[Array, "B H W C_in"], *,
-                 train: bool = False) -> dict[str, Float[Array, "B K"]]:
+    def __call__(self, pixel_values: Float[Array, "B H W C_in"], *, train: bool = False) -> dict[str, Float[Array, "B K"]]:
         """``pixel_values`` [B, H, W, C_in] -> {"logits": [B, num_classes]} (float32)."""
         logits = self.forward_head(self.forward_features(pixel_values, train=train))
         return {"logits": logits.astype(jnp.float32)}

@@ -46,18 +46,31 @@ class ViT(nnx.Module):
         d, p = config.hidden_size, config.patch_size
         # A conv whose stride is its size cuts the image into patches and projects each one.
         # theory: patch-embedding
-        self.patch_embed = nnx.Conv(config.num_channels, d, kernel_size=(p, p), strides=(p, p),
-                                    padding=((0, 0), (0, 0)), kernel_init=INIT, dtype=dtype, rngs=rngs)
+        self.patch_embed = nnx.Conv(
+            config.num_channels, d, kernel_size=(p, p), strides=(p, p), padding=((0, 0), (0, 0)), kernel_init=INIT, dtype=dtype, rngs=rngs
+        )
         self.cls_token = nnx.Param(INIT(rngs.params(), (1, 1, d), jnp.float32))
         # theory: position-embeddings
         self.pos_embed = nnx.Param(INIT(rngs.params(), (1, config.num_patches + 1, d), jnp.float32))
         self.drop = Dropout(config.dropout)  # theory: dropout
-        self.blocks = nnx.List([
-            Block(d, config.num_heads, config.mlp_dim, layer_norm_eps=config.layer_norm_eps,
-                  approximate=False,  # ViT (like BERT) uses the exact (erf) GELU
-                  dropout=config.dropout, attention_dropout=config.attention_dropout,
-                  kernel_init=INIT, out_init=INIT, dtype=dtype, rngs=rngs)
-            for _ in range(config.num_layers)])
+        self.blocks = nnx.List(
+            [
+                Block(
+                    d,
+                    config.num_heads,
+                    config.mlp_dim,
+                    layer_norm_eps=config.layer_norm_eps,
+                    approximate=False,  # ViT (like BERT) uses the exact (erf) GELU
+                    dropout=config.dropout,
+                    attention_dropout=config.attention_dropout,
+                    kernel_init=INIT,
+                    out_init=INIT,
+                    dtype=dtype,
+                    rngs=rngs,
+                )
+                for _ in range(config.num_layers)
+            ]
+        )
         self.ln_f = layer_norm(d, config.layer_norm_eps, dtype=dtype, rngs=rngs)  # theory: layer-norm
         self.head = nnx.Linear(d, config.num_classes, kernel_init=INIT, dtype=dtype, rngs=rngs)
 
@@ -76,14 +89,21 @@ class ViT(nnx.Module):
         grid = jnp.einsum("hi,ijc,wj->hwc", rows, grid, cols, precision=jax.lax.Precision.HIGHEST)  # [h, w, C]
         return jnp.concatenate([table[:, :1], grid.reshape(1, h * w, -1)], axis=1)
 
-    def forward_features(self, pixel_values: Float[Array, "B H W C_in"], *, train: bool = False,
-                         rngs: nnx.Rngs | None = None, interpolate_pos_encoding: bool = False) -> Float[Array, "B T C"]:
+    def forward_features(
+        self,
+        pixel_values: Float[Array, "B H W C_in"],
+        *,
+        train: bool = False,
+        rngs: nnx.Rngs | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> Float[Array, "B T C"]:
         """``pixel_values`` [B, H, W, C_in] -> hidden states [B, 1 + N, C] after ln_f."""
         size, channels = self.config.image_size, self.config.num_channels
-        if pixel_values.shape[-1] != channels or (
-                not interpolate_pos_encoding and tuple(pixel_values.shape[1:3]) != (size, size)):
-            raise ZooError(f"ViT expects NHWC images [B, {size}, {size}, {channels}], got "
-                           f"{list(pixel_values.shape)}; pass interpolate_pos_encoding=True to run other sizes")
+        if pixel_values.shape[-1] != channels or (not interpolate_pos_encoding and tuple(pixel_values.shape[1:3]) != (size, size)):
+            raise ZooError(
+                f"ViT expects NHWC images [B, {size}, {size}, {channels}], got "
+                f"{list(pixel_values.shape)}; pass interpolate_pos_encoding=True to run other sizes"
+            )
         x = self.patch_embed(pixel_values.astype(self.dtype))  # [B, H/P, W/P, C]
         B, h, w, C = x.shape
         pos = self.position_embeddings(h, w)  # [1, 1 + N, C]
@@ -100,9 +120,16 @@ class ViT(nnx.Module):
         # theory: cls-pooling
         return self.head(x[:, 0])  # [B, num_classes]
 
-    def __call__(self, pixel_values: Float[Array, "B H W C_in"], *, train: bool = False,
-                 rngs: nnx.Rngs | None = None, interpolate_pos_encoding: bool = False) -> dict[str, Float[Array, "B K"]]:
+    def __call__(
+        self,
+        pixel_values: Float[Array, "B H W C_in"],
+        *,
+        train: bool = False,
+        rngs: nnx.Rngs | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> dict[str, Float[Array, "B K"]]:
         """``pixel_values`` [B, H, W, C_in] -> {"logits": [B, num_classes]} (float32)."""
-        logits = self.forward_head(self.forward_features(pixel_values, train=train, rngs=rngs,
-                                                         interpolate_pos_encoding=interpolate_pos_encoding))
+        logits = self.forward_head(
+            self.forward_features(pixel_values, train=train, rngs=rngs, interpolate_pos_encoding=interpolate_pos_encoding)
+        )
         return {"logits": logits.astype(jnp.float32)}

@@ -28,8 +28,7 @@ from .layers import canonical_name
 
 MODELS = {"bert": bert.transform, "gpt": gpt.transform, "resnet": resnet.transform, "vit": vit.transform}
 
-__all__ = ["MODELS", "adamw_step", "apply", "block_outputs", "build", "canonical_name", "generate",
-           "load_state_dict", "state_dict", "vjp"]
+__all__ = ["MODELS", "adamw_step", "apply", "block_outputs", "build", "canonical_name", "generate", "load_state_dict", "state_dict", "vjp"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -48,8 +47,10 @@ def _example_inputs(arch: str, config) -> dict[str, np.ndarray]:
 def _split_flags(inputs: dict) -> tuple[dict, tuple]:
     """(arrays, options): Python bools such as ``interpolate_pos_encoding`` are baked into the
     compiled function (one compilation per value), never traced."""
-    return ({k: v for k, v in inputs.items() if not isinstance(v, bool)},
-            tuple(sorted((k, v) for k, v in inputs.items() if isinstance(v, bool))))
+    return (
+        {k: v for k, v in inputs.items() if not isinstance(v, bool)},
+        tuple(sorted((k, v) for k, v in inputs.items() if isinstance(v, bool))),
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,8 +72,7 @@ def _compiled(transformed: hk.TransformedWithState, kind: str, train: bool = Fal
         updates, _ = optimizer.update(grads, optimizer.init(params), params)
         return optax.apply_updates(params, updates)
 
-    functions = {"init": lambda rng, inputs: transformed.init(rng, **inputs), "apply": forward,
-                 "grad": jax.grad(objective), "adamw": adamw}
+    functions = {"init": lambda rng, inputs: transformed.init(rng, **inputs), "apply": forward, "grad": jax.grad(objective), "adamw": adamw}
     return jax.jit(functions[kind])
 
 
@@ -118,35 +118,54 @@ def vjp(arch: str, config, native, inputs, cotangents, *, train: bool = False, s
     running statistics are state, not parameters, so they have none)."""
     transformed, params, state = native
     inputs, flags = _split_flags(inputs)
-    grads = _compiled(transformed, "grad", train, flags)(params, state, jax.random.key(seed), inputs,
-                                                         _cotangents(cotangents))
+    grads = _compiled(transformed, "grad", train, flags)(params, state, jax.random.key(seed), inputs, _cotangents(cotangents))
     return _to_canonical(grads)
 
 
-def adamw_step(arch: str, config, native, inputs, cotangents, *, lr: float, betas, eps: float,
-               weight_decay: float, seed: int = 0):
+def adamw_step(arch: str, config, native, inputs, cotangents, *, lr: float, betas, eps: float, weight_decay: float, seed: int = 0):
     """One optax.adamw step from a fresh optimizer state, in eval mode (no dropout, running
     batch-norm statistics), so the step is deterministic and comparable across frameworks."""
     transformed, params, state = native
     hyper = (np.float32(x) for x in (lr, betas[0], betas[1], eps, weight_decay))
     inputs, flags = _split_flags(inputs)
-    params = _compiled(transformed, "adamw", False, flags)(params, state, jax.random.key(seed), inputs,
-                                                           _cotangents(cotangents), *hyper)
+    params = _compiled(transformed, "adamw", False, flags)(params, state, jax.random.key(seed), inputs, _cotangents(cotangents), *hyper)
     return transformed, params, state
 
 
-def generate(arch: str, config, native, input_ids: np.ndarray, attention_mask: np.ndarray | None, *,
-             max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
-             seed: int) -> np.ndarray:
+def generate(
+    arch: str,
+    config,
+    native,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray | None,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int,
+) -> np.ndarray:
     """``gpt.generate``: one jitted prefill + scan; sampling keys from ``jax.random.key(seed)``."""
     transformed, params, state = native
-    out = gpt.generate(config, transformed, params, state, input_ids, attention_mask, max_new_tokens=max_new_tokens,
-                       temperature=temperature, top_k=top_k, top_p=top_p, key=jax.random.key(seed))
+    out = gpt.generate(
+        config,
+        transformed,
+        params,
+        state,
+        input_ids,
+        attention_mask,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        key=jax.random.key(seed),
+    )
     return np.asarray(out, dtype=np.int32)
 
 
-def benchmark_step(arch: str, config, native, inputs: dict[str, np.ndarray],
-                   cotangents: dict[str, np.ndarray], *, mode: str, seed: int = 0):
+def benchmark_step(
+    arch: str, config, native, inputs: dict[str, np.ndarray], cotangents: dict[str, np.ndarray], *, mode: str, seed: int = 0
+):
     """A function that runs one step and returns once it is done (see the torch backend):
     ``transformed.apply`` under ``jax.jit`` with optax.adamw, buffers donated. A train step
     returns the objective before its update; ``native`` is left as it was."""
@@ -176,4 +195,5 @@ def benchmark_step(arch: str, config, native, inputs: dict[str, np.ndarray],
         *new, value = train(params, state, opt_state, jax.random.fold_in(jax.random.key(seed), i))
         carry[:] = [*new, i + 1]
         return jax.block_until_ready(value)
+
     return step

@@ -49,8 +49,7 @@ class Embeddings(hk.Module):
         self.ln = LayerNorm(eps=config.layer_norm_eps, name="ln")  # theory: layer-norm
         self.dropout = config.dropout
 
-    def __call__(self, input_ids: Int[Array, "B T"], token_type_ids: Int[Array, "B T"], *,
-                 is_training: bool) -> Float[Array, "B T D"]:
+    def __call__(self, input_ids: Int[Array, "B T"], token_type_ids: Int[Array, "B T"], *, is_training: bool) -> Float[Array, "B T D"]:
         positions = jnp.arange(input_ids.shape[1])  # (T,)
         x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)  # (B, T, D)
         return dropout(self.ln(x), self.dropout, is_training)  # theory: dropout
@@ -63,15 +62,21 @@ class Block(hk.Module):
     def __init__(self, config: BertConfig, *, name: str):
         super().__init__(name=name)
         d = config.hidden_size
-        self.attn = Attention(d, config.num_heads, dropout=config.dropout,
-                              attention_dropout=config.attention_dropout, init=_INIT, out_init=_INIT)
+        self.attn = Attention(
+            d, config.num_heads, dropout=config.dropout, attention_dropout=config.attention_dropout, init=_INIT, out_init=_INIT
+        )
         self.ln1 = LayerNorm(eps=config.layer_norm_eps, name="ln1")
-        self.mlp = MLP(d, config.mlp_dim, approximate=False,  # BERT uses the exact (erf) GELU
-                       dropout=config.dropout, init=_INIT, out_init=_INIT)
+        self.mlp = MLP(
+            d,
+            config.mlp_dim,
+            approximate=False,  # BERT uses the exact (erf) GELU
+            dropout=config.dropout,
+            init=_INIT,
+            out_init=_INIT,
+        )
         self.ln2 = LayerNorm(eps=config.layer_norm_eps, name="ln2")
 
-    def __call__(self, x: Float[Array, "B T D"], attn_bias: Float[Array, "B 1 1 T"] | None, *,
-                 is_training: bool) -> Float[Array, "B T D"]:
+    def __call__(self, x: Float[Array, "B T D"], attn_bias: Float[Array, "B 1 1 T"] | None, *, is_training: bool) -> Float[Array, "B T D"]:
         # theory: pre-ln-vs-post-ln
         x = self.ln1(x + self.attn(x, attn_bias=attn_bias, is_training=is_training))  # theory: residual-connections
         x = self.ln2(x + self.mlp(x, is_training=is_training))
@@ -86,8 +91,7 @@ class MLMHead(hk.Module):
         super().__init__(name=name)
         self.transform = Dense(config.hidden_size, init=_INIT, name="transform")
         self.ln = LayerNorm(eps=config.layer_norm_eps, name="ln")
-        self.decoder = None if config.tie_word_embeddings else Dense(
-            config.vocab_size, init=_INIT, use_bias=False, name="decoder")
+        self.decoder = None if config.tie_word_embeddings else Dense(config.vocab_size, init=_INIT, use_bias=False, name="decoder")
         self.vocab_size = config.vocab_size
 
     def __call__(self, x: Float[Array, "B T D"], word_embedding: Float[Array, "V D"]) -> Float[Array, "B T V"]:
@@ -109,9 +113,14 @@ class BERT(hk.Module):
         self.mlm = MLMHead(config) if config.mlm_head else None
         self.classifier = Dense(config.num_labels, init=_INIT, name="classifier") if config.num_labels else None
 
-    def forward_features(self, input_ids: Int[Array, "B T"], token_type_ids: Int[Array, "B T"] | None = None,
-                         attention_mask: Int[Array, "B T"] | None = None, *,
-                         is_training: bool = False) -> Float[Array, "B T D"]:
+    def forward_features(
+        self,
+        input_ids: Int[Array, "B T"],
+        token_type_ids: Int[Array, "B T"] | None = None,
+        attention_mask: Int[Array, "B T"] | None = None,
+        *,
+        is_training: bool = False,
+    ) -> Float[Array, "B T D"]:
         """``input_ids`` (B, T) -> last hidden state (B, T, D). ``token_type_ids`` default to 0,
         ``attention_mask`` (1 = attend, 0 = padding) to all ones."""
         if token_type_ids is None:
@@ -141,8 +150,14 @@ class BERT(hk.Module):
             out["logits"] = self.classifier(pooled)  # (B, num_labels)
         return out
 
-    def __call__(self, input_ids: Int[Array, "B T"], token_type_ids: Int[Array, "B T"] | None = None,
-                 attention_mask: Int[Array, "B T"] | None = None, *, is_training: bool = False) -> dict[str, Array]:
+    def __call__(
+        self,
+        input_ids: Int[Array, "B T"],
+        token_type_ids: Int[Array, "B T"] | None = None,
+        attention_mask: Int[Array, "B T"] | None = None,
+        *,
+        is_training: bool = False,
+    ) -> dict[str, Array]:
         """-> {"last_hidden_state": (B, T, D), "pooler_output": (B, D) if config.pooler,
         "mlm_logits": (B, T, V) if config.mlm_head, "logits": (B, num_labels) if num_labels}."""
         x = self.forward_features(input_ids, token_type_ids, attention_mask, is_training=is_training)

@@ -17,13 +17,13 @@ from .layers import canonical_name
 
 
 def _to_canonical(tree) -> dict[str, np.ndarray]:
-    return {canonical_name(module, leaf): np.array(value, dtype=np.float32)
-            for module, leaves in tree.items() for leaf, value in leaves.items()}
+    return {
+        canonical_name(module, leaf): np.array(value, dtype=np.float32) for module, leaves in tree.items() for leaf, value in leaves.items()
+    }
 
 
 def _from_canonical(tree, tensors: dict[str, np.ndarray]):
-    return {module: {leaf: jnp.asarray(tensors[canonical_name(module, leaf)]) for leaf in leaves}
-            for module, leaves in tree.items()}
+    return {module: {leaf: jnp.asarray(tensors[canonical_name(module, leaf)]) for leaf in leaves} for module, leaves in tree.items()}
 
 
 def state_dict(arch: str, config, native) -> dict[str, np.ndarray]:

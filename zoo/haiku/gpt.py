@@ -71,8 +71,7 @@ def position_ids(mask: Int[Array, "B S"]) -> Int[Array, "B S"]:
     return jnp.where(mask == 1, jnp.cumsum(mask, axis=-1) - 1, 0)
 
 
-def attention_bias(mask: Int[Array, "B S"], past: Int[Array, ""] | int, num_queries: int,
-                   dtype) -> Float[Array, "B 1 T S"]:
+def attention_bias(mask: Int[Array, "B S"], past: Int[Array, ""] | int, num_queries: int, dtype) -> Float[Array, "B 1 T S"]:
     """Additive bias for the T = ``num_queries`` tokens at slots past..past+T: 0 where a query
     may attend (an earlier or the same slot holding a real token), else the dtype's most negative
     finite value (-inf would turn a fully masked padding row into NaN)."""
@@ -95,18 +94,32 @@ class GPT(hk.Module):
         # (attn.out, mlp.out) by 1/sqrt(2 * num_layers): one per residual addition.
         out_std = 0.02 / math.sqrt(2 * config.num_layers)  # theory: initialization
         self.blocks = [
-            Block(d, config.num_heads, config.mlp_dim, layer_norm_eps=config.layer_norm_eps,
-                  approximate=True,  # GPT-2's "gelu_new": the tanh approximation of GELU
-                  dropout=config.dropout, attention_dropout=config.attention_dropout,
-                  init=normal(0.02), out_init=normal(out_std), name=f"blocks_{i}")
-            for i in range(config.num_layers)]
+            Block(
+                d,
+                config.num_heads,
+                config.mlp_dim,
+                layer_norm_eps=config.layer_norm_eps,
+                approximate=True,  # GPT-2's "gelu_new": the tanh approximation of GELU
+                dropout=config.dropout,
+                attention_dropout=config.attention_dropout,
+                init=normal(0.02),
+                out_init=normal(out_std),
+                name=f"blocks_{i}",
+            )
+            for i in range(config.num_layers)
+        ]
         self.ln_f = LayerNorm(eps=config.layer_norm_eps, name="ln_f")  # theory: layer-norm
         # theory: weight-tying
-        self.lm_head = None if config.tie_word_embeddings else Dense(
-            config.vocab_size, init=normal(0.02), use_bias=False, name="lm_head")
+        self.lm_head = None if config.tie_word_embeddings else Dense(config.vocab_size, init=normal(0.02), use_bias=False, name="lm_head")
 
-    def forward_features(self, input_ids: Int[Array, "B T"], attention_mask: Int[Array, "B T"] | None = None, *,
-                         cache: KVCache | None = None, is_training: bool = False):
+    def forward_features(
+        self,
+        input_ids: Int[Array, "B T"],
+        attention_mask: Int[Array, "B T"] | None = None,
+        *,
+        cache: KVCache | None = None,
+        is_training: bool = False,
+    ):
         """``input_ids`` (B, T) -> final hidden states (B, T, D), after ln_f; with a ``cache``,
         (hidden states, the cache with these T tokens written after the cached ones)."""
         B, T = input_ids.shape
@@ -127,8 +140,7 @@ class GPT(hk.Module):
             if cache is None:
                 x = block(x, is_causal=bias is None, attn_bias=bias, is_training=is_training)  # theory: causal-masking
             else:
-                x, (k, v) = block(x, attn_bias=bias, is_training=is_training,
-                                  cache=(cache.keys[i], cache.values[i], past))
+                x, (k, v) = block(x, attn_bias=bias, is_training=is_training, cache=(cache.keys[i], cache.values[i], past))
                 keys.append(k)
                 values.append(v)
         x = self.ln_f(x)
@@ -140,8 +152,14 @@ class GPT(hk.Module):
         # theory: weight-tying
         return x @ self.wte.embedding.T  # theory: next-token-prediction
 
-    def __call__(self, input_ids: Int[Array, "B T"], attention_mask: Int[Array, "B T"] | None = None, *,
-                 cache: KVCache | None = None, is_training: bool = False) -> dict[str, Array | KVCache]:
+    def __call__(
+        self,
+        input_ids: Int[Array, "B T"],
+        attention_mask: Int[Array, "B T"] | None = None,
+        *,
+        cache: KVCache | None = None,
+        is_training: bool = False,
+    ) -> dict[str, Array | KVCache]:
         """``input_ids`` (B, T) -> {"logits": (B, T, V)}, and "cache" (the updated ``KVCache``)
         when a cache is given."""
         features = self.forward_features(input_ids, attention_mask, cache=cache, is_training=is_training)
@@ -159,8 +177,9 @@ def transform(config: GPTConfig, *, dtype: str = "float32") -> hk.TransformedWit
     return transform_model(GPT, config, dtype=dtype)
 
 
-def filter_logits(logits: Float[Array, "B V"], temperature: float, top_k: int | None = None,
-                  top_p: float | None = None) -> Float[Array, "B V"]:
+def filter_logits(
+    logits: Float[Array, "B V"], temperature: float, top_k: int | None = None, top_p: float | None = None
+) -> Float[Array, "B V"]:
     """Logits divided by ``temperature`` (> 0), then every token outside the ``top_k`` largest
     (ties with the k-th kept) and outside the smallest most-likely set whose probability reaches
     ``top_p`` (at least one token) set to -inf. transformers' order and rules
@@ -180,36 +199,61 @@ def filter_logits(logits: Float[Array, "B V"], temperature: float, top_k: int | 
     return logits
 
 
-def next_token(logits: Float[Array, "B V"], key: jax.Array, temperature: float, top_k: int | None,
-               top_p: float | None) -> Int[Array, " B"]:
+def next_token(logits: Float[Array, "B V"], key: jax.Array, temperature: float, top_k: int | None, top_p: float | None) -> Int[Array, " B"]:
     """Argmax when ``temperature == 0``, else a draw from the filtered softmax."""
     if temperature == 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     return jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p), axis=-1).astype(jnp.int32)
 
 
-def generate(config: GPTConfig, model: hk.TransformedWithState, params: hk.Params, state: hk.State,
-             input_ids: Int[Array, "B T"], attention_mask: Int[Array, "B T"] | None = None, *,
-             max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
-             top_p: float | None = None, key: jax.Array | None = None) -> Int[Array, "B T+N"]:
+def generate(
+    config: GPTConfig,
+    model: hk.TransformedWithState,
+    params: hk.Params,
+    state: hk.State,
+    input_ids: Int[Array, "B T"],
+    attention_mask: Int[Array, "B T"] | None = None,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    key: jax.Array | None = None,
+) -> Int[Array, "B T+N"]:
     """Prompts ``input_ids`` (B, T), left-padded where ``attention_mask`` is 0, -> (B, T + N):
     the prompts followed by N = ``max_new_tokens`` new tokens of ``model`` (``transform(config)``).
     ``temperature=0`` is greedy; otherwise each token is drawn (with ``key``) from the softmax of
     the logits divided by ``temperature``, restricted to the ``top_k`` most likely and to the
     smallest set whose mass reaches ``top_p``. One jitted program: a prefill over the prompt,
     then a ``lax.scan`` of one-token steps that carry the ``KVCache``. Dropout is off."""
-    check_generation(config, input_ids.shape[1], max_new_tokens, temperature, top_k, top_p,
-                     None if attention_mask is None else jax.device_get(attention_mask[:, -1]))
+    check_generation(
+        config,
+        input_ids.shape[1],
+        max_new_tokens,
+        temperature,
+        top_k,
+        top_p,
+        None if attention_mask is None else jax.device_get(attention_mask[:, -1]),
+    )
     if attention_mask is None:
         attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-    return _generate(params, state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32),
-                     jax.random.key(0) if key is None else key, config=config, model=model,
-                     max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k, top_p=top_p)
+    return _generate(
+        params,
+        state,
+        jnp.asarray(input_ids, jnp.int32),
+        jnp.asarray(attention_mask, jnp.int32),
+        jax.random.key(0) if key is None else key,
+        config=config,
+        model=model,
+        max_new_tokens=max_new_tokens,
+        temperature=float(temperature),
+        top_k=top_k,
+        top_p=top_p,
+    )
 
 
 @partial(jax.jit, static_argnames=("config", "model", "max_new_tokens", "temperature", "top_k", "top_p"))
-def _generate(params, state, input_ids, attention_mask, key, *, config, model, max_new_tokens, temperature,
-              top_k, top_p):
+def _generate(params, state, input_ids, attention_mask, key, *, config, model, max_new_tokens, temperature, top_k, top_p):
     B, T = input_ids.shape
     cache = KVCache.empty(config, B, T + max_new_tokens)  # theory: kv-cache
     out, _ = model.apply(params, state, None, input_ids, attention_mask, cache=cache)

@@ -60,9 +60,11 @@ uniform_fan_in = hk.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
 
 def cast_params(dtype: str) -> hk.custom_getter:
     """A context in which every parameter is read in ``dtype`` (state is left alone)."""
+
     # theory: mixed-precision
     def getter(next_getter, value, context):
         return next_getter(value.astype(dtype) if jnp.issubdtype(value.dtype, jnp.floating) else value)
+
     return hk.custom_getter(getter)
 
 
@@ -75,6 +77,7 @@ def transform_model(model: type[hk.Module], config, *, dtype: str = "float32") -
     torch's autocast), so the models hold no dtype of their own: floating inputs are cast to it,
     every parameter is read in it (``cast_params``), floating outputs come back float32. The
     stored parameters and state stay float32."""
+
     def cast(x, to):  # flags such as interpolate_pos_encoding pass through as Python values
         return jnp.asarray(x, to) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) else x
 
@@ -83,6 +86,7 @@ def transform_model(model: type[hk.Module], config, *, dtype: str = "float32") -
         with cast_params(dtype):
             outputs = model(config)(*inputs, is_training=is_training, **named_inputs)
         return jax.tree.map(lambda x: cast(x, jnp.float32), outputs)
+
     return hk.transform_with_state(forward)
 
 
@@ -94,8 +98,15 @@ def dropout(x: Array, rate: float, is_training: bool) -> Array:
 
 
 class Dense(hk.Module):
-    def __init__(self, n_out: int, *, init: hk.initializers.Initializer, use_bias: bool = True,
-                 bias_init: hk.initializers.Initializer = jnp.zeros, name: str):
+    def __init__(
+        self,
+        n_out: int,
+        *,
+        init: hk.initializers.Initializer,
+        use_bias: bool = True,
+        bias_init: hk.initializers.Initializer = jnp.zeros,
+        name: str,
+    ):
         super().__init__(name=name)
         self.n_out, self.init, self.use_bias, self.bias_init = n_out, init, use_bias, bias_init
 
@@ -141,9 +152,17 @@ class Conv2D(hk.Module):
     """NHWC convolution with explicit symmetric padding: "SAME" pads bottom/right more on
     strided convs (haiku's own nets/resnet.py does), torch pads both sides alike."""
 
-    def __init__(self, n_out: int, size: int, *, stride: int = 1, padding: int = 0,
-                 use_bias: bool = False, init: hk.initializers.Initializer = kaiming_normal_fan_out,
-                 name: str):
+    def __init__(
+        self,
+        n_out: int,
+        size: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        use_bias: bool = False,
+        init: hk.initializers.Initializer = kaiming_normal_fan_out,
+        name: str,
+    ):
         super().__init__(name=name)
         self.n_out, self.size, self.stride, self.padding = n_out, size, stride, padding
         self.use_bias, self.init = use_bias, init
@@ -151,8 +170,9 @@ class Conv2D(hk.Module):
     def __call__(self, x: Float[Array, "B H W C_in"]) -> Float[Array, "B h w C_out"]:
         kernel = hk.get_parameter("kernel", (self.size, self.size, x.shape[-1], self.n_out), init=self.init)
         p = self.padding
-        y = jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (self.stride, self.stride),
-                                         ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = jax.lax.conv_general_dilated(
+            x, kernel.astype(x.dtype), (self.stride, self.stride), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
         if self.use_bias:
             y = y + hk.get_parameter("bias", (self.n_out,), init=jnp.zeros).astype(x.dtype)
         return y
@@ -192,9 +212,16 @@ class BatchNorm(hk.Module):
         return (h * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
 
 
-def attention(q: Float[Array, "B T N H"], k: Float[Array, "B S N H"], v: Float[Array, "B S N H"], *,
-              bias: Float[Array, "B 1 1 S"] | None = None, is_causal: bool = False,
-              dropout_rate: float = 0.0, is_training: bool = False) -> Float[Array, "B T N H"]:
+def attention(
+    q: Float[Array, "B T N H"],
+    k: Float[Array, "B S N H"],
+    v: Float[Array, "B S N H"],
+    *,
+    bias: Float[Array, "B 1 1 S"] | None = None,
+    is_causal: bool = False,
+    dropout_rate: float = 0.0,
+    is_training: bool = False,
+) -> Float[Array, "B T N H"]:
     """Fused softmax(q k^T / sqrt(H) + bias) v; spelled out only when attention dropout is on,
     which jax.nn.dot_product_attention does not offer."""
     if not is_training or dropout_rate == 0.0:
@@ -212,6 +239,7 @@ def attention(q: Float[Array, "B T N H"], k: Float[Array, "B S N H"], v: Float[A
 
 # --------------------------------------------------------------------------- transformer layers
 
+
 class Attention(hk.Module):
     """Multi-head self-attention with a fused q|k|v projection (heads contiguous within each).
 
@@ -224,29 +252,44 @@ class Attention(hk.Module):
     and the call returns (y, (keys, values)).
     """
 
-    def __init__(self, dim: int, num_heads: int, *, dropout: float, attention_dropout: float,
-                 init: hk.initializers.Initializer, out_init: hk.initializers.Initializer, name: str = "attn"):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        dropout: float,
+        attention_dropout: float,
+        init: hk.initializers.Initializer,
+        out_init: hk.initializers.Initializer,
+        name: str = "attn",
+    ):
         super().__init__(name=name)
         self.qkv = Dense(3 * dim, init=init, name="qkv")  # fused: columns q | k | v
         self.out = Dense(dim, init=out_init, name="out")
         self.num_heads = num_heads
         self.attention_dropout, self.dropout = attention_dropout, dropout
 
-    def __call__(self, x: Float[Array, "B T D"], *, is_causal: bool = False,
-                 attn_bias: Float[Array, "B 1 T S"] | None = None, is_training: bool,
-                 cache: tuple[Array, Array, Array] | None = None):
+    def __call__(
+        self,
+        x: Float[Array, "B T D"],
+        *,
+        is_causal: bool = False,
+        attn_bias: Float[Array, "B 1 T S"] | None = None,
+        is_training: bool,
+        cache: tuple[Array, Array, Array] | None = None,
+    ):
         B, T, D = x.shape
         # theory: multi-head-attention
-        q, k, v = (t.reshape(B, T, self.num_heads, D // self.num_heads)
-                   for t in jnp.split(self.qkv(x), 3, axis=-1))  # (B, T, N, H), heads contiguous
+        q, k, v = (
+            t.reshape(B, T, self.num_heads, D // self.num_heads) for t in jnp.split(self.qkv(x), 3, axis=-1)
+        )  # (B, T, N, H), heads contiguous
         if cache is not None:
             keys, values, index = cache  # (B, S, N, H) each
             # theory: kv-cache
             k = keys = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, index, 0, 0))
             v = values = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, index, 0, 0))
         # theory: scaled-dot-product-attention
-        y = attention(q, k, v, bias=attn_bias, is_causal=is_causal,
-                      dropout_rate=self.attention_dropout, is_training=is_training)
+        y = attention(q, k, v, bias=attn_bias, is_causal=is_causal, dropout_rate=self.attention_dropout, is_training=is_training)
         y = dropout(self.out(y.reshape(B, T, D)), self.dropout, is_training)  # (B, T, D)
         return y if cache is None else (y, (keys, values))
 
@@ -256,8 +299,17 @@ class MLP(hk.Module):
     (jax's default is the tanh approximation): True for GPT-2's "gelu_new", False for the exact
     erf GELU of BERT and ViT."""
 
-    def __init__(self, dim: int, hidden: int, *, approximate: bool, dropout: float,
-                 init: hk.initializers.Initializer, out_init: hk.initializers.Initializer, name: str = "mlp"):
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        *,
+        approximate: bool,
+        dropout: float,
+        init: hk.initializers.Initializer,
+        out_init: hk.initializers.Initializer,
+        name: str = "mlp",
+    ):
         super().__init__(name=name)
         if not isinstance(approximate, bool):
             raise ZooError(f"MLP approximate={approximate!r}: expected True (tanh GELU, GPT-2) or False (exact GELU)")
@@ -273,22 +325,37 @@ class MLP(hk.Module):
 class Block(hk.Module):
     """Pre-LN transformer block (GPT-2, ViT): x + attn(ln1(x)), then x + mlp(ln2(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, layer_norm_eps: float,
-                 approximate: bool, dropout: float, attention_dropout: float,
-                 init: hk.initializers.Initializer, out_init: hk.initializers.Initializer, name: str):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        *,
+        layer_norm_eps: float,
+        approximate: bool,
+        dropout: float,
+        attention_dropout: float,
+        init: hk.initializers.Initializer,
+        out_init: hk.initializers.Initializer,
+        name: str,
+    ):
         super().__init__(name=name)
         self.ln1 = LayerNorm(eps=layer_norm_eps, name="ln1")
-        self.attn = Attention(dim, num_heads, dropout=dropout, attention_dropout=attention_dropout,
-                              init=init, out_init=out_init)
+        self.attn = Attention(dim, num_heads, dropout=dropout, attention_dropout=attention_dropout, init=init, out_init=out_init)
         self.ln2 = LayerNorm(eps=layer_norm_eps, name="ln2")
         self.mlp = MLP(dim, mlp_dim, approximate=approximate, dropout=dropout, init=init, out_init=out_init)
 
-    def __call__(self, x: Float[Array, "B T D"], *, is_causal: bool = False,
-                 attn_bias: Float[Array, "B 1 T S"] | None = None, is_training: bool,
-                 cache: tuple[Array, Array, Array] | None = None):
+    def __call__(
+        self,
+        x: Float[Array, "B T D"],
+        *,
+        is_causal: bool = False,
+        attn_bias: Float[Array, "B 1 T S"] | None = None,
+        is_training: bool,
+        cache: tuple[Array, Array, Array] | None = None,
+    ):
         """-> x (B, T, D), or (x, (keys, values)) with a ``cache`` (see ``Attention``)."""
-        attended = self.attn(self.ln1(x), is_causal=is_causal, attn_bias=attn_bias, is_training=is_training,
-                             cache=cache)
+        attended = self.attn(self.ln1(x), is_causal=is_causal, attn_bias=attn_bias, is_training=is_training, cache=cache)
         attended, kv = attended if cache is not None else (attended, None)
         # theory: pre-ln-vs-post-ln
         x = x + attended  # theory: residual-connections

@@ -48,8 +48,7 @@ def conv(n_out: int, size: int, stride: int = 1, *, name: str) -> Conv2D:
 
 def batch_norm(config: ResNetConfig, *, zero_init: bool = False, name: str) -> BatchNorm:
     # theory: batch-norm
-    return BatchNorm(decay_rate=1.0 - config.bn_momentum, eps=config.bn_eps,
-                     scale_init=jnp.zeros if zero_init else jnp.ones, name=name)
+    return BatchNorm(decay_rate=1.0 - config.bn_momentum, eps=config.bn_eps, scale_init=jnp.zeros if zero_init else jnp.ones, name=name)
 
 
 class Stem(hk.Module):
@@ -61,8 +60,9 @@ class Stem(hk.Module):
     def __call__(self, x: Float[Array, "B H W C_in"], *, is_training: bool) -> Float[Array, "B h w C"]:
         x = jax.nn.relu(self.bn(self.conv(x), is_training=is_training))  # (B, H/2, W/2, C)
         # reduce_window pads with its init value, -inf, so padding never wins the max.
-        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
-                                     ((0, 0), (1, 1), (1, 1), (0, 0)))  # (B, H/4, W/4, C)
+        return jax.lax.reduce_window(
+            x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+        )  # (B, H/4, W/4, C)
 
 
 class Downsample(hk.Module):
@@ -140,11 +140,9 @@ class ResNet(hk.Module):
         # theory: initialization
         # Convs: kaiming normal fan-out (layers.Conv2D's default); head: torch.nn.Linear's default.
         bound = 1.0 / math.sqrt(config.out_widths[-1])
-        self.head = Dense(config.num_classes, init=uniform_fan_in,
-                          bias_init=hk.initializers.RandomUniform(-bound, bound), name="head")
+        self.head = Dense(config.num_classes, init=uniform_fan_in, bias_init=hk.initializers.RandomUniform(-bound, bound), name="head")
 
-    def forward_features(self, pixel_values: Float[Array, "B H W C_in"], *,
-                         is_training: bool = False) -> Float[Array, "B h w C"]:
+    def forward_features(self, pixel_values: Float[Array, "B H W C_in"], *, is_training: bool = False) -> Float[Array, "B h w C"]:
         """``pixel_values`` (B, H, W, C_in) -> the last stage's feature map (B, H/32, W/32, C)
         (H/2^(S+1) for S stages)."""
         x = self.stem(pixel_values, is_training=is_training)  # (B, H/4, W/4, stem_width)

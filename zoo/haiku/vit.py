@@ -48,11 +48,20 @@ class ViT(hk.Module):
         # theory: patch-embedding
         self.patch_embed = Conv2D(d, p, stride=p, use_bias=True, init=_INIT, name="patch_embed")
         self.blocks = [
-            Block(d, config.num_heads, config.mlp_dim, layer_norm_eps=config.layer_norm_eps,
-                  approximate=False,  # ViT (like BERT) uses the exact (erf) GELU
-                  dropout=config.dropout, attention_dropout=config.attention_dropout,
-                  init=_INIT, out_init=_INIT, name=f"blocks_{i}")
-            for i in range(config.num_layers)]
+            Block(
+                d,
+                config.num_heads,
+                config.mlp_dim,
+                layer_norm_eps=config.layer_norm_eps,
+                approximate=False,  # ViT (like BERT) uses the exact (erf) GELU
+                dropout=config.dropout,
+                attention_dropout=config.attention_dropout,
+                init=_INIT,
+                out_init=_INIT,
+                name=f"blocks_{i}",
+            )
+            for i in range(config.num_layers)
+        ]
         self.ln_f = LayerNorm(eps=config.layer_norm_eps, name="ln_f")  # theory: layer-norm
         self.head = Dense(config.num_classes, init=_INIT, name="head")
 
@@ -70,13 +79,16 @@ class ViT(hk.Module):
         grid = jnp.einsum("hi,ijd,wj->hwd", rows, grid, cols, precision=jax.lax.Precision.HIGHEST)  # (h, w, D)
         return jnp.concatenate([pos_embed[:, :1], grid.reshape(1, h * w, -1)], axis=1)
 
-    def forward_features(self, pixel_values: Float[Array, "B H W C_in"], *, is_training: bool = False,
-                         interpolate_pos_encoding: bool = False) -> Float[Array, "B T D"]:
+    def forward_features(
+        self, pixel_values: Float[Array, "B H W C_in"], *, is_training: bool = False, interpolate_pos_encoding: bool = False
+    ) -> Float[Array, "B T D"]:
         """``pixel_values`` (B, H, W, C_in) -> hidden states (B, 1 + N, D) after ln_f."""
         d, size = self.config.hidden_size, self.config.image_size
         if not interpolate_pos_encoding and tuple(pixel_values.shape[1:3]) != (size, size):
-            raise ZooError(f"ViT expects images of {size}x{size}, got {list(pixel_values.shape)}; pass "
-                           "interpolate_pos_encoding=True to run other sizes")
+            raise ZooError(
+                f"ViT expects images of {size}x{size}, got {list(pixel_values.shape)}; pass "
+                "interpolate_pos_encoding=True to run other sizes"
+            )
         cls_token = hk.get_parameter("cls_token", (1, 1, d), init=_INIT)
         # theory: position-embeddings
         pos_embed = hk.get_parameter("pos_embed", (1, self.config.num_patches + 1, d), init=_INIT)
@@ -95,11 +107,15 @@ class ViT(hk.Module):
         # theory: cls-pooling
         return self.head(x[:, 0])  # (B, num_classes)
 
-    def __call__(self, pixel_values: Float[Array, "B H W C_in"], *, is_training: bool = False,
-                 interpolate_pos_encoding: bool = False) -> dict[str, Array]:
+    def __call__(
+        self, pixel_values: Float[Array, "B H W C_in"], *, is_training: bool = False, interpolate_pos_encoding: bool = False
+    ) -> dict[str, Array]:
         """``pixel_values`` (B, H, W, C_in) -> {"logits": (B, num_classes)}."""
-        return {"logits": self.forward_head(self.forward_features(
-            pixel_values, is_training=is_training, interpolate_pos_encoding=interpolate_pos_encoding))}
+        return {
+            "logits": self.forward_head(
+                self.forward_features(pixel_values, is_training=is_training, interpolate_pos_encoding=interpolate_pos_encoding)
+            )
+        }
 
 
 def transform(config: ViTConfig, *, dtype: str = "float32") -> hk.TransformedWithState:

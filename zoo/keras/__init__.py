@@ -60,6 +60,7 @@ def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32") -
 
 # --------------------------------------------------------------------------- running the model
 
+
 def _reseed(native: keras.Model, seed: int) -> None:
     """Dropout randomness from ``seed``: restart every dropout layer's SeedGenerator from a seed
     derived from it, each generator its own, so one call with one seed is reproducible."""
@@ -78,8 +79,7 @@ _JAX_CACHE: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDict
 def _split_flags(inputs: dict) -> tuple[dict, dict]:
     """(arrays, options): Python bools such as ``interpolate_pos_encoding`` are call keywords of
     the model (and part of the jit cache key), never traced."""
-    return ({k: v for k, v in inputs.items() if not isinstance(v, bool)},
-            {k: v for k, v in inputs.items() if isinstance(v, bool)})
+    return ({k: v for k, v in inputs.items() if not isinstance(v, bool)}, {k: v for k, v in inputs.items() if isinstance(v, bool)})
 
 
 def _jax_function(arch: str, native: keras.Model, what: str, train: bool, flags: dict | None = None):
@@ -105,8 +105,9 @@ def _values(variables) -> list:
     return [v.value for v in variables]
 
 
-def apply(arch: str, config, native: keras.Model, inputs: dict[str, np.ndarray], *, train: bool = False,
-          seed: int = 0) -> tuple[dict[str, np.ndarray], keras.Model]:
+def apply(
+    arch: str, config, native: keras.Model, inputs: dict[str, np.ndarray], *, train: bool = False, seed: int = 0
+) -> tuple[dict[str, np.ndarray], keras.Model]:
     if train:
         _reseed(native, seed)
     inputs, flags = _split_flags(inputs)
@@ -132,6 +133,7 @@ def block_outputs(arch: str, config, native: keras.Model, inputs: dict[str, np.n
             out = call(*args, **kwargs)
             outputs[name] = _numpy(out)
             return out
+
         return wrapper
 
     for name, layer in blocks.items():
@@ -176,19 +178,28 @@ def _gradients(arch: str, native: keras.Model, inputs, cotangents, *, train: boo
 
             with tf.GradientTape() as tape:
                 loss = _objective(native(inputs, training=train, **flags), cotangents, arch)
-            grads = [None if g is None else tf.convert_to_tensor(g)  # embeddings give IndexedSlices
-                     for g in tape.gradient(loss, variables)]
+            grads = [
+                None if g is None else tf.convert_to_tensor(g)  # embeddings give IndexedSlices
+                for g in tape.gradient(loss, variables)
+            ]
         else:
-            raise ZooError(f"keras backend {backend!r} is not supported by dlzoo; "
-                           "set KERAS_BACKEND to jax, torch or tensorflow")
+            raise ZooError(f"keras backend {backend!r} is not supported by dlzoo; set KERAS_BACKEND to jax, torch or tensorflow")
     finally:
         for v, value in saved:
             v.assign(value)
     return [ops.zeros_like(v.value) if g is None else g for v, g in zip(variables, grads)]
 
 
-def vjp(arch: str, config, native: keras.Model, inputs: dict[str, np.ndarray], cotangents: dict[str, np.ndarray],
-        *, train: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+def vjp(
+    arch: str,
+    config,
+    native: keras.Model,
+    inputs: dict[str, np.ndarray],
+    cotangents: dict[str, np.ndarray],
+    *,
+    train: bool = False,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     if train:
         _reseed(native, seed)
     grads = _gradients(arch, native, inputs, cotangents, train=train)
@@ -196,19 +207,31 @@ def vjp(arch: str, config, native: keras.Model, inputs: dict[str, np.ndarray], c
     return {names[id(v)]: _numpy(g) for v, g in zip(native.trainable_variables, grads)}
 
 
-def adamw_step(arch: str, config, native: keras.Model, inputs: dict[str, np.ndarray],
-               cotangents: dict[str, np.ndarray], *, lr: float, betas: tuple[float, float], eps: float,
-               weight_decay: float, seed: int = 0) -> keras.Model:
+def adamw_step(
+    arch: str,
+    config,
+    native: keras.Model,
+    inputs: dict[str, np.ndarray],
+    cotangents: dict[str, np.ndarray],
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    seed: int = 0,
+) -> keras.Model:
     """One keras.optimizers.AdamW step (fresh state) on the vjp objective, in eval mode.
 
     keras decays like torch (p -= lr * wd * p, then the Adam update) but adds epsilon to
     sqrt(v) before bias correction, torch after: eps_keras = eps * sqrt(1 - beta2^t) makes the
     two identical at step t, here t = 1.
     """
+
     # theory: adamw
     def make_optimizer(learning_rate):
-        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay, beta_1=betas[0],
-                                      beta_2=betas[1], epsilon=eps * (1.0 - betas[1]) ** 0.5)
+        return keras.optimizers.AdamW(
+            learning_rate=learning_rate, weight_decay=weight_decay, beta_1=betas[0], beta_2=betas[1], epsilon=eps * (1.0 - betas[1]) ** 0.5
+        )
 
     if keras.backend.backend() == "jax":
         # Eagerly, keras' optimizer runs op by op (and compiles each op on first use); one jitted
@@ -222,8 +245,7 @@ def adamw_step(arch: str, config, native: keras.Model, inputs: dict[str, np.ndar
         opt_vars = list(fresh)
         opt_vars[lr_index] = np.float32(lr)
         cots = {k: np.asarray(c, np.float32) for k, c in cotangents.items()}
-        params = step(_values(native.trainable_variables), _values(native.non_trainable_variables), opt_vars,
-                      inputs, cots)
+        params = step(_values(native.trainable_variables), _values(native.non_trainable_variables), opt_vars, inputs, cots)
         for v, value in zip(native.trainable_variables, params):
             v.assign(value)
         return native
@@ -232,12 +254,23 @@ def adamw_step(arch: str, config, native: keras.Model, inputs: dict[str, np.ndar
     return native
 
 
-def generate(arch: str, config, native: keras.Model, input_ids: np.ndarray, attention_mask: np.ndarray | None, *,
-             max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
-             seed: int) -> np.ndarray:
+def generate(
+    arch: str,
+    config,
+    native: keras.Model,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray | None,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int,
+) -> np.ndarray:
     """``GPT.generate`` (eager, any keras backend); sampling draws from keras.random with ``seed``."""
-    out = native.generate(input_ids, attention_mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                          top_k=top_k, top_p=top_p, seed=seed)
+    out = native.generate(
+        input_ids, attention_mask, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+    )
     return np.asarray(ops.convert_to_numpy(out), dtype=np.int32)
 
 
@@ -258,8 +291,17 @@ def _jax_adamw(arch: str, native: keras.Model, optimizer):
     return jax.jit(step), fresh, lr_index
 
 
-def benchmark_step(arch: str, config, native: keras.Model, inputs: dict[str, np.ndarray],
-                   cotangents: dict[str, np.ndarray], *, mode: str, seed: int = 0, fit: bool = False):
+def benchmark_step(
+    arch: str,
+    config,
+    native: keras.Model,
+    inputs: dict[str, np.ndarray],
+    cotangents: dict[str, np.ndarray],
+    *,
+    mode: str,
+    seed: int = 0,
+    fit: bool = False,
+):
     """A function that runs one step and returns once it is done (see the torch backend). On the
     jax backend: a jitted stateless step (``stateless_call`` + ``optimizer.stateless_apply``),
     keras' low-overhead path. With ``fit=True``, or on another backend: keras' own compiled
@@ -275,8 +317,7 @@ def benchmark_step(arch: str, config, native: keras.Model, inputs: dict[str, np.
     _reseed(native, seed)
     if keras.backend.backend() != "jax" or fit:
         names = list(native(inputs, training=False))
-        native.compile(optimizer=optimizer, loss={k: _dot_loss for k in names if k in cotangents},
-                       jit_compile="auto")
+        native.compile(optimizer=optimizer, loss={k: _dot_loss for k in names if k in cotangents}, jit_compile="auto")
         targets = {k: np.asarray(v, np.float32) for k, v in cotangents.items()}
         return lambda: _block(native.train_on_batch(inputs, targets))
     import jax
@@ -294,12 +335,15 @@ def benchmark_step(arch: str, config, native: keras.Model, inputs: dict[str, np.
         params, opt_vars = optimizer.stateless_apply(opt_vars, grads, params)
         return params, state, opt_vars, value
 
-    carry = [[jax.numpy.copy(v.value) for v in variables]
-             for variables in (native.trainable_variables, native.non_trainable_variables, optimizer.variables)]
+    carry = [
+        [jax.numpy.copy(v.value) for v in variables]
+        for variables in (native.trainable_variables, native.non_trainable_variables, optimizer.variables)
+    ]
 
     def step():
         *carry[:], value = train(*carry)
         return _block(value)
+
     return step
 
 
@@ -317,5 +361,4 @@ def _block(tree):
     return tree
 
 
-__all__ = ["MODELS", "adamw_step", "apply", "block_outputs", "build", "generate", "load_state_dict", "state_dict",
-           "vjp"]
+__all__ = ["MODELS", "adamw_step", "apply", "block_outputs", "build", "generate", "load_state_dict", "state_dict", "vjp"]

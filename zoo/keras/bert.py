@@ -36,12 +36,13 @@ class Embeddings(layers.Layer):
         self.config = config = BertConfig.from_dict(config) if isinstance(config, dict) else config
         self.seed = seed
         seeds, policy, d = Seeds(seed), self.dtype_policy, config.hidden_size
-        self.word = layers.Embedding(config.vocab_size, d, embeddings_initializer=normal_init(seeds()),
-                                     name="word", dtype=policy)
-        self.position = layers.Embedding(config.max_positions, d, embeddings_initializer=normal_init(seeds()),
-                                         name="position", dtype=policy)  # theory: position-embeddings
-        self.token_type = layers.Embedding(config.type_vocab_size, d, embeddings_initializer=normal_init(seeds()),
-                                           name="token_type", dtype=policy)
+        self.word = layers.Embedding(config.vocab_size, d, embeddings_initializer=normal_init(seeds()), name="word", dtype=policy)
+        self.position = layers.Embedding(
+            config.max_positions, d, embeddings_initializer=normal_init(seeds()), name="position", dtype=policy
+        )  # theory: position-embeddings
+        self.token_type = layers.Embedding(
+            config.type_vocab_size, d, embeddings_initializer=normal_init(seeds()), name="token_type", dtype=policy
+        )
         self.ln = layers.LayerNormalization(epsilon=config.layer_norm_eps, name="ln", dtype=policy)
         self.drop = layers.Dropout(config.dropout, seed=seeds(), name="drop", dtype=policy)  # theory: dropout
 
@@ -66,11 +67,11 @@ class BertBlock(layers.Layer):
         self.config = config = BertConfig.from_dict(config) if isinstance(config, dict) else config
         self.seed = seed
         seeds, policy, d = Seeds(seed), self.dtype_policy, config.hidden_size
-        self.attn = Attention(d, config.num_heads, dropout=config.dropout,
-                              attention_dropout=config.attention_dropout, seed=seeds(), name="attn", dtype=policy)
+        self.attn = Attention(
+            d, config.num_heads, dropout=config.dropout, attention_dropout=config.attention_dropout, seed=seeds(), name="attn", dtype=policy
+        )
         self.ln1 = layers.LayerNormalization(epsilon=config.layer_norm_eps, name="ln1", dtype=policy)
-        self.mlp = MLP(d, config.mlp_dim, approximate_gelu=False, dropout=config.dropout, seed=seeds(),
-                       name="mlp", dtype=policy)
+        self.mlp = MLP(d, config.mlp_dim, approximate_gelu=False, dropout=config.dropout, seed=seeds(), name="mlp", dtype=policy)
         self.ln2 = layers.LayerNormalization(epsilon=config.layer_norm_eps, name="ln2", dtype=policy)
 
     def call(self, x, bias, training=False):
@@ -95,13 +96,13 @@ class MLMHead(layers.Layer):
         self.config = config = BertConfig.from_dict(config) if isinstance(config, dict) else config
         self.seed = seed
         seeds, policy = Seeds(seed), self.dtype_policy
-        self.transform = layers.Dense(config.hidden_size, kernel_initializer=normal_init(seeds()),
-                                      name="transform", dtype=policy)
+        self.transform = layers.Dense(config.hidden_size, kernel_initializer=normal_init(seeds()), name="transform", dtype=policy)
         self.ln = layers.LayerNormalization(epsilon=config.layer_norm_eps, name="ln", dtype=policy)
         self.decoder = None
         if not config.tie_word_embeddings:  # its own decoder kernel instead of the word embeddings
-            self.decoder = layers.Dense(config.vocab_size, use_bias=False, kernel_initializer=normal_init(seeds()),
-                                        name="decoder", dtype=policy)
+            self.decoder = layers.Dense(
+                config.vocab_size, use_bias=False, kernel_initializer=normal_init(seeds()), name="decoder", dtype=policy
+            )
         self.bias = self.add_weight(shape=(config.vocab_size,), initializer="zeros", name="bias")
 
     def call(self, h, word_embeddings):
@@ -127,21 +128,17 @@ class Bert(keras.Model):
         self.seed = seed
         seeds, policy, d = Seeds(seed), self.dtype_policy, config.hidden_size
         self.embeddings = Embeddings(config, seed=seeds(), name="embeddings", dtype=policy)
-        self.blocks = [BertBlock(config, seed=seeds(), name=f"blocks_{i}", dtype=policy)
-                       for i in range(config.num_layers)]
+        self.blocks = [BertBlock(config, seed=seeds(), name=f"blocks_{i}", dtype=policy) for i in range(config.num_layers)]
         if config.pooler:
-            self.pooler = layers.Dense(d, activation="tanh", kernel_initializer=normal_init(seeds()),
-                                       name="pooler", dtype=policy)
+            self.pooler = layers.Dense(d, activation="tanh", kernel_initializer=normal_init(seeds()), name="pooler", dtype=policy)
         if config.mlm_head:
             self.mlm = MLMHead(config, seed=seeds(), name="mlm", dtype=policy)
         if config.num_labels:
             self.classifier_drop = layers.Dropout(config.dropout, seed=seeds(), name="classifier_drop", dtype=policy)
-            self.classifier = layers.Dense(config.num_labels, kernel_initializer=normal_init(seeds()),
-                                           name="classifier", dtype=policy)
+            self.classifier = layers.Dense(config.num_labels, kernel_initializer=normal_init(seeds()), name="classifier", dtype=policy)
 
     def call(self, inputs, training=False):
-        h = self.forward_features(inputs["input_ids"], inputs.get("token_type_ids"),
-                                  inputs.get("attention_mask"), training=training)
+        h = self.forward_features(inputs["input_ids"], inputs.get("token_type_ids"), inputs.get("attention_mask"), training=training)
         return self.forward_head(h, training=training)
 
     def forward_features(self, input_ids, token_type_ids=None, attention_mask=None, training=False):

@@ -38,9 +38,11 @@ def load_state_dict(arch: str, config, native: keras.Model, tensors: dict[str, n
     names differ from the model's."""
     named = _named_weights(native)
     if set(named) != set(tensors):
-        raise ZooError(f"the keras {arch} model does not match its config: missing "
-                       f"{sorted(set(tensors) - set(named))[:8]}, extra {sorted(set(named) - set(tensors))[:8]}; "
-                       "build it with dlzoo.zoo.load(arch, 'keras', config)")
+        raise ZooError(
+            f"the keras {arch} model does not match its config: missing "
+            f"{sorted(set(tensors) - set(named))[:8]}, extra {sorted(set(named) - set(tensors))[:8]}; "
+            "build it with dlzoo.zoo.load(arch, 'keras', config)"
+        )
     for name, v in named.items():
         v.assign(np.asarray(tensors[name], np.float32))
     return native

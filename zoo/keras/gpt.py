@@ -78,23 +78,42 @@ class GPT(keras.Model):
         self.config = config = GPTConfig.from_dict(config) if isinstance(config, dict) else config
         self.seed = seed
         seeds, policy, d = Seeds(seed), self.dtype_policy, config.hidden_size
-        self.wte = layers.Embedding(config.vocab_size, d, embeddings_initializer=normal_init(seeds(), truncated=False),
-                                    name="wte", dtype=policy)
-        self.wpe = layers.Embedding(config.context_length, d,  # theory: position-embeddings
-                                    embeddings_initializer=normal_init(seeds(), truncated=False), name="wpe", dtype=policy)
+        self.wte = layers.Embedding(
+            config.vocab_size, d, embeddings_initializer=normal_init(seeds(), truncated=False), name="wte", dtype=policy
+        )
+        self.wpe = layers.Embedding(
+            config.context_length,
+            d,  # theory: position-embeddings
+            embeddings_initializer=normal_init(seeds(), truncated=False),
+            name="wpe",
+            dtype=policy,
+        )
         self.drop = layers.Dropout(config.dropout, seed=seeds(), name="drop", dtype=policy)  # theory: dropout
         # GPT-2 scales the residual projections by 1/sqrt(2 * layers): each block adds two of them.
         out_std = 0.02 / (2 * config.num_layers) ** 0.5  # theory: initialization
-        self.blocks = [Block(d, config.num_heads, config.mlp_dim, layer_norm_eps=config.layer_norm_eps,
-                             approximate_gelu=True, dropout=config.dropout,
-                             attention_dropout=config.attention_dropout, out_std=out_std, truncated=False,
-                             seed=seeds(), name=f"blocks_{i}", dtype=policy)
-                       for i in range(config.num_layers)]
+        self.blocks = [
+            Block(
+                d,
+                config.num_heads,
+                config.mlp_dim,
+                layer_norm_eps=config.layer_norm_eps,
+                approximate_gelu=True,
+                dropout=config.dropout,
+                attention_dropout=config.attention_dropout,
+                out_std=out_std,
+                truncated=False,
+                seed=seeds(),
+                name=f"blocks_{i}",
+                dtype=policy,
+            )
+            for i in range(config.num_layers)
+        ]
         self.ln_f = layers.LayerNormalization(epsilon=config.layer_norm_eps, name="ln_f", dtype=policy)  # theory: layer-norm
         self.lm_head = None
         if not config.tie_word_embeddings:  # theory: weight-tying
-            self.lm_head = layers.Dense(config.vocab_size, use_bias=False, name="lm_head", dtype=policy,
-                                        kernel_initializer=normal_init(seeds(), truncated=False))
+            self.lm_head = layers.Dense(
+                config.vocab_size, use_bias=False, name="lm_head", dtype=policy, kernel_initializer=normal_init(seeds(), truncated=False)
+            )
 
     def call(self, inputs, training=False):
         h = self.forward_features(inputs["input_ids"], inputs.get("attention_mask"), training=training)
@@ -137,8 +156,17 @@ class GPT(keras.Model):
             values.append(v)
         return self.forward_head(self.ln_f(x)), KVCache(tuple(keys), tuple(values), mask, past + T)
 
-    def generate(self, input_ids, attention_mask=None, *, max_new_tokens: int, temperature: float = 0.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None):
+    def generate(
+        self,
+        input_ids,
+        attention_mask=None,
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ):
         """Prompts ``input_ids`` (B, T), left-padded where ``attention_mask`` is 0, -> (B, T + N)
         int32: the prompts followed by N = ``max_new_tokens`` new tokens. ``temperature=0`` is
         greedy; otherwise each token is drawn (keras.random, from ``seed``) from the softmax of the
@@ -148,8 +176,9 @@ class GPT(keras.Model):
         ids = ops.cast(ops.convert_to_tensor(input_ids), "int32")
         B, T = ops.shape(ids)
         mask = ops.ones((B, T), "int32") if attention_mask is None else ops.cast(ops.convert_to_tensor(attention_mask), "int32")
-        check_generation(self.config, T, max_new_tokens, temperature, top_k, top_p,
-                         None if attention_mask is None else ops.convert_to_numpy(mask[:, -1]))
+        check_generation(
+            self.config, T, max_new_tokens, temperature, top_k, top_p, None if attention_mask is None else ops.convert_to_numpy(mask[:, -1])
+        )
         cache = KVCache.empty(self.config, B, T + max_new_tokens, self.compute_dtype)  # theory: kv-cache
         logits, cache = self.call_with_cache(ids, mask, cache)
         seeds = keras.random.SeedGenerator(seed)

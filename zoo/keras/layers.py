@@ -27,8 +27,7 @@ MASK_MIN = {"float32": -3.4028234663852886e38, "bfloat16": -3.3895313892515355e3
 
 _TRUNCATED_STD = 0.87962566103423978  # std of a standard normal truncated at +-2
 
-_LEAF = {"gamma": "scale", "beta": "bias", "embeddings": "embedding", "moving_mean": "mean",
-         "moving_variance": "var"}
+_LEAF = {"gamma": "scale", "beta": "bias", "embeddings": "embedding", "moving_mean": "mean", "moving_variance": "var"}
 
 
 def canonical_name(path: str) -> str:
@@ -96,8 +95,19 @@ class Attention(layers.Layer):
     returns (y, (keys, values)), as keras-hub's cached attention does.
     """
 
-    def __init__(self, dim: int, num_heads: int, *, dropout: float = 0.0, attention_dropout: float = 0.0,
-                 init_std: float = 0.02, out_std: float = 0.02, truncated: bool = True, seed: int = 0, **kwargs):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        init_std: float = 0.02,
+        out_std: float = 0.02,
+        truncated: bool = True,
+        seed: int = 0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.dim, self.num_heads, self.seed = dim, num_heads, seed
         self.rates, self.stds, self.truncated = (dropout, attention_dropout), (init_std, out_std), truncated
@@ -137,17 +147,36 @@ class Attention(layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "dim": self.dim, "num_heads": self.num_heads,
-                "dropout": self.rates[0], "attention_dropout": self.rates[1],
-                "init_std": self.stds[0], "out_std": self.stds[1], "truncated": self.truncated, "seed": self.seed}
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "num_heads": self.num_heads,
+            "dropout": self.rates[0],
+            "attention_dropout": self.rates[1],
+            "init_std": self.stds[0],
+            "out_std": self.stds[1],
+            "truncated": self.truncated,
+            "seed": self.seed,
+        }
 
 
 @keras.saving.register_keras_serializable(package="dlzoo")
 class MLP(layers.Layer):
     """Position-wise feed-forward: fc -> GELU -> out -> dropout."""
 
-    def __init__(self, dim: int, hidden: int, *, approximate_gelu: bool, dropout: float = 0.0,
-                 init_std: float = 0.02, out_std: float = 0.02, truncated: bool = True, seed: int = 0, **kwargs):
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        *,
+        approximate_gelu: bool,
+        dropout: float = 0.0,
+        init_std: float = 0.02,
+        out_std: float = 0.02,
+        truncated: bool = True,
+        seed: int = 0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.dim, self.hidden, self.approximate_gelu, self.rate, self.seed = dim, hidden, approximate_gelu, dropout, seed
         self.stds, self.truncated = (init_std, out_std), truncated
@@ -164,35 +193,84 @@ class MLP(layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "dim": self.dim, "hidden": self.hidden,
-                "approximate_gelu": self.approximate_gelu, "dropout": self.rate,
-                "init_std": self.stds[0], "out_std": self.stds[1], "truncated": self.truncated, "seed": self.seed}
+        return {
+            **super().get_config(),
+            "dim": self.dim,
+            "hidden": self.hidden,
+            "approximate_gelu": self.approximate_gelu,
+            "dropout": self.rate,
+            "init_std": self.stds[0],
+            "out_std": self.stds[1],
+            "truncated": self.truncated,
+            "seed": self.seed,
+        }
 
 
 @keras.saving.register_keras_serializable(package="dlzoo")
 class Block(layers.Layer):
     """Pre-LN transformer block (GPT-2, ViT): x + attn(ln1(x)), then x + mlp(ln2(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, layer_norm_eps: float,
-                 approximate_gelu: bool, dropout: float = 0.0, attention_dropout: float = 0.0,
-                 init_std: float = 0.02, out_std: float = 0.02, truncated: bool = True, seed: int = 0, **kwargs):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        *,
+        layer_norm_eps: float,
+        approximate_gelu: bool,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        init_std: float = 0.02,
+        out_std: float = 0.02,
+        truncated: bool = True,
+        seed: int = 0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
-        self.args = dict(dim=dim, num_heads=num_heads, mlp_dim=mlp_dim, layer_norm_eps=layer_norm_eps,
-                         approximate_gelu=approximate_gelu, dropout=dropout,
-                         attention_dropout=attention_dropout, init_std=init_std, out_std=out_std,
-                         truncated=truncated, seed=seed)
+        self.args = dict(
+            dim=dim,
+            num_heads=num_heads,
+            mlp_dim=mlp_dim,
+            layer_norm_eps=layer_norm_eps,
+            approximate_gelu=approximate_gelu,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            init_std=init_std,
+            out_std=out_std,
+            truncated=truncated,
+            seed=seed,
+        )
         seeds, policy = Seeds(seed), self.dtype_policy
         self.ln1 = layers.LayerNormalization(epsilon=layer_norm_eps, name="ln1", dtype=policy)  # theory: layer-norm
-        self.attn = Attention(dim, num_heads, dropout=dropout, attention_dropout=attention_dropout,
-                              init_std=init_std, out_std=out_std, truncated=truncated, seed=seeds(), name="attn", dtype=policy)
+        self.attn = Attention(
+            dim,
+            num_heads,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            init_std=init_std,
+            out_std=out_std,
+            truncated=truncated,
+            seed=seeds(),
+            name="attn",
+            dtype=policy,
+        )
         self.ln2 = layers.LayerNormalization(epsilon=layer_norm_eps, name="ln2", dtype=policy)
-        self.mlp = MLP(dim, mlp_dim, approximate_gelu=approximate_gelu, dropout=dropout,
-                       init_std=init_std, out_std=out_std, truncated=truncated, seed=seeds(), name="mlp", dtype=policy)
+        self.mlp = MLP(
+            dim,
+            mlp_dim,
+            approximate_gelu=approximate_gelu,
+            dropout=dropout,
+            init_std=init_std,
+            out_std=out_std,
+            truncated=truncated,
+            seed=seeds(),
+            name="mlp",
+            dtype=policy,
+        )
 
     def call(self, x, *, bias=None, is_causal=False, training=False, cache=None, cache_index=None):
         """-> x (B, T, C), or (x, (keys, values)) with a ``cache`` (see ``Attention``)."""
-        attended = self.attn(self.ln1(x), bias=bias, is_causal=is_causal, training=training,
-                             cache=cache, cache_index=cache_index)
+        attended = self.attn(self.ln1(x), bias=bias, is_causal=is_causal, training=training, cache=cache, cache_index=cache_index)
         attended, kv = attended if cache is not None else (attended, None)
         x = x + attended  # theory: pre-ln-vs-post-ln
         x = x + self.mlp(self.ln2(x), training=training)  # theory: residual-connections
@@ -229,6 +307,7 @@ class BatchNorm(layers.BatchNormalization):
             self.moving_variance.assign(self.moving_variance * self.momentum + unbiased * (1.0 - self.momentum))
         else:
             mean, var = self.moving_mean, self.moving_variance
-        y = ops.batch_normalization(x32, mean, var, axis=self.axis, offset=self.beta, scale=self.gamma,
-                                    epsilon=self.epsilon)  # theory: batch-norm
+        y = ops.batch_normalization(
+            x32, mean, var, axis=self.axis, offset=self.beta, scale=self.gamma, epsilon=self.epsilon
+        )  # theory: batch-norm
         return ops.cast(y, self.compute_dtype)

@@ -31,14 +31,14 @@ def conv(filters: int, size: int, stride: int, seed: int, name: str, dtype) -> l
     """Bias-free conv, padding "valid": callers pad explicitly with pad_hw (symmetric, as torch)."""
     # Kaiming normal, fan-out mode (torchvision): std = sqrt(2 / (k * k * filters)).
     init = normal_init(seed, (2.0 / (size * size * filters)) ** 0.5, truncated=False)  # theory: initialization
-    return layers.Conv2D(filters, size, strides=stride, padding="valid", use_bias=False,
-                         kernel_initializer=init, name=name, dtype=dtype)
+    return layers.Conv2D(filters, size, strides=stride, padding="valid", use_bias=False, kernel_initializer=init, name=name, dtype=dtype)
 
 
 def batch_norm(config: ResNetConfig, name: str, dtype, *, zero: bool = False) -> BatchNorm:
     # keras' momentum weights the OLD statistic; ResNetConfig.bn_momentum is torch's (the new batch).
-    return BatchNorm(momentum=1.0 - config.bn_momentum, epsilon=config.bn_eps,
-                     gamma_initializer="zeros" if zero else "ones", name=name, dtype=dtype)
+    return BatchNorm(
+        momentum=1.0 - config.bn_momentum, epsilon=config.bn_eps, gamma_initializer="zeros" if zero else "ones", name=name, dtype=dtype
+    )
 
 
 def strided(size, stride: int):
@@ -52,8 +52,7 @@ def layout(config: ResNetConfig) -> list[list[tuple[int, int, int, int]]]:
     stages, n_in = [], config.stem_width
     for s, (depth, width) in enumerate(zip(config.depths, config.widths)):
         n_out = width * config.expansion
-        stages.append([(n_in if b == 0 else n_out, width, n_out, 2 if (b == 0 and s > 0) else 1)
-                       for b in range(depth)])
+        stages.append([(n_in if b == 0 else n_out, width, n_out, 2 if (b == 0 and s > 0) else 1) for b in range(depth)])
         n_in = n_out
     return stages
 
@@ -110,8 +109,7 @@ class ResidualBlock(layers.Layer):
     """conv-bn-relu x2 (basic) or x3 (bottleneck: 1x1 reduce, 3x3 with the stride, 1x1 expand),
     added to the input, which a 1x1 conv + bn projects when the shape changes."""
 
-    def __init__(self, config: ResNetConfig | dict, n_in: int, width: int, n_out: int, stride: int,
-                 *, seed: int = 0, **kwargs):
+    def __init__(self, config: ResNetConfig | dict, n_in: int, width: int, n_out: int, stride: int, *, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.config = config = ResNetConfig.from_dict(config) if isinstance(config, dict) else config
         self.args = dict(n_in=n_in, width=width, n_out=n_out, stride=stride, seed=seed)
@@ -123,8 +121,9 @@ class ResidualBlock(layers.Layer):
         self.sizes = [size for _, size, _ in shapes]
         self.convs = [conv(f, size, s, seeds(), f"conv{k}", policy) for k, (f, size, s) in enumerate(shapes, 1)]
         # Zero-init of the last BN scale makes each block start as the identity (Goyal et al., 2017).
-        self.bns = [batch_norm(config, f"bn{k}", policy, zero=config.zero_init_residual and k == len(shapes))
-                    for k in range(1, len(shapes) + 1)]
+        self.bns = [
+            batch_norm(config, f"bn{k}", policy, zero=config.zero_init_residual and k == len(shapes)) for k in range(1, len(shapes) + 1)
+        ]
         self.downsample = None
         if stride != 1 or n_in != n_out:
             self.downsample = Downsample(config, n_out, stride, seed=seeds(), name="downsample", dtype=policy)
@@ -155,12 +154,16 @@ class ResNet(keras.Model):
         self.stem = Stem(config, seed=seeds(), name="stem", dtype=policy)
         # Stage s, block b is named stages_s_blocks_b: keras' torch backend forbids dots in variable
         # paths, and canonical_name turns the name into stages.s.blocks.b.
-        self.blocks = [ResidualBlock(config, *shape, seed=seeds(), name=f"stages_{s}_blocks_{b}", dtype=policy)
-                       for s, stage in enumerate(layout(config)) for b, shape in enumerate(stage)]
+        self.blocks = [
+            ResidualBlock(config, *shape, seed=seeds(), name=f"stages_{s}_blocks_{b}", dtype=policy)
+            for s, stage in enumerate(layout(config))
+            for b, shape in enumerate(stage)
+        ]
         # The std of torch.nn.Linear's default init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
         head_std = (3.0 * config.out_widths[-1]) ** -0.5
-        self.head = layers.Dense(config.num_classes, kernel_initializer=normal_init(seeds(), head_std, truncated=False),
-                                 name="head", dtype=policy)
+        self.head = layers.Dense(
+            config.num_classes, kernel_initializer=normal_init(seeds(), head_std, truncated=False), name="head", dtype=policy
+        )
 
     def call(self, inputs, training=False):
         h = self.forward_features(inputs["pixel_values"], training=training)

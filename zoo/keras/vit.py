@@ -41,24 +41,40 @@ class ViT(keras.Model):
         self.seed = seed
         seeds, policy, d = Seeds(seed), self.dtype_policy, config.hidden_size
         # A conv whose stride equals its size cuts the image into patches and projects each one.
-        self.patch_embed = layers.Conv2D(d, config.patch_size, strides=config.patch_size, padding="valid",
-                                         kernel_initializer=normal_init(seeds()),
-                                         name="patch_embed", dtype=policy)  # theory: patch-embedding
+        self.patch_embed = layers.Conv2D(
+            d,
+            config.patch_size,
+            strides=config.patch_size,
+            padding="valid",
+            kernel_initializer=normal_init(seeds()),
+            name="patch_embed",
+            dtype=policy,
+        )  # theory: patch-embedding
         self.cls_token = self.add_weight(shape=(1, 1, d), initializer=normal_init(seeds()), name="cls_token")
-        self.pos_embed = self.add_weight(shape=(1, config.num_patches + 1, d), initializer=normal_init(seeds()),
-                                         name="pos_embed")  # theory: position-embeddings
+        self.pos_embed = self.add_weight(
+            shape=(1, config.num_patches + 1, d), initializer=normal_init(seeds()), name="pos_embed"
+        )  # theory: position-embeddings
         self.drop = layers.Dropout(config.dropout, seed=seeds(), name="drop", dtype=policy)  # theory: dropout
-        self.blocks = [Block(d, config.num_heads, config.mlp_dim, layer_norm_eps=config.layer_norm_eps,
-                             approximate_gelu=False, dropout=config.dropout,
-                             attention_dropout=config.attention_dropout, seed=seeds(),
-                             name=f"blocks_{i}", dtype=policy)
-                       for i in range(config.num_layers)]
+        self.blocks = [
+            Block(
+                d,
+                config.num_heads,
+                config.mlp_dim,
+                layer_norm_eps=config.layer_norm_eps,
+                approximate_gelu=False,
+                dropout=config.dropout,
+                attention_dropout=config.attention_dropout,
+                seed=seeds(),
+                name=f"blocks_{i}",
+                dtype=policy,
+            )
+            for i in range(config.num_layers)
+        ]
         self.ln_f = layers.LayerNormalization(epsilon=config.layer_norm_eps, name="ln_f", dtype=policy)
         self.head = layers.Dense(config.num_classes, kernel_initializer=normal_init(seeds()), name="head", dtype=policy)
 
     def call(self, inputs, training=False, interpolate_pos_encoding=False):
-        h = self.forward_features(inputs["pixel_values"], training=training,
-                                  interpolate_pos_encoding=interpolate_pos_encoding)
+        h = self.forward_features(inputs["pixel_values"], training=training, interpolate_pos_encoding=interpolate_pos_encoding)
         return {"logits": self.forward_head(h)}
 
     def position_embeddings(self, h, w):
@@ -78,8 +94,10 @@ class ViT(keras.Model):
     def forward_features(self, pixel_values, training=False, interpolate_pos_encoding=False):
         size = self.config.image_size
         if not interpolate_pos_encoding and tuple(pixel_values.shape[1:3]) != (size, size):
-            raise ZooError(f"ViT expects images of {size}x{size}, got {list(pixel_values.shape)}; pass "
-                           "interpolate_pos_encoding=True to run other sizes")
+            raise ZooError(
+                f"ViT expects images of {size}x{size}, got {list(pixel_values.shape)}; pass "
+                "interpolate_pos_encoding=True to run other sizes"
+            )
         x = self.patch_embed(pixel_values)  # (B, H/P, W/P, C)
         B, h, w, C = ops.shape(x)
         pos = self.position_embeddings(h, w)  # (1, N+1, C)

@@ -39,6 +39,7 @@ def build(arch: str, config, *, seed: int = 0, compute_dtype: str = "float32") -
 
 # --------------------------------------------------------------------------- running the model
 
+
 def _torch_inputs(arch: str, inputs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in inputs.items():
@@ -72,8 +73,9 @@ def _mode(native: nn.Module, *, train: bool, seed: int):
         native.train(was_training)
 
 
-def apply(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarray], *, train: bool = False,
-          seed: int = 0) -> tuple[dict[str, np.ndarray], nn.Module]:
+def apply(
+    arch: str, config, native: nn.Module, inputs: dict[str, np.ndarray], *, train: bool = False, seed: int = 0
+) -> tuple[dict[str, np.ndarray], nn.Module]:
     with _mode(native, train=train, seed=seed) as device, torch.no_grad():
         outputs = native(**_torch_inputs(arch, inputs, device))
     return {k: v.float().cpu().numpy() for k, v in outputs.items()}, native
@@ -84,16 +86,18 @@ def block_outputs(arch: str, config, native: nn.Module, inputs: dict[str, np.nda
     layout (feature maps NHWC): the residual stream that depth acts on, read with forward hooks."""
     captured: dict[str, torch.Tensor] = {}
     blocks = set(config.block_names())
-    hooks = [module.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out.detach()))
-             for name, module in native.named_modules() if name in blocks]
+    hooks = [
+        module.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out.detach()))
+        for name, module in native.named_modules()
+        if name in blocks
+    ]
     try:
         with _mode(native, train=False, seed=0) as device, torch.no_grad():
             native(**_torch_inputs(arch, inputs, device))
     finally:
         for hook in hooks:
             hook.remove()
-    return {name: (t.permute(0, 2, 3, 1) if t.ndim == 4 else t).float().cpu().numpy()
-            for name, t in captured.items()}
+    return {name: (t.permute(0, 2, 3, 1) if t.ndim == 4 else t).float().cpu().numpy() for name, t in captured.items()}
 
 
 def _objective(native: nn.Module, arch: str, inputs, cotangents, device) -> torch.Tensor:
@@ -102,12 +106,19 @@ def _objective(native: nn.Module, arch: str, inputs, cotangents, device) -> torc
     unknown = sorted(set(cotangents) - set(outputs))
     if unknown:
         raise ZooError(f"cotangents for {unknown} match no {arch} output; outputs are {sorted(outputs)}")
-    return sum((outputs[k].float() * torch.as_tensor(np.asarray(c, np.float32), device=device)).sum()
-               for k, c in cotangents.items())
+    return sum((outputs[k].float() * torch.as_tensor(np.asarray(c, np.float32), device=device)).sum() for k, c in cotangents.items())
 
 
-def vjp(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarray], cotangents: dict[str, np.ndarray],
-        *, train: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+def vjp(
+    arch: str,
+    config,
+    native: nn.Module,
+    inputs: dict[str, np.ndarray],
+    cotangents: dict[str, np.ndarray],
+    *,
+    train: bool = False,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     # A gradient is a question about the model, not a step: keep batch-norm running statistics.
     buffers = {name: b.clone() for name, b in native.named_buffers()}
     native.zero_grad(set_to_none=True)
@@ -115,8 +126,11 @@ def vjp(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarray], cot
         with _mode(native, train=train, seed=seed) as device:
             loss = _objective(native, arch, inputs, cotangents, device)
         loss.backward()
-        grads = {name: _to_canonical(t.grad if t.grad is not None else torch.zeros_like(t), layout)
-                 for name, t, layout in _leaves(native) if isinstance(t, nn.Parameter)}
+        grads = {
+            name: _to_canonical(t.grad if t.grad is not None else torch.zeros_like(t), layout)
+            for name, t, layout in _leaves(native)
+            if isinstance(t, nn.Parameter)
+        }
     finally:
         native.zero_grad(set_to_none=True)
         with torch.no_grad():
@@ -125,15 +139,24 @@ def vjp(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarray], cot
     return grads
 
 
-def adamw_step(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarray],
-               cotangents: dict[str, np.ndarray], *, lr: float, betas: tuple[float, float], eps: float,
-               weight_decay: float, seed: int = 0) -> nn.Module:
+def adamw_step(
+    arch: str,
+    config,
+    native: nn.Module,
+    inputs: dict[str, np.ndarray],
+    cotangents: dict[str, np.ndarray],
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    seed: int = 0,
+) -> nn.Module:
     """One torch.optim.AdamW step (fresh state) on the vjp objective, in eval mode."""
     # theory: adamw
     # fused: one kernel over all parameters instead of a Python loop of small ops (the loop
     # dominates a tiny model's step; the math is the same).
-    optimizer = torch.optim.AdamW(native.parameters(), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                  fused=True)
+    optimizer = torch.optim.AdamW(native.parameters(), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True)
     optimizer.zero_grad(set_to_none=True)
     with _mode(native, train=False, seed=seed) as device:
         loss = _objective(native, arch, inputs, cotangents, device)
@@ -143,24 +166,41 @@ def adamw_step(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarra
     return native
 
 
-def generate(arch: str, config, native: nn.Module, input_ids: np.ndarray, attention_mask: np.ndarray | None, *,
-             max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
-             seed: int) -> np.ndarray:
+def generate(
+    arch: str,
+    config,
+    native: nn.Module,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray | None,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int,
+) -> np.ndarray:
     """GPT.generate in eval mode; sampling draws from a torch.Generator seeded with ``seed``."""
     with _mode(native, train=False, seed=seed) as device:
         ids = torch.from_numpy(input_ids).long().to(device)
         mask = None if attention_mask is None else torch.from_numpy(attention_mask).long().to(device)
-        out = native.generate(ids, mask, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                              top_p=top_p, generator=torch.Generator(device).manual_seed(seed))
+        out = native.generate(
+            ids,
+            mask,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=torch.Generator(device).manual_seed(seed),
+        )
     return out.cpu().numpy().astype(np.int32)
 
 
-__all__ = ["MODELS", "adamw_step", "apply", "benchmark_step", "block_outputs", "build", "generate", "load_state_dict",
-           "state_dict", "vjp"]
+__all__ = ["MODELS", "adamw_step", "apply", "benchmark_step", "block_outputs", "build", "generate", "load_state_dict", "state_dict", "vjp"]
 
 
-def benchmark_step(arch: str, config, native: nn.Module, inputs: dict[str, np.ndarray],
-                   cotangents: dict[str, np.ndarray], *, mode: str, seed: int = 0):
+def benchmark_step(
+    arch: str, config, native: nn.Module, inputs: dict[str, np.ndarray], cotangents: dict[str, np.ndarray], *, mode: str, seed: int = 0
+):
     """A function that runs one step and returns once it is done: ``mode="forward"`` an
     inference forward pass; ``"train"`` forward + backward + a fused torch.optim.AdamW update
     (lr 1e-4) in train mode (dropout on, batch statistics) on the objective
@@ -176,6 +216,7 @@ def benchmark_step(arch: str, config, native: nn.Module, inputs: dict[str, np.nd
         @torch.no_grad()
         def step():
             native(**tensors)
+
         return step
     native.train()
     optimizer = torch.optim.AdamW(native.parameters(), lr=1e-4, fused=True)
@@ -187,4 +228,5 @@ def benchmark_step(arch: str, config, native: nn.Module, inputs: dict[str, np.nd
         loss.backward()
         optimizer.step()
         return loss.detach()
+
     return step

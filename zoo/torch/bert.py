@@ -57,8 +57,7 @@ class Block(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         d = config.hidden_size
-        self.attn = Attention(d, config.num_heads, dropout=config.dropout,
-                              attention_dropout=config.attention_dropout)
+        self.attn = Attention(d, config.num_heads, dropout=config.dropout, attention_dropout=config.attention_dropout)
         self.ln1 = nn.LayerNorm(d, eps=config.layer_norm_eps)
         # BERT uses the exact (erf) GELU, not GPT-2's tanh approximation.
         self.mlp = MLP(d, config.mlp_dim, approximate="none", dropout=config.dropout)
@@ -115,8 +114,9 @@ class BERT(nn.Module):
         if self.mlm is not None:
             nn.init.zeros_(self.mlm.bias)
 
-    def forward_features(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
-                         attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_features(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``input_ids`` (B, T) -> last hidden state (B, T, C). ``token_type_ids`` default to 0,
         ``attention_mask`` (1 = attend, 0 = padding) to all ones."""
         if token_type_ids is None:
@@ -144,8 +144,9 @@ class BERT(nn.Module):
             out["logits"] = self.classifier(self.classifier_drop(out["pooler_output"]))  # (B, num_labels)
         return out
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """-> {"last_hidden_state": (B, T, C), "pooler_output": (B, C) if config.pooler,
         "mlm_logits": (B, T, V) if config.mlm_head, "logits": (B, num_labels) if num_labels}."""
         return self.forward_head(self.forward_features(input_ids, token_type_ids, attention_mask))

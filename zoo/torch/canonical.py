@@ -51,9 +51,9 @@ def _leaves(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, str]]:
 def _to_canonical(tensor: torch.Tensor, layout: str) -> np.ndarray:
     t = tensor.detach().to("cpu", torch.float32)
     if layout == "linear":
-        t = t.T                      # [out, in] -> [in, out]
+        t = t.T  # [out, in] -> [in, out]
     elif layout == "conv":
-        t = t.permute(2, 3, 1, 0)    # OIHW -> HWIO
+        t = t.permute(2, 3, 1, 0)  # OIHW -> HWIO
     return np.array(t.numpy(), dtype=np.float32, order="C")  # a copy, never a view of the model
 
 
@@ -76,13 +76,17 @@ def load_state_dict(arch: str, config, native: nn.Module, tensors: dict[str, np.
     and unexpected names, or the first name whose shape differs from the model's."""
     leaves = {name: (t, layout) for name, t, layout in _leaves(native)}
     if set(leaves) != set(tensors):
-        raise ZooError(f"the torch {arch} model does not match its config: missing "
-                       f"{sorted(set(tensors) - set(leaves))[:8]}, extra {sorted(set(leaves) - set(tensors))[:8]}; "
-                       "build the model from the weights' config")
+        raise ZooError(
+            f"the torch {arch} model does not match its config: missing "
+            f"{sorted(set(tensors) - set(leaves))[:8]}, extra {sorted(set(leaves) - set(tensors))[:8]}; "
+            "build the model from the weights' config"
+        )
     for name, (t, layout) in leaves.items():
         value = _from_canonical(np.asarray(tensors[name], dtype=np.float32), layout)
         if tuple(value.shape) != tuple(t.shape):
-            raise ZooError(f"{name} has canonical shape {list(np.shape(tensors[name]))}, which does not fit the "
-                           f"model's {list(t.shape)} ({layout} layout); build the model from the weights' config")
+            raise ZooError(
+                f"{name} has canonical shape {list(np.shape(tensors[name]))}, which does not fit the "
+                f"model's {list(t.shape)} ({layout} layout); build the model from the weights' config"
+            )
         t.copy_(value)
     return native

@@ -77,10 +77,17 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(config.context_length, config.hidden_size)
         self.drop = nn.Dropout(config.dropout)  # theory: dropout
         self.blocks = nn.ModuleList(
-            Block(config.hidden_size, config.num_heads, config.mlp_dim, layer_norm_eps=config.layer_norm_eps,
-                  approximate="tanh",  # GPT-2's "gelu_new": the tanh approximation of GELU
-                  dropout=config.dropout, attention_dropout=config.attention_dropout)
-            for _ in range(config.num_layers))
+            Block(
+                config.hidden_size,
+                config.num_heads,
+                config.mlp_dim,
+                layer_norm_eps=config.layer_norm_eps,
+                approximate="tanh",  # GPT-2's "gelu_new": the tanh approximation of GELU
+                dropout=config.dropout,
+                attention_dropout=config.attention_dropout,
+            )
+            for _ in range(config.num_layers)
+        )
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # theory: layer-norm
         # theory: weight-tying
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -103,15 +110,17 @@ class GPT(nn.Module):
         if self.lm_head is not None:
             init_linear_(self.lm_head, std, generator, truncated=False)
 
-    def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                         cache: KVCache | None = None) -> torch.Tensor:
+    def forward_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
         """``input_ids`` (B, T) -> final hidden states (B, T, C), after ln_f. With ``cache``,
         the T tokens follow the cached ones and are appended to the cache."""
         B, T = input_ids.shape
         past = 0 if cache is None else cache.length
         if past + T > self.config.context_length:
-            raise ZooError(f"GPT input reaches position {past + T}, more than context_length "
-                           f"{self.config.context_length}; truncate the sequence")
+            raise ZooError(
+                f"GPT input reaches position {past + T}, more than context_length {self.config.context_length}; truncate the sequence"
+            )
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask  # (B, T)
         if cache is not None:
             mask = mask if cache.mask is None else torch.cat([cache.mask, mask], dim=1)  # (B, S)
@@ -121,8 +130,12 @@ class GPT(nn.Module):
             attn_bias = attention_bias(mask, T, compute_dtype(self.wte.weight))  # (B, 1, T, S)
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids(mask)[:, past:]))  # (B, T, C)
         for i, block in enumerate(self.blocks):
-            x = block(x, is_causal=attn_bias is None, attn_bias=attn_bias,  # theory: causal-masking
-                      cache=None if cache is None else cache.layers[i])
+            x = block(
+                x,
+                is_causal=attn_bias is None,
+                attn_bias=attn_bias,  # theory: causal-masking
+                cache=None if cache is None else cache.layers[i],
+            )
         return self.ln_f(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,15 +144,24 @@ class GPT(nn.Module):
         # theory: weight-tying
         return x @ self.wte.weight.T  # (B, T, V)  # theory: next-token-prediction
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> dict[str, torch.Tensor]:
         """``input_ids`` (B, T) int, ``attention_mask`` (B, T) or None -> {"logits": (B, T, V)}."""
         return {"logits": self.forward_head(self.forward_features(input_ids, attention_mask, cache))}
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                 max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
-                 top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Prompts ``input_ids`` (B, T), left-padded where ``attention_mask`` (B, T) is 0, ->
         (B, T + max_new_tokens): the prompts followed by the new tokens. ``temperature=0`` is
         greedy; otherwise tokens are drawn (with ``generator``) from the softmax of the logits
@@ -147,8 +169,15 @@ class GPT(nn.Module):
         smallest set whose mass reaches ``top_p``. One forward pass per token, over the new
         token only: every layer's keys and values are kept in a ``KVCache``. Call ``eval()``
         first unless dropout is wanted."""
-        check_generation(self.config, input_ids.shape[1], max_new_tokens, temperature, top_k, top_p,
-                         None if attention_mask is None else attention_mask[:, -1])
+        check_generation(
+            self.config,
+            input_ids.shape[1],
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            None if attention_mask is None else attention_mask[:, -1],
+        )
         cache = KVCache(len(self.blocks))  # theory: kv-cache
         logits = self(input_ids, attention_mask, cache=cache)["logits"][:, -1]  # (B, V): left padding ends real
         new = []
@@ -160,8 +189,7 @@ class GPT(nn.Module):
         return torch.cat([input_ids, torch.stack(new, dim=1).to(input_ids.dtype)], dim=1)
 
 
-def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None = None,
-                  top_p: float | None = None) -> torch.Tensor:
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """(B, V) logits -> (B, V): divided by ``temperature`` (> 0), then every token outside the
     ``top_k`` largest (ties with the k-th kept) and outside the smallest most-likely set whose
     probability reaches ``top_p`` (at least one token) set to -inf. transformers' order and rules
@@ -180,8 +208,9 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None = 
     return logits
 
 
-def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-               generator: torch.Generator | None) -> torch.Tensor:
+def next_token(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None
+) -> torch.Tensor:
     """(B, V) float32 logits -> (B,) token ids: argmax when ``temperature == 0``, else a draw."""
     if temperature == 0.0:
         return logits.argmax(-1)

@@ -44,8 +44,7 @@ def uniform_fan_in_(linear: nn.Linear, generator: torch.Generator | None) -> Non
         nn.init.uniform_(linear.bias, -bound, bound, generator=generator)
 
 
-def init_linear_(linear: nn.Linear, std: float, generator: torch.Generator | None, *,
-                 truncated: bool) -> None:
+def init_linear_(linear: nn.Linear, std: float, generator: torch.Generator | None, *, truncated: bool) -> None:
     (truncated_normal_ if truncated else normal_)(linear.weight, std, generator)
     if linear.bias is not None:
         nn.init.zeros_(linear.bias)
@@ -58,6 +57,7 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 # --------------------------------------------------------------------------- transformer layers
+
 
 class LayerCache:
     """One attention layer's keys and values (B, N, S, H) for every token seen so far, grown by
@@ -92,17 +92,20 @@ class Attention(nn.Module):
         self.resid_drop = nn.Dropout(dropout)
         self.num_heads, self.attention_dropout = num_heads, attention_dropout
 
-    def forward(self, x: torch.Tensor, *, is_causal: bool = False, attn_bias: torch.Tensor | None = None,
-                cache: LayerCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, *, is_causal: bool = False, attn_bias: torch.Tensor | None = None, cache: LayerCache | None = None
+    ) -> torch.Tensor:
         B, T, C = x.shape
         # theory: multi-head-attention
-        q, k, v = (t.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
-                   for t in self.qkv(x).split(C, dim=-1))  # (B, N, T, H), heads contiguous
+        q, k, v = (
+            t.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2) for t in self.qkv(x).split(C, dim=-1)
+        )  # (B, N, T, H), heads contiguous
         if cache is not None:
             k, v = cache.update(k, v)  # (B, N, S, H): earlier tokens' keys and values, then these
         # theory: scaled-dot-product-attention
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, is_causal=is_causal,
-                                           dropout_p=self.attention_dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_bias, is_causal=is_causal, dropout_p=self.attention_dropout if self.training else 0.0
+        )
         return self.resid_drop(self.out(y.transpose(1, 2).reshape(B, T, C)))  # (B, T, C)
 
 
@@ -128,16 +131,18 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block (GPT-2, ViT): x + attn(ln1(x)), then x + mlp(ln2(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, layer_norm_eps: float,
-                 approximate: str, dropout: float, attention_dropout: float):
+    def __init__(
+        self, dim: int, num_heads: int, mlp_dim: int, *, layer_norm_eps: float, approximate: str, dropout: float, attention_dropout: float
+    ):
         super().__init__()
         self.ln1 = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.attn = Attention(dim, num_heads, dropout=dropout, attention_dropout=attention_dropout)
         self.ln2 = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.mlp = MLP(dim, mlp_dim, approximate=approximate, dropout=dropout)
 
-    def forward(self, x: torch.Tensor, *, is_causal: bool = False, attn_bias: torch.Tensor | None = None,
-                cache: LayerCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, *, is_causal: bool = False, attn_bias: torch.Tensor | None = None, cache: LayerCache | None = None
+    ) -> torch.Tensor:
         # theory: pre-ln-vs-post-ln
         x = x + self.attn(self.ln1(x), is_causal=is_causal, attn_bias=attn_bias, cache=cache)  # theory: residual-connections
         x = x + self.mlp(self.ln2(x))

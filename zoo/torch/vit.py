@@ -46,10 +46,17 @@ class ViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + 1, d))
         self.drop = nn.Dropout(config.dropout)  # theory: dropout
         self.blocks = nn.ModuleList(
-            Block(d, config.num_heads, config.mlp_dim, layer_norm_eps=config.layer_norm_eps,
-                  approximate="none",  # ViT (like BERT) uses the exact (erf) GELU
-                  dropout=config.dropout, attention_dropout=config.attention_dropout)
-            for _ in range(config.num_layers))
+            Block(
+                d,
+                config.num_heads,
+                config.mlp_dim,
+                layer_norm_eps=config.layer_norm_eps,
+                approximate="none",  # ViT (like BERT) uses the exact (erf) GELU
+                dropout=config.dropout,
+                attention_dropout=config.attention_dropout,
+            )
+            for _ in range(config.num_layers)
+        )
         self.ln_f = nn.LayerNorm(d, eps=config.layer_norm_eps)  # theory: layer-norm
         self.head = nn.Linear(d, config.num_classes)
         self.init_weights(generator)
@@ -84,8 +91,10 @@ class ViT(nn.Module):
         """``pixel_values`` (B, C_in, H, W) -> hidden states (B, 1 + N, C) after ln_f."""
         size = self.config.image_size
         if not interpolate_pos_encoding and tuple(pixel_values.shape[2:]) != (size, size):
-            raise ZooError(f"ViT expects images of {size}x{size}, got {list(pixel_values.shape)}; pass "
-                             "interpolate_pos_encoding=True to run other sizes")
+            raise ZooError(
+                f"ViT expects images of {size}x{size}, got {list(pixel_values.shape)}; pass "
+                "interpolate_pos_encoding=True to run other sizes"
+            )
         x = self.patch_embed(pixel_values)  # (B, C, H/P, W/P)
         pos = self.position_embeddings(x.shape[2], x.shape[3])  # (1, 1 + N, C)
         x = x.flatten(2).transpose(1, 2)  # (B, N, C), patches in row-major order
