@@ -90,10 +90,13 @@ def run_verify(
         raise ZooError(f"seed must be >= 0, got {seed}")
     if source is not None and preset is not None:
         raise ZooError("--weights carries its own config; drop --preset (it applies to random weights only)")
+    for framework in frameworks or ():
+        check_framework(framework)
+    # the arguments first (cheap, numpy only: a bad preset or path is the user's first fix), then
+    # the environment, then the work
+    config, tensors, described, folder = _weights(arch, preset or "tiny", source, seed)
     installed = installed_frameworks()
     if frameworks:
-        for framework in frameworks:
-            check_framework(framework)
         for framework in frameworks:
             require(framework)  # names the extra to install
     frameworks = list(dict.fromkeys(frameworks or installed))
@@ -103,7 +106,6 @@ def run_verify(
     to_run = list(dict.fromkeys([*frameworks, reference]))
     for framework in to_run:
         require(framework)  # every backend importable (keras: its backend too) before any work
-    config, tensors, described, folder = _weights(arch, preset or "tiny", source, seed)
     inputs = sample_inputs(arch, config, seed=seed)
     outputs, labels, notes = {}, {}, [f"weights: {described}"]
     for framework in to_run:

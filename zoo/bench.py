@@ -177,6 +177,7 @@ def run(
         raise ZooError(f"--image-size does not apply to {arch}; use --seq-len")
     if arch in ("vit", "resnet") and seq_len:
         raise ZooError(f"--seq-len does not apply to {arch}; use --image-size")
+    inputs = bench_inputs(arch, config, batch, seq_len, image_size, seed)  # argument errors before environment ones
     available = _available()
     chosen = list(implementations or [name for name in IMPLEMENTATIONS if name in available])
     unknown = [name for name in chosen if name not in IMPLEMENTATIONS]
@@ -194,7 +195,6 @@ def run(
     if not chosen:
         raise ZooError("no framework is installed; install one, e.g. pip install 'dlzoo[torch]'")
 
-    inputs = bench_inputs(arch, config, batch, seq_len, image_size, seed)
     from .handle import load
 
     first = next(f for f in chosen if f in installed_frameworks()) if set(chosen) & set(installed_frameworks()) else "torch"
