@@ -61,6 +61,8 @@ BACKEND_TESTS = {
 # transformers imports torchvision whenever it can. So they go outside site-packages, found by
 # conformance/vision_refs.py through DLZOO_VISION_REFS (0.28.0 is the torchvision of torch 2.13).
 VISION_REFS = ["torchvision==0.28.0", "timm==1.0.31"]
+# Generated projects (they pin KERAS_BACKEND=jax for keras projects).
+SCAFFOLD_TESTS = ("test_scaffold.py", "test_scaffold_text.py", "test_scaffold_engines.py")
 
 
 def _pytest(session, *args, env=None, parallel=True):
@@ -131,7 +133,9 @@ def scaffold(session):
     its own tests (shapes, learning, save/load, exact resume after SIGKILL); text projects (gpt lm,
     bert mlm and classify) in tests/test_scaffold_text.py."""
     session.install("-e", ".[all,test]")
-    _pytest(session, "tests/test_scaffold.py", "tests/test_scaffold_text.py", env={"KERAS_BACKEND": "jax"})
+    _pytest(
+        session, "tests/test_scaffold.py", "tests/test_scaffold_text.py", "tests/test_scaffold_engines.py", env={"KERAS_BACKEND": "jax"}
+    )
 
 
 @nox.session
@@ -158,7 +162,7 @@ def ci(session):
     for backend in KERAS_BACKENDS:
         # every test with keras in its id: test_keras.py, and the keras cases of the shared tests;
         # generated keras projects pin KERAS_BACKEND=jax, so they run once, in the jax pass
-        skip = [] if backend == "jax" else ["--ignore=tests/test_scaffold.py", "--ignore=tests/test_scaffold_text.py"]
+        skip = [] if backend == "jax" else [f"--ignore=tests/{name}" for name in SCAFFOLD_TESTS]
         _pytest(session, "tests", "conformance", "-k", "keras", *skip, env={"KERAS_BACKEND": backend, **refs})
     session.notify("core")
     session.notify(os.environ.get("DLZOO_CI_FRAMEWORK") or rotating_framework())

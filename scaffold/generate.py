@@ -44,7 +44,7 @@ RESNET_IMAGE_SIZE = 32  # digits (8x8) upsampled; ResNet's stem and one stride-2
 COMMON_DEPS = ["numpy>=1.26", "safetensors>=0.4", "scikit-learn>=1.3", "pillow>=10", "tqdm>=4.66"]
 FRAMEWORK_DEPS = {
     "torch": ["torch>=2.2"],
-    "flax": ["jax>=0.4.30", "flax>=0.10", "optax>=0.2", "jaxtyping>=0.2"],
+    "flax": ["jax>=0.4.30", "flax>=0.12", "optax>=0.2", "jaxtyping>=0.2"],
     "equinox": ["jax>=0.4.30", "equinox>=0.11", "optax>=0.2", "jaxtyping>=0.2"],
     "haiku": ["jax>=0.4.30", "dm-haiku>=0.0.13", "optax>=0.2", "jaxtyping>=0.2"],
     "keras": ["keras>=3.5,<4", "jax>=0.4.30"],  # keras runs its jitted stateless step on the jax backend

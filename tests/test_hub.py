@@ -324,12 +324,14 @@ def test_verify_compares_against_the_folder_not_dlzoos_reading_of_it(tmp_path, m
     assert report["passed"], report
     assert any("loaded from" in note for note in report["notes"])
 
-    real = hub.to_canonical
+    real = hub.load_checkpoint
 
-    def drops_the_head(arch, hf, tensors):  # the old behaviour: the head silently tied to wte
-        return real(arch, {**hf, "tie_word_embeddings": True}, {k: v for k, v in tensors.items() if k != "lm_head.weight"})
+    def drops_the_head(*args, **kwargs):  # the old behaviour: the head silently tied to wte
+        arch, config, tensors, ignored = real(*args, **kwargs)
+        kept = {k: v for k, v in tensors.items() if k != "lm_head.kernel"}
+        return arch, config.replace(tie_word_embeddings=True), kept, ignored
 
-    monkeypatch.setattr(hub, "to_canonical", drops_the_head)
+    monkeypatch.setattr(hub, "load_checkpoint", drops_the_head)
     report = run_verify("gpt", source=str(tmp_path / "untied"), frameworks=["torch"])
     assert not report["passed"] and report["rows"][0]["diffs"]["logits"] > 1e-2
 
