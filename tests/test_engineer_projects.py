@@ -13,11 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-generate = pytest.importorskip("dlzoo.scaffold.generate", reason="the scaffold (dlzoo new) is not on this branch")
-if not hasattr(generate, "new_project"):
-    pytest.skip("the scaffold on this branch has no new_project (dlzoo new)", allow_module_level=True)
-
-from dlzoo.agents.engineer.migrate import migrate_project  # noqa: E402
+from dlzoo.agents.engineer.migrate import migrate_project
+from dlzoo.scaffold import generate
 from dlzoo.agents.engineer.strategy import design_training, overrides_toml  # noqa: E402
 from dlzoo.zoo.configs import ZooError  # noqa: E402
 from dlzoo.zoo.frameworks import installed_frameworks  # noqa: E402
