@@ -239,3 +239,48 @@ def test_explicit_keras_backend_is_respected_silently(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "torch"
     assert "note:" not in result.stderr
+
+
+_CONV_GRADIENTS = """
+import numpy as np, keras
+from dlzoo.zoo.keras.layers import Conv2D
+
+def kernel_gradient(conv, x, cot):
+    if keras.backend.backend() == "torch":
+        import torch
+        y = conv(x)
+        (grad,) = torch.autograd.grad((y * torch.tensor(cot)).sum(), [conv.kernel.value])
+        return y.detach().numpy(), grad.numpy()
+    import tensorflow as tf
+    with tf.GradientTape() as tape:
+        y = conv(x)
+        loss = tf.reduce_sum(y * cot)
+    return y.numpy(), tape.gradient(loss, conv.kernel.value).numpy()
+
+rng = np.random.default_rng(0)
+for trial in range(60):
+    for c_in, c_out, stride, size in [(8, 16, 2, 10), (16, 32, 2, 10), (8, 8, 1, 10), (32, 16, 1, 5)]:
+        conv = Conv2D(c_out, 1, strides=stride, use_bias=False)
+        conv.build((None, size, size, c_in))
+        x = rng.standard_normal((5, size, size, c_in), dtype=np.float32)
+        sub = x[:, ::stride, ::stride]
+        cot = rng.standard_normal(sub.shape[:3] + (c_out,)).astype(np.float32)
+        y, grad = kernel_gradient(conv, x, cot)
+        w = keras.ops.convert_to_numpy(conv.kernel)[0, 0]
+        np.testing.assert_allclose(y, np.einsum("bhwi,io->bhwo", sub, w), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(grad[0, 0], np.einsum("bhwi,bhwo->io", sub, cot), rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("keras_backend", ["torch", "tensorflow"])
+def test_1x1_conv_gradients_are_right_and_do_not_crash(keras_backend):
+    """oneDNN's 1x1 weight-gradient kernel (torch 2.13 with channels-last input, tensorflow's
+    CPU build) crashes intermittently on AVX-512 CPUs: a segfault in most runs of this loop with
+    keras.layers.Conv2D. dlzoo's Conv2D computes a 1x1 convolution as a matmul. Run in a
+    subprocess: a crash must fail, not kill, the suite."""
+    pytest.importorskip(keras_backend)
+    env = {**os.environ, "KERAS_BACKEND": keras_backend}
+    result = subprocess.run([sys.executable, "-c", _CONV_GRADIENTS], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")

@@ -311,3 +311,24 @@ class BatchNorm(layers.BatchNormalization):
             x32, mean, var, axis=self.axis, offset=self.beta, scale=self.gamma, epsilon=self.epsilon
         )  # theory: batch-norm
         return ops.cast(y, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="dlzoo")
+class Conv2D(layers.Conv2D):
+    """keras.layers.Conv2D (NHWC) that computes a 1x1 convolution as the matmul it is:
+    ``x[:, ::s, ::s, :] @ kernel[0, 0]`` (B, H', W', C_in) @ (C_in, C_out).
+
+    The oneDNN 1x1 weight-gradient kernel that torch 2.13 (channels-last input, which keras'
+    torch backend hands it) and tensorflow 2.x CPU both dispatch to crashes the process
+    intermittently on AVX-512 CPUs (reproduced with each framework alone). A matmul takes the
+    GEMM path instead; the values agree with the convolution to fp32 rounding. Larger kernels
+    keep keras' own convolution.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if tuple(self.kernel_size) != (1, 1) or self.data_format != "channels_last" or self.groups != 1:
+            return super().convolution_op(inputs, kernel)
+        if self.padding != "valid" or tuple(self.dilation_rate) != (1, 1):
+            return super().convolution_op(inputs, kernel)
+        sh, sw = self.strides
+        return ops.matmul(inputs[:, ::sh, ::sw, :], kernel[0, 0])  # (B, H', W', C_out)

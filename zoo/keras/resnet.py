@@ -24,14 +24,14 @@ import keras
 from keras import layers, ops
 
 from ..configs import ResNetConfig
-from .layers import MASK_MIN, BatchNorm, Seeds, normal_init, pad_hw
+from .layers import MASK_MIN, BatchNorm, Conv2D, Seeds, normal_init, pad_hw
 
 
-def conv(filters: int, size: int, stride: int, seed: int, name: str, dtype) -> layers.Conv2D:
+def conv(filters: int, size: int, stride: int, seed: int, name: str, dtype) -> Conv2D:
     """Bias-free conv, padding "valid": callers pad explicitly with pad_hw (symmetric, as torch)."""
     # Kaiming normal, fan-out mode (torchvision): std = sqrt(2 / (k * k * filters)).
     init = normal_init(seed, (2.0 / (size * size * filters)) ** 0.5, truncated=False)  # theory: initialization
-    return layers.Conv2D(filters, size, strides=stride, padding="valid", use_bias=False, kernel_initializer=init, name=name, dtype=dtype)
+    return Conv2D(filters, size, strides=stride, padding="valid", use_bias=False, kernel_initializer=init, name=name, dtype=dtype)
 
 
 def batch_norm(config: ResNetConfig, name: str, dtype, *, zero: bool = False) -> BatchNorm:
