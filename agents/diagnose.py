@@ -777,7 +777,9 @@ def _no_progress(ctx: _Context) -> list[Finding]:
                 lr_proposal=(3.0, "the usual first cut for a loss that bounces without progress", None),
             )
         ]
-    how = "still falling as fast at the end as in the first half: it has not begun to converge, " if crawl is not None else "hardly at all: "
+    how = (
+        "still falling as fast at the end as in the first half: it has not begun to converge, " if crawl is not None else "hardly at all: "
+    )
     return [_too_low(ctx, evidence, "medium", how)]
 
 
@@ -1133,7 +1135,17 @@ def _underfitting(ctx: _Context) -> list[Finding]:
     steady = _steady_descent(ctx) if baseline is not None and level > baseline else None
     if steady is not None:
         steady.update({"final_loss": level, "input_free_loss": baseline, "ln_num_classes": ctx.ln_c})
-        return [_too_low(ctx, steady, "medium", "ending above the loss of a model that ignores its input (" + _fmt(baseline) + " nats, the unigram entropy) and falling steadily: " + STEADY_TEXT)]
+        return [
+            _too_low(
+                ctx,
+                steady,
+                "medium",
+                "ending above the loss of a model that ignores its input ("
+                + _fmt(baseline)
+                + " nats, the unigram entropy) and falling steadily: "
+                + STEADY_TEXT,
+            )
+        ]
     return [
         Finding(
             "underfitting",

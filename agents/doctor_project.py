@@ -251,7 +251,10 @@ def _text_checks(package: str, cfg, provenance: dict[str, Any]) -> list[Check]:
     from .doctor import INVARIANCE_TOL
 
     arch, task = provenance.get("arch"), provenance.get("task")
-    causal_meaning = "earlier positions see later tokens: the causal mask is missing or wrong, so the training loss is misleadingly low and generation fails"
+    causal_meaning = (
+        "earlier positions see later tokens: the causal mask is missing or wrong, so the training "
+        "loss is misleadingly low and generation fails"
+    )
     padding_meaning = "real tokens attend to padding: the attention mask is not applied, so outputs depend on how much padding a batch has"
     if arch not in ("gpt", "bert"):
         reason = {"reason": f"{arch} image classifier: no token sequence, no mask"}
@@ -268,7 +271,9 @@ def _text_checks(package: str, cfg, provenance: dict[str, Any]) -> list[Check]:
 
     def changed(columns: slice) -> np.ndarray:
         out = ids.copy()
-        out[:, columns] = (out[:, columns] + 1 + rng.integers(0, cfg.model.vocab_size - 1, size=out[:, columns].shape)) % cfg.model.vocab_size
+        out[:, columns] = (
+            out[:, columns] + 1 + rng.integers(0, cfg.model.vocab_size - 1, size=out[:, columns].shape)
+        ) % cfg.model.vocab_size
         return out
 
     def difference(forward, a: np.ndarray, b: np.ndarray, mask: np.ndarray, keep: slice) -> float:
