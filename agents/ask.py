@@ -43,7 +43,6 @@ _TYPO_CUTOFF = 0.8  # difflib ratio for an unknown word to count as a misspellin
 ZIPF_NONE = 7.0
 ZIPF_FULL = 3.0
 TYPO_ZIPF = 2.0  # a word commoner than this ("summer", "tanks") is a word, not a misspelling
-IDF_POWER = 1.0  # coverage weighs a word by informativeness * IDF ** IDF_POWER
 
 _STOPWORDS = frozenset(
     """
@@ -285,10 +284,10 @@ def _best_paragraph(entry: Entry, terms: dict[str, float]) -> str:
 
 
 def _coverage(terms: dict[str, float], doc: frozenset, index: _Index) -> float:
-    total = sum(w * index.idf.get(t, index.max_idf) ** IDF_POWER for t, w in terms.items())
+    total = sum(w * index.idf.get(t, index.max_idf) for t, w in terms.items())
     if total <= 0:
         return 0.0
-    return sum(w * index.idf[t] ** IDF_POWER for t, w in terms.items() if t in doc) / total
+    return sum(w * index.idf[t] for t, w in terms.items() if t in doc) / total
 
 
 def rank(question: str, k: int = 3) -> list[Answer]:

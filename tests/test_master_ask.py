@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dlzoo.agents.ask import answer, ask, evaluate, expand, tokenize
+from dlzoo.agents.ask import answer, ask, evaluate, expand, informativeness, tokenize
 from dlzoo.cli import cli
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -92,8 +92,22 @@ def test_inflections_generic_words_and_typos():
     assert tokenize("normalisation") == tokenize("normalization")
     weights = expand("explain the theory in this paper about epoch 50 lerning")
     assert all(weights[t] == 0 for t in tokenize("explain theory paper epoch"))
-    assert weights[tokenize("learning")[0]] == 0.8  # typo matched to the knowledge base's word
+    # typo matched to the knowledge base's word, at 0.8 of that word's weight
+    assert weights[tokenize("learning")[0]] == pytest.approx(0.8 * informativeness("learning"))
     assert tokenize("three")[0] not in expand("what is a decision tree")  # short words are not typos
+    # a common English word missing from the knowledge base is a word, not a typo ("summer" ~ "summed")
+    assert tokenize("summer")[0] in expand("train on summer photos")
+
+
+def test_general_english_informativeness():
+    """Common words weigh little, topical words fully, numbers nothing (wordfreq Zipf scale)."""
+    for common, topical in [("before", "gradient"), ("middle", "spikes"), ("big", "softmax"), ("starts", "warmup")]:
+        assert informativeness(common) < 0.65 * informativeness(topical), (common, topical)
+    assert informativeness("the") == 0 and informativeness("50") == 0 and informativeness("2.3") == 0
+    assert informativeness("zzqxv") == 1  # unknown to general English: as informative as it gets
+    weights = expand("loss spikes in the middle of training")
+    assert weights[tokenize("spikes")[0]] > 1.5 * weights[tokenize("middle")[0]]
+    assert tokenize("billion")[0] in expand("how much compute for a 1b model")  # magnitudes spelled out
 
 
 def test_classifier_is_not_the_cls_entry():
