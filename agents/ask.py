@@ -6,13 +6,17 @@ practice, full text, derivations, misconceptions and paper titles, once. Words a
 accents dropped, British spellings folded to American ones and reduced to their Snowball
 (Porter 2) English stem, so "spiked", "spikes" and "spike" meet. A question word that is in no
 document is matched to the nearest document word when one is close enough (difflib ratio >= 0.8:
-"lerning" -> "learning"). Generic words ("explain", "theory", "paper", "epoch", ...) carry no
-weight, so they cannot decide the ranking.
+"lerning" -> "learning"; a word common in general English, "summer", is never taken for a typo).
+Generic words ("explain", "theory", "paper", "epoch", ...) carry no weight, so they cannot decide
+the ranking; every other word weighs by its ``informativeness`` in general English (wordfreq's
+Zipf frequency: "before", "middle", "big" weigh little, "gradient", "softmax" fully, numbers
+nothing), so an everyday word that happens to be rare in the knowledge base does not count as
+much as the topic.
 
 The best entry is returned only when it covers enough of the question: ``coverage`` is the share
-of the question's informative weight (IDF of each word) that the entry contains. Below
+of the question's weight (informativeness times IDF of each word) that the entry contains. Below
 ``MIN_COVERAGE`` or below ``MIN_SCORE`` the answer is declined and the nearest entries are
-offered as related. Both thresholds were tuned on tests/data/ask_tuning.toml only; the held-out
+offered as related. Thresholds and weights were tuned on tests/data/ask_tuning*.toml only; the held-out
 numbers are in docs/ask.md.
 
     >>> from dlzoo.agents.ask import answer
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 
 from .theory import Entry, Paper, load_knowledge
 
-MIN_COVERAGE = 0.5  # share of the question's IDF weight the best entry must contain
+MIN_COVERAGE = 0.5  # share of the question's weight (informativeness * IDF) the best entry must contain
 MIN_SCORE = 0.5  # BM25 score of the best entry (sum over the question's weighted words)
 K1, B = 1.5, 0.75  # BM25 (Okapi) term saturation and length normalisation
 UNKNOWN_IDF = 1.0  # weight of a word no entry contains, as a fraction of the largest IDF
