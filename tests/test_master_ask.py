@@ -2,7 +2,9 @@
 
 tests/data/ask_tuning.toml is what the ranking was tuned on; ask_heldout.toml was written before
 tuning and measured once (88.9% top-1) before its misses were used for tuning too;
-ask_heldout2.toml was written after that and never tuned on. docs/ask.md reports all three.
+ask_heldout2.toml was written after that and never tuned on; ask_heldout3.toml was written and
+committed in a later session before anything else was done, and never tuned on. docs/ask.md
+reports all four.
 """
 
 from __future__ import annotations
@@ -22,21 +24,25 @@ DATA = Path(__file__).resolve().parent / "data"
 
 @pytest.fixture(scope="module")
 def scores():
-    return {name: evaluate(DATA / f"ask_{name}.toml") for name in ("tuning", "heldout", "heldout2")}
+    return {name: evaluate(DATA / f"ask_{name}.toml") for name in ("tuning", "heldout", "heldout2", "heldout3")}
 
 
 def test_sets_are_large_enough_and_disjoint():
     import tomllib
 
     questions = {}
-    for name in ("tuning", "heldout", "heldout2"):
+    names = ("tuning", "heldout", "heldout2", "heldout3")
+    for name in names:
         with open(DATA / f"ask_{name}.toml", "rb") as f:
             data = tomllib.load(f)
         questions[name] = {item["q"].lower() for part in ("in_scope", "out_of_scope") for item in data[part]}
-        if name != "tuning":
+        if name in ("heldout", "heldout2"):
             assert len(data["in_scope"]) >= 60 and len(data["out_of_scope"]) >= 30
-    assert not questions["tuning"] & questions["heldout"] and not questions["tuning"] & questions["heldout2"]
-    assert not questions["heldout"] & questions["heldout2"]
+        if name == "heldout3":
+            assert len(data["in_scope"]) >= 40 and len(data["out_of_scope"]) >= 15
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not questions[a] & questions[b], (a, b, questions[a] & questions[b])
 
 
 def test_held_out_accuracy_and_declining(scores):
@@ -48,6 +54,16 @@ def test_held_out_accuracy_and_declining(scores):
     assert final["in_scope_declined"] <= 0.08, final["misses"]
     first = scores["heldout"]
     assert first["top1"] >= 0.90 and first["out_of_scope_declined"] >= 0.80 and first["in_scope_declined"] <= 0.05
+
+
+def test_third_held_out_set_as_measured(scores):
+    """ask_heldout3.toml (48 in-scope, 20 out-of-scope), measured once with the ranking unchanged
+    since held-out 2: top-1 37/48 (77.1%), top-3 85.4%, in-scope declined 7/48 (14.6%),
+    out-of-scope declined 19/20 (95%). Only the out-of-scope goal (>= 80%) is met; top-1 (>= 90%)
+    and in-scope declined (<= 5%) are not (docs/ask.md). Asserted as measured, as floors."""
+    third = scores["heldout3"]
+    assert third["out_of_scope_declined"] >= 0.80, third["answered_out_of_scope"]
+    assert third["top1"] >= 0.77 and third["in_scope_declined"] <= 0.15, third["misses"]
 
 
 def test_tuning_set(scores):
