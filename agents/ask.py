@@ -39,7 +39,7 @@ MIN_COVERAGE = 0.5  # share of the question's weight (informativeness * IDF) the
 MIN_SCORE = 0.5  # BM25 score of the best entry (sum over the question's weighted words)
 K1, B = 1.5, 0.75  # BM25 (Okapi) term saturation and length normalisation
 UNKNOWN_IDF = 1.0  # weight of a word no entry contains, as a fraction of the largest IDF
-PHRASE_BONUS = 2.0  # added to the BM25 score per word of a multi-word name found as a phrase
+PHRASE_BONUS = 1.0  # added to the BM25 score per word of a multi-word name found as a phrase
 _TYPO_CUTOFF = 0.8  # difflib ratio for an unknown word to count as a misspelling of a known one
 # General-English informativeness (wordfreq Zipf scale: log10 of occurrences per billion words).
 # A word at least as common as ZIPF_NONE ("before" 5.9, "big" 5.7) weighs nothing, one at most as
