@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="training override, e.g. train.threads=1")
     parser.add_argument("--write", action="store_true", help="record the results in scaffold/results.json")
     parser.add_argument("--text", action="store_true", help="the text projects (gpt lm, bert mlm, bert classify)")
+    parser.add_argument("--task", action="append", choices=("lm", "mlm", "classify"), help="with --text: only these tasks")
     args = parser.parse_args()
     if args.text:
         return text_main(args)
@@ -152,6 +153,8 @@ def text_main(args) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for arch, task in (("gpt", "lm"), ("bert", "mlm"), ("bert", "classify")):
+            if args.task and task not in args.task:
+                continue
             for framework in frameworks:
                 r = measure(arch, framework, args.set, Path(tmp), task)
                 rows.append(r)
@@ -168,10 +171,11 @@ def text_main(args) -> None:
                     f"{r['ms_per_step']:.0f} ms/step  {r['steps']} steps  load {r['load_average'][0]:.1f}",
                     flush=True,
                 )
+                if args.write:  # after every run: a long sweep keeps what it measured
+                    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+                    results[results_key(r["arch"], r["framework"], r["task"])] = r
+                    RESULTS.write_text(json.dumps(dict(sorted(results.items())), indent=2) + "\n")
     if args.write:
-        results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        results.update({results_key(r["arch"], r["framework"], r["task"]): r for r in rows})
-        RESULTS.write_text(json.dumps(dict(sorted(results.items())), indent=2) + "\n")
         print(f"\nrecorded in {RESULTS}")
 
 

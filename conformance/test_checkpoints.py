@@ -359,3 +359,49 @@ def test_other_activations_are_a_clear_error(activation, fragment, references, t
     with pytest.raises(hub.HubError, match=fragment) as info:
         from_pretrained(tmp_path)
     assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- raw transformers state dicts
+
+
+def _raw_state_dict(kind: str, folder):
+    """A transformers model built from dlzoo's tiny preset, saved as its bare in-memory
+    ``state_dict()`` (transformers 5's in-memory ViT names; no config.json)."""
+    from safetensors.torch import save_file
+
+    from dlzoo.zoo.configs import get_config
+
+    cls = {"vit": transformers.ViTForImageClassification, "bert": transformers.BertModel, "gpt": transformers.GPT2LMHeadModel}[kind]
+    model = _perturb(cls(transformers.AutoConfig.for_model(**hub.config_to_hf(kind, get_config(kind, "tiny")))))
+    folder.mkdir()
+    # the tied LM head is the token embedding: safetensors stores a tensor once
+    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}, folder / "weights.safetensors")
+    return model, folder / "weights.safetensors"
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS, ids=framework_id)
+@pytest.mark.parametrize("kind", ["vit", "bert", "gpt"])
+def test_raw_transformers_state_dict_with_a_preset_matches_transformers(kind, framework, tmp_path):
+    model, path = _raw_state_dict(kind, tmp_path / kind)
+    h = from_pretrained(path, framework=framework, preset="tiny")
+    assert any("no config.json" in note for note in h.load_report.notes)
+    if kind == "vit":
+        inputs = {"pixel_values": _images(32, 32)}
+        want = {"logits": _run(model, inputs["pixel_values"])}
+    else:
+        config = h.config
+        rng = np.random.default_rng(0)
+        inputs = {"input_ids": rng.integers(0, config.vocab_size, (2, 8)), "attention_mask": np.ones((2, 8), np.int64)}
+        with torch.no_grad():
+            out = model(**_torch_in(inputs))
+        want = {"logits": out.logits.numpy()} if kind == "gpt" else {"last_hidden_state": out.last_hidden_state.numpy()}
+    got = h.apply(inputs)
+    assert_outputs_close({k: got[k] for k in want}, want, what=f"{framework} raw {kind} state dict")
+
+
+def test_raw_transformers_state_dict_without_a_preset_says_what_to_pass(tmp_path):
+    _, path = _raw_state_dict("vit", tmp_path / "vit")
+    with pytest.raises(hub.HubError, match="transformers-named vit weights without a config.json; name the preset"):
+        from_pretrained(path, framework="torch")
+    with pytest.raises(hub.HubError, match="holds transformers-named vit weights, not 'bert'"):
+        from_pretrained(path, framework="torch", arch="bert", preset="tiny")

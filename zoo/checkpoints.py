@@ -472,6 +472,12 @@ def read_pretrained(
     layout = detect_layout(tensors) or "transformers"
     notes: list[str] = []
     found = {"torchvision": "resnet", "timm": "vit"}.get(layout) or (hub.detect_arch(hf) if hf else None)
+    preset_config = False
+    if found is None and layout == "transformers":
+        found = _transformers_arch(tensors)
+        if found is not None:
+            hf, preset_config = _config_from_preset(source, found, arch, preset), True
+            notes.append(f"no config.json: the config is dlzoo's {found} preset {preset!r}, checked against the tensors' shapes")
     if found is None:
         raise HubError(
             f"{source}: no config.json and the tensor names are neither torchvision's ResNet nor timm's "
@@ -491,7 +497,7 @@ def read_pretrained(
         notes += inferred
         rules, ignorable = timm_vit_rules(config.replace(**overrides)), None
     else:
-        if preset is not None:
+        if preset is not None and not preset_config:
             raise HubError(f"{source} has a config.json, which defines the config; drop preset={preset!r}")
         published, tensors = list(tensors), hub._normalise(found, tensors)
         if _SIGNATURE[found] not in tensors:  # say so before the config asks for a head
@@ -506,6 +512,29 @@ def read_pretrained(
     report = LoadReport(source=source, layout=layout, arch=found, stripped_prefixes=stripped, notes=notes)
     tensors = map_tensors(found, config, rules, tensors, layout, seed=seed, ignorable=ignorable, report=report)
     return found, config, tensors, report
+
+
+def _transformers_arch(tensors: dict) -> str | None:
+    """The architecture whose transformers signature tensor the names hold (after the model's
+    own prefix: ``vit.``, ``bert.``, ``transformer.``, ``resnet.``), or None."""
+    for arch, signature in _SIGNATURE.items():
+        if signature in hub._normalise(arch, {name: None for name in tensors}):
+            return arch
+    return None
+
+
+def _config_from_preset(source: str, found: str, arch: str | None, preset: str | None) -> dict:
+    """A published config.json for a transformers-named state dict saved without one (a bare
+    ``model.state_dict()``): the shapes do not record everything (attention heads, epsilons),
+    so the preset names it."""
+    if arch is not None and arch != found:
+        raise HubError(f"{source} holds transformers-named {found} weights, not {arch!r}")
+    if preset is None:
+        raise HubError(
+            f"{source}: transformers-named {found} weights without a config.json; name the preset they follow "
+            f"(preset=..., dlzoo convert --arch {found} --preset P): the tensors do not record the number of attention heads"
+        )
+    return hub.config_to_hf(found, get_config(found, preset))
 
 
 def _is_canonical(path: Path) -> bool:

@@ -607,12 +607,28 @@ def detect_arch(hf: dict) -> str:
     return MODEL_TYPES[model_type]
 
 
+# transformers 5 names ViT's modules differently in memory (ViTModel().state_dict()) than in the
+# files save_pretrained writes (which keep the published names): a raw state dict uses these.
+_VIT_IN_MEMORY = [
+    (r"^layers\.(\d+)\.attention\.q_proj\.", r"encoder.layer.\1.attention.attention.query."),
+    (r"^layers\.(\d+)\.attention\.k_proj\.", r"encoder.layer.\1.attention.attention.key."),
+    (r"^layers\.(\d+)\.attention\.v_proj\.", r"encoder.layer.\1.attention.attention.value."),
+    (r"^layers\.(\d+)\.attention\.o_proj\.", r"encoder.layer.\1.attention.output.dense."),
+    (r"^layers\.(\d+)\.mlp\.fc1\.", r"encoder.layer.\1.intermediate.dense."),
+    (r"^layers\.(\d+)\.mlp\.fc2\.", r"encoder.layer.\1.output.dense."),
+    (r"^layers\.(\d+)\.(layernorm_before|layernorm_after)\.", r"encoder.layer.\1.\2."),
+]
+
+
 def _normalise(arch: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     prefix = _PREFIX[arch]
     out = {}
     for name, value in tensors.items():
         if name.startswith(prefix):
             name = name[len(prefix) :]
+        if arch == "vit":
+            for pattern, published in _VIT_IN_MEMORY:
+                name = re.sub(pattern, published, name)
         # TF-converted BERT checkpoints (bert-base-uncased's first upload) say gamma/beta.
         name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", name)
         name = re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name)
