@@ -27,8 +27,16 @@ from safetensors.numpy import load_file
 
 from dlzoo.scaffold import generate as g
 
-TEXT = ["train.max_steps=4", "train.eval_every=2", "train.batch_size=8", "data.max_bytes=200000", "data.max_eval_rows=16",
-        "model.dropout=0.0", "model.attention_dropout=0.0", "train.threads=1"]
+TEXT = [
+    "train.max_steps=4",
+    "train.eval_every=2",
+    "train.batch_size=8",
+    "data.max_bytes=200000",
+    "data.max_eval_rows=16",
+    "model.dropout=0.0",
+    "model.attention_dropout=0.0",
+    "train.threads=1",
+]
 IMAGE = ["train.batch_size=8", "train.epochs=1", "data.augment=false", "train.threads=1"]
 
 
@@ -72,8 +80,12 @@ def mlm(tmp_path_factory) -> Path:
     """A bert MLM project and its runs: one process, DDP, FSDP, DDP with 2 micro-batches."""
     result = g.new_project("dist_mlm", arch="bert", task="mlm", framework="torch", parent=tmp_path_factory.mktemp("dist"))
     project = Path(result["path"])
-    for processes, name, extra in ((1, "single", []), (2, "ddp", []), (2, "fsdp", ["dist.strategy=fsdp"]),
-                                   (2, "accum", ["dist.grad_accum_steps=2"])):
+    for processes, name, extra in (
+        (1, "single", []),
+        (2, "ddp", []),
+        (2, "fsdp", ["dist.strategy=fsdp"]),
+        (2, "accum", ["dist.grad_accum_steps=2"]),
+    ):
         run = train(project, processes, *TEXT, f"run.name={name}", *extra)
         assert run.returncode == 0, run.stderr[-3000:]
     return project
