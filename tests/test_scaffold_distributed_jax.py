@@ -1,0 +1,182 @@
+"""Multi-device training in generated flax, equinox, haiku and keras projects, on 4 CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=4``, set before jax is imported, so each
+framework runs in its own subprocess, importing the project the way a user does).
+
+For each framework, against the single-device engine on the same global batches:
+- data parallel over 4 devices gives the same losses, gradient norms and weights (fp32 tolerance);
+- FSDP-style sharding (``dist.strategy = "fsdp"``) gives the data-parallel numbers, with the
+  parameters and optimizer state really split: fewer bytes on each device;
+- 2 micro-batches of gradient accumulation give the 1-micro-batch numbers;
+- no step after the first compiles again (the state keeps its layout);
+- a checkpoint written at 4 devices loads bit for bit at 1 and at 2 devices and continues as the
+  4-device run does;
+- too many devices, or a batch that does not split, is one clear UserError.
+A GPT (token loss: accumulation must weigh micro-batches by their counted tokens) runs for flax, and
+the training CLI refuses a bad ``dist.devices`` in one line and resumes a 4-device run at 2 devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlzoo.scaffold import generate as g
+
+FRAMEWORKS = ("flax", "equinox", "haiku", "keras")
+DEVICES = 4
+
+CHECK = r'''
+import importlib, json, logging, sys
+import jax
+import numpy as np
+
+assert jax.device_count() == 4, jax.devices()
+
+
+class Compiles(logging.Handler):
+    count = 0
+
+    def emit(self, record):
+        Compiles.count += "Compiling" in record.getMessage()
+
+
+jax.config.update("jax_log_compiles", True)
+logging.getLogger("jax").addHandler(Compiles())
+
+report = {}
+for pkg in sys.argv[1:]:
+    config = importlib.import_module(pkg + ".config")
+    data = importlib.import_module(pkg + ".data")
+    Engine = importlib.import_module(pkg + ".engine").Engine
+    text = config.ARCH in ("gpt", "bert")
+    base = ["train.batch_size=8", "optim.warmup_fraction=0.0", "optim.lr=0.003"]
+    if text:
+        base += ["data.max_bytes=100000", "data.max_eval_rows=16"]
+    cfg = config.load_config(None, base)
+    if text:
+        dataset = data.load_dataset(cfg.data, seed=cfg.seed, vocab_size=cfg.model.vocab_size)
+        loader = data.Loader(dataset.train, dataset, 8, seed=cfg.seed)
+    else:
+        dataset = data.load_dataset(cfg.data, seed=cfg.seed, channels=cfg.model.num_channels)
+        loader = data.Loader(dataset.train, dataset, 8, seed=cfg.seed, augment=True, max_shift=2)
+    total = 10
+
+    def engine(*sets):
+        c = config.load_config(None, base + list(sets))
+        return Engine(c, c.model, total_steps=total)
+
+    def train(e, steps, start=0):
+        return [e.train_step(loader.at_step(s)) for s in range(start, start + steps)]
+
+    def compare(logs_a, logs_b, e_a, e_b):
+        """Largest relative differences of the logged numbers and of the weights."""
+        rel = lambda x, y: abs(x - y) / max(abs(x), abs(y), 1e-12)
+        wa, wb = e_a.model_state(), e_b.model_state()
+        assert sorted(wa) == sorted(wb)
+        return {"loss": max(rel(a["loss"], b["loss"]) for a, b in zip(logs_a, logs_b)),
+                "grad_norm": max(rel(a["grad_norm"], b["grad_norm"]) for a, b in zip(logs_a, logs_b)),
+                "lr_equal": [a["lr"] for a in logs_a] == [b["lr"] for b in logs_b],
+                # in units of one learning-rate step: Adam moves every weight by about lr per step
+                "weights_max": float(max(np.max(np.abs(wa[k] - wb[k])) for k in wa)) / e_a.cfg.optim.lr,
+                "weights_p999": float(np.quantile(np.concatenate([np.abs(wa[k] - wb[k]).ravel() for k in wa]), 0.999))
+                / e_a.cfg.optim.lr}
+
+    out = {}
+    one = engine()
+    logs_one = train(one, 3)
+    four = engine("dist.devices=4")
+    logs_four = [four.train_step(loader.at_step(0))]
+    compiled = Compiles.count
+    logs_four += train(four, 2, start=1)
+    out["recompiles_data"] = Compiles.count - compiled
+    out["data_vs_one"] = compare(logs_one, logs_four, one, four)
+    fsdp = engine("dist.devices=4", "dist.strategy=fsdp")
+    logs_fsdp = [fsdp.train_step(loader.at_step(0))]
+    compiled = Compiles.count
+    logs_fsdp += train(fsdp, 2, start=1)
+    out["recompiles_fsdp"] = Compiles.count - compiled
+    out["fsdp_vs_data"] = compare(logs_four, logs_fsdp, four, fsdp)
+    out["placement_one"], out["placement_data"], out["placement_fsdp"] = one.placement(), four.placement(), fsdp.placement()
+    accum = engine("dist.grad_accum_steps=2")
+    out["accum_vs_one"] = compare(logs_one, train(accum, 3), one, accum)
+    accum4 = engine("dist.devices=4", "dist.strategy=fsdp", "dist.grad_accum_steps=2")
+    out["accum_fsdp_vs_one"] = compare(logs_one, train(accum4, 3), one, accum4)
+
+    # a checkpoint of the 4-device FSDP run, read back at 1 and at 2 devices
+    saved_model, saved_optim = fsdp.model_state(), fsdp.optimizer_state()
+    next_four = train(fsdp, 2, start=3)
+    resumed = {}
+    for sets in (["dist.devices=1"], ["dist.devices=2"], ["dist.devices=2", "dist.strategy=fsdp"]):
+        e = engine("seed=7", *sets)   # other initial weights, all overwritten
+        e.cfg = config.load_config(None, base + sets)
+        e.load_model_state({k: v.copy() for k, v in saved_model.items()})
+        e.load_optimizer_state({k: v.copy() for k, v in saved_optim.items()})
+        e.step = 3
+        m, o = e.model_state(), e.optimizer_state()
+        exact = (sorted(m) == sorted(saved_model) and all(m[k].tobytes() == saved_model[k].tobytes() for k in m)
+                 and sorted(o) == sorted(saved_optim) and all(o[k].tobytes() == saved_optim[k].tobytes() for k in o))
+        resumed[" ".join(sets)] = {"exact": exact, **compare(next_four, train(e, 2, start=3), fsdp, e)}
+    out["resumed"] = resumed
+
+    errors = {}
+    for sets in (["dist.devices=8"], ["dist.devices=4", "dist.grad_accum_steps=4"], ["dist.devices=3"]):
+        try:
+            engine(*sets)
+            errors[" ".join(sets)] = None
+        except config.UserError as error:
+            errors[" ".join(sets)] = str(error)
+    out["errors"] = errors
+    report[pkg] = out
+print("REPORT " + json.dumps(report))
+'''
+
+
+def _env(paths: list[str]) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_multi_device_steps_equal_the_single_device_step(framework, tmp_path):
+    projects = [("vit", "image-classification")] + ([("gpt", "lm")] if framework == "flax" else [])
+    packages = []
+    for arch, task in projects:
+        result = g.new_project(f"d_{framework}_{arch}", arch=arch, framework=framework, task=task, parent=tmp_path,
+                               annotate="none")
+        packages.append((result["path"], result["package"]))
+    done = subprocess.run([sys.executable, "-c", CHECK, *[pkg for _, pkg in packages]], capture_output=True, text=True,
+                          env=_env([path for path, _ in packages]), timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(done.stdout.split("REPORT ", 1)[1])
+    for pkg, out in report.items():
+        # fp32: the devices sum partial gradients in another order; Adam's updates stay within ~1e-6 of lr
+        for name in ("data_vs_one", "fsdp_vs_data", "accum_vs_one", "accum_fsdp_vs_one"):
+            numbers = out[name]
+            assert numbers["lr_equal"], (pkg, name, numbers)
+            assert numbers["loss"] < 1e-5 and numbers["grad_norm"] < 1e-5, (pkg, name, numbers)
+            # Adam divides by the root of the gradient's second moment: a weight whose gradient is
+            # ~1e-8 moves by a visibly different fraction of lr when that gradient changes in its
+            # last bits, so the largest difference is a few % of one step; nearly all are far below
+            assert numbers["weights_p999"] < 0.01 and numbers["weights_max"] < 0.25, (pkg, name, numbers)
+        assert out["recompiles_data"] == 0 and out["recompiles_fsdp"] == 0, (pkg, out)
+        one, data, fsdp = out["placement_one"], out["placement_data"], out["placement_fsdp"]
+        assert one["devices"] == 1 and data["devices"] == fsdp["devices"] == DEVICES, (pkg, out)
+        assert data["params"]["sharded_arrays"] == 0 and data["params"]["max_bytes_per_device"] == data["params"]["bytes"]
+        assert fsdp["params"]["sharded_arrays"] > 0, (pkg, fsdp)
+        assert fsdp["params"]["max_bytes_per_device"] < 0.6 * fsdp["params"]["bytes"], (pkg, fsdp)
+        assert fsdp["optimizer"]["max_bytes_per_device"] < 0.6 * fsdp["optimizer"]["bytes"], (pkg, fsdp)
+        for sets, numbers in out["resumed"].items():
+            assert numbers["exact"], (pkg, sets)
+            assert numbers["loss"] < 1e-5 and numbers["grad_norm"] < 1e-5 and numbers["lr_equal"], (pkg, sets, numbers)
+            assert numbers["weights_p999"] < 0.01 and numbers["weights_max"] < 0.25, (pkg, sets, numbers)
+        errors = out["errors"]
+        assert "dist.devices is 8 but 4 cpu device(s) are visible" in errors["dist.devices=8"], errors
+        assert "must divide by dist.grad_accum_steps x devices = 4 x 4" in errors["dist.devices=4 dist.grad_accum_steps=4"]
+        assert "must divide by dist.grad_accum_steps x devices = 1 x 3" in errors["dist.devices=3"], errors
