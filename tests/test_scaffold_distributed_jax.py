@@ -11,8 +11,9 @@ For each framework, against the single-device engine on the same global batches:
 - a checkpoint written at 4 devices loads bit for bit at 1 and at 2 devices and continues as the
   4-device run does;
 - too many devices, or a batch that does not split, is one clear UserError.
-A GPT (token loss: accumulation must weigh micro-batches by their counted tokens) runs for flax, and
-the training CLI refuses a bad ``dist.devices`` in one line and resumes a 4-device run at 2 devices.
+The same on a GPT (flax) and a masked-LM BERT (haiku), whose token loss makes accumulation weigh
+micro-batches by their counted tokens, is marked slow. The training CLI refuses a bad
+``dist.devices`` in one line and resumes a 4-device FSDP run at 2 devices.
 """
 
 from __future__ import annotations
@@ -99,14 +100,12 @@ for pkg in sys.argv[1:]:
     out["placement_one"], out["placement_data"], out["placement_fsdp"] = one.placement(), four.placement(), fsdp.placement()
     accum = engine("dist.grad_accum_steps=2")
     out["accum_vs_one"] = compare(logs_one, train(accum, 3), one, accum)
-    accum4 = engine("dist.devices=4", "dist.strategy=fsdp", "dist.grad_accum_steps=2")
-    out["accum_fsdp_vs_one"] = compare(logs_one, train(accum4, 3), one, accum4)
 
     # a checkpoint of the 4-device FSDP run, read back at 1 and at 2 devices
     saved_model, saved_optim = fsdp.model_state(), fsdp.optimizer_state()
     next_four = train(fsdp, 2, start=3)
     resumed = {}
-    for sets in (["dist.devices=1"], ["dist.devices=2"], ["dist.devices=2", "dist.strategy=fsdp"]):
+    for sets in (["dist.devices=1"], ["dist.devices=2", "dist.strategy=fsdp"]):
         e = engine("seed=7", *sets)   # other initial weights, all overwritten
         e.cfg = config.load_config(None, base + sets)
         e.load_model_state({k: v.copy() for k, v in saved_model.items()})
@@ -148,7 +147,7 @@ def _check(projects: list[tuple[str, str, str]], tmp_path: Path) -> None:
     report = json.loads(done.stdout.split("REPORT ", 1)[1])
     for pkg, out in report.items():
         # fp32: the devices sum partial gradients in another order; Adam's updates stay within ~1e-6 of lr
-        for name in ("data_vs_one", "fsdp_vs_data", "accum_vs_one", "accum_fsdp_vs_one"):
+        for name in ("data_vs_one", "fsdp_vs_data", "accum_vs_one"):
             numbers = out[name]
             assert numbers["lr_equal"], (pkg, name, numbers)
             assert numbers["loss"] < 1e-5 and numbers["grad_norm"] < 1e-5, (pkg, name, numbers)
