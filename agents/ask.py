@@ -6,13 +6,17 @@ practice, full text, derivations, misconceptions and paper titles, once. Words a
 accents dropped, British spellings folded to American ones and reduced to their Snowball
 (Porter 2) English stem, so "spiked", "spikes" and "spike" meet. A question word that is in no
 document is matched to the nearest document word when one is close enough (difflib ratio >= 0.8:
-"lerning" -> "learning"). Generic words ("explain", "theory", "paper", "epoch", ...) carry no
-weight, so they cannot decide the ranking.
+"lerning" -> "learning"; a word common in general English, "summer", is never taken for a typo).
+Generic words ("explain", "theory", "paper", "epoch", ...) carry no weight, so they cannot decide
+the ranking; every other word weighs by its ``informativeness`` in general English (wordfreq's
+Zipf frequency: "before", "middle", "big" weigh little, "gradient", "softmax" fully, numbers
+nothing), so an everyday word that happens to be rare in the knowledge base does not count as
+much as the topic.
 
 The best entry is returned only when it covers enough of the question: ``coverage`` is the share
-of the question's informative weight (IDF of each word) that the entry contains. Below
+of the question's weight (informativeness times IDF of each word) that the entry contains. Below
 ``MIN_COVERAGE`` or below ``MIN_SCORE`` the answer is declined and the nearest entries are
-offered as related. Both thresholds were tuned on tests/data/ask_tuning.toml only; the held-out
+offered as related. Thresholds and weights were tuned on tests/data/ask_tuning*.toml only; the held-out
 numbers are in docs/ask.md.
 
     >>> from dlzoo.agents.ask import answer
@@ -31,12 +35,18 @@ from dataclasses import dataclass, field
 
 from .theory import Entry, Paper, load_knowledge
 
-MIN_COVERAGE = 0.5  # share of the question's IDF weight the best entry must contain
-MIN_SCORE = 2.0  # BM25 score of the best entry (sum over the question's weighted words)
+MIN_COVERAGE = 0.5  # share of the question's weight (informativeness * IDF) the best entry must contain
+MIN_SCORE = 0.5  # BM25 score of the best entry (sum over the question's weighted words)
 K1, B = 1.5, 0.75  # BM25 (Okapi) term saturation and length normalisation
 UNKNOWN_IDF = 1.0  # weight of a word no entry contains, as a fraction of the largest IDF
-PHRASE_BONUS = 2.0  # added to the BM25 score per word of a multi-word name found as a phrase
+PHRASE_BONUS = 1.0  # added to the BM25 score per word of a multi-word name found as a phrase
 _TYPO_CUTOFF = 0.8  # difflib ratio for an unknown word to count as a misspelling of a known one
+# General-English informativeness (wordfreq Zipf scale: log10 of occurrences per billion words).
+# A word at least as common as ZIPF_NONE ("before" 5.9, "big" 5.7) weighs nothing, one at most as
+# common as ZIPF_FULL ("gradient" 3.5, "softmax" 1.3) weighs fully, linear in between.
+ZIPF_NONE = 7.0
+ZIPF_FULL = 3.0
+TYPO_ZIPF = 2.0  # a word commoner than this ("summer", "tanks") is a word, not a misspelling
 
 _STOPWORDS = frozenset(
     """
@@ -72,6 +82,7 @@ _SHORTHAND = {
     "nns": "neural networks",
     "lr": "learning rate",
     "lrs": "learning rates",
+    "val": "validation",
     "llm": "large language model",
     "llms": "large language models",
     "lm": "language model",
@@ -80,6 +91,11 @@ _SHORTHAND = {
     "dl": "deep learning",
     "ml": "machine learning",
 }
+
+
+# "1b", "125m", "7B" parameters or tokens: the magnitude is the informative part.
+_MAGNITUDES = {"k": "thousand", "m": "million", "b": "billion", "t": "trillion"}
+_MAGNITUDE = re.compile(r"^[0-9]+(?:\.[0-9]+)?([kmbt])$")
 
 
 def _fold(word: str) -> str:
@@ -99,6 +115,7 @@ def _words(text: str) -> list[str]:
     out = []
     for word in re.findall(r"[a-z0-9]+(?:['\-_/.][a-z0-9]+)*", text):
         word = word.replace("'", "")
+        word = _MAGNITUDE.sub(lambda m: _MAGNITUDES[m.group(1)], word)
         if word in _SHORTHAND:
             out.extend(_fold(w) for w in _SHORTHAND[word].split() if w not in _STOPWORDS)
             continue
@@ -177,23 +194,45 @@ def _contains(seq: list[str], phrase: tuple[str, ...]) -> bool:
     return any(tuple(seq[i : i + n]) == phrase for i in range(len(seq) - n + 1))
 
 
+@functools.lru_cache(maxsize=1)
+def _zipf():
+    from wordfreq import zipf_frequency
+
+    return zipf_frequency
+
+
+@functools.lru_cache(maxsize=8192)
+def informativeness(word: str) -> float:
+    """How much ``word`` says about a topic, from its general-English frequency, in [0, 1].
+
+    0 for a number and for a word as common as ``ZIPF_NONE`` or more, 1 for one as rare as
+    ``ZIPF_FULL`` or rarer (or unknown to wordfreq), linear in the Zipf value in between.
+    Source: wordfreq's ``zipf_frequency(word, "en")`` (Speer et al., wordfreq 3).
+    """
+    if re.fullmatch(r"[0-9]+(?:[.,][0-9]+)*", word):
+        return 0.0
+    z = _zipf()(word, "en")
+    return min(1.0, max(0.0, (ZIPF_NONE - z) / (ZIPF_NONE - ZIPF_FULL)))
+
+
 def expand(question: str) -> dict[str, float]:
-    """Query stems with weights: 1 for each occurrence of an informative word, 0 for generic
-    words, 0.8 for a misspelling matched to the nearest word of the knowledge base."""
+    """Query stems with weights: the word's general-English ``informativeness`` for each
+    occurrence, 0 for generic words, times 0.8 for a misspelling matched to the nearest word of
+    the knowledge base."""
     index = _index()
     generic = {stem(_fold(w)) for w in _GENERIC}
     weights: dict[str, float] = {}
     for word in _words(question):
         token = stem(word)
-        weight = 1.0
+        weight = informativeness(word)
         if token in generic:
             weight = 0.0
-        elif token not in index.idf and len(word) >= 5 and word.isalpha():
+        elif token not in index.idf and len(word) >= 5 and word.isalpha() and _zipf()(word, "en") < TYPO_ZIPF:
             # Only same-initial matches: users rarely mistype the first letter, and short or
             # differently-starting words ("tree" vs "three") are other words, not typos.
             close = difflib.get_close_matches(word, [w for w in index.words if w[0] == word[0]], n=1, cutoff=_TYPO_CUTOFF)
             if close:
-                token, weight = index.words[close[0]], 0.8
+                token, weight = index.words[close[0]], 0.8 * informativeness(close[0])
         weights[token] = weights.get(token, 0.0) + weight
     return weights
 

@@ -88,6 +88,10 @@ CRAWL_CHANCE = 0.8  # ... still near chance (>= 0.8 ln C) or (without C) gained 
 CRAWL_GAIN = 0.2  # ... half fell at least 0.3x as much as its first (it has not begun to converge)
 CRAWL_STEADY = 0.3
 STUCK_RATE = 0.05  # ... falling at most 5% as fast per step as before it began
+STEADY_RANK = -0.3  # lr too low rather than a plateau: loss and step rank-correlate <= -0.3,
+STEADY_Z = 5.0  # ... significantly (rank correlation x sqrt(n - 1) <= -5, about 5 standard errors),
+STEADY_VAL = 0.75  # ... the validation loss fell at >= 75% of successive evaluations (when >= 4 are logged),
+STEADY_GRAD = (0.2, 5.0)  # ... and the gradient norm's last-quarter median is 0.2x-5x its first-quarter one
 
 UNSTABLE = ("non-finite", "divergence", "early-instability")
 LR_CHANGE = "<learning-rate change>"  # placeholder in fixes, replaced by one sentence per report
@@ -736,6 +740,11 @@ def _no_progress(ctx: _Context) -> list[Finding]:
     if crawl is not None:
         evidence.update(crawl)
     at_chance = ctx.ln_c is not None and np.median(loss[-max(3, len(loss) // 4) :]) >= CHANCE_FRACTION * ctx.ln_c
+    steady = _steady_descent(ctx) if at_chance and crawl is None else None
+    if steady is not None:
+        evidence.update(steady)
+        evidence["ln_num_classes"] = ctx.ln_c
+        return [_too_low(ctx, evidence, "high", "still at chance level but falling steadily, not flat: " + STEADY_TEXT)]
     if at_chance and crawl is None:
         evidence["ln_num_classes"] = ctx.ln_c
         return [
@@ -768,25 +777,76 @@ def _no_progress(ctx: _Context) -> list[Finding]:
                 lr_proposal=(3.0, "the usual first cut for a loss that bounces without progress", None),
             )
         ]
+    how = (
+        "still falling as fast at the end as in the first half: it has not begun to converge, " if crawl is not None else "hardly at all: "
+    )
+    return [_too_low(ctx, evidence, "medium", how)]
+
+
+STEADY_TEXT = (
+    "the training loss falls with the step throughout, the validation loss fell at nearly every "
+    "evaluation and the gradients keep a healthy size, so the model is learning, only far too slowly "
+    "(a plateau from broken labels or a cut gradient path has no such trend); "
+)
+
+
+def _too_low(ctx: _Context, evidence: dict[str, Any], severity: str, how: str) -> Finding:
+    peak = ctx.peak_lr()
     lr_text = f"from {_fmt(peak[0])} to {_fmt(peak[0] * 10)}" if peak else "by a factor of 10"
-    return [
-        Finding(
-            "lr-too-low",
-            start,
-            end,
-            "medium",
-            evidence,
-            "the loss moves smoothly but slowly, "
-            + (
-                "still falling as fast at the end as in the first half: it has not begun to converge, "
-                if crawl is not None
-                else "hardly at all: "
-            )
-            + "each step is far smaller than the curvature would allow, so training crawls",
-            f"raise the learning rate {lr_text} (or run a learning-rate range test, Smith 2017)",
-            ("sharpness-lr", "lr-schedule"),
-        )
-    ]
+    return Finding(
+        "lr-too-low",
+        ctx.at(0),
+        ctx.at(ctx.usable - 1),
+        severity,
+        evidence,
+        "the loss moves smoothly but slowly, " + how + "each step is far smaller than the curvature would allow, so training crawls",
+        f"raise the learning rate {lr_text} (or run a learning-rate range test, Smith 2017)",
+        ("sharpness-lr", "lr-schedule"),
+    )
+
+
+def _input_free_loss(run: Run) -> float | None:
+    """The loss (nats) of the best prediction that ignores the input, when the log's meta line
+    gives it: a generated language-model project logs ``data.unigram_entropy_bits_per_token``."""
+    data = run.meta.get("data")
+    bits = data.get("unigram_entropy_bits_per_token") if isinstance(data, dict) else None
+    if isinstance(bits, (int, float)) and not isinstance(bits, bool) and math.isfinite(bits) and bits > 0:
+        return float(bits) * math.log(2)
+    return None
+
+
+def _steady_descent(ctx: _Context) -> dict[str, float] | None:
+    """Evidence that a slow run is learning, only slowly (a learning rate far too low) rather than
+    stuck: the training loss falls with the step (rank correlation <= STEADY_RANK, and
+    significantly so), the validation loss, when at least 4 evaluations are logged, fell at nearly
+    every one of them and ended below where it began, and the global gradient norm, when logged,
+    neither vanished nor grew (a cut gradient path or a dead network has no such trend; labels
+    that carry no signal make the validation loss rise). None when any of this fails."""
+    loss = ctx.loss[: ctx.usable]
+    n = len(loss)
+    if n < 40:
+        return None
+    rank = st.rank_correlation(np.arange(n, dtype=float), loss)
+    if not (rank <= STEADY_RANK and rank * math.sqrt(n - 1) <= -STEADY_Z):
+        return None
+    out: dict[str, float] = {"rank_correlation_with_step": rank}
+    _, val = ctx.run.eval_series("val_loss")
+    val = [v for v in val if math.isfinite(v)]
+    if len(val) >= 4:
+        falls = float(np.mean(np.diff(val) < 0))
+        if falls < STEADY_VAL or val[-1] >= val[0]:
+            return None
+        out.update({"val_loss_fell_fraction": falls, "val_loss_first": val[0], "val_loss_last": val[-1]})
+    if ctx.grad is not None:
+        g = ctx.grad[: ctx.usable]
+        q = n // 4
+        early, late = np.nanmedian(g[:q]), np.nanmedian(g[-q:])
+        if not (np.isfinite(early) and np.isfinite(late) and early > 0):
+            return None
+        if not STEADY_GRAD[0] <= late / early <= STEADY_GRAD[1]:
+            return None
+        out["grad_norm_late_over_early"] = float(late / early)
+    return out
 
 
 def _crawl(ctx: _Context) -> dict[str, float] | None:
@@ -1068,6 +1128,24 @@ def _underfitting(ctx: _Context) -> list[Finding]:
     change = abs(np.median(tail[:third]) - np.median(tail[-third:])) / max(abs(level), 1e-12)
     if not (UNDERFIT_FRACTION * ctx.ln_c <= level < CHANCE_FRACTION * ctx.ln_c and change < 0.02):
         return []
+    # Above what a model that ignores its input reaches (the unigram entropy of a language model's
+    # data, when the log gives it) and still falling steadily: capacity cannot be the limit, since
+    # the output bias alone gets there; the steps are too small.
+    baseline = _input_free_loss(ctx.run)
+    steady = _steady_descent(ctx) if baseline is not None and level > baseline else None
+    if steady is not None:
+        steady.update({"final_loss": level, "input_free_loss": baseline, "ln_num_classes": ctx.ln_c})
+        return [
+            _too_low(
+                ctx,
+                steady,
+                "medium",
+                "ending above the loss of a model that ignores its input ("
+                + _fmt(baseline)
+                + " nats, the unigram entropy) and falling steadily: "
+                + STEADY_TEXT,
+            )
+        ]
     return [
         Finding(
             "underfitting",

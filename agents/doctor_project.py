@@ -31,6 +31,7 @@ from .diagnose import INIT_TOLERANCE
 from .doctor import Check, OVERFIT_TARGET
 
 MAJORITY_SHARE = 0.95
+OVERFIT_LM_ROWS = 4  # rows of a language model's batch the overfit check trains on
 
 
 def find_project_root(path: str | Path) -> tuple[Path, dict[str, Any], Path | None]:
@@ -124,20 +125,43 @@ def _normalised(dataset) -> Check:
     )
 
 
-def _disjoint(dataset) -> Check:
+def _disjoint(dataset, field: str = "x", what: str = "images") -> Check:
     def digests(x: np.ndarray) -> set[bytes]:
         return {hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=16).digest() for row in x}
 
-    train = digests(dataset.train.x)
-    shared_val = len(train & digests(dataset.val.x))
-    shared_test = len(train & digests(dataset.test.x))
+    train = digests(getattr(dataset.train, field))
+    shared_val = len(train & digests(getattr(dataset.val, field)))
+    shared_test = len(train & digests(getattr(dataset.test, field)))
     return Check(
         "splits-disjoint",
         shared_val == 0 and shared_test == 0,
-        {"train_images_also_in_val": shared_val, "train_images_also_in_test": shared_test},
-        "training images reappear in validation or test: the measured accuracy is inflated "
+        {f"train_{what}_also_in_val": shared_val, f"train_{what}_also_in_test": shared_test},
+        f"training {what} reappear in validation or test: the measured accuracy is inflated "
         "(duplicates in the source, or a split that is not a partition)",
     )
+
+
+def _num_classes(cfg) -> int:
+    """Classes of the loss: the classifier's classes, else (language models) the vocabulary."""
+    return getattr(cfg.model, "num_classes", None) or cfg.model.vocab_size
+
+
+def _data_checks(cfg, dataset, provenance: dict[str, Any]) -> list[Check]:
+    """Image projects: labels, normalisation, disjoint splits. Text classifiers: labels and
+    disjoint splits of the token rows; token ids need no normalisation. Language models (GPT,
+    masked LM) split whole documents and have no labels of their own: not applicable."""
+    if provenance.get("arch") not in ("gpt", "bert"):
+        return [_labels(dataset, cfg.model.num_classes), _normalised(dataset), _disjoint(dataset)]
+    tokens = {"reason": "token ids: nothing to standardise"}
+    normalised = Check("inputs-normalised", None, tokens, "inputs are not standardised")
+    if provenance.get("task") == "classify":
+        return [_labels(dataset, cfg.model.num_classes), normalised, _disjoint(dataset, "ids", "texts")]
+    lm = {"reason": "language model: the targets are the text itself, split by whole documents"}
+    return [
+        Check("labels-not-constant", None, lm, "the training labels are (nearly) constant"),
+        normalised,
+        Check("splits-disjoint", None, lm, "training texts reappear in validation or test"),
+    ]
 
 
 def _model_checks(project, cfg, dataset, steps: int) -> list[Check]:
@@ -145,10 +169,17 @@ def _model_checks(project, cfg, dataset, steps: int) -> list[Check]:
 
     engine_module = import_module(f"{project}.engine")
     data = import_module(f"{project}.data")
-    loader = data.Loader(dataset.train, dataset, cfg.train.batch_size, seed=cfg.seed, augment=False, max_shift=0)
+    if hasattr(cfg.model, "vocab_size"):  # text projects' loaders have no augmentation
+        loader = data.Loader(dataset.train, dataset, cfg.train.batch_size, seed=cfg.seed)
+    else:
+        loader = data.Loader(dataset.train, dataset, cfg.train.batch_size, seed=cfg.seed, augment=False, max_shift=0)
     batch = loader.batch(0, 0)
+    if hasattr(cfg.model, "context_length"):
+        # A language model's batch holds batch_size x seq_len targets (2048 by default), more than
+        # a tiny model memorises in overfit_steps; four rows are still one fixed batch to overfit.
+        batch = {k: v[:OVERFIT_LM_ROWS] for k, v in batch.items()}
     engine = engine_module.Engine(cfg, cfg.model, total_steps=steps)
-    num_classes = cfg.model.num_classes
+    num_classes = _num_classes(cfg)
     first = engine.eval_step(batch)
     loss0 = float(first["loss_sum"]) / int(first["count"])
     expected = math.log(num_classes)
@@ -206,25 +237,87 @@ def _model_checks(project, cfg, dataset, steps: int) -> list[Check]:
     return checks
 
 
-def _text_checks(provenance: dict[str, Any]) -> list[Check]:
-    """Causal and padding leaks for text projects, on the zoo model with the project's config
-    (the copy is the zoo file, as model-copy-unmodified confirms)."""
-    arch, framework = provenance.get("arch"), provenance.get("framework")
+LEAK_LENGTH = 16  # tokens per row of the leak checks' batch
+
+
+def _text_checks(package: str, cfg, provenance: dict[str, Any]) -> list[Check]:
+    """Causal and padding leaks, on the project's own model through its Engine (so an edit of the
+    copied model code that drops a mask is caught): a language model's ``Engine.logits`` at the
+    first half of the positions must not change when the second half's tokens do (no-causal-leak)
+    nor, with left padding, when the padded tokens' ids do (no-padding-leak); a classifier's
+    ``Engine.predict`` must not change when right-padded tokens' ids do. A masked-LM project
+    exposes no per-token outputs: it is checked on the zoo model with its config (the copy is
+    the zoo file, as model-copy-unmodified confirms). Image projects: not applicable."""
+    from .doctor import INVARIANCE_TOL
+
+    arch, task = provenance.get("arch"), provenance.get("task")
+    causal_meaning = (
+        "earlier positions see later tokens: the causal mask is missing or wrong, so the training "
+        "loss is misleadingly low and generation fails"
+    )
+    padding_meaning = "real tokens attend to padding: the attention mask is not applied, so outputs depend on how much padding a batch has"
     if arch not in ("gpt", "bert"):
         reason = {"reason": f"{arch} image classifier: no token sequence, no mask"}
-        return [
-            Check("no-causal-leak", None, reason, "the causal mask is missing"),
-            Check("no-padding-leak", None, reason, "the attention mask is not applied"),
-        ]
+        return [Check("no-causal-leak", None, reason, causal_meaning), Check("no-padding-leak", None, reason, padding_meaning)]
+    if arch == "bert" and task != "classify":
+        return _zoo_text_checks(provenance, causal_meaning, padding_meaning)
+    engine = importlib.import_module(f"{package}.engine").Engine(cfg, cfg.model, total_steps=1)
+    rng = np.random.default_rng(0)
+    limit = cfg.model.context_length if arch == "gpt" else cfg.model.max_positions
+    length = min(LEAK_LENGTH, limit)
+    ids = rng.integers(0, cfg.model.vocab_size, size=(2, length)).astype(np.int32)
+    ones = np.ones_like(ids)
+    pad = length // 4
+
+    def changed(columns: slice) -> np.ndarray:
+        out = ids.copy()
+        out[:, columns] = (
+            out[:, columns] + 1 + rng.integers(0, cfg.model.vocab_size - 1, size=out[:, columns].shape)
+        ) % cfg.model.vocab_size
+        return out
+
+    def difference(forward, a: np.ndarray, b: np.ndarray, mask: np.ndarray, keep: slice) -> float:
+        return float(np.abs(np.asarray(forward(a, mask))[:, keep] - np.asarray(forward(b, mask))[:, keep]).max())
+
+    if arch == "gpt":
+        cut = length // 2
+        causal_diff = difference(engine.logits, ids, changed(slice(cut, None)), ones, slice(0, cut))
+        causal = Check(
+            "no-causal-leak",
+            causal_diff <= INVARIANCE_TOL,
+            {"positions_checked": cut, "max_abs_diff": causal_diff, "tolerance": INVARIANCE_TOL, "model": "project"},
+            causal_meaning,
+        )
+        left = ones.copy()
+        left[:, :pad] = 0  # left padding, as batched generation pads
+        pad_diff = difference(engine.logits, ids, changed(slice(0, pad)), left, slice(pad, None))
+    else:
+        causal = Check("no-causal-leak", None, {"reason": "bidirectional encoder: every token may see every other"}, causal_meaning)
+        right = ones.copy()
+        right[:, length - pad :] = 0
+        pad_diff = difference(engine.predict, ids, changed(slice(length - pad, None)), right, slice(None))
+    padding = Check(
+        "no-padding-leak",
+        pad_diff <= INVARIANCE_TOL,
+        {"padded_positions": pad, "max_abs_diff": pad_diff, "tolerance": INVARIANCE_TOL, "model": "project"},
+        padding_meaning,
+    )
+    return [causal, padding]
+
+
+def _zoo_text_checks(provenance: dict[str, Any], causal_meaning: str, padding_meaning: str) -> list[Check]:
     from ..zoo import load
     from ..zoo.configs import get_config
-    from .doctor import _Task, _causal, _padding
+    from .doctor import _padding, _Task
 
-    config = get_config(arch, "tiny", **(provenance.get("model_config") or {}))
-    handle = load(arch, framework, config, seed=0)
+    config = get_config("bert", "tiny", **(provenance.get("model_config") or {}))
+    handle = load("bert", provenance.get("framework"), config, seed=0)
     rng = np.random.default_rng(0)
-    task = _Task(arch, config, rng)
-    return [_causal(task, handle, rng, config) if arch == "gpt" else _padding(task, handle, rng, config)]
+    zoo = _padding(_Task("bert", config, rng), handle, rng, config)
+    return [
+        Check("no-causal-leak", None, {"reason": "bidirectional encoder: every token may see every other"}, causal_meaning),
+        Check("no-padding-leak", zoo.passed, {**zoo.numbers, "model": "zoo"}, padding_meaning),
+    ]
 
 
 def run_project_checks(path: str | Path, *, config: str | Path | None = None, overfit_steps: int | None = None) -> dict[str, Any]:
@@ -244,13 +337,13 @@ def run_project_checks(path: str | Path, *, config: str | Path | None = None, ov
             dataset = train.prepare(cfg)
         except cfg_module.UserError as error:
             raise ZooError(f"{root.name}: {error}") from None
-        checks += [_labels(dataset, cfg.model.num_classes), _normalised(dataset), _disjoint(dataset)]
+        checks += _data_checks(cfg, dataset, provenance)
         steps = overfit_steps or cfg.train.overfit_steps
         try:
             checks += _model_checks(package, cfg, dataset, steps)
         except cfg_module.UserError as error:
             raise ZooError(f"{root.name}: {error}") from None
-    checks += _text_checks(provenance)
+        checks += _text_checks(package, cfg, provenance)
     return {
         "project": str(root),
         "package": package,

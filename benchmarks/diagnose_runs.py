@@ -55,6 +55,8 @@ class Spec:
     zero_grad: bool = True
     bad_batches: tuple[int, ...] = ()  # steps whose batch is corrupted
     shuffle_labels: bool = False
+    random_labels: bool = False  # images: every batch gets fresh random labels (no signal at all)
+    trainable: str | None = None  # train only the parameters whose name ends with this (the rest frozen)
     train_subset: int | None = None  # images: train on only this many examples
     eval_every: int = 20
     clip: float | None = None
@@ -186,6 +188,44 @@ def _specs() -> dict[str, list[Spec]]:
             note="8 blocks, every weight matrix 50x the zoo's init (std 1 instead of 0.02)",
             expected=[{"kinds": ["abnormal-initial-loss"], "onset": 0}],
             forbidden=["lr-too-high"],
+        ),
+        # Added after the first held-out measurement, to tune the lr-too-low rule against: two
+        # plateaus at chance that a higher learning rate would not fix, and a slow language model
+        # whose cosine schedule makes its crawl look like convergence.
+        Spec(
+            "vit_random_labels",
+            "vit",
+            steps=300,
+            lr=1e-3,
+            batch=64,
+            warmup=20,
+            random_labels=True,
+            note="every batch gets fresh random labels (a label pipeline with its own random stream): nothing to learn",
+            expected=[{"kinds": ["plateau", "broken-labels"], "onset": 0}],
+            forbidden=["lr-too-low"],
+        ),
+        Spec(
+            "vit_frozen_but_head_bias",
+            "vit",
+            steps=300,
+            lr=1e-3,
+            batch=64,
+            warmup=20,
+            trainable="head.bias",
+            note="every parameter but the output bias frozen (requires_grad=False): the gradient path is cut",
+            expected=[{"kinds": ["plateau"], "onset": 0}],
+            forbidden=["lr-too-low"],
+        ),
+        Spec(
+            "gpt_lr_too_low_cosine",
+            "gpt",
+            steps=300,
+            lr=2e-5,
+            warmup=20,
+            seed=4,
+            corpus="email",
+            note="AdamW at 2e-5 with a cosine decay: the crawl slows as the rate decays",
+            expected=[{"kinds": ["lr-too-low"], "onset": 0}],
         ),
     ]
     heldout = [
@@ -421,11 +461,14 @@ def train(spec: Spec, path: Path) -> dict:
     torch.manual_seed(spec.seed)
     rng = np.random.default_rng(spec.seed)
     model = _model(spec)
+    if spec.trainable:
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.endswith(spec.trainable))
     params = list(model.named_parameters())
     if spec.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.9, weight_decay=spec.weight_decay)
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.lr, weight_decay=spec.weight_decay)
 
     if spec.arch == "gpt":
         data = _corpus(spec.corpus)
@@ -435,6 +478,8 @@ def train(spec: Spec, path: Path) -> dict:
         num_classes = model.config.vocab_size
         val_starts = np.random.default_rng(1000).integers(0, len(val_data) - length - 1, 32)
         val_batch = torch.from_numpy(np.stack([val_data[s : s + length + 1] for s in val_starts]))
+        counts = np.bincount(train_data, minlength=256) / len(train_data)
+        unigram_bits = float(-(counts[counts > 0] * np.log2(counts[counts > 0])).sum())
 
         def batch_at(step):
             if step in spec.bad_batches:
@@ -464,6 +509,8 @@ def train(spec: Spec, path: Path) -> dict:
             idx = rng.choice(len(x), size=min(spec.batch, len(x)), replace=False)
             if step in spec.bad_batches:  # a shard that skipped normalisation, labels scrambled
                 return torch.from_numpy(raw[idx]), torch.from_numpy(rng.integers(0, 10, len(idx)))
+            if spec.random_labels:
+                return torch.from_numpy(x[idx]), torch.from_numpy(rng.integers(0, 10, len(idx)))
             return torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
 
         def loss_of(batch):
@@ -484,6 +531,8 @@ def train(spec: Spec, path: Path) -> dict:
     meta = {"num_classes": num_classes, "total_steps": spec.steps, "batch_size": spec.batch, "arch": spec.arch, "framework": "torch"}
     if spec.warmup:
         meta["warmup_steps"] = spec.warmup
+    if spec.arch == "gpt":  # as a generated project logs it (runs made before this lack it)
+        meta["data"] = {"unigram_entropy_bits_per_token": unigram_bits}
     model.train()
     losses, evals = [], []
     with MetricsLogger(path, **meta) as log:

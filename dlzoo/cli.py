@@ -130,6 +130,8 @@ def info_data(
     checkpointing: bool = False,
     device: str | None = None,
     utilisation: float | None = None,
+    devices: int = 1,
+    sharding: str = "data",
 ) -> dict:
     """What ``dlzoo info --json`` prints (docs/cli.md, docs/engineer.md); the MCP ``info`` tool
     returns the same. Raises ZooError for an unknown arch, preset, precision or device, or a size
@@ -163,6 +165,8 @@ def info_data(
         checkpointing=checkpointing,
         seq_len=seq_len,
         image_size=image_size,
+        devices=devices,
+        sharding=sharding,
     )
     return {"arch": arch, "preset": preset, "config": config.to_dict(), **est.as_dict(), "costs": costs}
 
@@ -184,6 +188,14 @@ def info_data(
 @click.option("--checkpointing", is_flag=True, help="Activation checkpointing per residual block.")
 @click.option("--device", default=None, help="cpu (measured), a100, h100 or h200: largest batch and time per step.")
 @click.option("--utilisation", type=float, default=None, help="Model FLOPs utilisation (default per device, see docs).")
+@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True, help="Devices the global batch is split over.")
+@click.option(
+    "--sharding",
+    type=click.Choice(["data", "fsdp"]),
+    default="data",
+    show_default=True,
+    help="data: state replicated (DDP); fsdp: weights, grads, AdamW state sharded (ZeRO-3).",
+)
 @JSON_OPTION
 def info(
     arch: str,
@@ -195,6 +207,8 @@ def info(
     checkpointing: bool,
     device: str | None,
     utilisation: float | None,
+    devices: int,
+    sharding: str,
     as_json: bool,
 ):
     """Parameters, FLOPs, training memory and, with --device, largest batch and time per step.
@@ -211,6 +225,8 @@ def info(
         checkpointing=checkpointing,
         device=device,
         utilisation=utilisation,
+        devices=devices,
+        sharding=sharding,
     )
     if as_json:
         print_json(data)
@@ -234,11 +250,18 @@ def info(
     )
     table.add_row(f"activations ({label}, {mem['kernels']} kernels)", _bytes(mem["activation_bytes"]))
     table.add_row(f"training memory ({label})", _bytes(mem["total_bytes"]))
+    split = costs.get("per_device")
+    if split:
+        where = f"per device, {devices} devices, {sharding}, batch {split['batch_per_device']} each"
+        table.add_row(f"training state ({where})", _bytes(split["state_bytes"] + split["gathered_bytes"]))
+        table.add_row(f"training memory ({where})", _bytes(split["total_bytes"]))
+        table.add_row("communication per device per step", _bytes(split["communication_bytes"]))
     dev = costs.get("device")
     if dev:
         if "max_batch_size" in dev:
             table.add_row(
-                f"largest batch on {dev['name']} (without / with checkpointing)",
+                f"largest {'global ' if split else ''}batch on {devices if split else ''}{'x ' if split else ''}{dev['name']} "
+                "(without / with checkpointing)",
                 f"{dev['max_batch_size']} / {dev['max_batch_size_checkpointing']}",
             )
         step = dev["step_seconds"]

@@ -306,6 +306,8 @@ def _info(policy: Policy, args: dict) -> dict:
         checkpointing=args.get("checkpointing", False),
         device=args.get("device"),
         utilisation=args.get("utilisation"),
+        devices=args.get("devices", 1),
+        sharding=args.get("sharding", "data"),
     )
 
 
@@ -499,6 +501,13 @@ TOOLS: dict[str, Tool] = {
                         "exclusiveMinimum": 0,
                         "maximum": 1,
                         "description": "Model FLOPs utilisation (default per device).",
+                    },
+                    "devices": {"type": "integer", "minimum": 1, "default": 1, "description": "Devices the global batch is split over."},
+                    "sharding": {
+                        "type": "string",
+                        "enum": ["data", "fsdp"],
+                        "default": "data",
+                        "description": "data: state replicated (DDP); fsdp: weights, grads, AdamW state sharded (ZeRO-3).",
                     },
                 },
                 ("arch",),

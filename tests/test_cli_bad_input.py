@@ -74,6 +74,8 @@ CASES = {
         (["info", "gpt", "--image-size", "32"], "--image-size applies to resnet"),
         (["info", "resnet", "--seq-len", "3"], "--seq-len applies to bert and gpt"),
         (["info", "resnet", "--image-size", "-5"], "'--image-size': -5 is not in the range x>=1"),
+        (["info", "gpt", "--devices", "0"], "'--devices': 0 is not in the range x>=1"),
+        (["info", "gpt", "--devices", "4", "--sharding", "zero2"], "'--sharding': 'zero2' is not one of 'data', 'fsdp'"),
     ],
     "convert": [
         (["convert", "w.safetensors"], "Missing argument 'DST'"),

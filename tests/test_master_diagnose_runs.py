@@ -1,10 +1,11 @@
 """diagnose on real training runs of the zoo's models with known pathologies.
 
-The runs (tests/data/runs/, made by benchmarks/diagnose_runs.py) come in two sets: a tuning set
-the detectors were adjusted on, and a held-out set generated and committed before any tuning
-(other seeds, corpora, models, optimizers and magnitudes), scored the same way: every pathology
-found with its onset within 10% of the run length, no medium or high finding on a healthy run,
-and no finding that misnames the cause (tests/runs_score.py).
+The runs (tests/data/runs/, made by benchmarks/diagnose_runs.py) come in sets: a tuning set
+the detectors were adjusted on, and held-out sets generated and committed before the tuning
+they measure (other seeds, corpora, models, optimizers and magnitudes; heldout2 and heldout3 by
+training generated projects), scored the same way: every pathology found with its onset within
+10% of the run length, no medium or high finding on a healthy run, and no finding that misnames
+the cause (tests/runs_score.py).
 """
 
 from __future__ import annotations
@@ -18,29 +19,48 @@ from runs_score import RUNS, score
 
 def test_tuning_runs_every_pathology_found_and_healthy_runs_quiet():
     result = score("tuning")
-    assert result.pathologies == 10 and result.healthy == 5
+    assert result.pathologies == 13 and result.healthy == 5
     assert not result.failures, result.line("tuning") + "\n" + "\n".join(result.failures)
 
 
-# Measured once, after tuning, on the held-out runs: 8 of 9 pathologies found, no alarm on the 4
-# healthy runs, no misnamed cause. The one miss: vit_lr_too_low (AdamW at 3e-6 for 300 steps,
-# training loss 2.301 -> 2.290 at chance, validation accuracy 0.11 -> 0.17) is reported as a
-# plateau at chance level, whose fix offers a learning-rate range test but does not say "too low".
-HELDOUT_KNOWN_MISSES = {"vit_lr_too_low"}
-
-
-def test_heldout_runs_as_measured():
+# Held-out runs, measured once after the tuning before them: 8 of 9 found, no alarm on the 4
+# healthy runs, no misnamed cause; the miss, vit_lr_too_low (AdamW at 3e-6 for 300 steps, loss
+# 2.301 -> 2.290 at chance), was reported as a plateau at chance. Its cause (a slow steady descent
+# told from a plateau) was then fixed on three new tuning runs, after which it is found (9/9).
+def test_heldout_runs():
     result = score("heldout")
     assert result.pathologies == 9 and result.healthy == 4
-    assert result.found >= 8 and result.false_alarms == 0 and result.misattributions == 0, result.line("heldout")
-    assert {f.split(":")[0] for f in result.failures} <= HELDOUT_KNOWN_MISSES, result.failures
+    assert not result.failures, result.line("heldout") + "\n" + "\n".join(result.failures)
+
+
+# Runs of generated projects (`dlzoo new`, `train --set optim.lr=...`), committed before the
+# lr-too-low rule was changed; measured then: 0 of 2 found (a plateau at chance and underfitting),
+# no alarm on the healthy run. After the change (whose design saw these two misses): 2 of 2.
+def test_heldout2_generated_project_runs():
+    result = score("heldout2")
+    assert result.pathologies == 2 and result.healthy == 1
+    assert not result.failures, result.line("heldout2") + "\n" + "\n".join(result.failures)
+
+
+# Generated-project runs made after the lr-too-low change and measured once with it: the healthy
+# gpt raises no alarm, the resnet at lr 1e-5 (300x below its default; training loss 2.30 -> 2.33,
+# validation loss 2.397 -> 2.376, validation accuracy 0.10 throughout) gets no finding at all: a
+# known miss (docs/diagnose.md), kept as measured.
+HELDOUT3_KNOWN_MISSES = {"project_resnet_lr_too_low"}
+
+
+def test_heldout3_generated_project_runs_as_measured():
+    result = score("heldout3")
+    assert result.pathologies == 1 and result.healthy == 1
+    assert result.false_alarms == 0 and result.misattributions == 0, result.line("heldout3")
+    assert {f.split(":")[0] for f in result.failures} <= HELDOUT3_KNOWN_MISSES, result.failures
 
 
 def test_one_learning_rate_change_per_report():
     from dlzoo.agents.diagnose import diagnose_report
     from dlzoo.agents.metrics import read_metrics
 
-    for which in ("tuning", "heldout"):
+    for which in ("tuning", "heldout", "heldout2"):
         for path in sorted((RUNS / which).glob("*.jsonl")):
             findings, advice = diagnose_report(read_metrics(path))
             lowering = [f for f in findings if "lower the learning rate" in f.fix]

@@ -11,6 +11,7 @@ from typing import Any
 
 from ...zoo import estimates
 from ...zoo.configs import ZooError
+from . import sharding as sharding_module
 from .devices import Target, resolve
 from .facts import load
 
@@ -38,11 +39,17 @@ def cost_report(
     checkpointing: bool = False,
     seq_len: int | None = None,
     image_size: int | None = None,
+    devices: int = 1,
+    sharding: str = "data",
 ) -> dict[str, Any]:
     """Parameters, FLOPs, memory at ``batch_size`` and ``precision``, and with a ``device``: the
     largest batch that fits (with and without activation checkpointing) and the time per step at
-    ``utilisation`` (the device's default when None). Raises ZooError (EstimateError) for options
-    that do not apply to ``arch``, a sequence beyond the context, or an unknown device/precision."""
+    ``utilisation`` (the device's default when None). ``batch_size`` is the global batch; with
+    ``devices`` > 1 the memory, largest batch and time are per device under ``sharding`` ("data"
+    or "fsdp", see ``sharding``), with the communication each step needs. Raises ZooError
+    (EstimateError) for options that do not apply to ``arch``, a sequence beyond the context, an
+    unknown device/precision/sharding or a device count below 1."""
+    sharding_module.check(devices, sharding)
     w = estimates.workload(arch, config, seq_len=seq_len, image_size=image_size)
     opts = {"seq_len": seq_len, "image_size": image_size}
     f = estimates.flops(arch, config, **opts)
@@ -56,6 +63,9 @@ def cost_report(
         "flops": f.as_dict(),
         "memory": {**mem.as_dict()},
     }
+    split = sharding_module.per_device(mem, arch, config, devices=devices, strategy=sharding, batch_size=batch_size)
+    if devices > 1:
+        report["per_device"] = split.as_dict()
     if target is None:
         return report
     u, basis = default_utilisation(arch, target) if utilisation is None else (utilisation, "as given")
@@ -63,16 +73,16 @@ def cost_report(
         raise ZooError(f"--utilisation must be in (0, 1], got {u}")
     dev: dict[str, Any] = {**target.to_dict(), "utilisation": u, "utilisation_basis": basis, "kernels": kernels}
     if target.memory_bytes is not None:
-        dev["max_batch_size"] = estimates.max_batch_size(
-            arch, config, device_bytes=target.memory_bytes, precision=precision, kernels=kernels, **opts
-        )
-        dev["max_batch_size_checkpointing"] = estimates.max_batch_size(
-            arch, config, device_bytes=target.memory_bytes, precision=precision, kernels=kernels, checkpointing=True, **opts
-        )
+        for key, ckpt in (("max_batch_size", False), ("max_batch_size_checkpointing", True)):
+            one = estimates.memory(arch, config, batch_size=1, precision=precision, checkpointing=ckpt, kernels=kernels, **opts)
+            dev[key] = sharding_module.max_global_batch(
+                one, arch, config, devices=devices, strategy=sharding, device_bytes=target.memory_bytes
+            )
         dev["headroom"] = 0.1
-        dev["fits"] = mem.total_bytes <= 0.9 * target.memory_bytes
+        dev["fits"] = split.total_bytes <= 0.9 * target.memory_bytes
+    # the devices compute in parallel, each on its share of the batch (communication overlapped)
     seconds = estimates.step_time(
-        arch, config, batch_size=batch_size, peak_flops=target.peak_flops, utilisation=u, checkpointing=checkpointing, **opts
+        arch, config, batch_size=split.batch_per_device, peak_flops=target.peak_flops, utilisation=u, checkpointing=checkpointing, **opts
     )
     dev["step_seconds"] = seconds
     dev["examples_per_second"] = batch_size / seconds
