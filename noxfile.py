@@ -10,7 +10,7 @@
     keras-torch        dlzoo[keras-torch,test]                   keras on torch, API
     keras-tensorflow   dlzoo[keras-tensorflow,test]              keras on tensorflow, API
     conformance        dlzoo[all,test,reference] + tensorflow    transformers/torchvision/timm and cross-framework conformance
-    scaffold           dlzoo[all,test]                           dlzoo new and every generated project's own tests
+    scaffold           dlzoo[all,test]                           dlzoo new, every generated project's own tests, multi-device, slow runs
     lint               ruff                                      ruff check, ruff format --check
     ci                 dlzoo[all,test,reference] + tensorflow    what CI runs: everything above in one environment, then
                                                                  core and one single-framework session (rotating daily)
@@ -62,7 +62,15 @@ BACKEND_TESTS = {
 # conformance/vision_refs.py through DLZOO_VISION_REFS (0.28.0 is the torchvision of torch 2.13).
 VISION_REFS = ["torchvision==0.28.0", "timm==1.0.31"]
 # Generated projects (they pin KERAS_BACKEND=jax for keras projects).
-SCAFFOLD_TESTS = ("test_scaffold.py", "test_scaffold_text.py", "test_scaffold_engines.py")
+SCAFFOLD_TESTS = (
+    "test_scaffold.py",
+    "test_scaffold_text.py",
+    "test_scaffold_engines.py",
+    "test_scaffold_distributed_jax.py",
+    "test_scaffold_distributed_torch.py",
+)
+# Tests marked slow (long training runs) run in the scaffold session, not in ci.
+NOT_SLOW = ["-m", "not slow"]
 
 
 def _pytest(session, *args, env=None, parallel=True):
@@ -131,11 +139,9 @@ def conformance(session):
 def scaffold(session):
     """dlzoo new: command safety, copied zoo code, and every framework's generated project running
     its own tests (shapes, learning, save/load, exact resume after SIGKILL); text projects (gpt lm,
-    bert mlm and classify) in tests/test_scaffold_text.py."""
+    bert mlm and classify) in tests/test_scaffold_text.py; multi-device training; the slow runs."""
     session.install("-e", ".[all,test]")
-    _pytest(
-        session, "tests/test_scaffold.py", "tests/test_scaffold_text.py", "tests/test_scaffold_engines.py", env={"KERAS_BACKEND": "jax"}
-    )
+    _pytest(session, *(f"tests/{name}" for name in SCAFFOLD_TESTS), "tests/test_engineer_projects.py", env={"KERAS_BACKEND": "jax"})
 
 
 @nox.session
@@ -155,15 +161,16 @@ def rotating_framework(day: datetime.date | None = None) -> str:
 @nox.session
 def ci(session):
     """Everything in one environment (the suite and conformance with keras on jax, then every
-    keras case on each backend), then core and today's single-framework session."""
+    keras case on each backend; tests marked slow run in scaffold), then core and today's
+    single-framework session."""
     session.install("-e", ".[all,test,reference]", "tensorflow-cpu")
     refs = _vision_refs(session)
-    _pytest(session, "tests", "conformance", "-k", "not keras", env={"KERAS_BACKEND": "jax", **refs})
+    _pytest(session, "tests", "conformance", "-k", "not keras", *NOT_SLOW, env={"KERAS_BACKEND": "jax", **refs})
     for backend in KERAS_BACKENDS:
         # every test with keras in its id: test_keras.py, and the keras cases of the shared tests;
         # generated keras projects pin KERAS_BACKEND=jax, so they run once, in the jax pass
         skip = [] if backend == "jax" else [f"--ignore=tests/{name}" for name in SCAFFOLD_TESTS]
-        _pytest(session, "tests", "conformance", "-k", "keras", *skip, env={"KERAS_BACKEND": backend, **refs})
+        _pytest(session, "tests", "conformance", "-k", "keras", *skip, *NOT_SLOW, env={"KERAS_BACKEND": backend, **refs})
     session.notify("core")
     session.notify(os.environ.get("DLZOO_CI_FRAMEWORK") or rotating_framework())
     session.notify("lint")
