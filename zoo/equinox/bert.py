@@ -76,7 +76,7 @@ class Block(eqx.Module):
         self.mlp = MLP(
             d,
             config.mlp_dim,
-            approximate=False,  # theory: gelu
+            approximate=config.gelu == "tanh",  # theory: gelu
             dropout=config.dropout,
             init=_INIT,
             key=k2,
@@ -101,8 +101,10 @@ class MLMHead(eqx.Module):
     ln: LayerNorm
     decoder: Dense | None
     bias: Float[Array, " V"]
+    approximate: bool = eqx.field(static=True)
 
     def __init__(self, config: BertConfig, *, key: PRNGKeyArray):
+        self.approximate = config.gelu == "tanh"  # transformers: hidden_act here too
         self.transform = Dense(config.hidden_size, config.hidden_size, init=_INIT, key=key)
         self.ln = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.decoder = (
@@ -113,7 +115,7 @@ class MLMHead(eqx.Module):
         self.bias = jnp.zeros((config.vocab_size,))
 
     def __call__(self, x: Float[Array, "T D"], word: Float[Array, "V D"]) -> Float[Array, "T V"]:
-        x = self.ln(jax.nn.gelu(self.transform(x), approximate=False))
+        x = self.ln(jax.nn.gelu(self.transform(x), approximate=self.approximate))
         decoded = x @ word.T if self.decoder is None else self.decoder(x)  # theory: weight-tying
         return decoded + self.bias
 

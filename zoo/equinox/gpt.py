@@ -107,7 +107,7 @@ class GPT(eqx.Module):
                 eps=config.layer_norm_eps,
                 is_causal=True,  # theory: causal-masking
                 # GPT-2's "gelu_new" is the tanh approximation.
-                approximate=True,  # theory: gelu
+                approximate=config.gelu == "tanh",  # theory: gelu
                 dropout=config.dropout,
                 attention_dropout=config.attention_dropout,
                 init=normal(std),

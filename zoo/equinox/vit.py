@@ -62,7 +62,7 @@ class ViT(eqx.Module):
                 config.mlp_dim,
                 eps=config.layer_norm_eps,
                 # Exact (erf) GELU, as in the published checkpoints.
-                approximate=False,  # theory: gelu
+                approximate=config.gelu == "tanh",  # theory: gelu
                 dropout=config.dropout,
                 attention_dropout=config.attention_dropout,
                 init=_INIT,

@@ -78,7 +78,14 @@ class Block(nnx.Module):
         self.ln1 = layer_norm(d, config.layer_norm_eps, dtype=dtype, rngs=rngs)
         # BERT uses the exact (erf) GELU, not GPT-2's tanh approximation (jax's default).
         self.mlp = MLP(
-            d, config.mlp_dim, approximate=False, dropout=config.dropout, kernel_init=INIT, out_init=INIT, dtype=dtype, rngs=rngs
+            d,
+            config.mlp_dim,
+            approximate=config.gelu == "tanh",
+            dropout=config.dropout,
+            kernel_init=INIT,
+            out_init=INIT,
+            dtype=dtype,
+            rngs=rngs,
         )
         self.ln2 = layer_norm(d, config.layer_norm_eps, dtype=dtype, rngs=rngs)
 
@@ -105,9 +112,10 @@ class MLMHead(nnx.Module):
             else nnx.Linear(d, config.vocab_size, use_bias=False, kernel_init=INIT, dtype=dtype, rngs=rngs)
         )
         self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
+        self.approximate = config.gelu == "tanh"  # transformers: hidden_act here too
 
     def __call__(self, x: Float[Array, "B T C"], word: nnx.Embed) -> Float[Array, "B T V"]:
-        h = self.ln(jax.nn.gelu(self.transform(x), approximate=False))  # [B, T, C]
+        h = self.ln(jax.nn.gelu(self.transform(x), approximate=self.approximate))  # [B, T, C]
         # theory: weight-tying
         logits = word.attend(h) if self.decoder is None else self.decoder(h)  # h @ word.embedding.T, in the compute dtype
         return logits + self.bias[...].astype(logits.dtype)  # [B, T, V]  # theory: masked-lm

@@ -60,7 +60,7 @@ class ViT(nnx.Module):
                     config.num_heads,
                     config.mlp_dim,
                     layer_norm_eps=config.layer_norm_eps,
-                    approximate=False,  # ViT (like BERT) uses the exact (erf) GELU
+                    approximate=config.gelu == "tanh",  # published ViTs: exact (erf)
                     dropout=config.dropout,
                     attention_dropout=config.attention_dropout,
                     kernel_init=INIT,

@@ -69,7 +69,7 @@ class Block(hk.Module):
         self.mlp = MLP(
             d,
             config.mlp_dim,
-            approximate=False,  # BERT uses the exact (erf) GELU
+            approximate=config.gelu == "tanh",  # BERT: exact (erf) GELU
             dropout=config.dropout,
             init=_INIT,
             out_init=_INIT,
@@ -93,9 +93,10 @@ class MLMHead(hk.Module):
         self.ln = LayerNorm(eps=config.layer_norm_eps, name="ln")
         self.decoder = None if config.tie_word_embeddings else Dense(config.vocab_size, init=_INIT, use_bias=False, name="decoder")
         self.vocab_size = config.vocab_size
+        self.approximate = config.gelu == "tanh"  # transformers: hidden_act here too
 
     def __call__(self, x: Float[Array, "B T D"], word_embedding: Float[Array, "V D"]) -> Float[Array, "B T V"]:
-        h = self.ln(jax.nn.gelu(self.transform(x), approximate=False))  # (B, T, D)
+        h = self.ln(jax.nn.gelu(self.transform(x), approximate=self.approximate))  # (B, T, D)
         bias = hk.get_parameter("bias", (self.vocab_size,), init=jnp.zeros)
         # theory: weight-tying
         decoded = h @ word_embedding.T if self.decoder is None else self.decoder(h)  # (B, T, V)

@@ -99,7 +99,7 @@ class GPT(hk.Module):
                 config.num_heads,
                 config.mlp_dim,
                 layer_norm_eps=config.layer_norm_eps,
-                approximate=True,  # GPT-2's "gelu_new": the tanh approximation of GELU
+                approximate=config.gelu == "tanh",  # GPT-2's "gelu_new" is the tanh form
                 dropout=config.dropout,
                 attention_dropout=config.attention_dropout,
                 init=normal(0.02),

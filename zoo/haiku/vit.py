@@ -53,7 +53,7 @@ class ViT(hk.Module):
                 config.num_heads,
                 config.mlp_dim,
                 layer_norm_eps=config.layer_norm_eps,
-                approximate=False,  # ViT (like BERT) uses the exact (erf) GELU
+                approximate=config.gelu == "tanh",  # published ViTs: exact (erf)
                 dropout=config.dropout,
                 attention_dropout=config.attention_dropout,
                 init=_INIT,

@@ -97,7 +97,7 @@ class GPT(keras.Model):
                 config.num_heads,
                 config.mlp_dim,
                 layer_norm_eps=config.layer_norm_eps,
-                approximate_gelu=True,
+                approximate_gelu=config.gelu == "tanh",
                 dropout=config.dropout,
                 attention_dropout=config.attention_dropout,
                 out_std=out_std,

@@ -61,7 +61,7 @@ class ViT(keras.Model):
                 config.num_heads,
                 config.mlp_dim,
                 layer_norm_eps=config.layer_norm_eps,
-                approximate_gelu=False,
+                approximate_gelu=config.gelu == "tanh",
                 dropout=config.dropout,
                 attention_dropout=config.attention_dropout,
                 seed=seeds(),

@@ -82,7 +82,7 @@ class GPT(nn.Module):
                 config.num_heads,
                 config.mlp_dim,
                 layer_norm_eps=config.layer_norm_eps,
-                approximate="tanh",  # GPT-2's "gelu_new": the tanh approximation of GELU
+                approximate="tanh" if config.gelu == "tanh" else "none",  # GPT-2's "gelu_new" is the tanh form
                 dropout=config.dropout,
                 attention_dropout=config.attention_dropout,
             )

@@ -51,7 +51,7 @@ class ViT(nn.Module):
                 config.num_heads,
                 config.mlp_dim,
                 layer_norm_eps=config.layer_norm_eps,
-                approximate="none",  # ViT (like BERT) uses the exact (erf) GELU
+                approximate="tanh" if config.gelu == "tanh" else "none",  # published ViTs: exact (erf)
                 dropout=config.dropout,
                 attention_dropout=config.attention_dropout,
             )
