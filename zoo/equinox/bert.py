@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..configs import BertConfig
-from .layers import MLP, Attention, Dense, Dropout, Embedding, LayerNorm, cast_floating, split_key, truncated_normal
+from .layers import MLP, Attention, Dense, Dropout, Embedding, LayerNorm, cast_floating, run_block, split_key, truncated_normal
 
 _INIT = truncated_normal(0.02)  # theory: initialization
 
@@ -160,7 +160,7 @@ class Bert(eqx.Module):
         bias = (1 - attention_mask.astype(dtype))[None, None, :] * jnp.finfo(dtype).min  # theory: attention-mask
         x = self.embeddings(input_ids, token_type_ids, key=keys[0], inference=inference)
         for block, k in zip(self.blocks, keys[1:]):
-            x = block(x, bias, key=k, inference=inference)
+            x = run_block(block, x, bias, remat=self.config.remat, key=k, inference=inference)
         return x
 
     def forward_head(

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..configs import GPTConfig, check_generation
-from .layers import Block, Dense, Dropout, Embedding, LayerNorm, cast_floating, normal, split_key
+from .layers import Block, Dense, Dropout, Embedding, LayerNorm, cast_floating, normal, run_block, split_key
 
 
 class KVCache(NamedTuple):
@@ -151,7 +151,7 @@ class GPT(eqx.Module):
         kv = []
         for i, (block, k) in enumerate(zip(self.blocks, keys[1:])):
             if cache is None:
-                x = block(x, bias, key=k, inference=inference)
+                x = run_block(block, x, bias, remat=self.config.remat, key=k, inference=inference)
             else:
                 x, layer_kv = block(x, bias, key=k, inference=inference, cache=(cache.keys[i], cache.values[i], past))
                 kv.append(layer_kv)

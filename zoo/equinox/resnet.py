@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..configs import ResNetConfig
-from .layers import BatchNorm, Conv2d, Dense, cast_floating, uniform_fan_in
+from .layers import BatchNorm, Conv2d, Dense, cast_floating, run_block, uniform_fan_in
 
 State = eqx.nn.State
 
@@ -135,11 +135,13 @@ class Bottleneck(eqx.Module):
 
 class Stage(eqx.Module):
     blocks: list[BasicBlock | Bottleneck]
+    remat: bool = eqx.field(static=True)
 
     def __init__(self, config: ResNetConfig, layout: list[tuple[int, int, int, int]], *, key: PRNGKeyArray):
         # layout: (in_channels, width, out_channels, stride) per block, from config.layout(). Only
         # the first block changes resolution (stride) and width (downsample shortcut).
         block = Bottleneck if config.block == "bottleneck" else BasicBlock
+        self.remat = config.remat
         self.blocks = [
             block(config, n_in, width, n_out, stride, key=k)
             for (n_in, width, n_out, stride), k in zip(layout, jax.random.split(key, len(layout)))
@@ -147,7 +149,7 @@ class Stage(eqx.Module):
 
     def __call__(self, x: Float[Array, "H W C"], state: State, *, inference: bool) -> tuple[Float[Array, "h w c"], State]:
         for block in self.blocks:
-            x, state = block(x, state, inference=inference)
+            x, state = run_block(block, x, state, remat=self.remat, inference=inference)
         return x, state
 
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..configs import ViTConfig, ZooError, bicubic_resize_matrix
-from .layers import Block, Conv2d, Dense, Dropout, LayerNorm, cast_floating, split_key, truncated_normal
+from .layers import Block, Conv2d, Dense, Dropout, LayerNorm, cast_floating, run_block, split_key, truncated_normal
 
 _INIT = truncated_normal(0.02)  # theory: initialization
 
@@ -110,7 +110,7 @@ class ViT(eqx.Module):
         x = jnp.concatenate([self.cls_token[0], x]) + pos  # (N + 1, D)
         x = self.drop(x, key=keys[0], inference=inference)
         for block, k in zip(self.blocks, keys[1:]):
-            x = block(x, key=k, inference=inference)
+            x = run_block(block, x, remat=self.config.remat, key=k, inference=inference)
         return self.ln_f(x)
 
     def forward_head(self, x: Float[Array, "P D"]) -> Float[Array, " classes"]:

@@ -35,7 +35,7 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from ..configs import BertConfig, ZooError
-from .layers import MLP, Attention, Dropout, layer_norm, truncated_normal
+from .layers import MLP, Attention, Dropout, layer_norm, run_block, truncated_normal
 
 # theory: initialization
 INIT = truncated_normal(0.02)  # every dense kernel and embedding; biases 0, layer norms 1 and 0
@@ -159,7 +159,7 @@ class BERT(nnx.Module):
             # theory: attention-mask
             attn_bias = (1.0 - mask)[:, None, None, :] * jnp.finfo(self.dtype).min  # [B, 1, 1, T]
         for block in self.blocks:
-            x = block(x, attn_bias, train=train, rngs=rngs)
+            x = run_block(block, x, remat=self.config.remat, attn_bias=attn_bias, train=train, rngs=rngs)
         return x
 
     def forward_head(self, x: Float[Array, "B T C"], *, train: bool = False, rngs: nnx.Rngs | None = None) -> dict[str, Array]:

@@ -43,7 +43,7 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from ..configs import GPTConfig, ZooError, check_generation
-from .layers import Block, Dropout, layer_norm, normal
+from .layers import Block, Dropout, layer_norm, normal, run_block
 
 
 class KVCache(NamedTuple):
@@ -147,7 +147,8 @@ class GPT(nnx.Module):
         keys, values = [], []
         for i, block in enumerate(self.blocks):
             if cache is None:
-                x = block(x, is_causal=bias is None, attn_bias=bias, train=train, rngs=rngs)  # theory: causal-masking
+                # theory: causal-masking
+                x = run_block(block, x, remat=self.config.remat, is_causal=bias is None, attn_bias=bias, train=train, rngs=rngs)
             else:
                 x, (k, v) = block(x, attn_bias=bias, train=train, rngs=rngs, cache=(cache.keys[i], cache.values[i], past))
                 keys.append(k)

@@ -34,7 +34,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from ..configs import ResNetConfig, ZooError
-from .layers import BatchNorm, uniform_fan_in
+from .layers import BatchNorm, run_block, uniform_fan_in
 
 # theory: initialization
 # Kaiming normal over fan-out (ReLU gain); the head keeps torch's default, U(+-1/sqrt(fan_in)).
@@ -138,10 +138,11 @@ class Stage(nnx.Module):
     def __init__(self, config: ResNetConfig, blocks: list[tuple[int, int, int, int]], *, dtype, rngs: nnx.Rngs):
         block = Bottleneck if config.block == "bottleneck" else BasicBlock
         self.blocks = nnx.List([block(config, *spec, dtype=dtype, rngs=rngs) for spec in blocks])
+        self.remat = config.remat
 
     def __call__(self, x: Float[Array, "B H W C_in"], *, train: bool) -> Float[Array, "B h w C"]:
         for block in self.blocks:
-            x = block(x, train=train)
+            x = run_block(block, x, remat=self.remat, train=train)
         return x
 
 

@@ -34,7 +34,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from ..configs import ViTConfig, ZooError, bicubic_resize_matrix
-from .layers import Block, Dropout, layer_norm, truncated_normal
+from .layers import Block, Dropout, layer_norm, run_block, truncated_normal
 
 # theory: initialization
 INIT = truncated_normal(0.02)  # patch conv, dense kernels, [CLS] and position embeddings; biases 0
@@ -113,7 +113,7 @@ class ViT(nnx.Module):
         x = self.drop(x, deterministic=not train, rngs=rngs)
         # Bidirectional (not causal): every patch attends to every other patch and to [CLS].
         for block in self.blocks:
-            x = block(x, train=train, rngs=rngs)
+            x = run_block(block, x, remat=self.config.remat, train=train, rngs=rngs)
         return self.ln_f(x)
 
     def forward_head(self, x: Float[Array, "B T C"]) -> Float[Array, "B K"]:

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ..configs import BertConfig
-from .layers import MLP, Attention, Dense, Embedding, LayerNorm, dropout, transform_model, truncated_normal
+from .layers import MLP, Attention, Dense, Embedding, LayerNorm, dropout, run_block, transform_model, truncated_normal
 
 _INIT = truncated_normal(0.02)  # theory: initialization
 
@@ -135,7 +135,7 @@ class BERT(hk.Module):
             # theory: attention-mask
             attn_bias = (1 - attention_mask.astype(dtype))[:, None, None, :] * jnp.finfo(dtype).min  # (B, 1, 1, T)
         for block in self.blocks:
-            x = block(x, attn_bias, is_training=is_training)
+            x = run_block(block, x, remat=self.config.remat, attn_bias=attn_bias, is_training=is_training)
         return x
 
     def forward_head(self, x: Float[Array, "B T D"], *, is_training: bool = False) -> dict[str, Array]:

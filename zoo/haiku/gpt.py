@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ..configs import GPTConfig, check_generation
-from .layers import Block, Dense, Embedding, LayerNorm, dropout, normal, transform_model
+from .layers import Block, Dense, Embedding, LayerNorm, dropout, normal, run_block, transform_model
 
 
 class KVCache(NamedTuple):
@@ -138,7 +138,8 @@ class GPT(hk.Module):
         keys, values = [], []
         for i, block in enumerate(self.blocks):
             if cache is None:
-                x = block(x, is_causal=bias is None, attn_bias=bias, is_training=is_training)  # theory: causal-masking
+                # theory: causal-masking
+                x = run_block(block, x, remat=self.config.remat, is_causal=bias is None, attn_bias=bias, is_training=is_training)
             else:
                 x, (k, v) = block(x, attn_bias=bias, is_training=is_training, cache=(cache.keys[i], cache.values[i], past))
                 keys.append(k)

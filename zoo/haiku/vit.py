@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..configs import ViTConfig, ZooError, bicubic_resize_matrix
-from .layers import Block, Conv2D, Dense, LayerNorm, dropout, transform_model, truncated_normal
+from .layers import Block, Conv2D, Dense, LayerNorm, dropout, run_block, transform_model, truncated_normal
 
 _INIT = truncated_normal(0.02)  # theory: initialization
 
@@ -100,7 +100,7 @@ class ViT(hk.Module):
         x = dropout(x, self.config.dropout, is_training)  # theory: dropout
         for block in self.blocks:
             # Bidirectional (is_causal=False): every patch attends to every other patch and to [CLS].
-            x = block(x, is_training=is_training)
+            x = run_block(block, x, remat=self.config.remat, is_training=is_training)
         return self.ln_f(x)
 
     def forward_head(self, x: Float[Array, "B T D"]) -> Float[Array, "B classes"]:

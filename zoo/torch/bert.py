@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configs import BertConfig
-from .layers import MLP, Attention, compute_dtype, init_linear_, truncated_normal_
+from .layers import MLP, Attention, compute_dtype, init_linear_, run_block, truncated_normal_
 
 
 class Embeddings(nn.Module):
@@ -131,7 +131,7 @@ class BERT(nn.Module):
             # theory: attention-mask
             attn_bias = (1.0 - attention_mask.to(dtype))[:, None, None, :] * torch.finfo(dtype).min  # (B, 1, 1, T)
         for block in self.blocks:
-            x = block(x, attn_bias)
+            x = run_block(block, x, attn_bias, remat=self.config.remat)
         return x
 
     def forward_head(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

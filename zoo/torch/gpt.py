@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..configs import GPTConfig, ZooError, check_generation
-from .layers import Block, LayerCache, compute_dtype, init_linear_, normal_
+from .layers import Block, LayerCache, compute_dtype, init_linear_, normal_, run_block
 
 
 class KVCache:
@@ -130,8 +130,10 @@ class GPT(nn.Module):
             attn_bias = attention_bias(mask, T, compute_dtype(self.wte.weight))  # (B, 1, T, S)
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids(mask)[:, past:]))  # (B, T, C)
         for i, block in enumerate(self.blocks):
-            x = block(
+            x = run_block(
+                block,
                 x,
+                remat=self.config.remat and cache is None,
                 is_causal=attn_bias is None,
                 attn_bias=attn_bias,  # theory: causal-masking
                 cache=None if cache is None else cache.layers[i],

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configs import ResNetConfig
-from .layers import uniform_fan_in_
+from .layers import run_block, uniform_fan_in_
 
 
 def conv(n_in: int, n_out: int, size: int, stride: int = 1) -> nn.Conv2d:
@@ -119,10 +119,11 @@ class Stage(nn.Module):
         super().__init__()
         block = Bottleneck if config.block == "bottleneck" else BasicBlock
         self.blocks = nn.ModuleList(block(config, *spec) for spec in blocks)
+        self.remat = config.remat
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x)
+            x = run_block(block, x, remat=self.remat)
         return x
 
 

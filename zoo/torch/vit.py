@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configs import ViTConfig, ZooError
-from .layers import Block, init_linear_, truncated_normal_
+from .layers import Block, init_linear_, run_block, truncated_normal_
 
 
 class ViT(nn.Module):
@@ -101,7 +101,7 @@ class ViT(nn.Module):
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, C)
         x = self.drop(torch.cat([cls, x], dim=1) + pos)  # (B, 1 + N, C)
         for block in self.blocks:
-            x = block(x)  # bidirectional: every patch attends to every other patch and to [CLS]
+            x = run_block(block, x, remat=self.config.remat)  # bidirectional: every patch attends to every other patch and to [CLS]
         return self.ln_f(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
