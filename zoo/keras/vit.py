@@ -30,7 +30,7 @@ import keras
 from keras import layers, ops
 
 from ..configs import ViTConfig, ZooError, bicubic_resize_matrix
-from .layers import Block, Seeds, normal_init
+from .layers import Block, Seeds, normal_init, run_block
 
 
 @keras.saving.register_keras_serializable(package="dlzoo")
@@ -106,7 +106,7 @@ class ViT(keras.Model):
         x = ops.concatenate([cls, x], axis=1) + ops.cast(pos, x.dtype)  # (B, N+1, C)
         x = self.drop(x, training=training)
         for block in self.blocks:
-            x = block(x, training=training)
+            x = run_block(block, x, remat=self.config.remat, training=training)
         return self.ln_f(x)  # (B, N+1, C)
 
     def forward_head(self, h):
