@@ -55,7 +55,10 @@ def test_remat_changes_neither_outputs_nor_gradients(arch, framework, pairs):
         np.testing.assert_array_equal(got[k], want[k], err_msg=f"{framework} {arch} {k}")
     cots = cotangents(want)
     assert_grads_close(
-        remat.vjp(inputs, cots, train=True, seed=3), plain.vjp(inputs, cots, train=True, seed=3), rtol=REMAT_RTOL, what=f"{framework} {arch}"
+        remat.vjp(inputs, cots, train=True, seed=3),
+        plain.vjp(inputs, cots, train=True, seed=3),
+        rtol=REMAT_RTOL,
+        what=f"{framework} {arch}",
     )
     # train-mode applies above updated batch-norm statistics once in both (torch: not again on recompute)
     a, b = plain.state_dict(), remat.state_dict()
@@ -161,3 +164,12 @@ def test_torch_keeps_fewer_tensors_for_backward(arch, pairs):
     plain, remat = saved
     # without remat (or with a no-op) the two are equal; the heads' tensors are saved in both
     assert remat < plain, f"{arch}: {remat} bytes saved for backward with remat vs {plain} without"
+
+
+@pytest.mark.parametrize("arch", list(CONFIGS))
+def test_remat_must_be_a_bool(arch):
+    from dlzoo.zoo import ConfigError
+
+    with pytest.raises(ConfigError, match="remat must be true or false"):
+        get_config(arch, "tiny", remat="yes")
+    assert get_config(arch, "tiny").remat is False

@@ -5,7 +5,7 @@ Paper: Devlin et al., 2019, "BERT: Pre-training of Deep Bidirectional Transforme
 Understanding".
 
 Args (``BertConfig``): vocab_size, max_positions, type_vocab_size, hidden_size, num_layers,
-num_heads, mlp_dim, layer_norm_eps, dropout, attention_dropout, pooler, mlm_head, num_labels.
+num_heads, mlp_dim, layer_norm_eps, dropout, attention_dropout, pooler, mlm_head, num_labels, gelu, remat.
 ``dtype="bfloat16"`` runs activations and matmuls in bfloat16; parameters stay float32.
 
 The model maps ONE sequence, as Equinox layers do; ``jax.vmap`` it over the batch. Example::

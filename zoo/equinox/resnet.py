@@ -6,7 +6,7 @@ the 3x3 conv of the bottleneck, as in torchvision and NVIDIA's reference).
 
 Args (``ResNetConfig``): block ("basic" | "bottleneck"), depths, widths, stem_width,
 num_channels, num_classes, bn_eps, bn_momentum (PyTorch's convention: weight of the new batch),
-zero_init_residual. ``dtype="bfloat16"`` runs convolutions in bfloat16; parameters and
+zero_init_residual, remat. ``dtype="bfloat16"`` runs convolutions in bfloat16; parameters and
 batch-norm statistics stay float32.
 
 The model maps ONE channels-last image (H, W, C) and threads an ``eqx.nn.State`` holding the

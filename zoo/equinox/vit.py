@@ -5,7 +5,7 @@ Paper: Dosovitskiy et al., 2021, "An Image is Worth 16x16 Words: Transformers fo
 Recognition at Scale".
 
 Args (``ViTConfig``): image_size, patch_size, num_channels, hidden_size, num_layers, num_heads,
-mlp_dim, num_classes, layer_norm_eps, dropout, attention_dropout. ``dtype="bfloat16"`` runs
+mlp_dim, num_classes, layer_norm_eps, dropout, attention_dropout, gelu, remat. ``dtype="bfloat16"`` runs
 activations and matmuls in bfloat16; parameters stay float32.
 
 The model maps ONE channels-last image (H, W, C), as Equinox layers do; ``jax.vmap`` it over

@@ -6,7 +6,7 @@ Understanding".
 
 Args (``BertConfig``): vocab_size, max_positions, type_vocab_size, hidden_size, num_layers,
 num_heads, mlp_dim, layer_norm_eps, dropout (embedding, residual and classifier),
-attention_dropout, pooler, mlm_head, num_labels. Keywords: ``rngs`` (``nnx.Rngs``) draws the
+attention_dropout, pooler, mlm_head, num_labels, gelu, remat. Keywords: ``rngs`` (``nnx.Rngs``) draws the
 initial weights; ``dtype`` is the compute dtype (``jnp.bfloat16`` for mixed precision:
 parameters stay float32, outputs are returned in float32). At call time ``train=True`` turns
 dropout on, drawing from the ``rngs`` passed to the call.

@@ -7,7 +7,7 @@ zero-init of the last BN scale from Goyal et al., 2017, "Accurate, Large Minibat
 
 Args (``ResNetConfig``): block ("basic" or "bottleneck"), depths and widths (per stage),
 stem_width, num_channels, num_classes, bn_eps, bn_momentum (torch's convention, the weight of
-the new batch; translated here to flax's weight of the old statistic), zero_init_residual.
+the new batch; translated here to flax's weight of the old statistic), zero_init_residual, remat.
 Keywords: ``rngs`` (``nnx.Rngs``) draws the initial weights; ``dtype`` is the compute dtype
 (``jnp.bfloat16`` for mixed precision: parameters and batch statistics stay float32, logits are
 returned in float32). Images are NHWC. ``train=True`` at call time normalises with batch

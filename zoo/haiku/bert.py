@@ -6,7 +6,7 @@ Understanding".
 
 Args (``BertConfig``): vocab_size, max_positions, type_vocab_size, hidden_size, num_layers,
 num_heads, mlp_dim, layer_norm_eps, dropout (embedding, residual and classifier),
-attention_dropout, pooler, mlm_head, num_labels. ``transform(config, dtype="bfloat16")`` runs
+attention_dropout, pooler, mlm_head, num_labels, gelu, remat. ``transform(config, dtype="bfloat16")`` runs
 activations and matmuls in bfloat16 while the parameters stay float32. ``is_training=True``
 turns dropout on and needs an rng key in ``apply``.
 

@@ -7,7 +7,7 @@ zero-init of the last BN scale from Goyal et al., 2017, "Accurate, Large Minibat
 
 Args (``ResNetConfig``): block ("basic" or "bottleneck"), depths and widths (per stage),
 stem_width, num_channels, num_classes, bn_eps, bn_momentum (torch's convention, the weight of
-the new batch; Haiku's ``decay_rate`` is 1 - bn_momentum), zero_init_residual.
+the new batch; Haiku's ``decay_rate`` is 1 - bn_momentum), zero_init_residual, remat.
 ``transform(config, dtype="bfloat16")`` runs activations and convs in bfloat16 while the
 parameters and batch-norm statistics stay float32. Images are NHWC. ``is_training=True`` normalises with batch statistics
 and writes the running ones to the returned state (``hk.transform_with_state``); otherwise the

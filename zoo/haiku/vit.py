@@ -4,7 +4,7 @@ Paper: Dosovitskiy et al., 2021, "An Image is Worth 16x16 Words: Transformers fo
 Recognition at Scale".
 
 Args (``ViTConfig``): image_size, patch_size, num_channels, hidden_size, num_layers, num_heads,
-mlp_dim, num_classes, layer_norm_eps, dropout, attention_dropout.
+mlp_dim, num_classes, layer_norm_eps, dropout, attention_dropout, gelu, remat.
 ``transform(config, dtype="bfloat16")`` runs activations and matmuls in bfloat16 while the
 parameters stay float32. ``is_training=True`` turns dropout on and needs an rng key in ``apply``;
 ``interpolate_pos_encoding=True`` runs images of another size, the patch position embeddings

@@ -6,7 +6,7 @@ Understanding".
 
 Args (``BertConfig``): vocab_size, max_positions, type_vocab_size, hidden_size, num_layers,
 num_heads, mlp_dim, layer_norm_eps, dropout (embedding, residual and classifier),
-attention_dropout, pooler, mlm_head, num_labels. ``generator`` (keyword) draws the initial
+attention_dropout, pooler, mlm_head, num_labels, gelu, remat. ``generator`` (keyword) draws the initial
 weights without touching torch's global random state. Dropout follows ``model.train()`` /
 ``model.eval()``.
 

@@ -7,7 +7,7 @@ zero-init of the last BN scale from Goyal et al., 2017, "Accurate, Large Minibat
 
 Args (``ResNetConfig``): block ("basic" or "bottleneck"), depths and widths (per stage),
 stem_width, num_channels, num_classes, bn_eps, bn_momentum (torch's convention, the weight of
-the new batch, which nn.BatchNorm2d takes as is), zero_init_residual. ``generator`` (keyword)
+the new batch, which nn.BatchNorm2d takes as is), zero_init_residual, remat. ``generator`` (keyword)
 draws the initial weights without touching torch's global random state. Images are NCHW.
 Batch norm uses batch statistics under ``model.train()`` and running ones under ``model.eval()``.
 

@@ -5,7 +5,7 @@ Paper: Dosovitskiy et al., 2021, "An Image is Worth 16x16 Words: Transformers fo
 Recognition at Scale".
 
 Args (``ViTConfig``): image_size, patch_size, num_channels, hidden_size, num_layers, num_heads,
-mlp_dim, num_classes, layer_norm_eps, dropout (embedding and residual), attention_dropout.
+mlp_dim, num_classes, layer_norm_eps, dropout (embedding and residual), attention_dropout, gelu, remat.
 ``generator`` (keyword) draws the initial weights without touching torch's global random state.
 Images are NCHW, torch's layout. Dropout follows ``model.train()`` / ``model.eval()``.
 ``interpolate_pos_encoding=True`` (call keyword) runs images of another size: the position
