@@ -173,3 +173,15 @@ def test_remat_must_be_a_bool(arch):
     with pytest.raises(ConfigError, match="remat must be true or false"):
         get_config(arch, "tiny", remat="yes")
     assert get_config(arch, "tiny").remat is False
+
+
+def test_a_saved_file_loads_with_remat_switched(tmp_path):
+    """remat is how training runs, not what the weights are: a file saved without it loads into a
+    config with it (and back); any other difference is still refused."""
+    from dlzoo.zoo import WeightsError
+
+    config = get_config("gpt", "tiny")
+    load("gpt", "torch", config=config).save(tmp_path / "gpt.safetensors")
+    assert load("gpt", "torch", config=config.replace(remat=True), weights=tmp_path / "gpt.safetensors").config.remat is True
+    with pytest.raises(WeightsError, match="differs from the requested"):
+        load("gpt", "torch", config=config.replace(remat=True, dropout=0.2), weights=tmp_path / "gpt.safetensors")
