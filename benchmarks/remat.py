@@ -5,9 +5,9 @@ with and without remat, through ``dlzoo.zoo.bench.run`` (the benchmark's low-ove
 every framework; ``dlzoo bench ARCH --set remat=true`` runs one side by hand). Each (framework,
 remat) pair runs in a fresh process, so the peak-memory growth of one cannot hide in memory the
 allocator kept from another; the two processes of a framework run back to back, in alternating
-order from one framework to the next. Printed: peak step memory (growth of the peak resident set
-over three steps: activations, gradients, optimizer temporaries, compiled buffers) and median
-step time of each, and the ratios remat / no remat. docs/bench.md keeps the table.
+order from one framework to the next. Printed: the memory a step's backward pass needs from its forward
+(``backward_memory``: torch's saved tensors, XLA's temporary buffers of the compiled gradient)
+and the median step time of each, and the ratios remat / no remat. docs/bench.md keeps the table.
 
     nice python benchmarks/remat.py gpt --set num_layers=4 --set hidden_size=384 ...
     nice python benchmarks/remat.py --json ...   (one JSON document: the setup and the rows)
@@ -37,11 +37,71 @@ def child(args) -> None:
         overrides=overrides,
     )
     row = report["results"][0]
-    print(
-        json.dumps(
-            {"median_s": row["median_s"], "iqr_s": row["iqr_s"], "peak": row["peak_step_memory_bytes"], "compile_s": row["compile_s"]}
+    memory = backward_memory(args.framework, args.arch, report["config"], args)
+    print(json.dumps({"median_s": row["median_s"], "iqr_s": row["iqr_s"], "peak": memory, "compile_s": row["compile_s"]}))
+
+
+def backward_memory(framework: str, arch: str, config_dict: dict, args) -> int:
+    """Bytes a training step's backward pass needs from its forward. torch: the tensors autograd
+    saves (counted by a saved-tensors hook, train mode); JAX frameworks: the temporary buffers XLA
+    assigns to the compiled gradient (``memory_analysis().temp_size_in_bytes``), which hold the
+    saved activations. Each is that framework's own exact account, so compare ratios across
+    frameworks, not bytes."""
+    import numpy as np
+
+    from dlzoo.zoo import load
+    from dlzoo.zoo.bench import bench_inputs
+    from dlzoo.zoo.configs import CONFIGS
+
+    config = CONFIGS[arch].from_dict(config_dict)
+    inputs = bench_inputs(arch, config, args.batch, args.seq_len, args.image_size)
+    handle = load(arch, framework, config=config)
+    cots = {k: np.ones(v.shape, np.float32) for k, v in handle.apply(inputs).items()}
+    if framework == "torch":
+        import torch
+
+        from dlzoo.zoo.torch import _torch_inputs
+
+        total = [0]
+
+        def pack(t):
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        handle.native.train()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            handle.native(**_torch_inputs(arch, inputs, torch.device("cpu")))
+        return total[0]
+    import jax
+
+    key = jax.random.key(0)
+    if framework == "flax":
+        from flax import nnx
+
+        from dlzoo.zoo.flax import _grads
+
+        graphdef, params, rest = nnx.split(handle.native, nnx.Param, ...)
+        lowered = _grads.lower(graphdef, params, rest, inputs, cots, key, train=True)
+    elif framework == "equinox":
+        from dlzoo.zoo.equinox import _grads
+
+        module, state = handle.native
+        lowered = _grads.lower(arch, module, state, inputs, cots, key, False)
+    elif framework == "haiku":
+        from dlzoo.zoo.haiku import _compiled
+
+        transformed, params, state = handle.native
+        lowered = _compiled(transformed, "grad", True, ()).lower(params, state, key, inputs, cots)
+    else:
+        from dlzoo.zoo.keras import _jax_function, _values
+
+        model = handle.native
+        lowered = _jax_function(arch, model, "grad", True).lower(
+            _values(model.trainable_variables), _values(model.non_trainable_variables), inputs, cots
         )
-    )
+    compiled = lowered.compile()
+    analysis = getattr(compiled, "memory_analysis", None) or compiled.compiled.memory_analysis
+    return int(analysis().temp_size_in_bytes)
 
 
 def _pair(text: str) -> tuple[str, object]:
@@ -110,7 +170,9 @@ def main() -> None:
         print(json.dumps(document, indent=2))
         return
     print(f"{args.arch} {args.preset} {' '.join(args.set)} batch {args.batch}; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
-    print("| framework | peak MiB, no remat | peak MiB, remat | memory remat/no | step ms, no remat | step ms, remat | time remat/no |")
+    print(
+        "| framework | backward MiB, no remat | backward MiB, remat | memory remat/no | step ms, no remat | step ms, remat | time remat/no |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         mib = {k: (v / 2**20 if v else float("nan")) for k, v in r["peak_bytes"].items()}
