@@ -1,13 +1,13 @@
 """Activation checkpointing (``remat=True``): what it saves in memory and costs in time, per framework.
 
 For each framework, one training step (forward, backward, AdamW; dropout on) of the same model
-with and without remat, through ``dlzoo.zoo.bench.run`` (the benchmark's low-overhead step in
-every framework; ``dlzoo bench ARCH --set remat=true`` runs one side by hand). Each (framework,
-remat) pair runs in a fresh process, so the peak-memory growth of one cannot hide in memory the
-allocator kept from another; the two processes of a framework run back to back, in alternating
-order from one framework to the next. Printed: the memory a step's backward pass needs from its forward
-(``backward_memory``: torch's saved tensors, XLA's temporary buffers of the compiled gradient)
-and the median step time of each, and the ratios remat / no remat. docs/bench.md keeps the table.
+with and without remat, each framework's ``benchmark_step`` (the low-overhead step ``dlzoo bench``
+times; ``dlzoo bench ARCH --set remat=true`` runs one side by hand). Each framework runs in a
+fresh process holding both settings, their trials interleaved (a shared machine's drift between
+two processes was larger than the effect). Printed: the memory a step's backward pass needs from
+its forward (``backward_memory``: torch's saved tensors, XLA's temporary buffers of the compiled
+gradient), the median step time of each, and the ratios remat / no remat. docs/bench.md keeps
+the table.
 
     nice python benchmarks/remat.py gpt --set num_layers=4 --set hidden_size=384 ...
     nice python benchmarks/remat.py --json ...   (one JSON document: the setup and the rows)
@@ -23,25 +23,41 @@ import sys
 
 
 def child(args) -> None:
-    from dlzoo.zoo.bench import run
+    """One framework, both settings in one process: the same weights, inputs and cotangents; the
+    compile (first) call timed apart; then trials interleaved in alternating order, so the drift
+    of a shared machine falls on both alike."""
+    import statistics
 
-    overrides = {**dict(_pair(p) for p in args.set), "remat": args.remat}
-    report = run(
-        args.arch,
-        args.preset,
-        batch=args.batch,
-        seq_len=args.seq_len,
-        image_size=args.image_size,
-        implementations=[args.framework],
-        trials=args.trials,
-        overrides=overrides,
+    import numpy as np
+
+    from dlzoo.zoo import get_config, load
+    from dlzoo.zoo.bench import _seconds, bench_inputs
+    from dlzoo.zoo.frameworks import backend
+
+    base = get_config(args.arch, args.preset, **dict(_pair(p) for p in args.set))
+    inputs = bench_inputs(args.arch, base, args.batch, args.seq_len, args.image_size)
+    source = load(args.arch, args.framework, config=base)
+    tensors = source.state_dict()
+    rng = np.random.default_rng(1)
+    cots = {k: rng.standard_normal(v.shape).astype(np.float32) / np.sqrt(v.size) for k, v in source.apply(inputs).items()}
+    steps, compile_s, memory, times = {}, {}, {}, {False: [], True: []}
+    for remat in (False, True):
+        config = base.replace(remat=remat)
+        handle = load(args.arch, args.framework, config=config, weights=tensors)
+        steps[remat] = backend(args.framework).benchmark_step(args.arch, config, handle.native, inputs, cots, mode="train")
+        compile_s[remat] = _seconds(steps[remat])
+        memory[remat] = backward_memory(args.framework, args.arch, config, args)
+    for trial in range(args.trials):
+        for remat in (False, True) if trial % 2 == 0 else (True, False):
+            times[remat].append(_seconds(steps[remat]))
+    print(
+        json.dumps(
+            {str(r).lower(): {"median_s": statistics.median(times[r]), "peak": memory[r], "compile_s": compile_s[r]} for r in (False, True)}
+        )
     )
-    row = report["results"][0]
-    memory = backward_memory(args.framework, args.arch, report["config"], args)
-    print(json.dumps({"median_s": row["median_s"], "iqr_s": row["iqr_s"], "peak": memory, "compile_s": row["compile_s"]}))
 
 
-def backward_memory(framework: str, arch: str, config_dict: dict, args) -> int:
+def backward_memory(framework: str, arch: str, config, args) -> int:
     """Bytes a training step's backward pass needs from its forward. torch: the tensors autograd
     saves (counted by a saved-tensors hook, train mode); JAX frameworks: the temporary buffers XLA
     assigns to the compiled gradient (``memory_analysis().temp_size_in_bytes``), which hold the
@@ -51,9 +67,7 @@ def backward_memory(framework: str, arch: str, config_dict: dict, args) -> int:
 
     from dlzoo.zoo import load
     from dlzoo.zoo.bench import bench_inputs
-    from dlzoo.zoo.configs import CONFIGS
 
-    config = CONFIGS[arch].from_dict(config_dict)
     inputs = bench_inputs(arch, config, args.batch, args.seq_len, args.image_size)
     handle = load(arch, framework, config=config)
     cots = {k: np.ones(v.shape, np.float32) for k, v in handle.apply(inputs).items()}
@@ -125,7 +139,6 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--framework", help=argparse.SUPPRESS)
-    parser.add_argument("--remat", type=json.loads, default=False, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
@@ -135,17 +148,14 @@ def main() -> None:
     frameworks = args.frameworks or installed_frameworks()
     passed = [a for a in sys.argv[1:] if a not in ("--json",)]
     rows = []
-    for i, framework in enumerate(frameworks):
-        measured = {}
-        for remat in (False, True) if i % 2 == 0 else (True, False):
-            command = [sys.executable, __file__, *passed, "--child", "--framework", framework, "--remat", json.dumps(remat)]
-            done = subprocess.run(
-                command, capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "jax")}
-            )
-            if done.returncode != 0:
-                sys.exit(f"error: {framework} remat={remat} failed:\n{done.stderr[-2000:]}")
-            measured[remat] = json.loads(done.stdout.strip().splitlines()[-1])
-        off, on = measured[False], measured[True]
+    for framework in frameworks:
+        command = [sys.executable, __file__, *passed, "--child", "--framework", framework]
+        env = {**os.environ, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "jax")}
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            sys.exit(f"error: {framework} failed:\n{done.stderr[-2000:]}")
+        measured = json.loads(done.stdout.strip().splitlines()[-1])
+        off, on = measured["false"], measured["true"]
         rows.append(
             {
                 "framework": framework,
