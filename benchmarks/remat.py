@@ -180,9 +180,8 @@ def main() -> None:
         print(json.dumps(document, indent=2))
         return
     print(f"{args.arch} {args.preset} {' '.join(args.set)} batch {args.batch}; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
-    print(
-        "| framework | backward MiB, no remat | backward MiB, remat | memory remat/no | step ms, no remat | step ms, remat | time remat/no |"
-    )
+    header = ("framework", "backward MiB, no remat", "backward MiB, remat", "memory remat/no", "step ms, no remat", "step ms, remat")
+    print("| " + " | ".join((*header, "time remat/no")) + " |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         mib = {k: (v / 2**20 if v else float("nan")) for k, v in r["peak_bytes"].items()}
