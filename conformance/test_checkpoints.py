@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from dlzoo.zoo import from_pretrained, hub
+from dlzoo.zoo import from_pretrained, hub, load
 
 from .harness import CASES, FRAMEWORKS, _perturb, _torch_in, assert_outputs_close, framework_id
 from .vision_refs import vision_references
@@ -343,12 +343,79 @@ def test_exact_gelu_spellings_load_and_match_transformers(activation, tmp_path):
     assert_outputs_close(from_pretrained(tmp_path).apply({"pixel_values": images}), {"logits": _run(model, images)})
 
 
+def _other_form(arch: str):
+    """A transformers model of ``arch`` built with the GELU form its architecture does not use."""
+    if arch == "bert":
+        config = transformers.BertConfig(
+            vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, hidden_act="gelu_new"
+        )
+        return _perturb(transformers.BertForPreTraining(config), seed=5)
+    if arch == "vit":
+        config = transformers.ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            num_labels=10,
+            hidden_act="gelu_pytorch_tanh",
+        )
+        return _perturb(transformers.ViTForImageClassification(config), seed=5)
+    config = transformers.GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64, activation_function="gelu")
+    return _perturb(transformers.GPT2LMHeadModel(config), seed=5)
+
+
+@pytest.fixture(scope="module")
+def other_form(tmp_path_factory):
+    """arch -> (folder, transformers model) with the other GELU form, built once per module."""
+    built = {}
+
+    def get(arch: str):
+        if arch not in built:
+            folder = tmp_path_factory.mktemp(f"{arch}-other-gelu")
+            model = _other_form(arch)
+            model.save_pretrained(folder)
+            built[arch] = (folder, model)
+        return built[arch]
+
+    return get
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS, ids=framework_id)
+@pytest.mark.parametrize("arch,form", [("bert", "tanh"), ("vit", "tanh"), ("gpt", "exact")])
+def test_the_other_gelu_form_loads_into_the_config_and_matches_transformers(arch, form, framework, other_form, tmp_path):
+    """BERT with gelu_new, ViT with gelu_pytorch_tanh, GPT-2 with the exact gelu: the form is read
+    into the config's ``gelu`` field, every framework computes it, and exporting writes it back."""
+    folder, model = other_form(arch)
+    h = from_pretrained(folder, framework=framework)
+    assert h.config.gelu == form
+    inputs = CASES[arch].inputs(0)
+    want = CASES[arch].reference(model, inputs)
+    assert_outputs_close(h.apply(inputs), want, what=f"{arch} {form} GELU in {framework}")
+    exported = hub.config_to_hf(arch, h.config)
+    key = "activation_function" if arch == "gpt" else "hidden_act"
+    assert hub.GELU_FORMS[exported[key]] == form
+
+
+@pytest.mark.parametrize("arch", ["bert", "vit", "gpt"])
+def test_the_default_gelu_form_would_not_match(arch, other_form):
+    """The two forms differ by far more than the tolerance at these weights: the test above can fail."""
+    folder, model = other_form(arch)
+    _, config, tensors, _ = hub.load_checkpoint(folder)
+    default = "tanh" if arch == "gpt" else "exact"
+    inputs = CASES[arch].inputs(0)
+    got = load(arch, "torch", config=config.replace(gelu=default), weights=tensors).apply(inputs)
+    want = CASES[arch].reference(model, inputs)
+    assert max(float(np.max(np.abs(got[k] - want[k]))) for k in want) > 1e-4
+
+
 @pytest.mark.parametrize(
     "activation,fragment",
     [
         ("quick_gelu", "x \\* sigmoid\\(1.702 x\\)"),
-        ("relu", "uses the tanh GELU"),
-        ("gelu", "is the exact GELU"),
+        ("relu", "implements the exact GELU"),
+        ("gelu_10", "clipped"),
     ],
 )
 def test_other_activations_are_a_clear_error(activation, fragment, references, tmp_path):
@@ -359,6 +426,14 @@ def test_other_activations_are_a_clear_error(activation, fragment, references, t
     with pytest.raises(hub.HubError, match=fragment) as info:
         from_pretrained(tmp_path)
     assert "\n" not in str(info.value)
+
+
+def test_gelu_field_is_validated():
+    from dlzoo.zoo.configs import ConfigError, get_config
+
+    for arch in ("bert", "gpt", "vit"):
+        with pytest.raises(ConfigError, match='gelu must be "exact"'):
+            get_config(arch, "tiny", gelu="gelu_new")
 
 
 # --------------------------------------------------------------------------- raw transformers state dicts

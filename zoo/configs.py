@@ -44,6 +44,22 @@ def _probability(config: Any, *names: str) -> None:
         _require(isinstance(value, (int, float)) and 0.0 <= value < 1.0, f"{type(config).__name__}.{name} must be in [0, 1), got {value!r}")
 
 
+GELU_FORMS: tuple[str, ...] = ("exact", "tanh")
+
+
+def _gelu_form(config: Any) -> None:
+    _require(
+        config.gelu in GELU_FORMS,
+        f'{type(config).__name__}.gelu must be "exact" (erf GELU) or "tanh" (its tanh approximation), got {config.gelu!r}',
+    )
+
+
+def _flag(config: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        _require(isinstance(value, bool), f"{type(config).__name__}.{name} must be true or false, got {value!r}")
+
+
 def _heads_divide(config: Any) -> None:
     _require(
         config.hidden_size % config.num_heads == 0,
@@ -129,8 +145,12 @@ class BertConfig(_Config):
     mlm_head: bool = False  # transform + layer norm + decoder (tied to word embeddings by default)
     num_classes: int = 0  # > 0: sequence-classification dense over the pooled output
     tie_word_embeddings: bool = True  # False: the MLM decoder has its own kernel, mlm.decoder.kernel
+    gelu: str = "exact"  # the GELU of the MLP and the MLM transform: "exact" (erf, BERT's) or "tanh"
+    remat: bool = False  # recompute each block's activations in the backward pass (training memory)
 
     def __post_init__(self):
+        _gelu_form(self)
+        _flag(self, "remat")
         _positive(self, "vocab_size", "max_positions", "type_vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim")
         _heads_divide(self)
         _probability(self, "dropout", "attention_dropout")
@@ -170,8 +190,12 @@ class GPTConfig(_Config):
     dropout: float = 0.1  # embedding and residual dropout
     attention_dropout: float = 0.1
     tie_word_embeddings: bool = True  # False: a separate LM head kernel, lm_head.kernel
+    gelu: str = "tanh"  # the MLP's GELU: "tanh" (GPT-2's "gelu_new") or "exact" (erf)
+    remat: bool = False  # recompute each block's activations in the backward pass (training memory)
 
     def __post_init__(self):
+        _gelu_form(self)
+        _flag(self, "remat")
         _require(
             isinstance(self.tie_word_embeddings, bool),
             f"GPTConfig.tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}",
@@ -198,8 +222,12 @@ class ViTConfig(_Config):
     layer_norm_eps: float = 1e-12  # HF/google checkpoints; timm and big_vision use 1e-6
     dropout: float = 0.0
     attention_dropout: float = 0.0
+    gelu: str = "exact"  # the MLP's GELU: "exact" (erf, the published ViTs') or "tanh"
+    remat: bool = False  # recompute each block's activations in the backward pass (training memory)
 
     def __post_init__(self):
+        _gelu_form(self)
+        _flag(self, "remat")
         _positive(self, "image_size", "patch_size", "num_channels", "hidden_size", "num_layers", "num_heads", "mlp_dim", "num_classes")
         _heads_divide(self)
         _require(
@@ -264,8 +292,10 @@ class ResNetConfig(_Config):
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
     zero_init_residual: bool = False  # zero each block's last BN scale at init (Goyal et al., 2017)
+    remat: bool = False  # recompute each residual block's activations in the backward pass (training memory)
 
     def __post_init__(self):
+        _flag(self, "remat")
         object.__setattr__(self, "depths", tuple(self.depths))
         object.__setattr__(self, "widths", tuple(self.widths))
         _require(self.block in ("basic", "bottleneck"), f"ResNetConfig.block must be 'basic' or 'bottleneck', got {self.block!r}")

@@ -263,18 +263,22 @@ GELU_FORMS = {
 _NOT_GELU = {"quick_gelu": "x * sigmoid(1.702 x), a different curve", "gelu_10": "GELU clipped to [-10, 10]"}
 
 
-def _gelu(hf: dict, key: str, form: str, what: str) -> None:
-    """Accept every spelling of the GELU form the architecture uses; refuse anything else."""
-    name = hf.get(key, next(k for k, v in GELU_FORMS.items() if v == form))
+# The name written back on export: transformers' canonical spelling of each form.
+_GELU_NAMES = {"exact": "gelu", "tanh": "gelu_new"}
+
+
+def _gelu(hf: dict, key: str, default: str, what: str) -> str:
+    """The config's ``gelu`` field ("exact" or "tanh") from any spelling of either GELU form;
+    absent, transformers' default for the architecture (``default``). Anything else is refused."""
+    name = hf.get(key, _GELU_NAMES[default])
     if not isinstance(name, str) or name not in GELU_FORMS:
-        detail = f" ({_NOT_GELU[name]})" if name in _NOT_GELU else ""
-        spellings = ", ".join(k for k, v in GELU_FORMS.items() if v == form)
-        raise HubError(f"{what}: {key}={name!r}{detail} is not supported; dlzoo's {what} uses the {form} GELU ({spellings})")
-    if GELU_FORMS[name] != form:
+        detail = f" ({_NOT_GELU[name]})" if isinstance(name, str) and name in _NOT_GELU else ""
         raise HubError(
-            f"{what}: {key}={name!r} is the {GELU_FORMS[name]} GELU; dlzoo's {what} implements the "
-            f"{form} form only (as the published checkpoints use)"
+            f"{what}: {key}={name!r}{detail} is not supported; dlzoo implements the exact GELU "
+            f"({', '.join(k for k, v in GELU_FORMS.items() if v == 'exact')}) and the tanh GELU "
+            f"({', '.join(k for k, v in GELU_FORMS.items() if v == 'tanh')})"
         )
+    return GELU_FORMS[name]
 
 
 def _head_size(arch: str, tensors: dict, name: str, num_classes: int | None, model: str) -> int:
@@ -294,7 +298,7 @@ def config_from_hf(arch: str, hf: dict, tensors: dict[str, np.ndarray], num_clas
     the classification head instead, whatever the checkpoint holds."""
     try:
         if arch == "bert":
-            _gelu(hf, "hidden_act", "exact", "BERT")
+            gelu = _gelu(hf, "hidden_act", "exact", "BERT")
             _expect(hf, "position_embedding_type", ("absolute",), "BERT")
             return BertConfig(
                 vocab_size=hf["vocab_size"],
@@ -319,9 +323,10 @@ def config_from_hf(arch: str, hf: dict, tensors: dict[str, np.ndarray], num_clas
                 ),
                 # Only the MLM decoder can be untied; without it the flag means nothing.
                 tie_word_embeddings=_tied(hf) or "cls.predictions.transform.dense.weight" not in tensors or bool(num_classes),
+                gelu=gelu,
             )
         if arch == "gpt":
-            _gelu(hf, "activation_function", "tanh", "GPT-2")
+            gelu = _gelu(hf, "activation_function", "tanh", "GPT-2")
             for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
                 _expect(hf, flag, (False,), "GPT-2")
             _expect(hf, "scale_attn_weights", (True,), "GPT-2")
@@ -336,9 +341,10 @@ def config_from_hf(arch: str, hf: dict, tensors: dict[str, np.ndarray], num_clas
                 dropout=hf.get("resid_pdrop", 0.1),
                 attention_dropout=hf.get("attn_pdrop", 0.1),
                 tie_word_embeddings=_tied(hf),
+                gelu=gelu,
             )
         if arch == "vit":
-            _gelu(hf, "hidden_act", "exact", "ViT")
+            gelu = _gelu(hf, "hidden_act", "exact", "ViT")
             _expect(hf, "qkv_bias", (True,), "ViT")
             return ViTConfig(
                 image_size=hf["image_size"],
@@ -352,6 +358,7 @@ def config_from_hf(arch: str, hf: dict, tensors: dict[str, np.ndarray], num_clas
                 layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
                 dropout=hf.get("hidden_dropout_prob", 0.0),
                 attention_dropout=hf.get("attention_probs_dropout_prob", 0.0),
+                gelu=gelu,
             )
         if arch == "resnet":
             _expect(hf, "hidden_act", ("relu",), "ResNet")
@@ -385,7 +392,7 @@ def config_to_hf(arch: str, c) -> dict:
             "num_hidden_layers": c.num_layers,
             "num_attention_heads": c.num_heads,
             "intermediate_size": c.mlp_dim,
-            "hidden_act": "gelu",
+            "hidden_act": _GELU_NAMES[c.gelu],
             "layer_norm_eps": c.layer_norm_eps,
             "hidden_dropout_prob": c.dropout,
             "attention_probs_dropout_prob": c.attention_dropout,
@@ -407,7 +414,7 @@ def config_to_hf(arch: str, c) -> dict:
             "n_layer": c.num_layers,
             "n_head": c.num_heads,
             "n_inner": c.mlp_dim,
-            "activation_function": "gelu_new",
+            "activation_function": _GELU_NAMES[c.gelu],
             "layer_norm_epsilon": c.layer_norm_eps,
             "resid_pdrop": c.dropout,
             "embd_pdrop": c.dropout,
@@ -425,7 +432,7 @@ def config_to_hf(arch: str, c) -> dict:
             "num_hidden_layers": c.num_layers,
             "num_attention_heads": c.num_heads,
             "intermediate_size": c.mlp_dim,
-            "hidden_act": "gelu",
+            "hidden_act": _GELU_NAMES[c.gelu],
             "layer_norm_eps": c.layer_norm_eps,
             "hidden_dropout_prob": c.dropout,
             "attention_probs_dropout_prob": c.attention_dropout,

@@ -107,7 +107,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 def load(path: str | os.PathLike, arch: str | None = None, config=None):
     """Read and validate a canonical file. Returns (arch, config, tensors).
 
-    ``arch`` and ``config``, when given, must match the file's; the config defaults to the file's.
+    ``arch`` and ``config``, when given, must match the file's (``remat`` aside: it changes how
+    training runs, not the weights); the config defaults to the file's.
     """
     from safetensors.numpy import load_file
 
@@ -126,6 +127,9 @@ def load(path: str | os.PathLike, arch: str | None = None, config=None):
     if arch is not None and file_arch != arch:
         raise WeightsError(f"{path}: holds {file_arch!r} weights, expected {arch!r}")
     file_config = config_from_json(check_arch(file_arch), meta.get("config", "{}"))
+    if config is not None and type(config) is type(file_config) and config.replace(remat=file_config.remat) == file_config:
+        # remat changes how a backward pass runs, not the weights: either file loads into either
+        file_config = config
     if config is not None and config != file_config:
         raise WeightsError(
             f"{path}: was saved with config {file_config}, which differs from the "

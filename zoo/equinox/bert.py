@@ -5,7 +5,7 @@ Paper: Devlin et al., 2019, "BERT: Pre-training of Deep Bidirectional Transforme
 Understanding".
 
 Args (``BertConfig``): vocab_size, max_positions, type_vocab_size, hidden_size, num_layers,
-num_heads, mlp_dim, layer_norm_eps, dropout, attention_dropout, pooler, mlm_head, num_labels.
+num_heads, mlp_dim, layer_norm_eps, dropout, attention_dropout, pooler, mlm_head, num_labels, gelu, remat.
 ``dtype="bfloat16"`` runs activations and matmuls in bfloat16; parameters stay float32.
 
 The model maps ONE sequence, as Equinox layers do; ``jax.vmap`` it over the batch. Example::
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..configs import BertConfig
-from .layers import MLP, Attention, Dense, Dropout, Embedding, LayerNorm, cast_floating, split_key, truncated_normal
+from .layers import MLP, Attention, Dense, Dropout, Embedding, LayerNorm, cast_floating, run_block, split_key, truncated_normal
 
 _INIT = truncated_normal(0.02)  # theory: initialization
 
@@ -76,7 +76,7 @@ class Block(eqx.Module):
         self.mlp = MLP(
             d,
             config.mlp_dim,
-            approximate=False,  # theory: gelu
+            approximate=config.gelu == "tanh",  # theory: gelu
             dropout=config.dropout,
             init=_INIT,
             key=k2,
@@ -101,8 +101,10 @@ class MLMHead(eqx.Module):
     ln: LayerNorm
     decoder: Dense | None
     bias: Float[Array, " V"]
+    approximate: bool = eqx.field(static=True)
 
     def __init__(self, config: BertConfig, *, key: PRNGKeyArray):
+        self.approximate = config.gelu == "tanh"  # transformers: hidden_act here too
         self.transform = Dense(config.hidden_size, config.hidden_size, init=_INIT, key=key)
         self.ln = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.decoder = (
@@ -113,7 +115,7 @@ class MLMHead(eqx.Module):
         self.bias = jnp.zeros((config.vocab_size,))
 
     def __call__(self, x: Float[Array, "T D"], word: Float[Array, "V D"]) -> Float[Array, "T V"]:
-        x = self.ln(jax.nn.gelu(self.transform(x), approximate=False))
+        x = self.ln(jax.nn.gelu(self.transform(x), approximate=self.approximate))
         decoded = x @ word.T if self.decoder is None else self.decoder(x)  # theory: weight-tying
         return decoded + self.bias
 
@@ -158,7 +160,7 @@ class Bert(eqx.Module):
         bias = (1 - attention_mask.astype(dtype))[None, None, :] * jnp.finfo(dtype).min  # theory: attention-mask
         x = self.embeddings(input_ids, token_type_ids, key=keys[0], inference=inference)
         for block, k in zip(self.blocks, keys[1:]):
-            x = block(x, bias, key=k, inference=inference)
+            x = run_block(block, x, bias, remat=self.config.remat, key=k, inference=inference)
         return x
 
     def forward_head(

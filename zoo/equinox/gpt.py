@@ -4,7 +4,7 @@ embedding (or its own, ``tie_word_embeddings=False``), a key/value cache and ``g
 Paper: Radford et al., 2019, "Language Models are Unsupervised Multitask Learners".
 
 Args (``GPTConfig``): vocab_size, context_length, hidden_size, num_layers, num_heads, mlp_dim,
-layer_norm_eps, dropout (embedding and residual), attention_dropout, tie_word_embeddings.
+layer_norm_eps, dropout (embedding and residual), attention_dropout, tie_word_embeddings, gelu, remat.
 ``dtype="bfloat16"`` runs activations and matmuls in bfloat16 while the parameters stay float32.
 
 ``attention_mask`` (T,), 1 for real tokens and 0 for padding, hides padded keys and sets the
@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..configs import GPTConfig, check_generation
-from .layers import Block, Dense, Dropout, Embedding, LayerNorm, cast_floating, normal, split_key
+from .layers import Block, Dense, Dropout, Embedding, LayerNorm, cast_floating, normal, run_block, split_key
 
 
 class KVCache(NamedTuple):
@@ -107,7 +107,7 @@ class GPT(eqx.Module):
                 eps=config.layer_norm_eps,
                 is_causal=True,  # theory: causal-masking
                 # GPT-2's "gelu_new" is the tanh approximation.
-                approximate=True,  # theory: gelu
+                approximate=config.gelu == "tanh",  # theory: gelu
                 dropout=config.dropout,
                 attention_dropout=config.attention_dropout,
                 init=normal(std),
@@ -151,7 +151,7 @@ class GPT(eqx.Module):
         kv = []
         for i, (block, k) in enumerate(zip(self.blocks, keys[1:])):
             if cache is None:
-                x = block(x, bias, key=k, inference=inference)
+                x = run_block(block, x, bias, remat=self.config.remat, key=k, inference=inference)
             else:
                 x, layer_kv = block(x, bias, key=k, inference=inference, cache=(cache.keys[i], cache.values[i], past))
                 kv.append(layer_kv)

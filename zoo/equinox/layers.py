@@ -276,6 +276,17 @@ class Attention(eqx.Module):
         return y if cache is None else (y, (keys, values))
 
 
+def run_block(block: eqx.Module, *args, remat: bool, **kwargs):
+    """``block(*args, **kwargs)``; with ``remat`` (the config's flag) under
+    ``eqx.filter_checkpoint`` (``jax.checkpoint``): under differentiation the block's activations
+    are not kept for the backward pass but recomputed there. Arrays (inputs, the dropout ``key``,
+    batch-norm ``State``) are traced, everything else is static; the recomputation reuses the
+    same key, so dropout draws the same mask. Gradients equal those without remat."""
+    if not remat:
+        return block(*args, **kwargs)
+    return eqx.filter_checkpoint(lambda block, args, kwargs: block(*args, **kwargs))(block, args, kwargs)
+
+
 class MLP(eqx.Module):
     """Position-wise feed-forward: fc -> GELU -> out -> dropout. ``approximate`` picks the GELU:
     True is GPT-2's tanh approximation ("gelu_new"), False the exact erf GELU of BERT and ViT."""

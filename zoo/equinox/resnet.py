@@ -6,7 +6,7 @@ the 3x3 conv of the bottleneck, as in torchvision and NVIDIA's reference).
 
 Args (``ResNetConfig``): block ("basic" | "bottleneck"), depths, widths, stem_width,
 num_channels, num_classes, bn_eps, bn_momentum (PyTorch's convention: weight of the new batch),
-zero_init_residual. ``dtype="bfloat16"`` runs convolutions in bfloat16; parameters and
+zero_init_residual, remat. ``dtype="bfloat16"`` runs convolutions in bfloat16; parameters and
 batch-norm statistics stay float32.
 
 The model maps ONE channels-last image (H, W, C) and threads an ``eqx.nn.State`` holding the
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..configs import ResNetConfig
-from .layers import BatchNorm, Conv2d, Dense, cast_floating, uniform_fan_in
+from .layers import BatchNorm, Conv2d, Dense, cast_floating, run_block, uniform_fan_in
 
 State = eqx.nn.State
 
@@ -135,11 +135,13 @@ class Bottleneck(eqx.Module):
 
 class Stage(eqx.Module):
     blocks: list[BasicBlock | Bottleneck]
+    remat: bool = eqx.field(static=True)
 
     def __init__(self, config: ResNetConfig, layout: list[tuple[int, int, int, int]], *, key: PRNGKeyArray):
         # layout: (in_channels, width, out_channels, stride) per block, from config.layout(). Only
         # the first block changes resolution (stride) and width (downsample shortcut).
         block = Bottleneck if config.block == "bottleneck" else BasicBlock
+        self.remat = config.remat
         self.blocks = [
             block(config, n_in, width, n_out, stride, key=k)
             for (n_in, width, n_out, stride), k in zip(layout, jax.random.split(key, len(layout)))
@@ -147,7 +149,7 @@ class Stage(eqx.Module):
 
     def __call__(self, x: Float[Array, "H W C"], state: State, *, inference: bool) -> tuple[Float[Array, "h w c"], State]:
         for block in self.blocks:
-            x, state = block(x, state, inference=inference)
+            x, state = run_block(block, x, state, remat=self.remat, inference=inference)
         return x, state
 
 

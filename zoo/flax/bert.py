@@ -6,7 +6,7 @@ Understanding".
 
 Args (``BertConfig``): vocab_size, max_positions, type_vocab_size, hidden_size, num_layers,
 num_heads, mlp_dim, layer_norm_eps, dropout (embedding, residual and classifier),
-attention_dropout, pooler, mlm_head, num_labels. Keywords: ``rngs`` (``nnx.Rngs``) draws the
+attention_dropout, pooler, mlm_head, num_labels, gelu, remat. Keywords: ``rngs`` (``nnx.Rngs``) draws the
 initial weights; ``dtype`` is the compute dtype (``jnp.bfloat16`` for mixed precision:
 parameters stay float32, outputs are returned in float32). At call time ``train=True`` turns
 dropout on, drawing from the ``rngs`` passed to the call.
@@ -35,7 +35,7 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from ..configs import BertConfig, ZooError
-from .layers import MLP, Attention, Dropout, layer_norm, truncated_normal
+from .layers import MLP, Attention, Dropout, layer_norm, run_block, truncated_normal
 
 # theory: initialization
 INIT = truncated_normal(0.02)  # every dense kernel and embedding; biases 0, layer norms 1 and 0
@@ -78,7 +78,14 @@ class Block(nnx.Module):
         self.ln1 = layer_norm(d, config.layer_norm_eps, dtype=dtype, rngs=rngs)
         # BERT uses the exact (erf) GELU, not GPT-2's tanh approximation (jax's default).
         self.mlp = MLP(
-            d, config.mlp_dim, approximate=False, dropout=config.dropout, kernel_init=INIT, out_init=INIT, dtype=dtype, rngs=rngs
+            d,
+            config.mlp_dim,
+            approximate=config.gelu == "tanh",
+            dropout=config.dropout,
+            kernel_init=INIT,
+            out_init=INIT,
+            dtype=dtype,
+            rngs=rngs,
         )
         self.ln2 = layer_norm(d, config.layer_norm_eps, dtype=dtype, rngs=rngs)
 
@@ -105,9 +112,10 @@ class MLMHead(nnx.Module):
             else nnx.Linear(d, config.vocab_size, use_bias=False, kernel_init=INIT, dtype=dtype, rngs=rngs)
         )
         self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
+        self.approximate = config.gelu == "tanh"  # transformers: hidden_act here too
 
     def __call__(self, x: Float[Array, "B T C"], word: nnx.Embed) -> Float[Array, "B T V"]:
-        h = self.ln(jax.nn.gelu(self.transform(x), approximate=False))  # [B, T, C]
+        h = self.ln(jax.nn.gelu(self.transform(x), approximate=self.approximate))  # [B, T, C]
         # theory: weight-tying
         logits = word.attend(h) if self.decoder is None else self.decoder(h)  # h @ word.embedding.T, in the compute dtype
         return logits + self.bias[...].astype(logits.dtype)  # [B, T, V]  # theory: masked-lm
@@ -151,7 +159,7 @@ class BERT(nnx.Module):
             # theory: attention-mask
             attn_bias = (1.0 - mask)[:, None, None, :] * jnp.finfo(self.dtype).min  # [B, 1, 1, T]
         for block in self.blocks:
-            x = block(x, attn_bias, train=train, rngs=rngs)
+            x = run_block(block, x, remat=self.config.remat, attn_bias=attn_bias, train=train, rngs=rngs)
         return x
 
     def forward_head(self, x: Float[Array, "B T C"], *, train: bool = False, rngs: nnx.Rngs | None = None) -> dict[str, Array]:

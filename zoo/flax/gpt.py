@@ -4,7 +4,7 @@ embedding (or its own, ``tie_word_embeddings=False``), a key/value cache and ``g
 Paper: Radford et al., 2019, "Language Models are Unsupervised Multitask Learners".
 
 Args (``GPTConfig``): vocab_size, context_length, hidden_size, num_layers, num_heads, mlp_dim,
-layer_norm_eps, dropout (embedding and residual), attention_dropout, tie_word_embeddings.
+layer_norm_eps, dropout (embedding and residual), attention_dropout, tie_word_embeddings, gelu, remat.
 Keywords: ``rngs`` (``nnx.Rngs``) draws the initial weights; ``dtype`` is the compute dtype
 (``jnp.bfloat16`` for mixed precision: parameters stay float32, logits are returned in float32).
 At call time ``train=True`` turns dropout on, drawing from the ``rngs`` passed to the call.
@@ -43,7 +43,7 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from ..configs import GPTConfig, ZooError, check_generation
-from .layers import Block, Dropout, layer_norm, normal
+from .layers import Block, Dropout, layer_norm, normal, run_block
 
 
 class KVCache(NamedTuple):
@@ -100,7 +100,7 @@ class GPT(nnx.Module):
                     config.num_heads,
                     config.mlp_dim,
                     layer_norm_eps=config.layer_norm_eps,
-                    approximate=True,  # GPT-2's "gelu_new": the tanh approximation of GELU
+                    approximate=config.gelu == "tanh",  # GPT-2's "gelu_new" is the tanh form
                     dropout=config.dropout,
                     attention_dropout=config.attention_dropout,
                     kernel_init=normal(0.02),
@@ -147,7 +147,8 @@ class GPT(nnx.Module):
         keys, values = [], []
         for i, block in enumerate(self.blocks):
             if cache is None:
-                x = block(x, is_causal=bias is None, attn_bias=bias, train=train, rngs=rngs)  # theory: causal-masking
+                # theory: causal-masking
+                x = run_block(block, x, remat=self.config.remat, is_causal=bias is None, attn_bias=bias, train=train, rngs=rngs)
             else:
                 x, (k, v) = block(x, attn_bias=bias, train=train, rngs=rngs, cache=(cache.keys[i], cache.values[i], past))
                 keys.append(k)

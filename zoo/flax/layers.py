@@ -82,6 +82,20 @@ def attention(
     return jnp.einsum("bnts,bsnh->btnh", weights, v)
 
 
+def run_block(block: nnx.Module, x: Array, *, remat: bool, **kwargs):
+    """``block(x, **kwargs)``; with ``remat`` (the config's flag) under ``nnx.remat``
+    (``jax.checkpoint``): under differentiation the block's activations are not kept for the
+    backward pass but recomputed there. Python bools among ``kwargs`` (``train``, ``is_causal``)
+    stay static; arrays, ``None`` and ``rngs`` are traced. The recomputation replays the same
+    RNG stream counts, so dropout draws the same masks; batch statistics update once. Gradients
+    equal those without remat."""
+    if not remat:
+        return block(x, **kwargs)
+    static = {k: v for k, v in kwargs.items() if isinstance(v, bool)}
+    traced = {k: v for k, v in kwargs.items() if not isinstance(v, bool)}
+    return nnx.remat(lambda block, x, traced: block(x, **static, **traced))(block, x, traced)
+
+
 # --------------------------------------------------------------------------- transformer layers
 
 

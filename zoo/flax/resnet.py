@@ -7,7 +7,7 @@ zero-init of the last BN scale from Goyal et al., 2017, "Accurate, Large Minibat
 
 Args (``ResNetConfig``): block ("basic" or "bottleneck"), depths and widths (per stage),
 stem_width, num_channels, num_classes, bn_eps, bn_momentum (torch's convention, the weight of
-the new batch; translated here to flax's weight of the old statistic), zero_init_residual.
+the new batch; translated here to flax's weight of the old statistic), zero_init_residual, remat.
 Keywords: ``rngs`` (``nnx.Rngs``) draws the initial weights; ``dtype`` is the compute dtype
 (``jnp.bfloat16`` for mixed precision: parameters and batch statistics stay float32, logits are
 returned in float32). Images are NHWC. ``train=True`` at call time normalises with batch
@@ -34,7 +34,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from ..configs import ResNetConfig, ZooError
-from .layers import BatchNorm, uniform_fan_in
+from .layers import BatchNorm, run_block, uniform_fan_in
 
 # theory: initialization
 # Kaiming normal over fan-out (ReLU gain); the head keeps torch's default, U(+-1/sqrt(fan_in)).
@@ -138,10 +138,11 @@ class Stage(nnx.Module):
     def __init__(self, config: ResNetConfig, blocks: list[tuple[int, int, int, int]], *, dtype, rngs: nnx.Rngs):
         block = Bottleneck if config.block == "bottleneck" else BasicBlock
         self.blocks = nnx.List([block(config, *spec, dtype=dtype, rngs=rngs) for spec in blocks])
+        self.remat = config.remat
 
     def __call__(self, x: Float[Array, "B H W C_in"], *, train: bool) -> Float[Array, "B h w C"]:
         for block in self.blocks:
-            x = block(x, train=train)
+            x = run_block(block, x, remat=self.remat, train=train)
         return x
 
 

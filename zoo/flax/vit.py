@@ -5,7 +5,7 @@ Paper: Dosovitskiy et al., 2021, "An Image is Worth 16x16 Words: Transformers fo
 Recognition at Scale".
 
 Args (``ViTConfig``): image_size, patch_size, num_channels, hidden_size, num_layers, num_heads,
-mlp_dim, num_classes, layer_norm_eps, dropout (embedding and residual), attention_dropout.
+mlp_dim, num_classes, layer_norm_eps, dropout (embedding and residual), attention_dropout, gelu, remat.
 Keywords: ``rngs`` (``nnx.Rngs``) draws the initial weights; ``dtype`` is the compute dtype
 (``jnp.bfloat16`` for mixed precision: parameters stay float32, logits are returned in float32).
 Images are NHWC, JAX's layout. At call time ``train=True`` turns dropout on, drawing from the
@@ -34,7 +34,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from ..configs import ViTConfig, ZooError, bicubic_resize_matrix
-from .layers import Block, Dropout, layer_norm, truncated_normal
+from .layers import Block, Dropout, layer_norm, run_block, truncated_normal
 
 # theory: initialization
 INIT = truncated_normal(0.02)  # patch conv, dense kernels, [CLS] and position embeddings; biases 0
@@ -60,7 +60,7 @@ class ViT(nnx.Module):
                     config.num_heads,
                     config.mlp_dim,
                     layer_norm_eps=config.layer_norm_eps,
-                    approximate=False,  # ViT (like BERT) uses the exact (erf) GELU
+                    approximate=config.gelu == "tanh",  # published ViTs: exact (erf)
                     dropout=config.dropout,
                     attention_dropout=config.attention_dropout,
                     kernel_init=INIT,
@@ -113,7 +113,7 @@ class ViT(nnx.Module):
         x = self.drop(x, deterministic=not train, rngs=rngs)
         # Bidirectional (not causal): every patch attends to every other patch and to [CLS].
         for block in self.blocks:
-            x = block(x, train=train, rngs=rngs)
+            x = run_block(block, x, remat=self.config.remat, train=train, rngs=rngs)
         return self.ln_f(x)
 
     def forward_head(self, x: Float[Array, "B T C"]) -> Float[Array, "B K"]:

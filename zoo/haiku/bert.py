@@ -6,7 +6,7 @@ Understanding".
 
 Args (``BertConfig``): vocab_size, max_positions, type_vocab_size, hidden_size, num_layers,
 num_heads, mlp_dim, layer_norm_eps, dropout (embedding, residual and classifier),
-attention_dropout, pooler, mlm_head, num_labels. ``transform(config, dtype="bfloat16")`` runs
+attention_dropout, pooler, mlm_head, num_labels, gelu, remat. ``transform(config, dtype="bfloat16")`` runs
 activations and matmuls in bfloat16 while the parameters stay float32. ``is_training=True``
 turns dropout on and needs an rng key in ``apply``.
 
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ..configs import BertConfig
-from .layers import MLP, Attention, Dense, Embedding, LayerNorm, dropout, transform_model, truncated_normal
+from .layers import MLP, Attention, Dense, Embedding, LayerNorm, dropout, run_block, transform_model, truncated_normal
 
 _INIT = truncated_normal(0.02)  # theory: initialization
 
@@ -69,7 +69,7 @@ class Block(hk.Module):
         self.mlp = MLP(
             d,
             config.mlp_dim,
-            approximate=False,  # BERT uses the exact (erf) GELU
+            approximate=config.gelu == "tanh",  # BERT: exact (erf) GELU
             dropout=config.dropout,
             init=_INIT,
             out_init=_INIT,
@@ -93,9 +93,10 @@ class MLMHead(hk.Module):
         self.ln = LayerNorm(eps=config.layer_norm_eps, name="ln")
         self.decoder = None if config.tie_word_embeddings else Dense(config.vocab_size, init=_INIT, use_bias=False, name="decoder")
         self.vocab_size = config.vocab_size
+        self.approximate = config.gelu == "tanh"  # transformers: hidden_act here too
 
     def __call__(self, x: Float[Array, "B T D"], word_embedding: Float[Array, "V D"]) -> Float[Array, "B T V"]:
-        h = self.ln(jax.nn.gelu(self.transform(x), approximate=False))  # (B, T, D)
+        h = self.ln(jax.nn.gelu(self.transform(x), approximate=self.approximate))  # (B, T, D)
         bias = hk.get_parameter("bias", (self.vocab_size,), init=jnp.zeros)
         # theory: weight-tying
         decoded = h @ word_embedding.T if self.decoder is None else self.decoder(h)  # (B, T, V)
@@ -134,7 +135,7 @@ class BERT(hk.Module):
             # theory: attention-mask
             attn_bias = (1 - attention_mask.astype(dtype))[:, None, None, :] * jnp.finfo(dtype).min  # (B, 1, 1, T)
         for block in self.blocks:
-            x = block(x, attn_bias, is_training=is_training)
+            x = run_block(block, x, remat=self.config.remat, attn_bias=attn_bias, is_training=is_training)
         return x
 
     def forward_head(self, x: Float[Array, "B T D"], *, is_training: bool = False) -> dict[str, Array]:

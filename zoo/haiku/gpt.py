@@ -4,7 +4,7 @@ embedding (or its own, ``tie_word_embeddings=False``), a key/value cache and ``g
 Paper: Radford et al., 2019, "Language Models are Unsupervised Multitask Learners".
 
 Args (``GPTConfig``): vocab_size, context_length, hidden_size, num_layers, num_heads, mlp_dim,
-layer_norm_eps, dropout (embedding and residual), attention_dropout, tie_word_embeddings.
+layer_norm_eps, dropout (embedding and residual), attention_dropout, tie_word_embeddings, gelu, remat.
 ``transform(config, dtype="bfloat16")`` runs activations and matmuls in bfloat16 while the
 parameters stay float32. ``is_training=True`` turns dropout on and needs an rng key in ``apply``.
 
@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ..configs import GPTConfig, check_generation
-from .layers import Block, Dense, Embedding, LayerNorm, dropout, normal, transform_model
+from .layers import Block, Dense, Embedding, LayerNorm, dropout, normal, run_block, transform_model
 
 
 class KVCache(NamedTuple):
@@ -99,7 +99,7 @@ class GPT(hk.Module):
                 config.num_heads,
                 config.mlp_dim,
                 layer_norm_eps=config.layer_norm_eps,
-                approximate=True,  # GPT-2's "gelu_new": the tanh approximation of GELU
+                approximate=config.gelu == "tanh",  # GPT-2's "gelu_new" is the tanh form
                 dropout=config.dropout,
                 attention_dropout=config.attention_dropout,
                 init=normal(0.02),
@@ -138,7 +138,8 @@ class GPT(hk.Module):
         keys, values = [], []
         for i, block in enumerate(self.blocks):
             if cache is None:
-                x = block(x, is_causal=bias is None, attn_bias=bias, is_training=is_training)  # theory: causal-masking
+                # theory: causal-masking
+                x = run_block(block, x, remat=self.config.remat, is_causal=bias is None, attn_bias=bias, is_training=is_training)
             else:
                 x, (k, v) = block(x, attn_bias=bias, is_training=is_training, cache=(cache.keys[i], cache.values[i], past))
                 keys.append(k)

@@ -294,6 +294,20 @@ class Attention(hk.Module):
         return y if cache is None else (y, (keys, values))
 
 
+def run_block(block: hk.Module, x: Array, *, remat: bool, **kwargs):
+    """``block(x, **kwargs)``; with ``remat`` (the config's flag) under ``hk.remat``
+    (``jax.checkpoint`` lifted over haiku's state): under differentiation the block's activations
+    are not kept for the backward pass but recomputed there. Python bools among ``kwargs``
+    (``is_training``, ``is_causal``) stay static; arrays and ``None`` are traced. The
+    recomputation replays the same ``hk.next_rng_key`` keys, so dropout draws the same masks;
+    batch statistics update once. Gradients equal those without remat."""
+    if not remat:
+        return block(x, **kwargs)
+    static = {k: v for k, v in kwargs.items() if isinstance(v, bool)}
+    traced = {k: v for k, v in kwargs.items() if not isinstance(v, bool)}
+    return hk.remat(lambda x, traced: block(x, **static, **traced))(x, traced)
+
+
 class MLP(hk.Module):
     """Position-wise feed-forward: fc -> GELU -> out -> dropout. ``approximate`` is always passed
     (jax's default is the tanh approximation): True for GPT-2's "gelu_new", False for the exact

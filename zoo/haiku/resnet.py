@@ -7,7 +7,7 @@ zero-init of the last BN scale from Goyal et al., 2017, "Accurate, Large Minibat
 
 Args (``ResNetConfig``): block ("basic" or "bottleneck"), depths and widths (per stage),
 stem_width, num_channels, num_classes, bn_eps, bn_momentum (torch's convention, the weight of
-the new batch; Haiku's ``decay_rate`` is 1 - bn_momentum), zero_init_residual.
+the new batch; Haiku's ``decay_rate`` is 1 - bn_momentum), zero_init_residual, remat.
 ``transform(config, dtype="bfloat16")`` runs activations and convs in bfloat16 while the
 parameters and batch-norm statistics stay float32. Images are NHWC. ``is_training=True`` normalises with batch statistics
 and writes the running ones to the returned state (``hk.transform_with_state``); otherwise the
@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..configs import ResNetConfig
-from .layers import BatchNorm, Conv2D, Dense, transform_model, uniform_fan_in
+from .layers import BatchNorm, Conv2D, Dense, run_block, transform_model, uniform_fan_in
 
 
 def conv(n_out: int, size: int, stride: int = 1, *, name: str) -> Conv2D:
@@ -124,10 +124,11 @@ class Stage(hk.Module):
         super().__init__(name=name)
         block = Bottleneck if config.block == "bottleneck" else BasicBlock
         self.blocks = [block(config, *spec, name=f"blocks_{b}") for b, spec in enumerate(blocks)]
+        self.remat = config.remat
 
     def __call__(self, x: Float[Array, "B H W C_in"], *, is_training: bool) -> Float[Array, "B h w C_out"]:
         for block in self.blocks:
-            x = block(x, is_training=is_training)
+            x = run_block(block, x, remat=self.remat, is_training=is_training)
         return x
 
 

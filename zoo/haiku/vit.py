@@ -4,7 +4,7 @@ Paper: Dosovitskiy et al., 2021, "An Image is Worth 16x16 Words: Transformers fo
 Recognition at Scale".
 
 Args (``ViTConfig``): image_size, patch_size, num_channels, hidden_size, num_layers, num_heads,
-mlp_dim, num_classes, layer_norm_eps, dropout, attention_dropout.
+mlp_dim, num_classes, layer_norm_eps, dropout, attention_dropout, gelu, remat.
 ``transform(config, dtype="bfloat16")`` runs activations and matmuls in bfloat16 while the
 parameters stay float32. ``is_training=True`` turns dropout on and needs an rng key in ``apply``;
 ``interpolate_pos_encoding=True`` runs images of another size, the patch position embeddings
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..configs import ViTConfig, ZooError, bicubic_resize_matrix
-from .layers import Block, Conv2D, Dense, LayerNorm, dropout, transform_model, truncated_normal
+from .layers import Block, Conv2D, Dense, LayerNorm, dropout, run_block, transform_model, truncated_normal
 
 _INIT = truncated_normal(0.02)  # theory: initialization
 
@@ -53,7 +53,7 @@ class ViT(hk.Module):
                 config.num_heads,
                 config.mlp_dim,
                 layer_norm_eps=config.layer_norm_eps,
-                approximate=False,  # ViT (like BERT) uses the exact (erf) GELU
+                approximate=config.gelu == "tanh",  # published ViTs: exact (erf)
                 dropout=config.dropout,
                 attention_dropout=config.attention_dropout,
                 init=_INIT,
@@ -100,7 +100,7 @@ class ViT(hk.Module):
         x = dropout(x, self.config.dropout, is_training)  # theory: dropout
         for block in self.blocks:
             # Bidirectional (is_causal=False): every patch attends to every other patch and to [CLS].
-            x = block(x, is_training=is_training)
+            x = run_block(block, x, remat=self.config.remat, is_training=is_training)
         return self.ln_f(x)
 
     def forward_head(self, x: Float[Array, "B T D"]) -> Float[Array, "B classes"]:

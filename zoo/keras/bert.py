@@ -24,7 +24,7 @@ import keras
 from keras import layers, ops
 
 from ..configs import BertConfig
-from .layers import MASK_MIN, MLP, Attention, Seeds, normal_init
+from .layers import MASK_MIN, MLP, Attention, Seeds, normal_init, run_block
 
 
 @keras.saving.register_keras_serializable(package="dlzoo")
@@ -71,7 +71,9 @@ class BertBlock(layers.Layer):
             d, config.num_heads, dropout=config.dropout, attention_dropout=config.attention_dropout, seed=seeds(), name="attn", dtype=policy
         )
         self.ln1 = layers.LayerNormalization(epsilon=config.layer_norm_eps, name="ln1", dtype=policy)
-        self.mlp = MLP(d, config.mlp_dim, approximate_gelu=False, dropout=config.dropout, seed=seeds(), name="mlp", dtype=policy)
+        self.mlp = MLP(
+            d, config.mlp_dim, approximate_gelu=config.gelu == "tanh", dropout=config.dropout, seed=seeds(), name="mlp", dtype=policy
+        )
         self.ln2 = layers.LayerNormalization(epsilon=config.layer_norm_eps, name="ln2", dtype=policy)
 
     def call(self, x, bias, training=False):
@@ -88,7 +90,7 @@ class BertBlock(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="dlzoo")
 class MLMHead(layers.Layer):
-    """transform -> exact GELU -> layer norm -> decoder tied to the word embeddings (or its own
+    """transform -> GELU (exact unless config.gelu == "tanh") -> layer norm -> decoder tied to the word embeddings (or its own
     ``decoder`` when ``tie_word_embeddings=False``), plus a bias."""
 
     def __init__(self, config: BertConfig | dict, *, seed: int = 0, **kwargs):
@@ -106,7 +108,7 @@ class MLMHead(layers.Layer):
         self.bias = self.add_weight(shape=(config.vocab_size,), initializer="zeros", name="bias")
 
     def call(self, h, word_embeddings):
-        h = self.ln(ops.gelu(self.transform(h), approximate=False))  # (B, T, C)
+        h = self.ln(ops.gelu(self.transform(h), approximate=self.config.gelu == "tanh"))  # (B, T, C)
         if self.decoder is None:
             logits = ops.matmul(h, ops.transpose(ops.cast(word_embeddings, h.dtype)))  # theory: weight-tying
         else:
@@ -152,7 +154,7 @@ class Bert(keras.Model):
             bias = (1.0 - keep)[:, None, None, :] * ops.cast(MASK_MIN[self.compute_dtype], self.compute_dtype)  # theory: attention-mask
         x = self.embeddings(input_ids, token_type_ids, training=training)
         for block in self.blocks:
-            x = block(x, bias, training=training)
+            x = run_block(block, x, remat=self.config.remat, bias=bias, training=training)
         return x  # (B, T, C)
 
     def forward_head(self, h, training=False):

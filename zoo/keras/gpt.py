@@ -36,7 +36,7 @@ import keras
 from keras import layers, ops
 
 from ..configs import GPTConfig, check_generation
-from .layers import MASK_MIN, Block, Seeds, normal_init
+from .layers import MASK_MIN, Block, Seeds, normal_init, run_block
 
 
 class KVCache(NamedTuple):
@@ -97,7 +97,7 @@ class GPT(keras.Model):
                 config.num_heads,
                 config.mlp_dim,
                 layer_norm_eps=config.layer_norm_eps,
-                approximate_gelu=True,
+                approximate_gelu=config.gelu == "tanh",
                 dropout=config.dropout,
                 attention_dropout=config.attention_dropout,
                 out_std=out_std,
@@ -130,7 +130,8 @@ class GPT(keras.Model):
             bias = attention_bias(mask, 0, T, self.compute_dtype)  # (B, 1, T, T)
         x = self.drop(x, training=training)
         for block in self.blocks:
-            x = block(x, bias=bias, is_causal=bias is None, training=training)  # theory: causal-masking
+            # theory: causal-masking
+            x = run_block(block, x, remat=self.config.remat, bias=bias, is_causal=bias is None, training=training)
         return self.ln_f(x)  # (B, T, C)
 
     def forward_head(self, h):

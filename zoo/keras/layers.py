@@ -160,6 +160,37 @@ class Attention(layers.Layer):
         }
 
 
+def run_block(block: layers.Layer, x, *, remat: bool, **kwargs):
+    """``block(x, **kwargs)``; with ``remat`` (the config's flag) under ``keras.remat``, the
+    backend's own rematerialisation (``jax.checkpoint``, ``tf.recompute_grad``,
+    ``torch.utils.checkpoint``): under differentiation the block's activations are not kept for
+    the backward pass but recomputed there.
+
+    Not ``keras.RematScope``: it wraps ``Block.call`` itself, tracing its Python flags
+    (``is_causal``, ``training``) as arrays, and lets the dropout seed generators and batch-norm
+    statistics assign new values from inside the checkpoint (a leaked tracer on jax). Here the
+    flags are closed over and the block runs as ``stateless_call``: its variables go in and its
+    updated non-trainable state (seeds, statistics) comes out as values, assigned once outside.
+    The recomputation sees the same seeds, so dropout draws the same masks. The first call
+    (keras' symbolic build) runs the block plainly: nothing is differentiated there."""
+    if not remat or not block.built:
+        return block(x, **kwargs)
+    static = {k: v for k, v in kwargs.items() if isinstance(v, bool) or v is None}
+    traced = {k: v for k, v in kwargs.items() if k not in static}
+
+    def run(trainable, non_trainable, x, traced):
+        return block.stateless_call(trainable, non_trainable, x, **static, **traced)
+
+    trainable = [v.value for v in block.trainable_variables]
+    # copies: on the torch backend assign() writes in place, and the recomputation must see the
+    # seeds and statistics the forward saw, not the updated ones
+    non_trainable = [ops.copy(v.value) for v in block.non_trainable_variables]
+    y, non_trainable = keras.remat(run)(trainable, non_trainable, x, traced)
+    for variable, value in zip(block.non_trainable_variables, non_trainable):
+        variable.assign(value)
+    return y
+
+
 @keras.saving.register_keras_serializable(package="dlzoo")
 class MLP(layers.Layer):
     """Position-wise feed-forward: fc -> GELU -> out -> dropout."""

@@ -24,7 +24,7 @@ import keras
 from keras import layers, ops
 
 from ..configs import ResNetConfig
-from .layers import MASK_MIN, BatchNorm, Conv2D, Seeds, normal_init, pad_hw
+from .layers import MASK_MIN, BatchNorm, Conv2D, Seeds, normal_init, pad_hw, run_block
 
 
 def conv(filters: int, size: int, stride: int, seed: int, name: str, dtype) -> Conv2D:
@@ -172,7 +172,7 @@ class ResNet(keras.Model):
     def forward_features(self, pixel_values, training=False):
         x = self.stem(pixel_values, training=training)
         for block in self.blocks:
-            x = block(x, training=training)
+            x = run_block(block, x, remat=self.config.remat, training=training)
         return x  # (B, H/32, W/32, C_last) for four stages
 
     def forward_head(self, h):

@@ -30,7 +30,7 @@ import keras
 from keras import layers, ops
 
 from ..configs import ViTConfig, ZooError, bicubic_resize_matrix
-from .layers import Block, Seeds, normal_init
+from .layers import Block, Seeds, normal_init, run_block
 
 
 @keras.saving.register_keras_serializable(package="dlzoo")
@@ -61,7 +61,7 @@ class ViT(keras.Model):
                 config.num_heads,
                 config.mlp_dim,
                 layer_norm_eps=config.layer_norm_eps,
-                approximate_gelu=False,
+                approximate_gelu=config.gelu == "tanh",
                 dropout=config.dropout,
                 attention_dropout=config.attention_dropout,
                 seed=seeds(),
@@ -106,7 +106,7 @@ class ViT(keras.Model):
         x = ops.concatenate([cls, x], axis=1) + ops.cast(pos, x.dtype)  # (B, N+1, C)
         x = self.drop(x, training=training)
         for block in self.blocks:
-            x = block(x, training=training)
+            x = run_block(block, x, remat=self.config.remat, training=training)
         return self.ln_f(x)  # (B, N+1, C)
 
     def forward_head(self, h):

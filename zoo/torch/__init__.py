@@ -125,7 +125,14 @@ def vjp(
     try:
         with _mode(native, train=train, seed=seed) as device:
             loss = _objective(native, arch, inputs, cotangents, device)
-        loss.backward()
+        # activation checkpointing (config.remat) reruns blocks in the backward pass: they must be
+        # in the forward's mode (torch's checkpoint replays the RNG and autocast state itself)
+        was_training = native.training
+        native.train(train)
+        try:
+            loss.backward()
+        finally:
+            native.train(was_training)
         grads = {
             name: _to_canonical(t.grad if t.grad is not None else torch.zeros_like(t), layout)
             for name, t, layout in _leaves(native)

@@ -6,7 +6,7 @@ Understanding".
 
 Args (``BertConfig``): vocab_size, max_positions, type_vocab_size, hidden_size, num_layers,
 num_heads, mlp_dim, layer_norm_eps, dropout (embedding, residual and classifier),
-attention_dropout, pooler, mlm_head, num_labels. ``generator`` (keyword) draws the initial
+attention_dropout, pooler, mlm_head, num_labels, gelu, remat. ``generator`` (keyword) draws the initial
 weights without touching torch's global random state. Dropout follows ``model.train()`` /
 ``model.eval()``.
 
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configs import BertConfig
-from .layers import MLP, Attention, compute_dtype, init_linear_, truncated_normal_
+from .layers import MLP, Attention, compute_dtype, init_linear_, run_block, truncated_normal_
 
 
 class Embeddings(nn.Module):
@@ -59,8 +59,8 @@ class Block(nn.Module):
         d = config.hidden_size
         self.attn = Attention(d, config.num_heads, dropout=config.dropout, attention_dropout=config.attention_dropout)
         self.ln1 = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        # BERT uses the exact (erf) GELU, not GPT-2's tanh approximation.
-        self.mlp = MLP(d, config.mlp_dim, approximate="none", dropout=config.dropout)
+        # BERT uses the exact (erf) GELU, not GPT-2's tanh approximation (config.gelu says which).
+        self.mlp = MLP(d, config.mlp_dim, approximate="tanh" if config.gelu == "tanh" else "none", dropout=config.dropout)
         self.ln2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
@@ -80,9 +80,10 @@ class MLMHead(nn.Module):
         self.ln = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.decoder = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.approximate = "tanh" if config.gelu == "tanh" else "none"  # transformers: hidden_act here too
 
     def forward(self, x: torch.Tensor, word_embedding: torch.Tensor) -> torch.Tensor:
-        h = self.ln(F.gelu(self.transform(x), approximate="none"))  # (B, T, C)
+        h = self.ln(F.gelu(self.transform(x), approximate=self.approximate))  # (B, T, C)
         # theory: weight-tying
         decoded = h @ word_embedding.T if self.decoder is None else self.decoder(h)  # (B, T, V)
         return decoded + self.bias  # (B, T, V)  # theory: masked-lm
@@ -130,7 +131,7 @@ class BERT(nn.Module):
             # theory: attention-mask
             attn_bias = (1.0 - attention_mask.to(dtype))[:, None, None, :] * torch.finfo(dtype).min  # (B, 1, 1, T)
         for block in self.blocks:
-            x = block(x, attn_bias)
+            x = run_block(block, x, attn_bias, remat=self.config.remat)
         return x
 
     def forward_head(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

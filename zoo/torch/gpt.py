@@ -4,7 +4,7 @@ embedding (or its own, ``tie_word_embeddings=False``), a key/value cache and ``g
 Paper: Radford et al., 2019, "Language Models are Unsupervised Multitask Learners".
 
 Args (``GPTConfig``): vocab_size, context_length, hidden_size, num_layers, num_heads, mlp_dim,
-layer_norm_eps, dropout (embedding and residual), attention_dropout, tie_word_embeddings.
+layer_norm_eps, dropout (embedding and residual), attention_dropout, tie_word_embeddings, gelu, remat.
 ``generator`` (keyword) draws the initial weights; torch's global random state is neither read
 nor changed by it. Dropout follows ``model.train()`` / ``model.eval()``, as everywhere in torch.
 
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..configs import GPTConfig, ZooError, check_generation
-from .layers import Block, LayerCache, compute_dtype, init_linear_, normal_
+from .layers import Block, LayerCache, compute_dtype, init_linear_, normal_, run_block
 
 
 class KVCache:
@@ -82,7 +82,7 @@ class GPT(nn.Module):
                 config.num_heads,
                 config.mlp_dim,
                 layer_norm_eps=config.layer_norm_eps,
-                approximate="tanh",  # GPT-2's "gelu_new": the tanh approximation of GELU
+                approximate="tanh" if config.gelu == "tanh" else "none",  # GPT-2's "gelu_new" is the tanh form
                 dropout=config.dropout,
                 attention_dropout=config.attention_dropout,
             )
@@ -130,8 +130,10 @@ class GPT(nn.Module):
             attn_bias = attention_bias(mask, T, compute_dtype(self.wte.weight))  # (B, 1, T, S)
         x = self.drop(self.wte(input_ids) + self.wpe(position_ids(mask)[:, past:]))  # (B, T, C)
         for i, block in enumerate(self.blocks):
-            x = block(
+            x = run_block(
+                block,
                 x,
+                remat=self.config.remat and cache is None,
                 is_causal=attn_bias is None,
                 attn_bias=attn_bias,  # theory: causal-masking
                 cache=None if cache is None else cache.layers[i],

@@ -14,11 +14,13 @@ disturbs, torch's global random state.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..configs import ZooError
 
@@ -54,6 +56,37 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype matmuls run in: autocast's when it is on, else the tensor's own."""
     device = x.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+def run_block(block: nn.Module, x: torch.Tensor, *args, remat: bool, **kwargs) -> torch.Tensor:
+    """``block(x, *args, **kwargs)``; with ``remat`` (the config's flag), while training with
+    autograd on, its activations are not kept for the backward pass but recomputed there
+    (``torch.utils.checkpoint``, non-reentrant). The recomputation replays torch's RNG state
+    (``preserve_rng_state``), so dropout draws the same masks, and batch norms do not update
+    their running statistics a second time. Gradients equal those without remat."""
+    if not (remat and block.training and torch.is_grad_enabled()):
+        return block(x, *args, **kwargs)
+    return checkpoint(block, x, *args, use_reentrant=False, context_fn=lambda: _frozen_statistics(block), **kwargs)
+
+
+def _frozen_statistics(block: nn.Module):
+    """(forward context, recompute context) for ``checkpoint``: the recomputation runs every
+    batch norm exactly as the forward did (batch statistics, the same saved tensors), then puts
+    back the running statistics it updated a second time."""
+
+    @contextlib.contextmanager
+    def recompute():
+        norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        saved = [[b.clone() for b in m.buffers()] for m in norms]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for m, buffers in zip(norms, saved):
+                    for b, before in zip(m.buffers(), buffers):
+                        b.copy_(before)
+
+    return contextlib.nullcontext(), recompute()
 
 
 # --------------------------------------------------------------------------- transformer layers

@@ -7,7 +7,7 @@ zero-init of the last BN scale from Goyal et al., 2017, "Accurate, Large Minibat
 
 Args (``ResNetConfig``): block ("basic" or "bottleneck"), depths and widths (per stage),
 stem_width, num_channels, num_classes, bn_eps, bn_momentum (torch's convention, the weight of
-the new batch, which nn.BatchNorm2d takes as is), zero_init_residual. ``generator`` (keyword)
+the new batch, which nn.BatchNorm2d takes as is), zero_init_residual, remat. ``generator`` (keyword)
 draws the initial weights without touching torch's global random state. Images are NCHW.
 Batch norm uses batch statistics under ``model.train()`` and running ones under ``model.eval()``.
 
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configs import ResNetConfig
-from .layers import uniform_fan_in_
+from .layers import run_block, uniform_fan_in_
 
 
 def conv(n_in: int, n_out: int, size: int, stride: int = 1) -> nn.Conv2d:
@@ -119,10 +119,11 @@ class Stage(nn.Module):
         super().__init__()
         block = Bottleneck if config.block == "bottleneck" else BasicBlock
         self.blocks = nn.ModuleList(block(config, *spec) for spec in blocks)
+        self.remat = config.remat
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x)
+            x = run_block(block, x, remat=self.remat)
         return x
 
 

@@ -5,7 +5,7 @@ Paper: Dosovitskiy et al., 2021, "An Image is Worth 16x16 Words: Transformers fo
 Recognition at Scale".
 
 Args (``ViTConfig``): image_size, patch_size, num_channels, hidden_size, num_layers, num_heads,
-mlp_dim, num_classes, layer_norm_eps, dropout (embedding and residual), attention_dropout.
+mlp_dim, num_classes, layer_norm_eps, dropout (embedding and residual), attention_dropout, gelu, remat.
 ``generator`` (keyword) draws the initial weights without touching torch's global random state.
 Images are NCHW, torch's layout. Dropout follows ``model.train()`` / ``model.eval()``.
 ``interpolate_pos_encoding=True`` (call keyword) runs images of another size: the position
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configs import ViTConfig, ZooError
-from .layers import Block, init_linear_, truncated_normal_
+from .layers import Block, init_linear_, run_block, truncated_normal_
 
 
 class ViT(nn.Module):
@@ -51,7 +51,7 @@ class ViT(nn.Module):
                 config.num_heads,
                 config.mlp_dim,
                 layer_norm_eps=config.layer_norm_eps,
-                approximate="none",  # ViT (like BERT) uses the exact (erf) GELU
+                approximate="tanh" if config.gelu == "tanh" else "none",  # published ViTs: exact (erf)
                 dropout=config.dropout,
                 attention_dropout=config.attention_dropout,
             )
@@ -101,7 +101,7 @@ class ViT(nn.Module):
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, C)
         x = self.drop(torch.cat([cls, x], dim=1) + pos)  # (B, 1 + N, C)
         for block in self.blocks:
-            x = block(x)  # bidirectional: every patch attends to every other patch and to [CLS]
+            x = run_block(block, x, remat=self.config.remat)  # bidirectional: every patch attends to every other patch and to [CLS]
         return self.ln_f(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
