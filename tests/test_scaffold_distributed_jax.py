@@ -131,18 +131,28 @@ print("REPORT " + json.dumps(report))
 
 
 def _env(paths: list[str]) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}", "PYTHONDONTWRITEBYTECODE": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(paths),
+        "KERAS_BACKEND": "jax",
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
 
 
 def _check(projects: list[tuple[str, str, str]], tmp_path: Path) -> None:
     packages = []
     for framework, arch, task in projects:
-        result = g.new_project(f"d_{framework}_{arch}", arch=arch, framework=framework, task=task, parent=tmp_path,
-                               annotate="none")
+        result = g.new_project(f"d_{framework}_{arch}", arch=arch, framework=framework, task=task, parent=tmp_path, annotate="none")
         packages.append((result["path"], result["package"]))
-    done = subprocess.run([sys.executable, "-c", CHECK, *[pkg for _, pkg in packages]], capture_output=True, text=True,
-                          env=_env([path for path, _ in packages]), timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK, *[pkg for _, pkg in packages]],
+        capture_output=True,
+        text=True,
+        env=_env([path for path, _ in packages]),
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(done.stdout.split("REPORT ", 1)[1])
     for pkg, out in report.items():
@@ -168,10 +178,14 @@ def _check(projects: list[tuple[str, str, str]], tmp_path: Path) -> None:
             assert numbers["weights_p999"] < 0.01 and numbers["weights_max"] < 0.25, (pkg, sets, numbers)
         errors = out["errors"]
         assert "dist.devices is 8 but 4 cpu device(s) are visible" in errors["dist.devices=8"], errors
-        assert "train.batch_size 8 must divide by dist.grad_accum_steps x dist.devices = 16" in errors[
-            "dist.devices=4 dist.grad_accum_steps=4"], errors   # config.py's check
-        assert "train.batch_size 6 must divide by dist.grad_accum_steps x dist.devices = 4 (dist.devices=0 is 4 here)" in errors[
-            "dist.devices=0 train.batch_size=6"], errors   # the engine's, once the device count is known
+        assert (
+            "train.batch_size 8 must divide by dist.grad_accum_steps x dist.devices = 16"
+            in errors["dist.devices=4 dist.grad_accum_steps=4"]
+        ), errors  # config.py's check
+        assert (
+            "train.batch_size 6 must divide by dist.grad_accum_steps x dist.devices = 4 (dist.devices=0 is 4 here)"
+            in errors["dist.devices=0 train.batch_size=6"]
+        ), errors  # the engine's, once the device count is known
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
@@ -195,8 +209,7 @@ def test_train_cli_devices_error_and_resume_on_fewer_devices(tmp_path):
     pkg = result["package"]
 
     def train(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", f"{pkg}.train", *args], cwd=cwd, env=env, capture_output=True,
-                              text=True, timeout=600)
+        return subprocess.run([sys.executable, "-m", f"{pkg}.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
     bad = train("--set", "dist.devices=8")
     assert bad.returncode == 2 and bad.stderr.startswith("error: dist.devices is 8 but 4 cpu device(s) are visible")
@@ -205,14 +218,21 @@ def test_train_cli_devices_error_and_resume_on_fewer_devices(tmp_path):
     assert bad.returncode == 2 and "dist.strategy is 'zero3'; expected one of: data, fsdp" in bad.stderr, bad.stderr
 
     # one epoch of digits: about 10 steps of 128, a checkpoint every 3
-    sets = ["train.batch_size=128", "train.epochs=1", "train.eval_every=3", "train.keep_last=10", "optim.lr=0.003",
-            "dist.devices=4", "dist.strategy=fsdp"]
+    sets = [
+        "train.batch_size=128",
+        "train.epochs=1",
+        "train.eval_every=3",
+        "train.keep_last=10",
+        "optim.lr=0.003",
+        "dist.devices=4",
+        "dist.strategy=fsdp",
+    ]
     args = [f"--set={a}" for a in sets]
     done = train(*args, "--set=run.name=whole")
     assert done.returncode == 0, done.stderr[-3000:]
     shutil.copytree(tmp_path / "runs" / "whole", tmp_path / "runs" / "cut")
     checkpoints = sorted((tmp_path / "runs" / "cut" / "checkpoints").glob("step_*"))
-    for later in checkpoints[1:]:   # as if the run had died after its first checkpoint
+    for later in checkpoints[1:]:  # as if the run had died after its first checkpoint
         shutil.rmtree(later)
     resumed = train("--resume", "--set=run.name=cut", "--set=dist.devices=2", "--set=dist.strategy=data")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -226,13 +246,15 @@ def test_train_cli_devices_error_and_resume_on_fewer_devices(tmp_path):
 
     whole, cut = final("whole"), final("cut")
     assert sorted(whole) == sorted(cut)
-    for name, value in whole.items():   # Adam: a ~0 gradient turns fp32 noise into a visible fraction of lr
+    for name, value in whole.items():  # Adam: a ~0 gradient turns fp32 noise into a visible fraction of lr
         np.testing.assert_allclose(cut[name], value, atol=0.25 * 0.003, rtol=0, err_msg=name)
     records = [json.loads(line) for line in (tmp_path / "runs" / "cut" / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if r["type"] == "train"]
     assert steps == sorted(set(steps)) and len(steps) == max(steps) + 1
     losses = {r["step"]: r["loss"] for r in records if r["type"] == "train"}
-    reference = {json.loads(line)["step"]: json.loads(line)["loss"]
-                 for line in (tmp_path / "runs" / "whole" / "metrics.jsonl").read_text().splitlines()
-                 if json.loads(line)["type"] == "train"}
+    reference = {
+        json.loads(line)["step"]: json.loads(line)["loss"]
+        for line in (tmp_path / "runs" / "whole" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["type"] == "train"
+    }
     np.testing.assert_allclose([losses[k] for k in sorted(reference)], [reference[k] for k in sorted(reference)], rtol=1e-4)
