@@ -165,12 +165,14 @@ def ci(session):
     single-framework session."""
     session.install("-e", ".[all,test,reference]", "tensorflow-cpu")
     refs = _vision_refs(session)
-    _pytest(session, "tests", "conformance", "-k", "not keras", *NOT_SLOW, env={"KERAS_BACKEND": "jax", **refs})
+    # generated projects' heavy tests for two frameworks a day (tests/rotation.py); scaffold runs all
+    rotate = {"DLZOO_PROJECT_FRAMEWORKS": "2"}
+    _pytest(session, "tests", "conformance", "-k", "not keras", *NOT_SLOW, "--durations=25", env={"KERAS_BACKEND": "jax", **refs, **rotate})
     for backend in KERAS_BACKENDS:
         # every test with keras in its id: test_keras.py, and the keras cases of the shared tests;
         # generated keras projects pin KERAS_BACKEND=jax, so they run once, in the jax pass
         skip = [] if backend == "jax" else [f"--ignore=tests/{name}" for name in SCAFFOLD_TESTS]
-        _pytest(session, "tests", "conformance", "-k", "keras", *skip, *NOT_SLOW, env={"KERAS_BACKEND": backend, **refs})
+        _pytest(session, "tests", "conformance", "-k", "keras", *skip, *NOT_SLOW, env={"KERAS_BACKEND": backend, **refs, **rotate})
     session.notify("core")
     session.notify(os.environ.get("DLZOO_CI_FRAMEWORK") or rotating_framework())
     session.notify("lint")

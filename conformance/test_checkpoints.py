@@ -476,7 +476,7 @@ def test_raw_transformers_state_dict_with_a_preset_matches_transformers(kind, fr
 
 def test_raw_transformers_state_dict_without_a_preset_says_what_to_pass(tmp_path):
     _, path = _raw_state_dict("vit", tmp_path / "vit")
-    with pytest.raises(hub.HubError, match="transformers-named vit weights without a config.json; name the preset"):
+    with pytest.raises(hub.HubError, match="transformers-named vit weights and no config.json; name the preset"):
         from_pretrained(path, framework="torch")
     with pytest.raises(hub.HubError, match="holds transformers-named vit weights, not 'bert'"):
         from_pretrained(path, framework="torch", arch="bert", preset="tiny")

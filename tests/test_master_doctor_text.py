@@ -54,7 +54,7 @@ NO_CAUSAL_MASK = [
     ("is_causal=attn_bias is None,", "is_causal=False,"),
 ]
 GPT_SEES_PADDING = [("allowed = causal & mask[:, None, None, :].bool()", "allowed = causal.expand(mask.shape[0], 1, -1, -1)")]
-BERT_SEES_PADDING = [("x = block(x, attn_bias)", "x = block(x, None)")]
+BERT_SEES_PADDING = [("x = run_block(block, x, attn_bias,", "x = run_block(block, x, None,")]
 
 
 def test_intact_gpt_project_passes_both_leak_checks(projects):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rotation
 
 from dlzoo.scaffold import generate as g
 from dlzoo.zoo.configs import ZooError, get_config
@@ -126,6 +127,7 @@ def test_generated_project_is_complete_and_lint_clean(projects, arch, framework)
 def test_other_project_imports_and_predicts(projects, framework):
     """The architecture whose suite does not run today: its package imports as a user runs it and
     its Engine maps images to probabilities (the suite's own tests cover the other one)."""
+    rotation.only_today(framework, FRAMEWORKS)
     code = """
 import importlib, json, sys
 import numpy as np
@@ -155,6 +157,7 @@ print(json.dumps(out))
 def test_generated_project_suite_passes(projects, framework):
     """The project's own tests: shapes, one step lowers the loss, save/load, exact resume after
     SIGKILL, one-line errors. The architecture rotates (SUITE_ARCH)."""
+    rotation.only_today(framework, FRAMEWORKS)
     arch = SUITE_ARCH[framework]
     project = _project(projects, arch, framework)
     done = subprocess.run(

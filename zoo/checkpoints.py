@@ -531,7 +531,7 @@ def _config_from_preset(source: str, found: str, arch: str | None, preset: str |
         raise HubError(f"{source} holds transformers-named {found} weights, not {arch!r}")
     if preset is None:
         raise HubError(
-            f"{source}: transformers-named {found} weights without a config.json; name the preset they follow "
+            f"{source}: transformers-named {found} weights and no config.json; name the preset they follow "
             f"(preset=..., dlzoo convert --arch {found} --preset P): the tensors do not record the number of attention heads"
         )
     return hub.config_to_hf(found, get_config(found, preset))

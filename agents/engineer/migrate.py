@@ -6,7 +6,9 @@ What carries over, and how:
   every dlzoo framework reads), so it becomes the new project's ``weights/init.safetensors``;
 - the configuration: that checkpoint's resolved ``config.toml`` becomes ``migrated.toml``, with
   ``init_weights`` pointing at the converted weights and the source framework's own options
-  (torch's ``train.compile`` and ``train.threads``) dropped where the target has none;
+  (torch's ``train.compile`` and ``train.threads``) dropped where the target has none, and
+  ``[dist]`` translated (torch's ddp is a replicated mesh, fsdp is fsdp; ``dist.devices`` is
+  dropped for torch, whose process count comes from torchrun);
 - the optimizer restarts: AdamW's moments are kept per framework under framework-specific
   names and layouts, so the new run starts them at zero and runs its warmup and schedule again
   (said in the output and in MIGRATED.md).
@@ -39,6 +41,13 @@ TOLERANCE = 1e-5
 _STEP = re.compile(r"^step_(\d+)$")
 # Options a project config has only for one framework (SCAFFOLD config.py template).
 _FRAMEWORK_ONLY = {"torch": {("train", "compile"), ("train", "threads")}}
+# [dist] strategies by engine: torch's processes come from torchrun, the JAX engines' devices from
+# dist.devices. DDP and a replicated mesh are the same algorithm, FSDP2 and a sharded mesh too.
+_STRATEGY = {("torch", "jax"): {"ddp": "data", "fsdp": "fsdp"}, ("jax", "torch"): {"data": "ddp", "fsdp": "fsdp"}}
+
+
+def _engine(framework: str) -> str:
+    return "torch" if framework == "torch" else "jax"  # keras projects run on jax
 
 
 def _sha256(path: Path) -> str:
@@ -93,6 +102,12 @@ def _migrated_config(checkpoint: Path | None, source: str, target: str, init_wei
     for section, key in sorted(_FRAMEWORK_ONLY.get(source, set()) - _FRAMEWORK_ONLY.get(target, set())):
         if key in data.get(section, {}):
             dropped.append(f"{section}.{key} = {data[section].pop(key)!r}")
+    dist = data.get("dist", {})
+    pair = (_engine(source), _engine(target))
+    if pair in _STRATEGY and "strategy" in dist:
+        dist["strategy"] = _STRATEGY[pair].get(dist["strategy"], dist["strategy"])
+    if target == "torch" and "devices" in dist:  # torchrun sets the process count
+        dropped.append(f"dist.devices = {dist.pop('devices')!r}")
     data["init_weights"] = init_weights
     return _to_toml(data), dropped
 
