@@ -352,11 +352,14 @@ class Conv2D(layers.Conv2D):
     The oneDNN 1x1 weight-gradient kernel that torch 2.13 (channels-last input, which keras'
     torch backend hands it) and tensorflow 2.x CPU both dispatch to crashes the process
     intermittently on AVX-512 CPUs (reproduced with each framework alone). A matmul takes the
-    GEMM path instead; the values agree with the convolution to fp32 rounding. Larger kernels
-    keep keras' own convolution.
+    GEMM path instead; the values agree with the convolution to fp32 rounding. Larger kernels,
+    and every kernel on the jax backend (XLA's convolution is not affected), keep keras' own
+    convolution.
     """
 
     def convolution_op(self, inputs, kernel):
+        if keras.backend.backend() == "jax":
+            return super().convolution_op(inputs, kernel)
         if tuple(self.kernel_size) != (1, 1) or self.data_format != "channels_last" or self.groups != 1:
             return super().convolution_op(inputs, kernel)
         if self.padding != "valid" or tuple(self.dilation_rate) != (1, 1):
