@@ -335,7 +335,12 @@ def convert_data(
 @click.argument("src")
 @click.argument("dst", type=click.Path(path_type=Path))
 @click.option("--arch", default=None, help="What a state dict holds (default: inferred from its names).")
-@click.option("--preset", "-p", default=None, help="Preset of a torchvision/timm state dict (default: inferred from shapes).")
+@click.option(
+    "--preset",
+    "-p",
+    default=None,
+    help="Preset of a state dict without config.json: torchvision/timm (default: from shapes) or transformers-named (required).",
+)
 @click.option("--num-classes", type=int, default=None, help="Head size; a head of another size is initialised fresh.")
 @click.option("--image-size", type=int, default=None, help="ViT resolution; position embeddings are resized.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of freshly initialised heads.")

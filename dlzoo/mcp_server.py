@@ -609,7 +609,11 @@ TOOLS: dict[str, Tool] = {
                     "src": {"type": "string", "minLength": 1},
                     "dst": PATH,
                     "arch": {**ARCH, "description": "What a state dict holds (default: inferred from its names)."},
-                    "preset": {**PRESET, "description": "Preset of a torchvision/timm state dict (default: from shapes)."},
+                    "preset": {
+                        **PRESET,
+                        "description": "Preset of a state dict without config.json: torchvision/timm (default: from shapes) "
+                        "or transformers-named (required).",
+                    },
                     "num_classes": {"type": "integer", "minimum": 1, "description": "Head size; another size starts fresh."},
                     "image_size": {"type": "integer", "minimum": 1, "description": "ViT resolution (position embeddings resized)."},
                     "seed": {**SEED, "description": "Seed of freshly initialised heads."},
