@@ -141,8 +141,6 @@ def side(args) -> None:
     ``--threads 1`` every framework runs single-threaded (torch, and XLA:CPU by its flags): on a
     shared, oversubscribed machine torch's two OpenMP threads wait on each other at every op
     (docs/bench.md), which a single thread per framework avoids."""
-    if args.threads == 1:
-        os.environ.update(SINGLE_THREAD)
     documents, out = {}, []
     for arch in args.archs:
         preset, sets, batch, size = MID[arch]
@@ -566,8 +564,23 @@ def overhead(args) -> None:
     result = interleave(steps, args.trials)
     after = loadavg()
     print(f"### GPT tiny training step (batch 8 x 64), every path\n\nload average {before} -> {after}\n")
-    print(table(ratio_rows(result, "torch"), PATH_COLUMNS))
-    save(args.json, {"versions": versions(), "cpu": cpu_model(), "load": [before, after], "result": result})
+    print(table(ratio_rows(result, "torch"), PATH_COLUMNS) + "\n", flush=True)
+
+    # the handles' own apply (what `dlzoo verify`/`predict` call): flax splits the module per call
+    from dlzoo.zoo.frameworks import backend
+
+    applies = {}
+    for framework in ("torch", "flax", "equinox", "haiku", "keras"):
+        handle_native = native(arch, framework, config, tensors)
+        applies[framework] = partial(backend(framework).apply, arch, config, handle_native, inputs)
+    flax_model = native(arch, "flax", config, tensors)
+    applies["flax nnx.split alone"] = lambda: nnx.split(flax_model)
+    before2 = loadavg()
+    apply_result = interleave(applies, args.trials, warmup=2)
+    after2 = loadavg()
+    print(f"### GPT tiny forward through the backends' apply (batch 8 x 64)\n\nload average {before2} -> {after2}\n")
+    print(table(ratio_rows(apply_result, "torch"), PATH_COLUMNS))
+    save(args.json, {"versions": versions(), "cpu": cpu_model(), "load": [before, after], "result": result, "apply": apply_result})
 
 
 # --------------------------------------------------------------------------- 3. XLA:CPU vs torch
@@ -932,7 +945,6 @@ def main() -> None:
     p = sub.add_parser("side", help="step time side by side at mid size (dlzoo bench per architecture)")
     p.add_argument("--archs", nargs="+", default=list(MID), choices=list(MID))
     p.add_argument("--trials", type=int, default=11)
-    p.add_argument("--threads", type=int, choices=(1,), default=None, help="1: every framework single-threaded")
     p.add_argument("--json", metavar="PATH", help="write the raw reports here")
     p = sub.add_parser("fixes", help="each perf fix: before (reconstructed here) vs today")
     p.add_argument("--only", nargs="+", default=list(FIXES), choices=list(FIXES))
@@ -947,7 +959,13 @@ def main() -> None:
     p.add_argument("--json", metavar="PATH")
     p = sub.add_parser("_threads-child", help=argparse.SUPPRESS)
     p.add_argument("--trials", type=int, default=9)
+    for name in ("side", "fixes", "overhead"):
+        sub.choices[name].add_argument(
+            "--threads", type=int, choices=(1,), default=None, help="1: every framework single-threaded (torch and XLA:CPU)"
+        )
     args = parser.parse_args()
+    if getattr(args, "threads", None) == 1:  # before torch or jax is imported
+        os.environ.update(SINGLE_THREAD)
     if args.section == "_threads-child":
         return threads_child(args)
     before = loadavg()
