@@ -483,7 +483,8 @@ def overhead(args) -> None:
     from dlzoo.zoo.equinox import _forward
     from dlzoo.zoo.flax import _call
 
-    arch, preset, sets, batch, seq, size = TINY_GPT
+    arch, preset, sets, _, _, size = TINY_GPT
+    batch, seq = args.batch, args.seq_len
     config, tensors, inputs, cots = setup(arch, preset, sets, batch, seq, size)
     jin = {k: jnp.asarray(v) for k, v in inputs.items()}
     jc = {k: jnp.asarray(v) for k, v in cots.items()}
@@ -587,7 +588,7 @@ def overhead(args) -> None:
     before = loadavg()
     result = interleave(steps, args.trials)
     after = loadavg()
-    print(f"### GPT tiny training step (batch 8 x 64), every path\n\nload average {before} -> {after}\n")
+    print(f"### GPT tiny training step (batch {batch} x {seq}), every path\n\nload average {before} -> {after}\n")
     print(table(ratio_rows(result, "torch"), PATH_COLUMNS) + "\n", flush=True)
 
     # the handles' own apply (what `dlzoo verify`/`predict` call): flax splits the module per call
@@ -602,7 +603,7 @@ def overhead(args) -> None:
     before2 = loadavg()
     apply_result = interleave(applies, args.trials, warmup=2)
     after2 = loadavg()
-    print(f"### GPT tiny forward through the backends' apply (batch 8 x 64)\n\nload average {before2} -> {after2}\n")
+    print(f"### GPT tiny forward through the backends' apply (batch {batch} x {seq})\n\nload average {before2} -> {after2}\n")
     print(table(ratio_rows(apply_result, "torch"), PATH_COLUMNS))
     save(args.json, {"versions": versions(), "cpu": cpu_model(), "load": [before, after], "result": result, "apply": apply_result})
 
@@ -976,6 +977,8 @@ def main() -> None:
     p.add_argument("--json", metavar="PATH")
     p = sub.add_parser("overhead", help="per-step overhead of every training path on the tiny GPT")
     p.add_argument("--trials", type=int, default=15)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--json", metavar="PATH")
     p = sub.add_parser("xla", help="why XLA:CPU is slower than torch here")
     p.add_argument("--only", nargs="+", default=list(XLA_PARTS), choices=list(XLA_PARTS))
