@@ -40,9 +40,9 @@ from .theory import Entry, Paper, load_knowledge
 # fitted on the tuning material only by ``python -m dlzoo.agents.ask_fit`` (which prints these
 # lines); a question is declined when its out-of-scope log-odds exceed DECLINE_LOGIT.
 DECLINE_FEATURES = ("coverage", "log_score", "lead", "unknown_share", "max_uncovered", "max_covered")
-DECLINE_WEIGHTS = (-5.7576, -3.5819, -0.4693, -2.9299, 0.6904, 1.5133)
-DECLINE_BIAS = 4.8348
-DECLINE_LOGIT = 0.26
+DECLINE_WEIGHTS = (-5.7269, -3.6457, -0.3515, -3.1118, 0.7845, 1.5454)
+DECLINE_BIAS = 4.6712
+DECLINE_LOGIT = 0.2426
 K1, B = 1.5, 0.75  # BM25 (Okapi) term saturation and length normalisation
 UNKNOWN_IDF = 1.0  # weight of a word no entry contains, as a fraction of the largest IDF
 PHRASE_BONUS = 1.0  # added to the BM25 score per word of a multi-word name found as a phrase
@@ -185,7 +185,8 @@ def _document(entry: Entry) -> list[str]:
             entry.full,
             entry.deep,
             *entry.misconceptions,
-            *(p.title for p in entry.papers),
+            # Users name papers by their authors ("kirkpatrick 2017", "frankle and carbin").
+            *(f"{p.title} {p.authors}" for p in entry.papers),
         ]
     )
     return tokenize(names) * 3 + tokenize(text)
@@ -246,7 +247,7 @@ def informativeness(word: str) -> float:
     ``ZIPF_FULL`` or rarer (or unknown to wordfreq), linear in the Zipf value in between.
     Source: wordfreq's ``zipf_frequency(word, "en")`` (Speer et al., wordfreq 3).
     """
-    if re.fullmatch(r"[0-9]+(?:[.,][0-9]+)*", word):
+    if re.fullmatch(r"[0-9]+(?:[.,][0-9]+)*(?:e-?[0-9]*)?", word):  # 2.3, 1e-8, 1e4
         return 0.0
     z = _zipf()(word, "en")
     return min(1.0, max(0.0, (ZIPF_NONE - z) / (ZIPF_NONE - ZIPF_FULL)))
