@@ -40,9 +40,9 @@ from .theory import Entry, Paper, load_knowledge
 # fitted on the tuning material only by ``python -m dlzoo.agents.ask_fit`` (which prints these
 # lines); a question is declined when its out-of-scope log-odds exceed DECLINE_LOGIT.
 DECLINE_FEATURES = ("coverage", "log_score", "lead", "unknown_share", "max_uncovered", "max_covered")
-DECLINE_WEIGHTS = (-5.7269, -3.6457, -0.3515, -3.1118, 0.7845, 1.5454)
-DECLINE_BIAS = 4.6712
-DECLINE_LOGIT = 0.2426
+DECLINE_WEIGHTS = (-5.5031, -3.4889, -0.3507, -2.5821, 0.804, 1.3676)
+DECLINE_BIAS = 4.6075
+DECLINE_LOGIT = -0.0833
 K1, B = 1.5, 0.75  # BM25 (Okapi) term saturation and length normalisation
 UNKNOWN_IDF = 1.0  # weight of a word no entry contains, as a fraction of the largest IDF
 PHRASE_BONUS = 1.0  # added to the BM25 score per word of a multi-word name found as a phrase
