@@ -42,9 +42,10 @@ from .theory import Entry, Paper, load_knowledge
 DECLINE_FEATURES = ("coverage", "log_score", "lead", "unknown_share", "max_uncovered", "max_covered")
 DECLINE_WEIGHTS = (-5.5031, -3.4889, -0.3507, -2.5821, 0.804, 1.3676)
 DECLINE_BIAS = 4.6075
-DECLINE_LOGIT = -0.0833
+DECLINE_LOGIT = 0.3628
 K1, B = 1.5, 0.75  # BM25 (Okapi) term saturation and length normalisation
 UNKNOWN_IDF = 1.0  # weight of a word no entry contains, as a fraction of the largest IDF
+NAME_REPEAT, BRIEF_REPEAT = 3, 2  # an entry's names and brief count this many times in its document
 PHRASE_BONUS = 1.0  # added to the BM25 score per word of a multi-word name found as a phrase
 _TYPO_CUTOFF = 0.8  # difflib ratio for an unknown word to count as a misspelling of a known one
 # General-English informativeness (wordfreq Zipf scale: log10 of occurrences per billion words).
@@ -178,8 +179,7 @@ def _document(entry: Entry) -> list[str]:
     names = " ".join([entry.title, entry.id, *entry.aliases, *entry.keywords])
     text = " ".join(
         [
-            entry.brief,
-            entry.brief,
+            *[entry.brief] * BRIEF_REPEAT,
             entry.intro,
             entry.practice,
             entry.full,
@@ -189,7 +189,7 @@ def _document(entry: Entry) -> list[str]:
             *(f"{p.title} {p.authors}" for p in entry.papers),
         ]
     )
-    return tokenize(names) * 3 + tokenize(text)
+    return tokenize(names) * NAME_REPEAT + tokenize(text)
 
 
 @dataclass(frozen=True)
