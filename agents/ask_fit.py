@@ -67,6 +67,9 @@ def fit(names=TUNING_SETS, max_in_scope_declined: float = MAX_IN_SCOPE_DECLINED,
 
 
 def main() -> None:
+    missing = [name for name in TUNING_SETS if not (DATA / f"ask_{name}.toml").is_file()]
+    if missing:
+        raise SystemExit(f"error: the tuning sets {missing} are not in {DATA}; run this from a dlzoo source checkout")
     result = fit()
     print(f"DECLINE_WEIGHTS = {result['weights']}")
     print(f"DECLINE_BIAS = {result['bias']}")
