@@ -517,30 +517,6 @@ def overhead(args) -> None:
     cached = nnx.cached_partial(nnx.jit(nnx_train), model2, optimizer2)
     steps["flax nnx.cached_partial(nnx.jit)"] = lambda: jax.block_until_ready(cached(key()))
 
-    # flax: split once, nnx.State pytrees through jax.jit on every call (benchmark_step before
-    # its state became a flat list of arrays)
-    gd, p0, r0 = nnx.split(native(arch, "flax", config, tensors), nnx.Param, ...)
-    ftx = optax.adamw(1e-4)
-
-    @partial(jax.jit, donate_argnums=(0, 1, 2))
-    def state_train(params, rest, opt_state, key):
-        def loss(params):
-            m = nnx.merge(gd, params, rest, copy=True)
-            out = _call(m, jin, True, key)
-            return sum(jnp.sum(out[k] * jc[k]) for k in jc)
-
-        value, grads = jax.value_and_grad(loss)(params)
-        updates, opt_state = ftx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), rest, opt_state, value
-
-    state_carry = [p0, r0, ftx.init(p0)]
-
-    def state_step():
-        *state_carry[:], value = state_train(*state_carry, key())
-        return jax.block_until_ready(value)
-
-    steps["flax jax.jit, nnx.State through the jit"] = state_step
-
     # flax: plain jax.jit, but the module split and updated on every call
     model3 = native(arch, "flax", config, tensors)
     tx = optax.adamw(1e-4)

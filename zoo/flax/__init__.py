@@ -201,30 +201,18 @@ def benchmark_step(
 ):
     """A function that runs one step and returns once it is done (see the torch backend): NNX's
     low-overhead path, the module split once and a plain ``jax.jit`` over its state, buffers
-    donated. The state crosses the jit boundary as a flat list of arrays: flattening and
-    rebuilding ``nnx.State`` pytrees in Python costs more per call than the whole tiny-model step
-    elsewhere (docs/bench.md). The step's state lives in the closure; ``native`` is left as it
-    was. A train step returns the objective before its update."""
+    donated. The step's state lives in the closure; ``native`` is left as it was. A train step
+    returns the objective before its update."""
     graphdef, params, rest = nnx.split(native, nnx.Param, ...)
     inputs = {k: jnp.asarray(v) for k, v in inputs.items()}
     cots = {k: jnp.asarray(v, jnp.float32) for k, v in cotangents.items()}
     if mode == "forward":
-        leaves, treedef = jax.tree.flatten((params, rest))
-
-        @jax.jit
-        def forward(leaves):
-            params, rest = jax.tree.unflatten(treedef, leaves)
-            return _call(nnx.merge(graphdef, params, rest), inputs, False, jax.random.key(0))
-
-        return lambda: jax.block_until_ready(forward(leaves))
+        forward = jax.jit(lambda params, rest: _call(nnx.merge(graphdef, params, rest), inputs, False, jax.random.key(0)))
+        return lambda: jax.block_until_ready(forward(params, rest))
     optimizer = optax.adamw(1e-4)
-    # copies: the step donates its buffers, and these arrays still belong to the model
-    leaves, treedef = jax.tree.flatten(jax.tree.map(jnp.copy, (params, rest, optimizer.init(params))))
 
-    @partial(jax.jit, donate_argnums=0)
-    def train(leaves, key):
-        params, rest, opt_state = jax.tree.unflatten(treedef, leaves)
-
+    @partial(jax.jit, donate_argnums=(0, 1, 2))
+    def train(params, rest, opt_state, key):
         def loss(params):
             model = nnx.merge(graphdef, params, rest, copy=True)
             outputs = _call(model, inputs, True, key)
@@ -233,15 +221,15 @@ def benchmark_step(
         (value, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         rest = nnx.merge_state(rest, batch_stats)
-        # flatten_up_to raises if the new state's structure is not the old one's
-        return treedef.flatten_up_to((optax.apply_updates(params, updates), rest, opt_state)), value
+        return optax.apply_updates(params, updates), rest, opt_state, value
 
-    state = [leaves, 0]
+    # copies: the step donates its buffers, and these arrays still belong to the model
+    state = [*jax.tree.map(jnp.copy, (params, rest)), optimizer.init(params), 0]
 
     def step():
-        leaves, i = state
-        leaves, value = train(leaves, jax.random.fold_in(jax.random.key(seed), i))
-        state[:] = [leaves, i + 1]
+        params, rest, opt_state, i = state
+        *new, value = train(params, rest, opt_state, jax.random.fold_in(jax.random.key(seed), i))
+        state[:] = [*new, i + 1]
         return jax.block_until_ready(value)
 
     return step
