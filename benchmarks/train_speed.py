@@ -10,11 +10,14 @@ section prints a markdown table, the load average before and after, the versions
         step time side by side at mid size (``dlzoo bench --json`` per architecture)
     nice python benchmarks/train_speed.py fixes [--only equinox-lr keras-adamw torch-adamw dropout cli]
         each perf fix, its "before" reconstructed here and timed against today's code
-    nice python benchmarks/train_speed.py overhead [--trials 15]
+    nice python benchmarks/train_speed.py overhead [--batch 1 --seq-len 8] [--trials 31]
         per-step overhead of each framework's training path on the tiny GPT preset
-    nice python benchmarks/train_speed.py xla [--only matmul hlo threads donation conv]
-        why XLA:CPU is slower than torch here: isolated matmuls, compiled-HLO op counts,
-        thread and runtime flags, buffer donation, NHWC convolutions
+    side, fixes and overhead take --threads 1: every framework single-threaded (torch and
+        XLA:CPU), the setting docs/bench.md uses on its oversubscribed 2-core machine, where
+        two torch threads stall each other
+    nice python benchmarks/train_speed.py xla [--only profile matmul threads donation conv]
+        XLA:CPU vs torch: time per kind of thunk from a jax.profiler trace with optimized-HLO
+        op counts, isolated matmuls, thread and runtime flags, buffer donation, convolutions
 """
 
 from __future__ import annotations
@@ -164,7 +167,6 @@ def side(args) -> None:
 
 def side_table(arch: str, report: dict) -> str:
     rows = {r["implementation"]: r for r in report["results"]}
-    fastest_jax = min((r["median_s"] for n, r in rows.items() if n != "transformers" and n != "torch"), default=None)
     fastest = min(r["median_s"] for r in rows.values())
     lines = []
     for name, r in rows.items():
@@ -208,7 +210,6 @@ def side_table(arch: str, report: dict) -> str:
             verdicts.append(f"{name} {ratio:.2f}x fastest ({'met' if ratio <= 1.1 else 'NOT met'})")
     best = max(r["fraction_of_ceiling"] for r in rows.values())
     verdicts.append(f"best {100 * best:.0f}% of the ceiling ({'met' if best >= 0.6 else 'NOT met'}: >= 60%)")
-    del fastest_jax
     return text + "\n\nTargets: " + "; ".join(verdicts) + "\n"
 
 
@@ -470,8 +471,8 @@ def fixes(args) -> None:
 
 
 def overhead(args) -> None:
-    """Every framework's training path on the GPT tiny preset (batch 8 x 64), where compute is
-    small and the per-step cost of the path shows: today's low-overhead paths (benchmark_step)
+    """Every framework's training path on the GPT tiny preset (default batch 8 x 64; batch 1 x 8
+    makes the compute negligible), where the per-step cost of the path shows: today's low-overhead paths (benchmark_step)
     and the common alternatives (nnx.jit with nnx.Optimizer, nnx.cached_partial, a jax.jit
     re-split per call, eqx.filter_jit, keras fit's train_on_batch)."""
     import equinox as eqx
