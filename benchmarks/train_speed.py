@@ -381,30 +381,17 @@ def patched(obj, name, value):
         setattr(obj, name, old)
 
 
-def _keras_dropout_multiply(inputs, rate, noise_shape=None, seed=None):
-    """keras' jax dropout with the same mask, as a multiply by the scaled mask."""
-    import jax
-    import jax.numpy as jnp
-    from keras.src.backend.jax import random as kr
-
-    if rate == 0.0:
-        return inputs
-    seed = kr.jax_draw_seed(seed)
-    keep = 1.0 - rate
-    mask = jax.random.bernoulli(seed, p=keep, shape=kr._get_concrete_noise_shape(inputs, noise_shape))
-    return jnp.broadcast_to(mask, inputs.shape).astype(inputs.dtype) * inputs / keep
-
-
 def fix_dropout(trials: int) -> dict:
     """GPT mid training step with the residual dropout as a select, where(mask, x / keep, 0)
-    (before; still keras') vs a multiply by the scaled mask (today's flax and equinox, haiku's
-    form). The "before" is the frameworks' own Dropout, swapped in while the step compiles."""
+    (before) vs a multiply by the scaled mask (today's flax, equinox and keras; haiku's form).
+    The "before" is the frameworks' own Dropout, swapped in while the step compiles."""
     import equinox as eqx
+    import keras
     from flax import nnx
-    from keras.src.backend.jax import random as keras_random
 
     from dlzoo.zoo.equinox import layers as eqx_layers
     from dlzoo.zoo.flax import layers as flax_layers
+    from dlzoo.zoo.keras import layers as keras_layers
 
     preset, sets, batch, (_, seq) = MID["gpt"]
     config, tensors, inputs, cots = setup("gpt", preset, sets, batch, seq)
@@ -419,11 +406,11 @@ def fix_dropout(trials: int) -> dict:
         step()
         steps["equinox, select (before)"] = step
     steps["equinox, multiply (today)"] = bench_step("gpt", "equinox", config, tensors, inputs, cots)
-    steps["keras, select (today)"] = bench_step("gpt", "keras", config, tensors, inputs, cots)
-    with patched(keras_random, "dropout", _keras_dropout_multiply):
+    with patched(keras_layers.Dropout, "call", keras.layers.Dropout.call):
         step = bench_step("gpt", "keras", config, tensors, inputs, cots)
         step()
-        steps["keras, multiply (patched here)"] = step
+        steps["keras, select (before)"] = step
+    steps["keras, multiply (today)"] = bench_step("gpt", "keras", config, tensors, inputs, cots)
     result = interleave(steps, trials)
     return {
         "title": "GPT mid training step (4 x 384, batch 8 x 128), residual dropout select vs multiply",
