@@ -31,14 +31,29 @@ MODELS = ("gpt:xl", "vit:H/14")
 FRAMEWORKS = ("flax", "equinox", "haiku")
 
 
-def _abstract_step(framework: str, arch: str, config):
+class _NoUpdate:
+    """Stands in for the optimizer when only forward + backward is measured: the gradients are
+    the step's result, no parameter is updated."""
+
+    def init(self, params):
+        return ()
+
+    def update(self, grads, state, params):
+        return grads, state
+
+
+def _abstract_step(framework: str, arch: str, config, optimizer: str = "adamw"):
     """(jitted training step, its abstract arguments) for ``framework``: the model built on
-    shapes only; the step is forward + backward of a scalar of the outputs + one AdamW update."""
+    shapes only; the step is forward + backward of a scalar of the outputs + one AdamW update
+    (``optimizer="none"``: the gradients are returned instead, no update)."""
     import jax
     import jax.numpy as jnp
     import optax
 
-    optimizer = optax.adamw(1e-4)
+    if optimizer == "none":
+        optimizer, apply_updates = _NoUpdate(), lambda params, grads: grads
+    else:
+        optimizer, apply_updates = optax.adamw(1e-4), optax.apply_updates
     if arch == "gpt":
         inputs = {"input_ids": jax.ShapeDtypeStruct((1, min(128, config.context_length)), jnp.int32)}
     else:
@@ -64,7 +79,7 @@ def _abstract_step(framework: str, arch: str, config):
 
             value, grads = jax.value_and_grad(loss)(params)
             updates, opt_state = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, value
+            return apply_updates(params, updates), opt_state, value
 
         return jax.jit(step), (params, rest, jax.eval_shape(optimizer.init, params), inputs, key)
     if framework == "equinox":
@@ -82,7 +97,7 @@ def _abstract_step(framework: str, arch: str, config):
 
             value, grads = jax.value_and_grad(loss)(params)
             updates, opt_state = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, value
+            return apply_updates(params, updates), opt_state, value
 
         return jax.jit(step), (params, state, jax.eval_shape(optimizer.init, params), inputs, key)
     from dlzoo.zoo.haiku import MODELS as HAIKU_MODELS
@@ -96,7 +111,7 @@ def _abstract_step(framework: str, arch: str, config):
 
         value, grads = jax.value_and_grad(loss)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
+        return apply_updates(params, updates), opt_state, value
 
     return jax.jit(step), (params, state, jax.eval_shape(optimizer.init, params), inputs, key)
 
@@ -107,12 +122,16 @@ def child_compile(args) -> None:
     arch, preset = args.model.split(":")
     config = get_config(arch, preset, scan_layers=args.scan, remat=args.remat)
     start = time.perf_counter()
-    step, abstract = _abstract_step(args.framework, arch, config)
+    step, abstract = _abstract_step(args.framework, arch, config, args.optimizer)
     lowered = step.lower(*abstract)
     traced = time.perf_counter()
+    lines = lowered.as_text().count("\n")  # the program's size, independent of the machine's load
+    if args.hlo_only:
+        print(json.dumps({"layers": config.num_layers, "trace_s": traced - start, "hlo_lines": lines}))
+        return
     lowered.compile()
     done = time.perf_counter()
-    print(json.dumps({"layers": config.num_layers, "trace_s": traced - start, "compile_s": done - traced}))
+    print(json.dumps({"layers": config.num_layers, "trace_s": traced - start, "compile_s": done - traced, "hlo_lines": lines}))
 
 
 def child_steps(args) -> None:
@@ -161,6 +180,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS), help="arch:preset, e.g. gpt:xl vit:H/14")
     parser.add_argument("--frameworks", nargs="*", default=list(FRAMEWORKS))
     parser.add_argument("--remat", action="store_true", help="compile with remat=True as well (both settings)")
+    parser.add_argument("--optimizer", choices=("adamw", "none"), default="adamw", help="none: forward + backward only")
+    parser.add_argument(
+        "--hlo-only", action="store_true", help="lower only: the size of each program (HLO lines), no compilation, no steps"
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds before a compilation is given up (reported as such)")
     parser.add_argument("--step-models", nargs="*", default=["gpt:124M", "vit:S/16"], help="small models (4 layers) for the step time")
     parser.add_argument("--batch", type=int, default=8, help="batch of the step-time models")
@@ -183,9 +206,10 @@ def main() -> None:
         for framework in args.frameworks:
             measured = {}
             for scan in (False, True):
-                argv = ["--child", "compile", "--model", model, "--framework", framework] + ["--scan"] * scan + ["--remat"] * args.remat
+                argv = ["--child", "compile", "--model", model, "--framework", framework, "--optimizer", args.optimizer]
+                argv += ["--scan"] * scan + ["--remat"] * args.remat + ["--hlo-only"] * args.hlo_only
                 measured[scan] = _run(argv, args.timeout)
-            total = {s: None if m is None else m["trace_s"] + m["compile_s"] for s, m in measured.items()}
+            total = {s: None if m is None else m["trace_s"] + m.get("compile_s", 0.0) for s, m in measured.items()}
             rows.append(
                 {
                     "framework": framework,
@@ -197,7 +221,7 @@ def main() -> None:
                 }
             )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    for model in args.step_models:
+    for model in [] if args.hlo_only else args.step_models:
         for framework in args.frameworks:
             argv = ["--child", "steps", "--model", model, "--framework", framework]
             argv += ["--batch", str(args.batch), "--trials", str(args.trials)]
@@ -208,6 +232,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {jax.devices()[0].platform}",
         "load_average": os.getloadavg(),
         "remat": args.remat,
+        "optimizer": args.optimizer,
         "compile": rows,
         "steps": steps,
     }
@@ -215,7 +240,14 @@ def main() -> None:
         print(json.dumps(document, indent=2))
         return
     load = document["load_average"]
-    print(f"{document['machine']}; load average at the end {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    print(f"{document['machine']}; load average at the end {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; optimizer {args.optimizer}")
+    if args.hlo_only:
+        print("| framework | model | layers | HLO lines, loop | HLO lines, scan | loop / scan |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            loop, scan = r["loop"]["hlo_lines"], r["scan"]["hlo_lines"]
+            print(f"| {r['framework']} | {r['model']} | {r['layers']} | {loop} | {scan} | {loop / scan:.1f} |")
+        return
     print("| framework | model | layers | loop: trace s | loop: compile s | scan: trace s | scan: compile s | total loop / scan |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
