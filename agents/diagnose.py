@@ -92,6 +92,11 @@ STEADY_RANK = -0.3  # lr too low rather than a plateau: loss and step rank-corre
 STEADY_Z = 5.0  # ... significantly (rank correlation x sqrt(n - 1) <= -5, about 5 standard errors),
 STEADY_VAL = 0.75  # ... the validation loss fell at >= 75% of successive evaluations (when >= 4 are logged),
 STEADY_GRAD = (0.2, 5.0)  # ... and the gradient norm's last-quarter median is 0.2x-5x its first-quarter one
+# A run that ends at chance at a peak rate of at most LOW_RATE is lr-too-low (medium), not a
+# plateau: below the 1e-4..1e-1 of training from scratch with Adam or SGD, a weight moves at most
+# about peak lr x steps; the gradient norm must keep its size (STEADY_GRAD), a vanished one is
+# another fault. A cut gradient path or labels without signal at an ordinary rate stay plateaus.
+LOW_RATE = 3e-5
 
 UNSTABLE = ("non-finite", "divergence", "early-instability")
 LR_CHANGE = "<learning-rate change>"  # placeholder in fixes, replaced by one sentence per report
@@ -730,21 +735,29 @@ def _no_progress(ctx: _Context) -> list[Finding]:
     # not four standard errors above 5%, so chance dips of a long noisy run do not pass for progress.
     stalled = progress < NO_PROGRESS + NOISY_STALLED_Z * error if noise >= NOISY else progress + STALLED_Z * error < NO_PROGRESS
     crawl = _crawl(ctx)
-    if not stalled and crawl is None:
-        return []
+    at_chance = ctx.ln_c is not None and np.median(loss[-max(3, len(loss) // 4) :]) >= CHANCE_FRACTION * ctx.ln_c
     start, end = ctx.at(0), ctx.at(ctx.usable - 1)
     evidence = {"relative_improvement": progress, "median_loss": level, "step_noise": noise}
     peak = ctx.peak_lr()
     if peak:
         evidence["peak_lr"] = peak[0]
+    low = _low_rate_at_chance(ctx) if at_chance and crawl is None else None
+    if not stalled and crawl is None:
+        # Not stalled by the measure from the first lines, which can sit above chance (a warmup
+        # blip, an init above ln C), or too noisy to be sure of; a run that ends at chance at a
+        # tiny rate is still not learning.
+        if low is None:
+            return []
+        return [_too_low(ctx, {**evidence, **low, "ln_num_classes": ctx.ln_c}, "medium", LOW_RATE_TEXT.format(_fmt(low["peak_lr"])))]
     if crawl is not None:
         evidence.update(crawl)
-    at_chance = ctx.ln_c is not None and np.median(loss[-max(3, len(loss) // 4) :]) >= CHANCE_FRACTION * ctx.ln_c
     steady = _steady_descent(ctx) if at_chance and crawl is None else None
     if steady is not None:
         evidence.update(steady)
         evidence["ln_num_classes"] = ctx.ln_c
         return [_too_low(ctx, evidence, "high", "still at chance level but falling steadily, not flat: " + STEADY_TEXT)]
+    if low is not None:
+        return [_too_low(ctx, {**evidence, **low, "ln_num_classes": ctx.ln_c}, "medium", LOW_RATE_TEXT.format(_fmt(low["peak_lr"])))]
     if at_chance and crawl is None:
         evidence["ln_num_classes"] = ctx.ln_c
         return [
@@ -787,6 +800,12 @@ STEADY_TEXT = (
     "the training loss falls with the step throughout, the validation loss fell at nearly every "
     "evaluation and the gradients keep a healthy size, so the model is learning, only far too slowly "
     "(a plateau from broken labels or a cut gradient path has no such trend); "
+)
+
+
+LOW_RATE_TEXT = (
+    "still at chance level at a peak learning rate of {}, far below the rates that train a network "
+    "from scratch, with gradients of unchanged size (so the gradient path is intact): "
 )
 
 
@@ -846,6 +865,33 @@ def _steady_descent(ctx: _Context) -> dict[str, float] | None:
         if not STEADY_GRAD[0] <= late / early <= STEADY_GRAD[1]:
             return None
         out["grad_norm_late_over_early"] = float(late / early)
+    return out
+
+
+def _low_rate_at_chance(ctx: _Context) -> dict[str, float] | None:
+    """Evidence that a run at chance is held there by its learning rate: the peak rate is at most
+    ``LOW_RATE`` and the global gradient norm, when logged, has its last-quarter median within
+    ``STEADY_GRAD`` of its first-quarter one. The validation loss's trend is added as evidence when
+    at least 4 evaluations are logged (it is not required: at such a rate it may not move at all).
+    None when the rate is ordinary or unknown, or the gradients vanished or grew."""
+    peak = ctx.peak_lr()
+    if peak is None or peak[0] > LOW_RATE:
+        return None
+    out: dict[str, float] = {"peak_lr": peak[0]}
+    n = ctx.usable
+    q = n // 4
+    if ctx.grad is not None:
+        if q < 1:
+            return None
+        g = ctx.grad[:n]
+        early, late = np.nanmedian(g[:q]), np.nanmedian(g[-q:])
+        if not (np.isfinite(early) and np.isfinite(late) and early > 0 and STEADY_GRAD[0] <= late / early <= STEADY_GRAD[1]):
+            return None
+        out["grad_norm_late_over_early"] = float(late / early)
+    _, val = ctx.run.eval_series("val_loss")
+    val = [v for v in val if math.isfinite(v)]
+    if len(val) >= 4:
+        out.update({"val_loss_first": val[0], "val_loss_last": val[-1], "val_loss_fell_fraction": float(np.mean(np.diff(val) < 0))})
     return out
 
 

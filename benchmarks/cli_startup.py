@@ -18,6 +18,9 @@ import time
 
 COMMANDS = {
     "python -c pass": [sys.executable, "-c", "pass"],
+    # the CLI library alone: typer (the CLI before issue 20; it imports pydantic where installed) vs click
+    "python -c 'import typer'": [sys.executable, "-c", "import typer"],
+    "python -c 'import click'": [sys.executable, "-c", "import click"],
     "dlzoo --help": [sys.executable, "-m", "dlzoo.cli", "--help"],
     "dlzoo list": [sys.executable, "-m", "dlzoo.cli", "list"],
     "dlzoo info resnet -p 50": [sys.executable, "-m", "dlzoo.cli", "info", "resnet", "-p", "50"],

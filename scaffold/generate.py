@@ -105,7 +105,7 @@ _TEXT = {
 }
 TEXT_DEFAULTS = {
     "lm": {**_TEXT, "lr": 2e-3, "batch_size": 32, "seq_len": 64, "max_steps": 2000},
-    "mlm": {**_TEXT, "lr": 1e-3, "batch_size": 32, "seq_len": 64, "max_steps": 1000},
+    "mlm": {**_TEXT, "lr": 1e-3, "batch_size": 32, "seq_len": 64, "max_steps": 2500},
     "classify": {
         **_TEXT,
         "lr": 5e-4,

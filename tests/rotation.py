@@ -23,6 +23,11 @@ def selected(frameworks) -> list[str]:
     return [frameworks[(ROTATION * count + i) % len(frameworks)] for i in range(count)]
 
 
+def restricted() -> bool:
+    """Whether this run keeps to a rotating subset (``nox -s ci``) rather than running everything."""
+    return os.environ.get("DLZOO_PROJECT_FRAMEWORKS", "") not in ("", "0")
+
+
 def only_today(framework: str, frameworks) -> None:
     """Skip, saying why, when ``framework`` is not in today's subset."""
     if framework not in selected(frameworks):

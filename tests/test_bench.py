@@ -48,6 +48,27 @@ def test_report_schema_and_interleaving():
     json.dumps(report)  # the --json document is plain JSON
 
 
+def test_ceiling_is_measured_in_every_round(monkeypatch):
+    """The matmul ceiling runs once per round beside the steps (and once to warm up), so the
+    steps' fraction of it compares times taken under the same load; the reported ceiling is
+    2 n^3 over the median of those rounds."""
+    import dlzoo.zoo.bench as bench
+
+    calls, real = [], bench.ceiling_matmul
+
+    def counting(size=bench.CEILING_SIZE):
+        run, library = real(64)
+        return (lambda: calls.append(run())), library
+
+    monkeypatch.setattr(bench, "ceiling_matmul", counting)
+    monkeypatch.setattr(bench, "CEILING_SIZE", 64)
+    chosen = FRAMEWORKS[:1]
+    report = run("gpt", "tiny", batch=2, seq_len=8, implementations=chosen, mode="forward", trials=5)
+    assert len(calls) == 1 + 5
+    row = report["results"][0]
+    assert row["fraction_of_ceiling"] == pytest.approx(row["gflops"] / report["ceiling_gflops"])
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

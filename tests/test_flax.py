@@ -8,6 +8,8 @@ Numerics against transformers and the other frameworks live in conformance/
 
 from __future__ import annotations
 
+import logging
+
 import ast
 import math
 import re
@@ -175,11 +177,42 @@ def test_backend_compiles_once_per_config_and_shape(natives):
     config = CONFIGS["gpt"]
     first = load("gpt", "flax", config, seed=0)
     first.apply(_inputs("gpt", seed=0))
-    compiled = backend._apply._cache_size()
-    first.apply(_inputs("gpt", seed=1))  # new values, same shapes
-    load("gpt", "flax", config, seed=3).apply(_inputs("gpt", seed=2))  # new model, same config
-    first.apply(_inputs("gpt", seed=0), seed=5)  # new dropout seed is data, not a constant
-    assert backend._apply._cache_size() == compiled
+    compiles = []
+
+    class Count(logging.Handler):
+        def emit(self, record):
+            compiles.append(record.getMessage()) if "Compiling" in record.getMessage() else None
+
+    handler, logger = Count(), logging.getLogger("jax")
+    logger.addHandler(handler)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        first.apply(_inputs("gpt", seed=1))  # new values, same shapes
+        load("gpt", "flax", config, seed=3).apply(_inputs("gpt", seed=2))  # new model, same config
+        first.apply(_inputs("gpt", seed=0), seed=5)  # new dropout seed is data, not a constant
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        logger.removeHandler(handler)
+    assert [m for m in compiles if "_apply_module" in m] == [], compiles
+
+
+def test_apply_sees_weights_changed_after_its_first_call(natives):
+    """The cached graph of ``apply`` reads the module's current variables, and train-mode batch
+    statistics are written back into the module."""
+    handle = load("gpt", "flax", CONFIGS["gpt"], seed=0)
+    inputs = _inputs("gpt")
+    before = handle.apply(inputs)["logits"]
+    nnx.update(handle.native, jax.tree.map(lambda v: v * 0.5, nnx.state(handle.native, nnx.Param)))
+    after = handle.apply(inputs)["logits"]
+    fresh = load("gpt", "flax", CONFIGS["gpt"], seed=0)
+    nnx.update(fresh.native, nnx.state(handle.native, nnx.Param))
+    np.testing.assert_array_equal(after, fresh.apply(inputs)["logits"])
+    assert not np.allclose(before, after)
+    resnet = load("resnet", "flax", CONFIGS["resnet"], seed=0)
+    stats = jax.tree.map(np.asarray, nnx.state(resnet.native, nnx.BatchStat))
+    resnet.apply(_inputs("resnet"), train=True)
+    moved = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), stats, nnx.state(resnet.native, nnx.BatchStat))
+    assert any(jax.tree.leaves(moved))
 
 
 # --------------------------------------------------------------------------- batch norm

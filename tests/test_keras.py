@@ -284,3 +284,25 @@ def test_1x1_conv_gradients_are_right_and_do_not_crash(keras_backend):
     result = subprocess.run([sys.executable, "-c", _CONV_GRADIENTS], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_is_a_multiply_by_the_scaled_mask(rate):
+    """The models' Dropout keeps ``keep = 1 - rate`` of the values, scaled by 1/keep, and is the
+    identity in inference; on jax it draws keras' own mask, so it equals keras.layers.Dropout bit
+    for bit (the multiply only changes what XLA can fuse)."""
+    from dlzoo.zoo.keras.layers import Dropout
+
+    x = np.random.default_rng(0).normal(size=(8, 64, 32)).astype("float32")
+    ours, theirs = Dropout(rate, seed=7), keras.layers.Dropout(rate, seed=7)
+    y = keras.ops.convert_to_numpy(ours(x, training=True))
+    kept = y != 0
+    assert abs(1 - kept.mean() - rate) < 0.02
+    np.testing.assert_allclose(y[kept], x[kept] / (1 - rate), rtol=1e-6)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours(x, training=False)), x)
+    if keras.backend.backend() == "jax":
+        np.testing.assert_array_equal(y, keras.ops.convert_to_numpy(theirs(x, training=True)))
+        # the seed generators advance in step: the next draws agree too
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(ours(x, training=True)), keras.ops.convert_to_numpy(theirs(x, training=True))
+        )

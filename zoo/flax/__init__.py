@@ -9,6 +9,7 @@ argument, so jax caches one compilation per (arch, config, compute dtype, train,
 
 from __future__ import annotations
 
+import weakref
 from functools import partial
 
 import jax
@@ -79,13 +80,6 @@ def _objective(graphdef, params, rest, inputs, cotangents, key, train, flags=())
 
 
 @partial(jax.jit, static_argnames=("graphdef", "train", "flags"))
-def _apply(graphdef, state, inputs, key, *, train, flags=()):
-    model = nnx.merge(graphdef, state)
-    outputs = _call(model, inputs, train, key, flags)
-    return outputs, nnx.state(model, nnx.BatchStat)
-
-
-@partial(jax.jit, static_argnames=("graphdef", "train", "flags"))
 def _grads(graphdef, params, rest, inputs, cotangents, key, *, train, flags=()):
     return jax.grad(_objective, argnums=1)(graphdef, params, rest, inputs, cotangents, key, train, flags)
 
@@ -99,12 +93,24 @@ def _adamw(graphdef, params, rest, inputs, cotangents, key, lr, b1, b2, eps, wei
     return optax.apply_updates(params, updates)
 
 
+@partial(nnx.jit, static_argnames=("train", "flags"))
+def _apply_module(model: nnx.Module, inputs, key, *, train, flags=()):
+    # nnx.jit writes train-mode batch statistics back into ``model``
+    return _call(model, inputs, train, key, flags)
+
+
+# module -> nnx.cached_partial(_apply_module, module): the graph is traversed once per module, not
+# on every call (splitting a GPT-tiny costs more than its compiled forward). The handle never
+# changes a module's structure, only its variables' values, which the cached graph sees.
+_APPLY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def apply(arch: str, config, native: nnx.Module, inputs: dict[str, np.ndarray], *, train: bool = False, seed: int = 0):
-    graphdef, state = nnx.split(native)
     inputs, flags = _split_flags(inputs)
-    outputs, batch_stats = _apply(graphdef, state, inputs, jax.random.key(seed), train=train, flags=flags)
-    if train:
-        nnx.update(native, batch_stats)
+    cached = _APPLY.get(native)
+    if cached is None:
+        cached = _APPLY[native] = nnx.cached_partial(_apply_module, native)
+    outputs = cached(inputs, jax.random.key(seed), train=train, flags=flags)
     return {k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()}, native
 
 

@@ -24,7 +24,7 @@ import keras
 from keras import layers, ops
 
 from ..configs import BertConfig
-from .layers import MASK_MIN, MLP, Attention, Seeds, normal_init, run_blocks
+from .layers import MASK_MIN, MLP, Attention, Dropout, Seeds, normal_init, run_blocks
 
 
 @keras.saving.register_keras_serializable(package="dlzoo")
@@ -44,7 +44,7 @@ class Embeddings(layers.Layer):
             config.type_vocab_size, d, embeddings_initializer=normal_init(seeds()), name="token_type", dtype=policy
         )
         self.ln = layers.LayerNormalization(epsilon=config.layer_norm_eps, name="ln", dtype=policy)
-        self.drop = layers.Dropout(config.dropout, seed=seeds(), name="drop", dtype=policy)  # theory: dropout
+        self.drop = Dropout(config.dropout, seed=seeds(), name="drop", dtype=policy)  # theory: dropout
 
     def call(self, input_ids, token_type_ids, training=False):
         T = ops.shape(input_ids)[1]
@@ -136,7 +136,7 @@ class Bert(keras.Model):
         if config.mlm_head:
             self.mlm = MLMHead(config, seed=seeds(), name="mlm", dtype=policy)
         if config.num_labels:
-            self.classifier_drop = layers.Dropout(config.dropout, seed=seeds(), name="classifier_drop", dtype=policy)
+            self.classifier_drop = Dropout(config.dropout, seed=seeds(), name="classifier_drop", dtype=policy)
             self.classifier = layers.Dense(config.num_labels, kernel_initializer=normal_init(seeds()), name="classifier", dtype=policy)
 
     def call(self, inputs, training=False):

@@ -36,7 +36,7 @@ import keras
 from keras import layers, ops
 
 from ..configs import GPTConfig, check_generation
-from .layers import MASK_MIN, Block, Seeds, normal_init, run_blocks
+from .layers import MASK_MIN, Block, Dropout, Seeds, normal_init, run_blocks
 
 
 class KVCache(NamedTuple):
@@ -88,7 +88,7 @@ class GPT(keras.Model):
             name="wpe",
             dtype=policy,
         )
-        self.drop = layers.Dropout(config.dropout, seed=seeds(), name="drop", dtype=policy)  # theory: dropout
+        self.drop = Dropout(config.dropout, seed=seeds(), name="drop", dtype=policy)  # theory: dropout
         # GPT-2 scales the residual projections by 1/sqrt(2 * layers): each block adds two of them.
         out_std = 0.02 / (2 * config.num_layers) ** 0.5  # theory: initialization
         self.blocks = [

@@ -30,7 +30,7 @@ import keras
 from keras import layers, ops
 
 from ..configs import ViTConfig, ZooError, bicubic_resize_matrix
-from .layers import Block, Seeds, normal_init, run_blocks
+from .layers import Block, Dropout, Seeds, normal_init, run_blocks
 
 
 @keras.saving.register_keras_serializable(package="dlzoo")
@@ -54,7 +54,7 @@ class ViT(keras.Model):
         self.pos_embed = self.add_weight(
             shape=(1, config.num_patches + 1, d), initializer=normal_init(seeds()), name="pos_embed"
         )  # theory: position-embeddings
-        self.drop = layers.Dropout(config.dropout, seed=seeds(), name="drop", dtype=policy)  # theory: dropout
+        self.drop = Dropout(config.dropout, seed=seeds(), name="drop", dtype=policy)  # theory: dropout
         self.blocks = [
             Block(
                 d,
