@@ -181,7 +181,8 @@ def test_backend_compiles_once_per_config_and_shape(natives):
 
     class Count(logging.Handler):
         def emit(self, record):
-            compiles.append(record.getMessage()) if "Compiling" in record.getMessage() else None
+            if "Compiling" in record.getMessage():
+                compiles.append(record.getMessage())
 
     handler, logger = Count(), logging.getLogger("jax")
     logger.addHandler(handler)
