@@ -147,10 +147,11 @@ class BertConfig(_Config):
     tie_word_embeddings: bool = True  # False: the MLM decoder has its own kernel, mlm.decoder.kernel
     gelu: str = "exact"  # the GELU of the MLP and the MLM transform: "exact" (erf, BERT's) or "tanh"
     remat: bool = False  # recompute each block's activations in the backward pass (training memory)
+    scan_layers: bool = False  # JAX frameworks: run the identical blocks as one jax.lax.scan (compile time)
 
     def __post_init__(self):
         _gelu_form(self)
-        _flag(self, "remat")
+        _flag(self, "remat", "scan_layers")
         _positive(self, "vocab_size", "max_positions", "type_vocab_size", "hidden_size", "num_layers", "num_heads", "mlp_dim")
         _heads_divide(self)
         _probability(self, "dropout", "attention_dropout")
@@ -192,10 +193,11 @@ class GPTConfig(_Config):
     tie_word_embeddings: bool = True  # False: a separate LM head kernel, lm_head.kernel
     gelu: str = "tanh"  # the MLP's GELU: "tanh" (GPT-2's "gelu_new") or "exact" (erf)
     remat: bool = False  # recompute each block's activations in the backward pass (training memory)
+    scan_layers: bool = False  # JAX frameworks: run the identical blocks as one jax.lax.scan (compile time)
 
     def __post_init__(self):
         _gelu_form(self)
-        _flag(self, "remat")
+        _flag(self, "remat", "scan_layers")
         _require(
             isinstance(self.tie_word_embeddings, bool),
             f"GPTConfig.tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}",
@@ -224,10 +226,11 @@ class ViTConfig(_Config):
     attention_dropout: float = 0.0
     gelu: str = "exact"  # the MLP's GELU: "exact" (erf, the published ViTs') or "tanh"
     remat: bool = False  # recompute each block's activations in the backward pass (training memory)
+    scan_layers: bool = False  # JAX frameworks: run the identical blocks as one jax.lax.scan (compile time)
 
     def __post_init__(self):
         _gelu_form(self)
-        _flag(self, "remat")
+        _flag(self, "remat", "scan_layers")
         _positive(self, "image_size", "patch_size", "num_channels", "hidden_size", "num_layers", "num_heads", "mlp_dim", "num_classes")
         _heads_divide(self)
         _require(
@@ -280,6 +283,10 @@ class ResNetConfig(_Config):
     NEW batch statistic, ``running = (1 - bn_momentum) * running + bn_momentum * batch``.
     Frameworks that weight the old statistic (flax, equinox, keras ``momentum``; haiku
     ``decay_rate``) receive ``1 - bn_momentum``.
+
+    No ``scan_layers`` (GPT, BERT and ViT have it): the blocks differ in shape from stage to
+    stage (widths, the strided first block and its downsample), so there is no one block to run
+    as a ``jax.lax.scan``; ``scan_layers=...`` is refused as an unknown field.
     """
 
     arch: ClassVar[str] = "resnet"

@@ -104,11 +104,21 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise WeightsError(f"{path}: corrupt, truncated or not a safetensors file ({_first_line(error)})") from None
 
 
+# Config fields that change how a model runs (training memory, compile time), not its weights.
+RUN_OPTIONS = ("remat", "scan_layers")
+
+
+def without_run_options(config):
+    """``config`` with every ``RUN_OPTIONS`` field it has set to False, for comparing weights."""
+    return config.replace(**{name: False for name in RUN_OPTIONS if hasattr(config, name)})
+
+
 def load(path: str | os.PathLike, arch: str | None = None, config=None):
     """Read and validate a canonical file. Returns (arch, config, tensors).
 
-    ``arch`` and ``config``, when given, must match the file's (``remat`` aside: it changes how
-    training runs, not the weights); the config defaults to the file's.
+    ``arch`` and ``config``, when given, must match the file's (``remat`` and ``scan_layers``
+    aside, ``RUN_OPTIONS``: they change how the model runs, not the weights); the config
+    defaults to the file's.
     """
     from safetensors.numpy import load_file
 
@@ -127,8 +137,8 @@ def load(path: str | os.PathLike, arch: str | None = None, config=None):
     if arch is not None and file_arch != arch:
         raise WeightsError(f"{path}: holds {file_arch!r} weights, expected {arch!r}")
     file_config = config_from_json(check_arch(file_arch), meta.get("config", "{}"))
-    if config is not None and type(config) is type(file_config) and config.replace(remat=file_config.remat) == file_config:
-        # remat changes how a backward pass runs, not the weights: either file loads into either
+    if config is not None and type(config) is type(file_config) and without_run_options(config) == without_run_options(file_config):
+        # remat and scan_layers change how the model runs, not the weights: either file loads into either
         file_config = config
     if config is not None and config != file_config:
         raise WeightsError(

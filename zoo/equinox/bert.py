@@ -5,7 +5,8 @@ Paper: Devlin et al., 2019, "BERT: Pre-training of Deep Bidirectional Transforme
 Understanding".
 
 Args (``BertConfig``): vocab_size, max_positions, type_vocab_size, hidden_size, num_layers,
-num_heads, mlp_dim, layer_norm_eps, dropout, attention_dropout, pooler, mlm_head, num_labels, gelu, remat.
+num_heads, mlp_dim, layer_norm_eps, dropout, attention_dropout, pooler, mlm_head, num_labels, gelu, remat,
+scan_layers (the blocks as one ``jax.lax.scan``, ``layers.run_blocks``).
 ``dtype="bfloat16"`` runs activations and matmuls in bfloat16; parameters stay float32.
 
 The model maps ONE sequence, as Equinox layers do; ``jax.vmap`` it over the batch. Example::
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..configs import BertConfig
-from .layers import MLP, Attention, Dense, Dropout, Embedding, LayerNorm, cast_floating, run_block, split_key, truncated_normal
+from .layers import MLP, Attention, Dense, Dropout, Embedding, LayerNorm, cast_floating, run_blocks, split_key, truncated_normal
 
 _INIT = truncated_normal(0.02)  # theory: initialization
 
@@ -159,8 +160,7 @@ class Bert(eqx.Module):
         # Padding keys get the most negative finite value: -inf would give NaN on padded rows.
         bias = (1 - attention_mask.astype(dtype))[None, None, :] * jnp.finfo(dtype).min  # theory: attention-mask
         x = self.embeddings(input_ids, token_type_ids, key=keys[0], inference=inference)
-        for block, k in zip(self.blocks, keys[1:]):
-            x = run_block(block, x, bias, remat=self.config.remat, key=k, inference=inference)
+        x = run_blocks(self.blocks, x, bias, remat=self.config.remat, scan=self.config.scan_layers, keys=keys[1:], inference=inference)
         return x
 
     def forward_head(

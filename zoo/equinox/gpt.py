@@ -4,7 +4,9 @@ embedding (or its own, ``tie_word_embeddings=False``), a key/value cache and ``g
 Paper: Radford et al., 2019, "Language Models are Unsupervised Multitask Learners".
 
 Args (``GPTConfig``): vocab_size, context_length, hidden_size, num_layers, num_heads, mlp_dim,
-layer_norm_eps, dropout (embedding and residual), attention_dropout, tie_word_embeddings, gelu, remat.
+layer_norm_eps, dropout (embedding and residual), attention_dropout, tie_word_embeddings, gelu, remat,
+scan_layers (the blocks as one ``jax.lax.scan``, ``layers.run_blocks``; the KV-cache path of
+``generate`` and ``block_outputs``' recording keep the loop).
 ``dtype="bfloat16"`` runs activations and matmuls in bfloat16 while the parameters stay float32.
 
 ``attention_mask`` (T,), 1 for real tokens and 0 for padding, hides padded keys and sets the
@@ -41,7 +43,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..configs import GPTConfig, check_generation
-from .layers import Block, Dense, Dropout, Embedding, LayerNorm, cast_floating, normal, run_block, split_key
+from .layers import Block, Dense, Dropout, Embedding, LayerNorm, cast_floating, normal, run_blocks, split_key
 
 
 class KVCache(NamedTuple):
@@ -148,17 +150,14 @@ class GPT(eqx.Module):
             bias = attention_bias(mask, past, T, self.dtype)  # (1, T, S)
         positions = jax.lax.dynamic_slice(position_ids(mask), (past,), (T,))  # (T,)
         x = self.drop(self.wte(input_ids) + self.wpe(positions), key=keys[0], inference=inference)
-        kv = []
-        for i, (block, k) in enumerate(zip(self.blocks, keys[1:])):
-            if cache is None:
-                x = run_block(block, x, bias, remat=self.config.remat, key=k, inference=inference)
-            else:
-                x, layer_kv = block(x, bias, key=k, inference=inference, cache=(cache.keys[i], cache.values[i], past))
-                kv.append(layer_kv)
-        x = self.ln_f(x)
         if cache is None:
-            return x
-        return x, KVCache(tuple(k for k, _ in kv), tuple(v for _, v in kv), mask, past + T)
+            x = run_blocks(self.blocks, x, bias, remat=self.config.remat, scan=self.config.scan_layers, keys=keys[1:], inference=inference)
+            return self.ln_f(x)
+        kv = []
+        for i, (block, k) in enumerate(zip(self.blocks, keys[1:])):  # the KV-cache path keeps the loop, scan_layers or not
+            x, layer_kv = block(x, bias, key=k, inference=inference, cache=(cache.keys[i], cache.values[i], past))
+            kv.append(layer_kv)
+        return self.ln_f(x), KVCache(tuple(k for k, _ in kv), tuple(v for _, v in kv), mask, past + T)
 
     def forward_head(self, x: Float[Array, "T D"]) -> Float[Array, "T V"]:
         if self.lm_head is not None:

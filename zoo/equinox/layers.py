@@ -287,6 +287,35 @@ def run_block(block: eqx.Module, *args, remat: bool, **kwargs):
     return eqx.filter_checkpoint(lambda block, args, kwargs: block(*args, **kwargs))(block, args, kwargs)
 
 
+def run_blocks(blocks, x: Array, *args, remat: bool, scan: bool, keys, **kwargs):
+    """``x`` through ``blocks`` in order, block i as ``run_block(blocks[i], x, *args, key=keys[i],
+    **kwargs)``; ``keys`` holds one dropout key per block (or Nones in inference), split as the
+    loop always has. With ``scan`` (the config's ``scan_layers``) the blocks run as ONE
+    ``jax.lax.scan`` whose body is compiled once, instead of an unrolled loop whose program grows
+    with depth: each block is ``eqx.partition``ed into arrays and the rest, the arrays stacked
+    along a new leading axis inside the traced function, and the body ``eqx.combine``s one slice
+    with the shared rest. The model keeps its canonical per-layer parameters; the keys and so
+    the dropout masks are those of the loop. With ``remat`` the body is checkpointed. Blocks
+    that differ in anything but array values (``block_outputs``' recording wrappers, named per
+    block) run as the loop. -> x, the last block's output."""
+    parts = [eqx.partition(block, eqx.is_array) for block in blocks]
+    params, static = parts[0]
+    signature = (jax.tree.structure(params), jax.tree.structure(static), jax.tree.leaves(static))
+    identical = all((jax.tree.structure(p), jax.tree.structure(s), jax.tree.leaves(s)) == signature for p, s in parts[1:])
+    if not scan or len(blocks) < 2 or not identical:
+        for block, key in zip(blocks, keys, strict=True):
+            x = run_block(block, x, *args, remat=remat, key=key, **kwargs)
+        return x
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *(p for p, _ in parts))
+
+    def body(x, layer):
+        params, key = layer
+        return run_block(eqx.combine(params, static), x, *args, remat=remat, key=key, **kwargs), None
+
+    x, _ = jax.lax.scan(body, x, (stacked, None if keys[0] is None else jnp.stack(keys)))
+    return x
+
+
 class MLP(eqx.Module):
     """Position-wise feed-forward: fc -> GELU -> out -> dropout. ``approximate`` picks the GELU:
     True is GPT-2's tanh approximation ("gelu_new"), False the exact erf GELU of BERT and ViT."""

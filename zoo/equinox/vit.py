@@ -5,7 +5,8 @@ Paper: Dosovitskiy et al., 2021, "An Image is Worth 16x16 Words: Transformers fo
 Recognition at Scale".
 
 Args (``ViTConfig``): image_size, patch_size, num_channels, hidden_size, num_layers, num_heads,
-mlp_dim, num_classes, layer_norm_eps, dropout, attention_dropout, gelu, remat. ``dtype="bfloat16"`` runs
+mlp_dim, num_classes, layer_norm_eps, dropout, attention_dropout, gelu, remat, scan_layers (the blocks
+as one ``jax.lax.scan``, ``layers.run_blocks``). ``dtype="bfloat16"`` runs
 activations and matmuls in bfloat16; parameters stay float32.
 
 The model maps ONE channels-last image (H, W, C), as Equinox layers do; ``jax.vmap`` it over
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..configs import ViTConfig, ZooError, bicubic_resize_matrix
-from .layers import Block, Conv2d, Dense, Dropout, LayerNorm, cast_floating, run_block, split_key, truncated_normal
+from .layers import Block, Conv2d, Dense, Dropout, LayerNorm, cast_floating, run_blocks, split_key, truncated_normal
 
 _INIT = truncated_normal(0.02)  # theory: initialization
 
@@ -109,8 +110,7 @@ class ViT(eqx.Module):
         x = x.reshape(-1, x.shape[-1])  # (N, D), patches in row-major order
         x = jnp.concatenate([self.cls_token[0], x]) + pos  # (N + 1, D)
         x = self.drop(x, key=keys[0], inference=inference)
-        for block, k in zip(self.blocks, keys[1:]):
-            x = run_block(block, x, remat=self.config.remat, key=k, inference=inference)
+        x = run_blocks(self.blocks, x, remat=self.config.remat, scan=self.config.scan_layers, keys=keys[1:], inference=inference)
         return self.ln_f(x)
 
     def forward_head(self, x: Float[Array, "P D"]) -> Float[Array, " classes"]:

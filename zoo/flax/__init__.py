@@ -116,8 +116,11 @@ def apply(arch: str, config, native: nnx.Module, inputs: dict[str, np.ndarray], 
 
 def block_outputs(arch: str, config, native: nnx.Module, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The output of every residual block in eval mode, by canonical block name: NNX's own
-    ``nnx.capture`` sows each method's output. It runs on a copy, so the model keeps no captures."""
+    ``nnx.capture`` sows each method's output. It runs on a copy, so the model keeps no captures;
+    the copy runs its blocks as a loop (``scan_layers`` off: a scanned block is called once)."""
     model = nnx.merge(*nnx.split(native))
+    if getattr(model.config, "scan_layers", False):
+        model.config = model.config.replace(scan_layers=False)
     _, captured = nnx.capture(_call, nnx.Intermediate, method_outputs=nnx.Intermediate)(model, inputs, False, jax.random.key(0))
     outputs, blocks = {}, set(config.block_names())
     for path, variable in nnx.to_flat_state(captured):

@@ -6,9 +6,10 @@ Understanding".
 
 Args (``BertConfig``): vocab_size, max_positions, type_vocab_size, hidden_size, num_layers,
 num_heads, mlp_dim, layer_norm_eps, dropout (embedding, residual and classifier),
-attention_dropout, pooler, mlm_head, num_labels, gelu, remat. Keywords: ``rngs`` (``nnx.Rngs``) draws the
-initial weights; ``dtype`` is the compute dtype (``jnp.bfloat16`` for mixed precision:
-parameters stay float32, outputs are returned in float32). At call time ``train=True`` turns
+attention_dropout, pooler, mlm_head, num_labels, gelu, remat, scan_layers (the blocks as one
+``jax.lax.scan``, ``layers.run_blocks``). Keywords: ``rngs`` (``nnx.Rngs``) draws the initial
+weights; ``dtype`` is the compute dtype (``jnp.bfloat16`` for mixed precision: parameters stay
+float32, outputs are returned in float32). At call time ``train=True`` turns
 dropout on, drawing from the ``rngs`` passed to the call.
 
 Example::
@@ -35,7 +36,7 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from ..configs import BertConfig, ZooError
-from .layers import MLP, Attention, Dropout, layer_norm, run_block, truncated_normal
+from .layers import MLP, Attention, Dropout, layer_norm, run_blocks, truncated_normal
 
 # theory: initialization
 INIT = truncated_normal(0.02)  # every dense kernel and embedding; biases 0, layer norms 1 and 0
@@ -158,8 +159,7 @@ class BERT(nnx.Module):
             mask = attention_mask.astype(self.dtype)
             # theory: attention-mask
             attn_bias = (1.0 - mask)[:, None, None, :] * jnp.finfo(self.dtype).min  # [B, 1, 1, T]
-        for block in self.blocks:
-            x = run_block(block, x, remat=self.config.remat, attn_bias=attn_bias, train=train, rngs=rngs)
+        x = run_blocks(self.blocks, x, remat=self.config.remat, scan=self.config.scan_layers, attn_bias=attn_bias, train=train, rngs=rngs)
         return x
 
     def forward_head(self, x: Float[Array, "B T C"], *, train: bool = False, rngs: nnx.Rngs | None = None) -> dict[str, Array]:

@@ -4,7 +4,9 @@ embedding (or its own, ``tie_word_embeddings=False``), a key/value cache and ``g
 Paper: Radford et al., 2019, "Language Models are Unsupervised Multitask Learners".
 
 Args (``GPTConfig``): vocab_size, context_length, hidden_size, num_layers, num_heads, mlp_dim,
-layer_norm_eps, dropout (embedding and residual), attention_dropout, tie_word_embeddings, gelu, remat.
+layer_norm_eps, dropout (embedding and residual), attention_dropout, tie_word_embeddings, gelu, remat,
+scan_layers (the blocks as one ``jax.lax.scan``, ``layers.run_blocks``; the KV-cache path of
+``generate`` and per-block captures keep the loop).
 Keywords: ``rngs`` (``nnx.Rngs``) draws the initial weights; ``dtype`` is the compute dtype
 (``jnp.bfloat16`` for mixed precision: parameters stay float32, logits are returned in float32).
 At call time ``train=True`` turns dropout on, drawing from the ``rngs`` passed to the call.
@@ -43,7 +45,7 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from ..configs import GPTConfig, ZooError, check_generation
-from .layers import Block, Dropout, layer_norm, normal, run_block
+from .layers import Block, Dropout, layer_norm, normal, run_blocks
 
 
 class KVCache(NamedTuple):
@@ -144,17 +146,25 @@ class GPT(nnx.Module):
         positions = jax.lax.dynamic_slice(position_ids(mask), (0, past), (B, T))  # [B, T]
         x = self.wte(input_ids) + self.wpe(positions)  # [B, T, C]
         x = self.drop(x, deterministic=not train, rngs=rngs)
+        if cache is None:
+            # theory: causal-masking
+            x = run_blocks(
+                self.blocks,
+                x,
+                remat=self.config.remat,
+                scan=self.config.scan_layers,
+                is_causal=bias is None,
+                attn_bias=bias,
+                train=train,
+                rngs=rngs,
+            )
+            return self.ln_f(x)
         keys, values = [], []
-        for i, block in enumerate(self.blocks):
-            if cache is None:
-                # theory: causal-masking
-                x = run_block(block, x, remat=self.config.remat, is_causal=bias is None, attn_bias=bias, train=train, rngs=rngs)
-            else:
-                x, (k, v) = block(x, attn_bias=bias, train=train, rngs=rngs, cache=(cache.keys[i], cache.values[i], past))
-                keys.append(k)
-                values.append(v)
-        x = self.ln_f(x)
-        return x if cache is None else (x, KVCache(tuple(keys), tuple(values), mask, past + T))
+        for i, block in enumerate(self.blocks):  # the KV-cache path keeps the loop, scan_layers or not
+            x, (k, v) = block(x, attn_bias=bias, train=train, rngs=rngs, cache=(cache.keys[i], cache.values[i], past))
+            keys.append(k)
+            values.append(v)
+        return self.ln_f(x), KVCache(tuple(keys), tuple(values), mask, past + T)
 
     def forward_head(self, x: Float[Array, "B T C"]) -> Float[Array, "B T V"]:
         if self.lm_head is not None:

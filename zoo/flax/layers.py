@@ -96,6 +96,38 @@ def run_block(block: nnx.Module, x: Array, *, remat: bool, **kwargs):
     return nnx.remat(lambda block, x, traced: block(x, **static, **traced))(block, x, traced)
 
 
+def run_blocks(blocks, x: Array, *, remat: bool, scan: bool, rngs=None, **kwargs):
+    """Run ``blocks`` (identical in structure: GPT-2, BERT, ViT) one after the other, each as
+    ``run_block``. With ``scan`` (the config's ``scan_layers``) they run as ONE ``jax.lax.scan``
+    whose body is compiled once, instead of an unrolled loop whose program grows with depth:
+    each block's state is split off (``nnx.split``), the states stacked along a new leading axis
+    inside the traced function, and the body merges one slice back into a block
+    (``nnx.merge``). The modules keep their canonical per-layer parameters; only the traced
+    program changes. The ``rngs`` streams are carried through the scan and written back, so each
+    layer draws the keys it draws in the loop (same dropout masks), and later draws continue
+    from the same counts. With ``remat`` the body is checkpointed. -> x, the last block's output.
+    """
+    if not scan or len(blocks) < 2:
+        for block in blocks:
+            x = run_block(block, x, remat=remat, rngs=rngs, **kwargs)
+        return x
+    graphdef, first = nnx.split(blocks[0])
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), first, *(nnx.state(block) for block in blocks[1:]))
+    carried = isinstance(rngs, (nnx.Rngs, nnx.RngStream))
+    rng_graph, rng_state = nnx.split(rngs) if carried else (None, None)
+
+    def body(carry, state):
+        x, rng_state = carry
+        layer_rngs = nnx.merge(rng_graph, rng_state) if carried else rngs
+        x = run_block(nnx.merge(graphdef, state), x, remat=remat, rngs=layer_rngs, **kwargs)
+        return (x, nnx.state(layer_rngs) if carried else None), None
+
+    (x, rng_state), _ = jax.lax.scan(body, (x, rng_state), stacked)
+    if carried:
+        nnx.update(rngs, rng_state)
+    return x
+
+
 # --------------------------------------------------------------------------- transformer layers
 
 

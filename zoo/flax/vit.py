@@ -5,7 +5,8 @@ Paper: Dosovitskiy et al., 2021, "An Image is Worth 16x16 Words: Transformers fo
 Recognition at Scale".
 
 Args (``ViTConfig``): image_size, patch_size, num_channels, hidden_size, num_layers, num_heads,
-mlp_dim, num_classes, layer_norm_eps, dropout (embedding and residual), attention_dropout, gelu, remat.
+mlp_dim, num_classes, layer_norm_eps, dropout (embedding and residual), attention_dropout, gelu, remat,
+scan_layers (the blocks as one ``jax.lax.scan``, ``layers.run_blocks``).
 Keywords: ``rngs`` (``nnx.Rngs``) draws the initial weights; ``dtype`` is the compute dtype
 (``jnp.bfloat16`` for mixed precision: parameters stay float32, logits are returned in float32).
 Images are NHWC, JAX's layout. At call time ``train=True`` turns dropout on, drawing from the
@@ -34,7 +35,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from ..configs import ViTConfig, ZooError, bicubic_resize_matrix
-from .layers import Block, Dropout, layer_norm, run_block, truncated_normal
+from .layers import Block, Dropout, layer_norm, run_blocks, truncated_normal
 
 # theory: initialization
 INIT = truncated_normal(0.02)  # patch conv, dense kernels, [CLS] and position embeddings; biases 0
@@ -112,8 +113,7 @@ class ViT(nnx.Module):
         x = jnp.concatenate([cls, x], axis=1) + pos.astype(x.dtype)  # [B, 1 + N, C]
         x = self.drop(x, deterministic=not train, rngs=rngs)
         # Bidirectional (not causal): every patch attends to every other patch and to [CLS].
-        for block in self.blocks:
-            x = run_block(block, x, remat=self.config.remat, train=train, rngs=rngs)
+        x = run_blocks(self.blocks, x, remat=self.config.remat, scan=self.config.scan_layers, train=train, rngs=rngs)
         return self.ln_f(x)
 
     def forward_head(self, x: Float[Array, "B T C"]) -> Float[Array, "B K"]:

@@ -31,9 +31,15 @@ MODELS = {"bert": bert.transform, "gpt": gpt.transform, "resnet": resnet.transfo
 __all__ = ["MODELS", "adamw_step", "apply", "block_outputs", "build", "canonical_name", "generate", "load_state_dict", "state_dict", "vjp"]
 
 
+# the compute dtype each transformed pair was built with (block_outputs rebuilds it without scan)
+_COMPUTE_DTYPE: dict[hk.TransformedWithState, str] = {}
+
+
 @functools.lru_cache(maxsize=None)
 def _transform(arch: str, config, compute_dtype: str) -> hk.TransformedWithState:
-    return MODELS[arch](config, dtype=compute_dtype)
+    transformed = MODELS[arch](config, dtype=compute_dtype)
+    _COMPUTE_DTYPE[transformed] = compute_dtype
+    return transformed
 
 
 def _example_inputs(arch: str, config) -> dict[str, np.ndarray]:
@@ -92,8 +98,12 @@ def apply(arch: str, config, native, inputs: dict[str, np.ndarray], *, train: bo
 
 def block_outputs(arch: str, config, native, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The output of every residual block in eval mode, by canonical block name, read with
-    haiku's own method interceptor (unjitted, so the recorded values are concrete arrays)."""
+    haiku's own method interceptor (unjitted, so the recorded values are concrete arrays). With
+    ``scan_layers`` the same parameters run through the model built without it: a scanned block
+    is called once, on traced values."""
     transformed, params, state = native
+    if getattr(config, "scan_layers", False):
+        transformed = _transform(arch, config.replace(scan_layers=False), _COMPUTE_DTYPE.get(transformed, "float32"))
     outputs: dict[str, np.ndarray] = {}
     blocks = set(config.block_names())
 

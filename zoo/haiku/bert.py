@@ -6,7 +6,8 @@ Understanding".
 
 Args (``BertConfig``): vocab_size, max_positions, type_vocab_size, hidden_size, num_layers,
 num_heads, mlp_dim, layer_norm_eps, dropout (embedding, residual and classifier),
-attention_dropout, pooler, mlm_head, num_labels, gelu, remat. ``transform(config, dtype="bfloat16")`` runs
+attention_dropout, pooler, mlm_head, num_labels, gelu, remat, scan_layers (the blocks as one
+``jax.lax.scan``, ``layers.run_blocks``). ``transform(config, dtype="bfloat16")`` runs
 activations and matmuls in bfloat16 while the parameters stay float32. ``is_training=True``
 turns dropout on and needs an rng key in ``apply``.
 
@@ -27,13 +28,15 @@ Module paths map onto dlzoo's canonical names ("bert/~/blocks_0/~/attn/~/qkv" + 
 
 from __future__ import annotations
 
+from functools import partial
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ..configs import BertConfig
-from .layers import MLP, Attention, Dense, Embedding, LayerNorm, dropout, run_block, transform_model, truncated_normal
+from .layers import MLP, Attention, Dense, Embedding, LayerNorm, dropout, run_blocks, transform_model, truncated_normal
 
 _INIT = truncated_normal(0.02)  # theory: initialization
 
@@ -109,7 +112,8 @@ class BERT(hk.Module):
         self.config = config
         d = config.hidden_size
         self.embeddings = Embeddings(config)
-        self.blocks = [Block(config, name=f"blocks_{i}") for i in range(config.num_layers)]
+        self.make_block = partial(Block, config)  # one factory: scan_layers relies on identical blocks
+        self.blocks = [self.make_block(name=f"blocks_{i}") for i in range(config.num_layers)]
         self.pooler = Dense(d, init=_INIT, name="pooler") if config.pooler else None
         self.mlm = MLMHead(config) if config.mlm_head else None
         self.classifier = Dense(config.num_labels, init=_INIT, name="classifier") if config.num_labels else None
@@ -134,8 +138,15 @@ class BERT(hk.Module):
             dtype = x.dtype
             # theory: attention-mask
             attn_bias = (1 - attention_mask.astype(dtype))[:, None, None, :] * jnp.finfo(dtype).min  # (B, 1, 1, T)
-        for block in self.blocks:
-            x = run_block(block, x, remat=self.config.remat, attn_bias=attn_bias, is_training=is_training)
+        x = run_blocks(
+            self.blocks,
+            self.make_block,
+            x,
+            remat=self.config.remat,
+            scan=self.config.scan_layers,
+            attn_bias=attn_bias,
+            is_training=is_training,
+        )
         return x
 
     def forward_head(self, x: Float[Array, "B T D"], *, is_training: bool = False) -> dict[str, Array]:

@@ -4,7 +4,9 @@ embedding (or its own, ``tie_word_embeddings=False``), a key/value cache and ``g
 Paper: Radford et al., 2019, "Language Models are Unsupervised Multitask Learners".
 
 Args (``GPTConfig``): vocab_size, context_length, hidden_size, num_layers, num_heads, mlp_dim,
-layer_norm_eps, dropout (embedding and residual), attention_dropout, tie_word_embeddings, gelu, remat.
+layer_norm_eps, dropout (embedding and residual), attention_dropout, tie_word_embeddings, gelu, remat,
+scan_layers (the blocks as one ``jax.lax.scan``, ``layers.run_blocks``; the KV-cache path of
+``generate`` and ``block_outputs``' method interception keep the loop).
 ``transform(config, dtype="bfloat16")`` runs activations and matmuls in bfloat16 while the
 parameters stay float32. ``is_training=True`` turns dropout on and needs an rng key in ``apply``.
 
@@ -45,7 +47,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ..configs import GPTConfig, check_generation
-from .layers import Block, Dense, Embedding, LayerNorm, dropout, normal, run_block, transform_model
+from .layers import Block, Dense, Embedding, LayerNorm, dropout, normal, run_blocks, transform_model
 
 
 class KVCache(NamedTuple):
@@ -93,21 +95,20 @@ class GPT(hk.Module):
         # GPT-2 scales the init of the two projections that write into the residual stream
         # (attn.out, mlp.out) by 1/sqrt(2 * num_layers): one per residual addition.
         out_std = 0.02 / math.sqrt(2 * config.num_layers)  # theory: initialization
-        self.blocks = [
-            Block(
-                d,
-                config.num_heads,
-                config.mlp_dim,
-                layer_norm_eps=config.layer_norm_eps,
-                approximate=config.gelu == "tanh",  # GPT-2's "gelu_new" is the tanh form
-                dropout=config.dropout,
-                attention_dropout=config.attention_dropout,
-                init=normal(0.02),
-                out_init=normal(out_std),
-                name=f"blocks_{i}",
-            )
-            for i in range(config.num_layers)
-        ]
+        # one factory: the blocks are identical, which scan_layers relies on (layers.run_blocks)
+        self.make_block = partial(
+            Block,
+            d,
+            config.num_heads,
+            config.mlp_dim,
+            layer_norm_eps=config.layer_norm_eps,
+            approximate=config.gelu == "tanh",  # GPT-2's "gelu_new" is the tanh form
+            dropout=config.dropout,
+            attention_dropout=config.attention_dropout,
+            init=normal(0.02),
+            out_init=normal(out_std),
+        )
+        self.blocks = [self.make_block(name=f"blocks_{i}") for i in range(config.num_layers)]
         self.ln_f = LayerNorm(eps=config.layer_norm_eps, name="ln_f")  # theory: layer-norm
         # theory: weight-tying
         self.lm_head = None if config.tie_word_embeddings else Dense(config.vocab_size, init=normal(0.02), use_bias=False, name="lm_head")
@@ -135,17 +136,25 @@ class GPT(hk.Module):
         positions = jax.lax.dynamic_slice(position_ids(mask), (0, past), (B, T))  # (B, T)
         x = x + self.wpe(positions)  # (B, T, D)
         x = dropout(x, self.config.dropout, is_training)  # theory: dropout
+        if cache is None:
+            # theory: causal-masking
+            x = run_blocks(
+                self.blocks,
+                self.make_block,
+                x,
+                remat=self.config.remat,
+                scan=self.config.scan_layers,
+                is_causal=bias is None,
+                attn_bias=bias,
+                is_training=is_training,
+            )
+            return self.ln_f(x)
         keys, values = [], []
-        for i, block in enumerate(self.blocks):
-            if cache is None:
-                # theory: causal-masking
-                x = run_block(block, x, remat=self.config.remat, is_causal=bias is None, attn_bias=bias, is_training=is_training)
-            else:
-                x, (k, v) = block(x, attn_bias=bias, is_training=is_training, cache=(cache.keys[i], cache.values[i], past))
-                keys.append(k)
-                values.append(v)
-        x = self.ln_f(x)
-        return x if cache is None else (x, KVCache(tuple(keys), tuple(values), mask, past + T))
+        for i, block in enumerate(self.blocks):  # the KV-cache path keeps the loop, scan_layers or not
+            x, (k, v) = block(x, attn_bias=bias, is_training=is_training, cache=(cache.keys[i], cache.values[i], past))
+            keys.append(k)
+            values.append(v)
+        return self.ln_f(x), KVCache(tuple(keys), tuple(values), mask, past + T)
 
     def forward_head(self, x: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
         if self.lm_head is not None:

@@ -308,6 +308,55 @@ def run_block(block: hk.Module, x: Array, *, remat: bool, **kwargs):
     return hk.remat(lambda x, traced: block(x, **static, **traced))(x, traced)
 
 
+def run_blocks(blocks: list[hk.Module], make_block, x: Array, *, remat: bool, scan: bool, **kwargs):
+    """``x`` through ``blocks`` in order, each as ``run_block(block, x, remat=remat, **kwargs)``.
+
+    With ``scan`` (the config's ``scan_layers``) the blocks run as ONE ``jax.lax.scan`` whose
+    body is compiled once, instead of an unrolled loop whose program grows with depth. Haiku's
+    own ``hk.layer_stack`` would store the parameters stacked under one name; to keep the
+    canonical per-layer parameters (``blocks_3/...``) the body is a separate ``hk.transform`` of
+    one block, ``make_block(name)``, whose ``apply`` is scanned over the per-layer parameters
+    (``block.params_dict()``) stacked along a new leading axis inside the traced function. The
+    custom getters in force (the compute-dtype policy) apply inside it. The random sequence
+    (``hk.next_rng_key``) is carried through the scan and handed back
+    (``hk.experimental.replace_rng_sequence_state``), so each layer draws the keys it draws in
+    the loop (same dropout masks), and later draws continue from the same place; this needs
+    haiku's default ``rng_reserve_size`` of 1. With ``remat`` the body is checkpointed.
+    Initialisation (``hk.running_init()``) always runs the loop, which creates the parameters.
+    -> x, the last block's output."""
+    if not scan or len(blocks) < 2 or hk.running_init():
+        for block in blocks:
+            x = run_block(block, x, remat=remat, **kwargs)
+        return x
+    root = "block"
+
+    def relative(block: hk.Module) -> dict:  # {"gpt/~/blocks_3/~/attn/~/qkv/kernel": v} -> {"block/~/attn/~/qkv": {"kernel": v}}
+        params: dict = {}
+        for name, value in block.params_dict().items():
+            module, leaf = name.rsplit("/", 1)
+            params.setdefault(root + module[len(block.module_name) :], {})[leaf] = value
+        return params
+
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *(relative(block) for block in blocks))
+
+    def layer(x, rng_state):
+        if rng_state is not None:
+            hk.experimental.replace_rng_sequence_state(rng_state)
+        x = run_block(make_block(name=root), x, remat=remat, **kwargs)
+        return x, hk.experimental.maybe_get_rng_sequence_state()
+
+    apply = hk.transform(layer).apply
+
+    def body(carry, params):
+        x, rng_state = carry
+        return apply(params, None if rng_state is None else rng_state[0], x, rng_state), None
+
+    (x, rng_state), _ = jax.lax.scan(body, (x, hk.experimental.maybe_get_rng_sequence_state()), stacked)
+    if rng_state is not None:
+        hk.experimental.replace_rng_sequence_state(rng_state)
+    return x
+
+
 class MLP(hk.Module):
     """Position-wise feed-forward: fc -> GELU -> out -> dropout. ``approximate`` is always passed
     (jax's default is the tanh approximation): True for GPT-2's "gelu_new", False for the exact

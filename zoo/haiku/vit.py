@@ -4,7 +4,8 @@ Paper: Dosovitskiy et al., 2021, "An Image is Worth 16x16 Words: Transformers fo
 Recognition at Scale".
 
 Args (``ViTConfig``): image_size, patch_size, num_channels, hidden_size, num_layers, num_heads,
-mlp_dim, num_classes, layer_norm_eps, dropout, attention_dropout, gelu, remat.
+mlp_dim, num_classes, layer_norm_eps, dropout, attention_dropout, gelu, remat,
+scan_layers (the blocks as one ``jax.lax.scan``, ``layers.run_blocks``).
 ``transform(config, dtype="bfloat16")`` runs activations and matmuls in bfloat16 while the
 parameters stay float32. ``is_training=True`` turns dropout on and needs an rng key in ``apply``;
 ``interpolate_pos_encoding=True`` runs images of another size, the patch position embeddings
@@ -28,13 +29,15 @@ Module paths map onto dlzoo's canonical names ("vit/~/blocks_0/~/attn/~/qkv" + "
 
 from __future__ import annotations
 
+from functools import partial
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..configs import ViTConfig, ZooError, bicubic_resize_matrix
-from .layers import Block, Conv2D, Dense, LayerNorm, dropout, run_block, transform_model, truncated_normal
+from .layers import Block, Conv2D, Dense, LayerNorm, dropout, run_blocks, transform_model, truncated_normal
 
 _INIT = truncated_normal(0.02)  # theory: initialization
 
@@ -47,21 +50,20 @@ class ViT(hk.Module):
         # A conv whose stride is its size cuts the image into patches and projects each one.
         # theory: patch-embedding
         self.patch_embed = Conv2D(d, p, stride=p, use_bias=True, init=_INIT, name="patch_embed")
-        self.blocks = [
-            Block(
-                d,
-                config.num_heads,
-                config.mlp_dim,
-                layer_norm_eps=config.layer_norm_eps,
-                approximate=config.gelu == "tanh",  # published ViTs: exact (erf)
-                dropout=config.dropout,
-                attention_dropout=config.attention_dropout,
-                init=_INIT,
-                out_init=_INIT,
-                name=f"blocks_{i}",
-            )
-            for i in range(config.num_layers)
-        ]
+        # one factory: the blocks are identical, which scan_layers relies on (layers.run_blocks)
+        self.make_block = partial(
+            Block,
+            d,
+            config.num_heads,
+            config.mlp_dim,
+            layer_norm_eps=config.layer_norm_eps,
+            approximate=config.gelu == "tanh",  # published ViTs: exact (erf)
+            dropout=config.dropout,
+            attention_dropout=config.attention_dropout,
+            init=_INIT,
+            out_init=_INIT,
+        )
+        self.blocks = [self.make_block(name=f"blocks_{i}") for i in range(config.num_layers)]
         self.ln_f = LayerNorm(eps=config.layer_norm_eps, name="ln_f")  # theory: layer-norm
         self.head = Dense(config.num_classes, init=_INIT, name="head")
 
@@ -98,9 +100,8 @@ class ViT(hk.Module):
         cls = jnp.broadcast_to(cls_token, (x.shape[0], 1, d))  # (B, 1, D)
         x = jnp.concatenate([cls, x], axis=1) + pos.astype(x.dtype)  # (B, 1 + N, D)
         x = dropout(x, self.config.dropout, is_training)  # theory: dropout
-        for block in self.blocks:
-            # Bidirectional (is_causal=False): every patch attends to every other patch and to [CLS].
-            x = run_block(block, x, remat=self.config.remat, is_training=is_training)
+        # Bidirectional (is_causal=False): every patch attends to every other patch and to [CLS].
+        x = run_blocks(self.blocks, self.make_block, x, remat=self.config.remat, scan=self.config.scan_layers, is_training=is_training)
         return self.ln_f(x)
 
     def forward_head(self, x: Float[Array, "B T D"]) -> Float[Array, "B classes"]:

@@ -139,9 +139,13 @@ def block_outputs(arch: str, config, native: keras.Model, inputs: dict[str, np.n
     for name, layer in blocks.items():
         layer.call = recording(name, layer.call)
     inputs, flags = _split_flags(inputs)
+    config = native.config
+    if getattr(config, "scan_layers", False):
+        native.config = config.replace(scan_layers=False)  # a scanned block is called once, on traced values
     try:
         native(inputs, training=False, **flags)
     finally:
+        native.config = config
         for layer in blocks.values():
             del layer.call  # the class's own call again
     return outputs

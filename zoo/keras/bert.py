@@ -24,7 +24,7 @@ import keras
 from keras import layers, ops
 
 from ..configs import BertConfig
-from .layers import MASK_MIN, MLP, Attention, Dropout, Seeds, normal_init, run_block
+from .layers import MASK_MIN, MLP, Attention, Dropout, Seeds, normal_init, run_blocks
 
 
 @keras.saving.register_keras_serializable(package="dlzoo")
@@ -153,8 +153,7 @@ class Bert(keras.Model):
             keep = ops.cast(attention_mask, self.compute_dtype)
             bias = (1.0 - keep)[:, None, None, :] * ops.cast(MASK_MIN[self.compute_dtype], self.compute_dtype)  # theory: attention-mask
         x = self.embeddings(input_ids, token_type_ids, training=training)
-        for block in self.blocks:
-            x = run_block(block, x, remat=self.config.remat, bias=bias, training=training)
+        x = run_blocks(self.blocks, x, remat=self.config.remat, scan=self.config.scan_layers, bias=bias, training=training)
         return x  # (B, T, C)
 
     def forward_head(self, h, training=False):

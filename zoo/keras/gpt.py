@@ -36,7 +36,7 @@ import keras
 from keras import layers, ops
 
 from ..configs import GPTConfig, check_generation
-from .layers import MASK_MIN, Block, Dropout, Seeds, normal_init, run_block
+from .layers import MASK_MIN, Block, Dropout, Seeds, normal_init, run_blocks
 
 
 class KVCache(NamedTuple):
@@ -129,9 +129,10 @@ class GPT(keras.Model):
             x = self.wte(input_ids) + self.wpe(position_ids(mask))  # (B, T, C)
             bias = attention_bias(mask, 0, T, self.compute_dtype)  # (B, 1, T, T)
         x = self.drop(x, training=training)
-        for block in self.blocks:
-            # theory: causal-masking
-            x = run_block(block, x, remat=self.config.remat, bias=bias, is_causal=bias is None, training=training)
+        # theory: causal-masking
+        x = run_blocks(
+            self.blocks, x, remat=self.config.remat, scan=self.config.scan_layers, bias=bias, is_causal=bias is None, training=training
+        )
         return self.ln_f(x)  # (B, T, C)
 
     def forward_head(self, h):

@@ -206,6 +206,53 @@ def run_block(block: layers.Layer, x, *, remat: bool, **kwargs):
     return y
 
 
+def run_blocks(blocks: list[layers.Layer], x, *, remat: bool, scan: bool, **kwargs):
+    """``x`` through ``blocks`` in order, each as ``run_block(block, x, remat=remat, **kwargs)``.
+
+    With ``scan`` (the config's ``scan_layers``) on the jax backend the blocks run as ONE
+    ``keras.ops.scan`` (``jax.lax.scan``) whose body is compiled once, instead of an unrolled loop whose program grows
+    with depth, through the stateless API as ``run_block`` does for remat: every block's
+    variable values (its weights, and its dropout seed-generator state) are stacked along a new
+    leading axis inside the traced function, the body is the first block's ``stateless_call`` on
+    one slice, and each block's updated seed state comes out of the scan and is assigned to that
+    block's own variables once. Each block keeps its variables (canonical names unchanged) and
+    draws from its own seeds, so dropout draws the masks of the loop. With ``remat`` the body is
+    checkpointed (``keras.remat``). Other backends (tensorflow, torch: eager, no compile-time
+    problem), keras' symbolic build (blocks not yet built) and blocks whose variables differ in
+    shape run the loop. -> x, the last block's output."""
+    shapes = [[tuple(v.shape) for v in block.variables] for block in blocks]
+    if (
+        not scan
+        or keras.backend.backend() != "jax"
+        or len(blocks) < 2
+        or not all(b.built for b in blocks)
+        or shapes.count(shapes[0]) != len(shapes)
+    ):
+        for block in blocks:
+            x = run_block(block, x, remat=remat, **kwargs)
+        return x
+    static = {k: v for k, v in kwargs.items() if isinstance(v, bool) or v is None}
+    traced = {k: v for k, v in kwargs.items() if k not in static}
+    body_block = blocks[0]
+
+    def stacked(which: str) -> list:
+        return [ops.stack(values) for values in zip(*([v.value for v in getattr(block, which)] for block in blocks))]
+
+    def run(trainable, non_trainable, x, traced):
+        return body_block.stateless_call(trainable, non_trainable, x, **static, **traced)
+
+    run = keras.remat(run) if remat else run
+
+    def body(x, layer):
+        return run(*layer, x, traced)
+
+    x, non_trainable = ops.scan(body, x, (stacked("trainable_variables"), stacked("non_trainable_variables")))
+    for i, block in enumerate(blocks):
+        for variable, value in zip(block.non_trainable_variables, non_trainable):
+            variable.assign(value[i])
+    return x
+
+
 @keras.saving.register_keras_serializable(package="dlzoo")
 class MLP(layers.Layer):
     """Position-wise feed-forward: fc -> GELU -> out -> dropout."""

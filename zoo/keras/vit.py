@@ -30,7 +30,7 @@ import keras
 from keras import layers, ops
 
 from ..configs import ViTConfig, ZooError, bicubic_resize_matrix
-from .layers import Block, Dropout, Seeds, normal_init, run_block
+from .layers import Block, Dropout, Seeds, normal_init, run_blocks
 
 
 @keras.saving.register_keras_serializable(package="dlzoo")
@@ -105,8 +105,7 @@ class ViT(keras.Model):
         cls = ops.broadcast_to(ops.cast(self.cls_token, x.dtype), (B, 1, C))
         x = ops.concatenate([cls, x], axis=1) + ops.cast(pos, x.dtype)  # (B, N+1, C)
         x = self.drop(x, training=training)
-        for block in self.blocks:
-            x = run_block(block, x, remat=self.config.remat, training=training)
+        x = run_blocks(self.blocks, x, remat=self.config.remat, scan=self.config.scan_layers, training=training)
         return self.ln_f(x)  # (B, N+1, C)
 
     def forward_head(self, h):
