@@ -480,3 +480,47 @@ def test_raw_transformers_state_dict_without_a_preset_says_what_to_pass(tmp_path
         from_pretrained(path, framework="torch")
     with pytest.raises(hub.HubError, match="holds transformers-named vit weights, not 'bert'"):
         from_pretrained(path, framework="torch", arch="bert", preset="tiny")
+
+
+# torchvision's ResNet is 64-512 wide with a 64-wide stem; the smallest such, one block a stage.
+VISION_REFERENCE_CONFIGS = {
+    "resnet": {"block": "basic", "depths": (1, 1, 1, 1), "widths": (64, 128, 256, 512), "stem_width": 64},
+    "vit": {"layer_norm_eps": 1e-6},
+}
+
+
+@pytest.mark.parametrize("arch", ["resnet", "vit"])
+def test_vision_model_holds_the_canonical_weights(arch, vision):
+    """``reference.vision_model`` (dlzoo bench's torchvision/timm references) builds the reference
+    from canonical tensors: its state dict reads back to the same tensors, and its logits are
+    dlzoo's (a ResNet with perturbed batch-norm statistics; a ViT with timm's eps 1e-6)."""
+    from dlzoo.zoo import get_config
+    from dlzoo.zoo.reference import vision_model
+
+    config = get_config(arch, "tiny", **VISION_REFERENCE_CONFIGS[arch])
+    source = load(arch, "torch", config=config, seed=2)
+    _perturb(source.native)
+    model = vision_model(arch, config, source.state_dict())
+    path = vision[0] / f"roundtrip-{arch}.pth"
+    torch.save(model.state_dict(), path)
+    back = from_pretrained(path, **({"num_heads": config.num_heads} if arch == "vit" else {}))
+    assert back.config == config
+    for k, v in source.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[k], v, err_msg=k)
+    size = config.image_size if arch == "vit" else 40
+    images = _images(size, size, seed=5)
+    assert_outputs_close(source.apply({"pixel_values": images}), {"logits": _run(model, images)}, what=f"vision_model {arch}")
+
+
+@pytest.mark.parametrize("arch", ["resnet", "vit"])
+def test_bench_runs_the_vision_reference(arch, vision):
+    from dlzoo.zoo import ZooError
+    from dlzoo.zoo.bench import run
+
+    reference = "torchvision" if arch == "resnet" else "timm"
+    report = run(
+        arch, "tiny", batch=2, image_size=32, implementations=["torch", reference], trials=3, overrides=VISION_REFERENCE_CONFIGS[arch]
+    )
+    assert [r["implementation"] for r in report["results"]] == ["torch", reference]
+    with pytest.raises(ZooError, match=f"{reference} holds no gpt model"):
+        run("gpt", "tiny", batch=2, seq_len=8, implementations=[reference], trials=3)

@@ -26,6 +26,10 @@ CONFIGS = {
 }
 # A scan body may fuse differently from the unrolled blocks (measured: bit-identical here).
 SCAN_RTOL = 1e-6
+# Each case compiles several programs (20-40 s under load): `nox -s ci` checks GPT in every JAX
+# framework, `nox -s conformance` (no `-m` filter) every architecture.
+ARCHS = [pytest.param(arch, marks=() if arch == "gpt" else pytest.mark.slow) for arch in CONFIGS]
+SLOW = pytest.mark.slow
 
 
 def _inputs(arch: str) -> dict:
@@ -63,7 +67,7 @@ def handles():
 
 
 @pytest.mark.parametrize("framework", JAX_FRAMEWORKS, ids=framework_id)
-@pytest.mark.parametrize("arch", list(CONFIGS))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_scan_changes_neither_outputs_nor_gradients(arch, framework, handles):
     plain, scanned = handles(arch, framework), handles(arch, framework, scan=True)
     inputs = _inputs(arch)
@@ -82,6 +86,7 @@ def test_scan_changes_neither_outputs_nor_gradients(arch, framework, handles):
         )
 
 
+@SLOW
 @pytest.mark.parametrize("framework", JAX_FRAMEWORKS, ids=framework_id)
 @pytest.mark.parametrize("arch", list(CONFIGS))
 def test_scan_composes_with_remat(arch, framework, handles):
@@ -134,7 +139,7 @@ def test_the_traced_program_holds_one_scan_whatever_the_depth(arch, framework):
 
 
 @pytest.mark.parametrize("framework", JAX_FRAMEWORKS, ids=framework_id)
-@pytest.mark.parametrize("arch", list(CONFIGS))
+@pytest.mark.parametrize("arch", ARCHS)
 def test_a_saved_file_loads_with_scan_switched(arch, framework, handles, tmp_path):
     plain, scanned = handles(arch, framework), handles(arch, framework, scan=True)
     assert sorted(scanned.state_dict()) == sorted(plain.state_dict())  # the canonical per-layer layout
@@ -149,6 +154,7 @@ def test_a_saved_file_loads_with_scan_switched(arch, framework, handles, tmp_pat
         _assert_close(loaded.apply(inputs), source.apply(inputs), f"{framework} {arch} loaded")
 
 
+@SLOW
 @pytest.mark.parametrize("framework", JAX_FRAMEWORKS, ids=framework_id)
 @pytest.mark.parametrize("arch", list(CONFIGS))
 def test_per_block_outputs_and_generation_keep_the_loop(arch, framework, handles):
@@ -160,6 +166,7 @@ def test_per_block_outputs_and_generation_keep_the_loop(arch, framework, handles
         np.testing.assert_array_equal(scanned.generate(ids, max_new_tokens=4), plain.generate(ids, max_new_tokens=4))
 
 
+@SLOW
 @pytest.mark.parametrize("framework", JAX_FRAMEWORKS, ids=framework_id)
 def test_scan_under_bfloat16_compute(framework):
     """The compute-dtype policy reaches the scan body (haiku: its custom getter)."""

@@ -40,7 +40,7 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
     "-f",
     "implementations",
     multiple=True,
-    help="torch, transformers, flax, equinox, haiku, keras, keras-fit (default: every installed one).",
+    help="torch, transformers, torchvision (resnet), timm (vit), flax, equinox, haiku, keras, keras-fit (default: every installed one).",
 )
 @click.option("--mode", type=click.Choice(["train", "forward"]), default="train", show_default=True)
 @click.option("--trials", type=click.IntRange(min=3), default=15, show_default=True, help="Interleaved rounds.")

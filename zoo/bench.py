@@ -6,8 +6,9 @@ AdamW update, dropout on) on the fixed objective ``sum(outputs * cotangents)``, 
 framework's low-overhead path (``benchmark_step`` of each backend: torch eager with fused
 AdamW; NNX split once under ``jax.jit``; equinox partitioned once under ``jax.jit``; haiku
 ``jax.jit``; keras' jitted stateless step on jax, and keras' own ``train_on_batch`` as
-"keras-fit"). The reference is ``transformers``' model on the same weights, stepped with the
-same fused torch AdamW.
+"keras-fit"). The references are ``transformers``' model, and where installed torchvision's
+ResNet and timm's ViT (``reference.vision_model``), on the same weights, stepped with the same
+fused torch AdamW.
 
 Timings on a shared machine drift, and whichever implementation runs first in a fresh process
 looks slower: trials are interleaved (every round runs each implementation once, in a rotated
@@ -40,7 +41,10 @@ from .estimates import estimate
 from .frameworks import backend, installed_frameworks, require
 
 CEILING_SIZE = 2048
-IMPLEMENTATIONS = ("torch", "transformers", "flax", "equinox", "haiku", "keras", "keras-fit")
+IMPLEMENTATIONS = ("torch", "transformers", "torchvision", "timm", "flax", "equinox", "haiku", "keras", "keras-fit")
+REFERENCES = ("transformers", "torchvision", "timm")
+# The architectures each non-transformers reference implements here.
+VISION_REFERENCE_ARCHS = {"torchvision": ("resnet",), "timm": ("vit",)}
 
 
 def ceiling_matmul(size: int = CEILING_SIZE) -> tuple[Callable[[], Any], str]:
@@ -109,13 +113,14 @@ def bench_inputs(arch: str, config, batch: int, seq_len: int | None, image_size:
     return {"pixel_values": rng.standard_normal((batch, size, size, config.num_channels)).astype(np.float32)}
 
 
-def _reference_step(arch: str, config, tensors, inputs, cotangents, mode: str) -> Callable[[], None]:
-    """transformers' model on the same weights, stepped like dlzoo's torch model."""
+def _reference_step(name: str, arch: str, config, tensors, inputs, cotangents, mode: str) -> Callable[[], None]:
+    """The reference ``name`` (transformers, torchvision or timm) on the same weights, stepped
+    like dlzoo's torch model."""
     import torch
 
-    from .reference import transformers_model
+    from .reference import transformers_model, vision_model
 
-    model = transformers_model(arch, config, tensors)
+    model = transformers_model(arch, config, tensors) if name == "transformers" else vision_model(arch, config, tensors)
     tin = {
         k: (torch.from_numpy(v).permute(0, 3, 1, 2).contiguous() if k == "pixel_values" else torch.from_numpy(v.astype(np.int64)))
         for k, v in inputs.items()
@@ -123,6 +128,8 @@ def _reference_step(arch: str, config, tensors, inputs, cotangents, mode: str) -
     cots = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in cotangents.items()}
 
     def outputs():
+        if name != "transformers":
+            return {"logits": model(tin["pixel_values"])}
         out = model(**tin)
         if arch == "bert":
             backbone = getattr(out, "last_hidden_state", None)
@@ -134,7 +141,7 @@ def _reference_step(arch: str, config, tensors, inputs, cotangents, mode: str) -
 
         @torch.no_grad()
         def forward():
-            model(**tin)
+            outputs()
 
         return forward
     model.train()
@@ -185,11 +192,16 @@ def run(
     if arch in ("vit", "resnet") and seq_len:
         raise ZooError(f"--seq-len does not apply to {arch}; use --image-size")
     inputs = bench_inputs(arch, config, batch, seq_len, image_size, seed)  # argument errors before environment ones
-    available = _available()
+    available = _available(arch)
     chosen = list(implementations or [name for name in IMPLEMENTATIONS if name in available])
     unknown = [name for name in chosen if name not in IMPLEMENTATIONS]
     if unknown:
         raise ZooError(f"unknown implementation(s) {', '.join(unknown)}; expected some of: {', '.join(IMPLEMENTATIONS)}")
+    for name in chosen:
+        if arch not in VISION_REFERENCE_ARCHS.get(name, (arch,)):
+            raise ZooError(
+                f"{name} holds no {arch} model (it is the reference for {', '.join(VISION_REFERENCE_ARCHS[name])}); use transformers"
+            )
     for name in chosen:
         if name in ("torch", "flax", "equinox", "haiku", "keras", "keras-fit"):
             require("keras" if name == "keras-fit" else name)  # names the extra to install
@@ -197,7 +209,8 @@ def run(
     if missing:
         raise ZooError(
             f"not installed: {', '.join(missing)}; installed: {', '.join(available) or 'none'} "
-            "(pip install 'dlzoo[all,reference]' for every one)"
+            "(pip install 'dlzoo[all,reference]' for every framework and transformers; torchvision and timm from "
+            "reference.py's docstring)"
         )
     if not chosen:
         raise ZooError("no framework is installed; install one, e.g. pip install 'dlzoo[torch]'")
@@ -215,8 +228,8 @@ def run(
     ceiling_run()
     steps, compile_s, memory = {}, {}, {}
     for name in chosen:
-        if name == "transformers":
-            step = _reference_step(arch, config, tensors, inputs, cotangents, mode)
+        if name in REFERENCES:
+            step = _reference_step(name, arch, config, tensors, inputs, cotangents, mode)
         else:
             framework = "keras" if name == "keras-fit" else name
             handle = load(arch, framework, config=config, weights=tensors)
@@ -282,13 +295,18 @@ def run(
     }
 
 
-def _available() -> list[str]:
+def _available(arch: str) -> list[str]:
+    """The implementations installed here that hold ``arch``."""
     import importlib.util
+
+    from .reference import vision_references_installed
 
     installed = installed_frameworks()
     names = [f for f in installed]
     if "torch" in installed and importlib.util.find_spec("transformers"):
         names.append("transformers")
+    if "torch" in installed and vision_references_installed():
+        names += [name for name, archs in VISION_REFERENCE_ARCHS.items() if arch in archs]
     if "keras" in installed:
         names.append("keras-fit")
     return names

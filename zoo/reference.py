@@ -1,13 +1,31 @@
-"""The reference implementations in `transformers`, run on canonical weights.
+"""The reference implementations in `transformers`, run on canonical weights; and torchvision's
+ResNet and timm's ViT, the references of the checkpoints named as theirs.
 
-Used by ``dlzoo verify`` (the user-facing face of conformance) and by the conformance tests:
-canonical tensors are exported to the published layout and loaded by transformers itself, so the
-comparison exercises the same path a user's checkpoint takes. Needs torch and transformers.
+Used by ``dlzoo verify`` (the user-facing face of conformance), ``dlzoo bench`` and the
+conformance tests: canonical tensors are exported to the published layout and loaded by
+transformers itself, so the comparison exercises the same path a user's checkpoint takes. Needs
+torch and transformers (torchvision and timm for theirs).
+
+PyPI's torchvision wheels link the CUDA build of torch. Beside torch's CPU build (the one CI pins)
+their C extension cannot load, and ``import torchvision`` then fails in its
+``_meta_registrations`` with "operator torchvision::nms does not exist". The model definitions
+used here (``torchvision.models.resnet``; timm's ResNet and ViT, which import torchvision) are
+pure Python and call none of those ops, so when the extension is unusable the two op schemas that
+torchvision's import registers fake kernels for are declared first. No torchvision op ever runs.
+Both packages may live outside site-packages, in the folder ``DLZOO_VISION_REFS`` names, because
+transformers imports torchvision whenever it is importable and would fail the same way in every
+other process:
+
+    pip install --no-deps --target FOLDER torchvision==0.28.0 timm==1.0.31
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -97,3 +115,104 @@ def transformers_outputs(arch: str, model, inputs: dict[str, np.ndarray]) -> dic
         if hasattr(model, "classifier"):
             result["logits"] = model.classifier(out.pooler_output).numpy()
         return result
+
+
+# --------------------------------------------------------------------------- torchvision and timm
+
+VISION_REFS_ENV = "DLZOO_VISION_REFS"
+
+
+def _vision_folder(folder) -> None:
+    folder = folder or os.environ.get(VISION_REFS_ENV)
+    if folder and Path(folder).is_dir() and str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+
+def vision_references_installed(folder: str | os.PathLike | None = None) -> bool:
+    """Whether torchvision and timm can be imported (from ``folder``, default
+    ``$DLZOO_VISION_REFS``, or site-packages); imports neither."""
+    _vision_folder(folder)
+    return importlib.util.find_spec("torchvision") is not None and importlib.util.find_spec("timm") is not None
+
+
+def _declare_torchvision_ops_if_unloadable(package: Path) -> None:
+    import torch
+
+    if hasattr(torch.ops.torchvision, "nms"):
+        return
+    try:
+        torch.ops.load_library(str(next(package.glob("_C*.so"))))
+        return
+    except (StopIteration, OSError, RuntimeError):
+        pass
+    library = torch.library.Library("torchvision", "DEF")  # kept alive by the module global below
+    library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    globals()["_LIBRARY"] = library
+
+
+def vision_references(folder: str | os.PathLike | None = None):
+    """(torchvision, timm), imported as the module docstring describes. Raises ImportError when
+    either is missing."""
+    if not vision_references_installed(folder):
+        raise ImportError(
+            f"torchvision and timm are not installed (looked in {folder or os.environ.get(VISION_REFS_ENV) or 'site-packages'})"
+        )
+    if "torchvision" not in sys.modules:
+        _declare_torchvision_ops_if_unloadable(Path(importlib.util.find_spec("torchvision").origin).parent)
+    import timm
+    import torchvision
+
+    return torchvision, timm
+
+
+def vision_model(arch: str, config, tensors: dict[str, np.ndarray]):
+    """torchvision's ResNet (``arch="resnet"``) or timm's ViT (``arch="vit"``), eval mode, holding
+    exactly these canonical weights (named by ``checkpoints``' torchvision/timm rules, strict)."""
+    import torch
+
+    from .checkpoints import timm_vit_rules, torchvision_resnet_rules
+
+    torchvision, _ = vision_references()
+    state: dict[str, np.ndarray] = {}
+    if arch == "resnet":
+        from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+        if tuple(config.widths) != (64, 128, 256, 512) or config.stem_width != 64 or config.num_channels != 3:
+            raise ValueError("torchvision's ResNet has widths (64, 128, 256, 512), a 64-wide stem and 3 input channels")
+        block = Bottleneck if config.block == "bottleneck" else BasicBlock
+        model = ResNet(block, list(config.depths), num_classes=config.num_classes)
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eps, module.momentum = config.bn_eps, config.bn_momentum
+        rules = torchvision_resnet_rules(config)
+    elif arch == "vit":
+        from functools import partial
+
+        from timm.models.vision_transformer import VisionTransformer
+
+        model = VisionTransformer(
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            in_chans=config.num_channels,
+            num_classes=config.num_classes,
+            embed_dim=config.hidden_size,
+            depth=config.num_layers,
+            num_heads=config.num_heads,
+            mlp_ratio=config.mlp_dim / config.hidden_size,
+            qkv_bias=True,
+            drop_rate=config.dropout,
+            proj_drop_rate=config.dropout,
+            attn_drop_rate=config.attention_dropout,
+            norm_layer=partial(torch.nn.LayerNorm, eps=config.layer_norm_eps),
+            act_layer=partial(torch.nn.GELU, approximate="tanh" if config.gelu == "tanh" else "none"),
+        )
+        rules = timm_vit_rules(config)
+    else:
+        raise ValueError(f"torchvision and timm hold no {arch}; its reference is transformers")
+    for rule in rules:
+        state.update(hub._to_published(rule, tensors))
+    if arch == "resnet":
+        state.update({k: torch.zeros((), dtype=torch.long) for k in model.state_dict() if k.endswith("num_batches_tracked")})
+    model.load_state_dict({k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in state.items()}, strict=True)
+    return model.eval()
