@@ -141,7 +141,8 @@ def scaffold(session):
     """dlzoo new: command safety, copied zoo code, and every framework's generated project running
     its own tests (shapes, learning, save/load, exact resume after SIGKILL); text projects (gpt lm,
     bert mlm and classify) in tests/test_scaffold_text.py; multi-device training; the slow runs."""
-    session.install("-e", ".[all,test]")
+    # tokenizers: what a project generated with --tokenizer declares (ci has it through transformers)
+    session.install("-e", ".[all,test]", "tokenizers")
     _pytest(session, *(f"tests/{name}" for name in SCAFFOLD_TESTS), "tests/test_engineer_projects.py", env={"KERAS_BACKEND": "jax"})
 
 

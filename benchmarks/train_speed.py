@@ -15,6 +15,8 @@ section prints a markdown table, the load average before and after, the versions
     side, fixes and overhead take --threads 1: every framework single-threaded (torch and
         XLA:CPU), the setting docs/bench.md uses on its oversubscribed 2-core machine, where
         two torch threads stall each other
+    nice python benchmarks/train_speed.py refs [--archs ...] [--trials 15]
+        dlzoo's torch models against transformers, torchvision and timm, with an A/A control
     nice python benchmarks/train_speed.py xla [--only profile matmul threads donation conv]
         XLA:CPU vs torch: time per kind of thunk from a jax.profiler trace with optimized-HLO
         op counts, isolated matmuls, thread and runtime flags, buffer donation, convolutions
@@ -419,6 +421,42 @@ def fix_dropout(trials: int) -> dict:
     }
 
 
+def fix_resnet_inplace(trials: int) -> dict:
+    """ResNet-50 training step (batch 8 at 224x224) in torch: ReLU and the residual add out of
+    place (before) vs in place as torchvision writes them (today); torchvision's own model on the
+    same weights beside them. The "before" forwards are rebuilt here and swapped in."""
+    import torch.nn.functional as F
+
+    from dlzoo.zoo.bench import _reference_step
+    from dlzoo.zoo.torch import resnet
+
+    def stem(self, x):
+        return F.max_pool2d(F.relu(self.bn(self.conv(x))), kernel_size=3, stride=2, padding=1)
+
+    def bottleneck(self, x):
+        shortcut = x if self.downsample is None else self.downsample(x)
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = F.relu(self.bn2(self.conv2(h)))
+        return F.relu(self.bn3(self.conv3(h)) + shortcut)
+
+    config, tensors, inputs, cots = setup("resnet", "50", {}, 8, None, 224)
+    steps = {"torchvision": _reference_step("torchvision", "resnet", config, tensors, inputs, cots, "train")}
+    before = bench_step("resnet", "torch", config, tensors, inputs, cots)
+
+    def out_of_place():  # eager: the forwards are looked up at every call
+        with patched(resnet.Stem, "forward", stem), patched(resnet.Bottleneck, "forward", bottleneck):
+            return before()
+
+    steps["torch, out of place (before)"] = out_of_place
+    steps["torch, in place (today)"] = bench_step("resnet", "torch", config, tensors, inputs, cots)
+    result = interleave(steps, trials)
+    return {
+        "title": "torch ResNet-50 training step, batch 8 at 224x224, ReLU and residual add out of place vs in place",
+        "result": result,
+        "baseline": "torchvision",
+    }
+
+
 def fix_cli(trials: int) -> dict:
     """benchmarks/cli_startup.py: fresh processes, interleaved; its rows ``import typer`` (the
     CLI library before) and ``import click`` (today's) show what the library alone costs."""
@@ -434,9 +472,10 @@ FIXES = {
     "keras-adamw": fix_keras_adamw,
     "torch-adamw": fix_torch_adamw,
     "dropout": fix_dropout,
+    "resnet-inplace": fix_resnet_inplace,
     "cli": fix_cli,
 }
-FIX_TRIALS = {"equinox-lr": 5, "keras-adamw": 15, "torch-adamw": 15, "dropout": 9, "cli": 10}
+FIX_TRIALS = {"equinox-lr": 5, "keras-adamw": 15, "torch-adamw": 15, "dropout": 9, "resnet-inplace": 9, "cli": 10}
 
 
 def fixes(args) -> None:
@@ -925,6 +964,65 @@ def render_xla(part: str, result: dict) -> str:
     )
 
 
+# --------------------------------------------------------------------------- 5. torch vs the references, with a control
+
+
+REFERENCES_OF = {
+    "gpt": ("transformers",),
+    "bert": ("transformers",),
+    "vit": ("transformers", "timm"),
+    "resnet": ("transformers", "torchvision"),
+}
+
+
+def refs(args) -> None:
+    """dlzoo's torch model twice (A and B: two copies of the same model on the same weights, the
+    control) beside each reference of the architecture, at mid size, trials interleaved. A
+    difference between dlzoo and a reference smaller than the one between A and B is not
+    resolved by the timing; the profiler's self-CPU time per op, summed over three steps of A
+    and of each reference, is the second measure."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from dlzoo.zoo.bench import _reference_step
+    from dlzoo.zoo.reference import vision_references_installed
+
+    document = {}
+    for arch in args.archs:
+        preset, sets, batch, (flag, size) = MID[arch]
+        seq, image = (size, None) if flag == "--seq-len" else (None, size)
+        config, tensors, inputs, cots = setup(arch, preset, sets, batch, seq, image)
+        steps = {"dlzoo torch A": bench_step(arch, "torch", config, tensors, inputs, cots)}
+        for name in REFERENCES_OF[arch]:
+            if name == "transformers" or vision_references_installed():
+                steps[name] = _reference_step(name, arch, config, tensors, inputs, cots, "train")
+        steps["dlzoo torch B"] = bench_step(arch, "torch", config, tensors, inputs, cots)
+        before = loadavg()
+        result = interleave(steps, args.trials, warmup=3)
+        op_ms = {}
+        for name in [n for n in steps if n != "dlzoo torch B"]:
+            with profile(activities=[ProfilerActivity.CPU]) as trace:
+                for _ in range(3):
+                    steps[name]()
+            op_ms[name] = sum(event.self_cpu_time_total for event in trace.key_averages()) / 3 / 1e3
+        after = loadavg()
+        a = result["dlzoo torch A"]["median_s"]
+        rows = [
+            {
+                "impl": name,
+                "median": ms(r["median_s"]),
+                "iqr": f"{ms(r['q1_s'])}-{ms(r['q3_s'])}",
+                "x A": f"{r['median_s'] / a:.3f}",
+                "ops": f"{op_ms[name]:.1f}" if name in op_ms else "",
+            }
+            for name, r in result.items()
+        ]
+        print(f"### {arch} ({preset}, {sets}, batch {batch}, {flag} {size}); load average {before} -> {after}\n")
+        columns = [("implementation", "impl"), ("median ms", "median"), ("IQR ms", "iqr"), ("x dlzoo A", "x A")]
+        print(table(rows, [*columns, ("profiled self-CPU ms per step", "ops")]) + "\n", flush=True)
+        document[arch] = {"result": result, "profiled_ms": op_ms, "load_before": before, "load_after": after}
+    save(args.json, {"versions": versions(), "cpu": cpu_model(), "refs": document})
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -948,9 +1046,13 @@ def main() -> None:
     p.add_argument("--only", nargs="+", default=list(XLA_PARTS), choices=list(XLA_PARTS))
     p.add_argument("--trials", type=int, default=9)
     p.add_argument("--json", metavar="PATH")
+    p = sub.add_parser("refs", help="dlzoo's torch models against the references, with an A/A control")
+    p.add_argument("--archs", nargs="+", default=list(MID), choices=list(MID))
+    p.add_argument("--trials", type=int, default=15)
+    p.add_argument("--json", metavar="PATH")
     p = sub.add_parser("_threads-child", help=argparse.SUPPRESS)
     p.add_argument("--trials", type=int, default=9)
-    for name in ("side", "fixes", "overhead"):
+    for name in ("side", "fixes", "overhead", "refs"):
         sub.choices[name].add_argument(
             "--threads", type=int, choices=(1,), default=None, help="1: every framework single-threaded (torch and XLA:CPU)"
         )
@@ -962,7 +1064,7 @@ def main() -> None:
     before = loadavg()
     command = "nice python benchmarks/train_speed.py " + " ".join(sys.argv[1:])
     print(f"# {command}\n# load average {before}; {cpu_model()}; {versions()}\n", flush=True)
-    {"side": side, "fixes": fixes, "overhead": overhead, "xla": xla}[args.section](args)
+    {"side": side, "fixes": fixes, "overhead": overhead, "xla": xla, "refs": refs}[args.section](args)
     print(f"\n# load average at the end: {loadavg()}")
 
 

@@ -1,6 +1,7 @@
 """dlzoo bench: every implementation steps on the same weights; the report's schema and its
 refusals. Speed itself is measured by running the command, never asserted in a test."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -88,3 +89,41 @@ def test_cli_refuses_in_one_line():
     result = subprocess.run([sys.executable, "-m", "dlzoo.cli", "bench", "resnet", "--seq-len", "8"], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: --seq-len does not apply to resnet; use --image-size"]
+
+
+@pytest.mark.skipif("torch" not in FRAMEWORKS, reason="the reference is a torch model")
+@pytest.mark.parametrize("head", ["mlm", "classifier"])
+def test_the_bert_reference_differentiates_every_head_dlzoo_does(head):
+    """A head that the reference computed but left out of the objective would get no gradient and
+    no update: its step would do less work than dlzoo's and look faster."""
+    pytest.importorskip("transformers")
+    from dlzoo.zoo import get_config
+    from dlzoo.zoo.bench import _reference_step, bench_inputs
+
+    config = get_config("bert", "tiny", **({"mlm_head": True} if head == "mlm" else {"num_classes": 3}))
+    handle = load("bert", "torch", config=config, seed=0)
+    inputs = bench_inputs("bert", config, 2, 8, None)
+    outputs = handle.apply(inputs)
+    assert ("mlm_logits" if head == "mlm" else "logits") in outputs
+    cotangents = {k: np.ones_like(v) for k, v in outputs.items()}
+    step = _reference_step("transformers", "bert", config, handle.state_dict(), inputs, cotangents, "train")
+    model = step.model
+    weight = model.cls.predictions.transform.dense.weight if head == "mlm" else model.classifier.weight
+    before = weight.detach().clone()
+    step()
+    assert not np.array_equal(weight.detach().numpy(), before.numpy()), f"the {head} head got no update"
+
+
+def test_the_ceiling_is_the_fastest_installed_matmul():
+    """Every installed library's matmul computes the product; the ceiling is one of them."""
+    from dlzoo.zoo.bench import ceiling_matmul, matmul_candidates
+
+    candidates = matmul_candidates(32)
+    labels = [label.split()[0] for _, label in candidates]
+    assert labels[-1] == "numpy"
+    for library in ("torch", "jax"):
+        assert (library in labels) == (importlib.util.find_spec(library) is not None)
+    products = [np.asarray(run()) for run, _ in candidates]
+    for product in products[1:]:
+        np.testing.assert_allclose(product, products[0], rtol=1e-4)
+    assert ceiling_matmul(32)[1] in [label for _, label in candidates]

@@ -19,7 +19,8 @@ Throughput counts examples (and tokens for the text models); achieved GFLOP/s us
 FLOPs of ``dlzoo.zoo.estimates`` (a multiply-add is 2 FLOPs; training = 3x forward) against this
 machine's fp32 matmul ceiling: a square matmul of ``CEILING_SIZE`` timed once in every round of
 the trials, its median (a ceiling measured once, apart from the steps, met another load than
-they did on a shared machine, and their fraction of it exceeded 1). Peak step memory is the
+they did on a shared machine, and their fraction of it exceeded 1), in the fastest library
+installed (torch, jax or numpy: ``ceiling_matmul``). Peak step memory is the
 growth of the process's peak resident set (Linux ``VmHWM``, reset through
 ``/proc/self/clear_refs``) over the resident set before the implementation's first three steps:
 activations, gradients, optimizer temporaries and compiled buffers, not the weights already
@@ -47,23 +48,43 @@ REFERENCES = ("transformers", "torchvision", "timm")
 VISION_REFERENCE_ARCHS = {"torchvision": ("resnet",), "timm": ("vit",)}
 
 
-def ceiling_matmul(size: int = CEILING_SIZE) -> tuple[Callable[[], Any], str]:
-    """One fp32 square matmul of ``size`` (2 size^3 FLOPs), with the library that runs it
-    (torch when installed, whose kernels the torch models use; else numpy)."""
-    try:
+def matmul_candidates(size: int = CEILING_SIZE) -> list[tuple[Callable[[], Any], str]]:
+    """One fp32 square matmul of ``size`` (2 size^3 FLOPs) in every library installed here, each
+    with its label: torch (its kernels run the torch models), jax (``jax.jit``: XLA's run the JAX
+    and Keras-on-jax models) and numpy."""
+    import importlib.util
+
+    candidates = []
+    rng = np.random.default_rng(0)
+    a, b = rng.random((size, size), np.float32), rng.random((size, size), np.float32)
+    if importlib.util.find_spec("torch"):
         import torch
 
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        return (lambda: a @ b), f"torch {torch.__version__}, {torch.get_num_threads()} threads"
-    except ImportError:
-        a, b = np.random.rand(size, size).astype(np.float32), np.random.rand(size, size).astype(np.float32)
-        return (lambda: a @ b), f"numpy {np.__version__}"
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        candidates.append(((lambda: ta @ tb), f"torch {torch.__version__}, {torch.get_num_threads()} threads"))
+    if importlib.util.find_spec("jax"):
+        import jax
+
+        ja, jb, matmul = jax.numpy.asarray(a), jax.numpy.asarray(b), jax.jit(jax.numpy.matmul)
+        candidates.append(((lambda: matmul(ja, jb).block_until_ready()), f"jax {jax.__version__} (XLA:{jax.default_backend()})"))
+    candidates.append(((lambda: a @ b), f"numpy {np.__version__}"))
+    return candidates
+
+
+def ceiling_matmul(size: int = CEILING_SIZE) -> tuple[Callable[[], Any], str]:
+    """The fastest fp32 square matmul of ``size`` here, and its library: each of
+    ``matmul_candidates`` warmed up and timed three times, the fastest by its best time. The
+    libraries' kernels differ (measured on a 2-core CPU: jax's 2048 matmul ~2x torch's), and the
+    machine's ceiling is what the fastest of them reaches, whichever a step uses."""
+    candidates = matmul_candidates(size)
+    for run, _ in candidates:
+        run()
+    return min(candidates, key=lambda candidate: min(_seconds(candidate[0]) for _ in range(3)))
 
 
 def matmul_ceiling_gflops(size: int = CEILING_SIZE, repeats: int = 10) -> tuple[float, str]:
-    """fp32 GFLOP/s of the best of ``repeats`` square matmuls, and the library that ran them."""
+    """fp32 GFLOP/s of the best of ``repeats`` square matmuls of the fastest library, and its label."""
     run, library = ceiling_matmul(size)
-    run()
     best = min(_seconds(run) for _ in range(repeats))
     return 2 * size**3 / best / 1e9, library
 
@@ -130,11 +151,17 @@ def _reference_step(name: str, arch: str, config, tensors, inputs, cotangents, m
     def outputs():
         if name != "transformers":
             return {"logits": model(tin["pixel_values"])}
-        out = model(**tin)
-        if arch == "bert":
-            backbone = getattr(out, "last_hidden_state", None)
-            return {"last_hidden_state": backbone, "pooler_output": getattr(out, "pooler_output", None)}
-        return {"logits": out.logits}
+        if arch != "bert":
+            return {"logits": model(**tin).logits}
+        # every output dlzoo's model gives (reference.transformers_outputs' names), so that both
+        # differentiate the same heads
+        out = getattr(model, "bert", model)(**tin)
+        result = {"last_hidden_state": out.last_hidden_state, "pooler_output": out.pooler_output}
+        if hasattr(model, "cls"):
+            result["mlm_logits"] = model.cls.predictions(out.last_hidden_state)
+        if hasattr(model, "classifier"):
+            result["logits"] = model.classifier(model.dropout(out.pooler_output))
+        return result
 
     if mode == "forward":
         model.eval()
@@ -153,6 +180,7 @@ def _reference_step(name: str, arch: str, config, tensors, inputs, cotangents, m
         sum((out[k] * c).sum() for k, c in cots.items() if out.get(k) is not None).backward()
         optimizer.step()
 
+    step.model = model  # for tests: what the step updates
     return step
 
 

@@ -122,17 +122,24 @@ def transformers_outputs(arch: str, model, inputs: dict[str, np.ndarray]) -> dic
 VISION_REFS_ENV = "DLZOO_VISION_REFS"
 
 
-def _vision_folder(folder) -> None:
+def _vision_folder(folder) -> Path | None:
     folder = folder or os.environ.get(VISION_REFS_ENV)
-    if folder and Path(folder).is_dir() and str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+    return Path(folder) if folder and Path(folder).is_dir() else None
 
 
 def vision_references_installed(folder: str | os.PathLike | None = None) -> bool:
     """Whether torchvision and timm can be imported (from ``folder``, default
-    ``$DLZOO_VISION_REFS``, or site-packages); imports neither."""
-    _vision_folder(folder)
-    return importlib.util.find_spec("torchvision") is not None and importlib.util.find_spec("timm") is not None
+    ``$DLZOO_VISION_REFS``, or site-packages); imports neither and leaves ``sys.path`` alone."""
+    import importlib.machinery
+
+    where = _vision_folder(folder)
+
+    def found(name: str) -> bool:
+        if where is not None and importlib.machinery.PathFinder.find_spec(name, [str(where)]) is not None:
+            return True
+        return importlib.util.find_spec(name) is not None
+
+    return found("torchvision") and found("timm")
 
 
 def _declare_torchvision_ops_if_unloadable(package: Path) -> None:
@@ -158,6 +165,16 @@ def vision_references(folder: str | os.PathLike | None = None):
         raise ImportError(
             f"torchvision and timm are not installed (looked in {folder or os.environ.get(VISION_REFS_ENV) or 'site-packages'})"
         )
+    where = _vision_folder(folder)
+    if where is not None and str(where) not in sys.path:
+        if importlib.util.find_spec("transformers") is not None:
+            # transformers asks once (lru_cache) whether torchvision is importable and, if so,
+            # imports it with every vision model: let it record site-packages' answer first
+            from transformers.utils import import_utils
+
+            import_utils.is_torchvision_available()
+            import_utils.is_timm_available()
+        sys.path.insert(0, str(where))
     if "torchvision" not in sys.modules:
         _declare_torchvision_ops_if_unloadable(Path(importlib.util.find_spec("torchvision").origin).parent)
     import timm
