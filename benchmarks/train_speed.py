@@ -830,8 +830,8 @@ def xla_donation(args) -> dict:
 
 def xla_conv(args) -> dict:
     """ResNet-18's 3x3 convolutions at 96x96 input (batch 16), forward + both gradients:
-    jax NHWC (the layout dlzoo's JAX models use) vs torch NCHW (dlzoo's torch model) vs torch
-    channels_last."""
+    jax NHWC (the layout dlzoo's JAX models use) and NCHW vs torch NCHW (dlzoo's torch model)
+    and channels_last."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -846,8 +846,13 @@ def xla_conv(args) -> dict:
         def conv(x, w):
             return jnp.sum(jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
 
+        def conv_nchw(x, w):
+            return jnp.sum(jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW")) ** 2)
+
         grad = jax.jit(jax.value_and_grad(conv, argnums=(0, 1)))
+        grad_nchw = jax.jit(jax.value_and_grad(conv_nchw, argnums=(0, 1)))
         jx, jw = jnp.asarray(x), jnp.asarray(w)
+        jx_nchw, jw_oihw = jnp.asarray(x.transpose(0, 3, 1, 2)), jnp.asarray(w.transpose(3, 2, 0, 1))
         tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().requires_grad_()
         tw = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous().requires_grad_()
         tx_cl = tx.detach().to(memory_format=torch.channels_last).requires_grad_()
@@ -860,6 +865,7 @@ def xla_conv(args) -> dict:
         result = interleave(
             {
                 "jax NHWC": lambda: jax.block_until_ready(grad(jx, jw)),
+                "jax NCHW": lambda: jax.block_until_ready(grad_nchw(jx_nchw, jw_oihw)),
                 "torch NCHW": lambda: torch_step(tx, tw),
                 "torch channels_last": lambda: torch_step(tx_cl, tw_cl),
             },
@@ -957,9 +963,10 @@ def render_xla(part: str, result: dict) -> str:
         [
             ("conv (fwd + grads)", "shape"),
             ("jax NHWC ms", "jax NHWC"),
+            ("jax NCHW ms", "jax NCHW"),
             ("torch NCHW ms", "torch NCHW"),
             ("torch channels_last ms", "torch channels_last"),
-            ("jax/torch NCHW", "ratio"),
+            ("jax NHWC / torch NCHW", "ratio"),
         ],
     )
 
