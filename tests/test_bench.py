@@ -127,3 +127,14 @@ def test_the_ceiling_is_the_fastest_installed_matmul():
     for product in products[1:]:
         np.testing.assert_allclose(product, products[0], rtol=1e-4)
     assert ceiling_matmul(32)[1] in [label for _, label in candidates]
+
+
+def test_a_missing_vision_reference_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("DLZOO_VISION_REFS", str(tmp_path))  # an empty folder: nothing there
+    import dlzoo.zoo.reference as reference
+
+    if reference.vision_references_installed():
+        pytest.skip("torchvision and timm are importable from site-packages here")
+    expected = r"not installed: torchvision;.*--target DIR torchvision==0\.28\.0 timm==1\.0\.31.*DLZOO_VISION_REFS=DIR"
+    with pytest.raises(ZooError, match=expected):
+        run("resnet", "tiny", batch=2, implementations=["torchvision"], trials=3)

@@ -237,8 +237,8 @@ def run(
     if missing:
         raise ZooError(
             f"not installed: {', '.join(missing)}; installed: {', '.join(available) or 'none'} "
-            "(pip install 'dlzoo[all,reference]' for every framework and transformers; torchvision and timm from "
-            "reference.py's docstring)"
+            "(pip install 'dlzoo[all,reference]' for every framework and transformers; for torchvision and timm beside "
+            "torch's CPU build: pip install --no-deps --target DIR torchvision==0.28.0 timm==1.0.31, then set DLZOO_VISION_REFS=DIR)"
         )
     if not chosen:
         raise ZooError("no framework is installed; install one, e.g. pip install 'dlzoo[torch]'")
