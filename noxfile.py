@@ -175,12 +175,7 @@ def ci(session):
         # generated keras projects pin KERAS_BACKEND=jax, so they run once, in the jax pass
         skip = [] if backend == "jax" else [f"--ignore=tests/{name}" for name in SCAFFOLD_TESTS]
         env = {"KERAS_BACKEND": backend, **refs, **rotate}
-        # tests/ and conformance/ in separate processes: on 2026-12-01's rotation a keras case in
-        # tests/ left state behind in its worker that made conformance's train-mode ResNet
-        # gradients (resnet-basic, keras on jax) differ from torch's by 0.7%; each passes alone
-        # (the leak is not yet found: CONTRIBUTING.md)
-        _pytest(session, "tests", "-k", "keras", *skip, *NOT_SLOW, env=env)
-        _pytest(session, "conformance", "-k", "keras", *NOT_SLOW, env=env)
+        _pytest(session, "tests", "conformance", "-k", "keras", *skip, *NOT_SLOW, env=env)
     session.notify("core")
     session.notify(os.environ.get("DLZOO_CI_FRAMEWORK") or rotating_framework())
     session.notify("lint")
