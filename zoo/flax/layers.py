@@ -1,7 +1,8 @@
 """Pieces shared by the Flax NNX models: initialisers, layer norm, the transformer's attention,
 MLP and pre-LN block, and a batch norm whose running statistics match PyTorch's.
 
-The leaf layers are flax's own (nnx.Linear, nnx.LayerNorm, nnx.Embed, nnx.Conv, nnx.Dropout),
+The leaf layers are flax's own (nnx.Linear, nnx.LayerNorm, nnx.Embed, nnx.Conv, nnx.Dropout;
+LayerNorm keeps nnx's variables but computes as torch does, see ``LayerNorm``),
 whose variable names (``kernel`` [in, out], ``bias``, ``scale``, ``embedding``, conv ``kernel``
 HWIO) are already the canonical leaf names of dlzoo's weight format; the models name the modules
 after the canonical paths (``blocks.0.attn.qkv``), so the state path *is* the canonical name.
@@ -43,10 +44,35 @@ def uniform_fan_in(fan_in: int) -> nnx.Initializer:
     return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def layer_norm(dim: int, epsilon: float, *, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+class LayerNorm(nnx.LayerNorm):
+    """nnx.LayerNorm over the last axis (its ``scale`` and ``bias`` variables, so the canonical
+    names are unchanged), computed as torch.nn.functional.layer_norm and haiku's LayerNorm do:
+    ``(x - mean) * rsqrt(var + eps) * scale + bias`` with the two-pass (biased) variance, in
+    float32 for half-precision inputs, cast back to the compute dtype.
+
+    flax's own ``__call__`` (0.12) folds the scale into the reciprocal standard deviation first
+    (``(x - mean) * (rsqrt(var + eps) * scale)``), a (B, T, D) product whose transpose XLA:CPU
+    emits as separate fusions: one more fusion per layer norm in the backward pass, which made
+    the ViT-B/16 gradient 1.10x haiku's; with this arithmetic it is 1.05x (docs/bench.md).
+
+    x: (..., D) float; returns the same shape in ``dtype`` (or x's dtype).
+    """
+
+    def __call__(self, x, *, mask=None):
+        if mask is not None:
+            raise ZooError("dlzoo's LayerNorm takes no mask: it normalises every position")
+        dtype = self.dtype or x.dtype
+        h = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        mean = h.mean(-1, keepdims=True)
+        var = jnp.square(h - mean).mean(-1, keepdims=True)
+        h = (h - mean) * jax.lax.rsqrt(var + self.epsilon)
+        return (h * self.scale[...] + self.bias[...]).astype(dtype)
+
+
+def layer_norm(dim: int, epsilon: float, *, dtype, rngs: nnx.Rngs) -> LayerNorm:
     # epsilon always from the config (flax's default is 1e-6); the two-pass variance, as torch,
     # rather than flax's default E[x^2] - E[x]^2, which loses digits when the mean is large.
-    return nnx.LayerNorm(dim, epsilon=epsilon, use_fast_variance=False, dtype=dtype, rngs=rngs)
+    return LayerNorm(dim, epsilon=epsilon, use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
 def attention(
