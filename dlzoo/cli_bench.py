@@ -6,6 +6,10 @@ import click
 
 from dlzoo.zoo.configs import ZooError
 
+# above this many page faults per step under glibc malloc (64 MiB of 4 KiB pages), name the
+# caching-allocator fix
+FAULT_HINT = 16384
+
 
 def _overrides(pairs: tuple[str, ...]) -> dict:
     import json
@@ -67,6 +71,12 @@ def bench(arch, preset, sets, batch, seq_len, image_size, implementations, mode,
 
         print_json(report)
         return
+    render(report, arch, preset, mode, batch, trials)
+
+
+def render(report: dict, arch: str, preset: str, mode: str, batch: int, trials: int) -> None:
+    """The report as a table, the ceiling, and the allocator line (with the tcmalloc fix where
+    glibc malloc takes more than FAULT_HINT page faults per step)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -82,6 +92,7 @@ def bench(arch, preset, sets, batch, seq_len, image_size, implementations, mode,
         "GFLOP/s",
         "% ceiling",
         "step memory",
+        "faults/step",
     ):
         table.add_column(column, justify="left" if column == "implementation" else "right")
     for row in report["results"]:
@@ -98,6 +109,7 @@ def bench(arch, preset, sets, batch, seq_len, image_size, implementations, mode,
             f"{row['gflops']:.1f}",
             f"{100 * row['fraction_of_ceiling']:.0f}%",
             "-" if memory is None else f"{memory / 2**20:.1f} MiB",
+            f"{row['page_faults_per_step'] / 1e3:.0f}k",
         )
     console = Console()
     console.print(table)
@@ -106,6 +118,15 @@ def bench(arch, preset, sets, batch, seq_len, image_size, implementations, mode,
         f"{report['flops_per_step'] / 1e9:.3f} GFLOP per step. Read the ratios: absolute times drift "
         "on a shared machine."
     )
+    faults = max(row["page_faults_per_step"] for row in report["results"])
+    line = f"allocator: {report['allocator']}."
+    if report["allocator"] == "glibc malloc" and faults > FAULT_HINT:
+        line += (
+            f" Up to {faults / 1e3:.0f}k page faults per step (fresh memory, zero-filled): glibc returns large "
+            "buffers to the kernel on free. A caching allocator keeps them: apt install libtcmalloc-minimal4, "
+            "then LD_PRELOAD=libtcmalloc_minimal.so.4 (docs/bench.md, 'The allocator')."
+        )
+    console.print(line)
 
 
 def register(group: click.Group) -> None:

@@ -3,6 +3,8 @@ refusals. Speed itself is measured by running the command, never asserted in a t
 
 import importlib.util
 import json
+import mmap
+import resource
 import subprocess
 import sys
 
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 
 from dlzoo.zoo import ZooError, installed_frameworks, load
-from dlzoo.zoo.bench import run
+from dlzoo.zoo.bench import allocator, run
 from dlzoo.zoo.frameworks import backend
 
 FRAMEWORKS = installed_frameworks()
@@ -138,3 +140,55 @@ def test_a_missing_vision_reference_says_how_to_install_it(monkeypatch, tmp_path
     expected = r"not installed: torchvision;.*--target DIR torchvision==0\.28\.0 timm==1\.0\.31.*DLZOO_VISION_REFS=DIR"
     with pytest.raises(ZooError, match=expected):
         run("resnet", "tiny", batch=2, implementations=["torchvision"], trials=3)
+
+
+def test_page_faults_of_a_step_count_its_fresh_memory():
+    """A step that maps 64 MiB and touches every page faults each page in (other threads may add
+    a few); the same step on memory it keeps faults none of it."""
+    from dlzoo.zoo.bench import _timed_with_faults
+
+    size, page = 64 * 2**20, resource.getpagesize()
+
+    def touch(buffer):
+        for offset in range(0, size, page):
+            buffer[offset] = 1
+
+    _, fresh = _timed_with_faults(lambda: touch(mmap.mmap(-1, size)))
+    kept = mmap.mmap(-1, size)
+    touch(kept)
+    _, again = _timed_with_faults(lambda: touch(kept))
+    assert fresh >= size // page
+    assert again < 0.05 * size // page
+
+
+def test_the_report_names_the_allocator_and_the_faults():
+    report = run("gpt", "tiny", batch=2, seq_len=8, implementations=FRAMEWORKS[:1], mode="forward", trials=3)
+    assert report["allocator"] == allocator()
+    row = report["results"][0]
+    assert isinstance(row["page_faults_per_step"], int) and row["page_faults_per_step"] >= 0
+
+
+@pytest.mark.parametrize(
+    "maps, expected",
+    [
+        ("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n", "glibc malloc"),
+        ("7f00-7f01 r-xp 0 08:01 1 /usr/lib/libtcmalloc_minimal.so.4.5.10\n7f02-7f03 r-xp 0 08:01 2 /usr/lib/libc.so.6", "tcmalloc"),
+        ("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libjemalloc.so.2\n", "jemalloc"),
+        ("7f00-7f01 r-xp 0 08:01 1 /usr/lib/libSystem.B.dylib\n", "system malloc"),
+    ],
+)
+def test_allocator_is_read_from_the_mapped_libraries(maps, expected):
+    assert allocator(maps) == expected
+
+
+def test_the_cli_names_the_tcmalloc_fix_only_for_glibc_with_many_faults(capsys):
+    import dlzoo.cli_bench as cli_bench
+
+    row = {"implementation": "haiku", "ratio_to_fastest": 1.0, "ratio_to_torch": None, "median_s": 1.0, "iqr_s": [1.0, 1.0]}
+    row |= {"compile_s": 1.0, "examples_per_s": 1.0, "gflops": 1.0, "fraction_of_ceiling": 0.5, "peak_step_memory_bytes": None}
+    report = {"inputs": {}, "ceiling_gflops": 1.0, "ceiling_library": "numpy", "flops_per_step": 1e9}
+    for name, faults, hinted in (("glibc malloc", 540_000, True), ("glibc malloc", 200, False), ("tcmalloc", 540_000, False)):
+        cli_bench.render(report | {"allocator": name, "results": [row | {"page_faults_per_step": faults}]}, "gpt", "tiny", "train", 1, 3)
+        out = capsys.readouterr().out
+        assert f"allocator: {name}." in out
+        assert ("LD_PRELOAD=libtcmalloc_minimal.so.4" in out) == hinted, (name, faults)

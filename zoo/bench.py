@@ -25,11 +25,22 @@ growth of the process's peak resident set (Linux ``VmHWM``, reset through
 ``/proc/self/clear_refs``) over the resident set before the implementation's first three steps:
 activations, gradients, optimizer temporaries and compiled buffers, not the weights already
 held.
+
+Each trial also counts the process's minor page faults (``page_faults_per_step``, median): the
+pages a step touches for the first time (4 KiB each here, or 2 MiB where memory was advised for
+huge pages). glibc's malloc hands every allocation above its mmap
+threshold (32 MiB at most) back to the kernel when it is freed, so a step that allocates its
+activations afresh faults them in, zero-filled, every time: on this 2-core machine, 540-580 thousand
+faults (2.1-2.3 GiB) per GPT-2 124M step in the JAX frameworks and 260-340 thousand in torch,
+up to 40% of a step. A caching
+allocator (tcmalloc, ``LD_PRELOAD``) keeps them, so the report names the allocator in use
+(``allocator``), and docs/bench.md gives the measured difference.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -93,6 +104,36 @@ def _seconds(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _timed_with_faults(fn: Callable[[], Any]) -> tuple[float, int]:
+    """(seconds, minor page faults of the whole process) of one call."""
+    faults = _minor_faults()
+    seconds = _seconds(fn)
+    return seconds, _minor_faults() - faults
+
+
+ALLOCATORS = {"libtcmalloc": "tcmalloc", "libjemalloc": "jemalloc", "libmimalloc": "mimalloc"}
+
+
+def allocator(maps: str | None = None) -> str:
+    """The malloc serving this process: a caching allocator preloaded or linked in (its library
+    is mapped: ``/proc/self/maps``), else the C library's (``glibc malloc`` on Linux). ``maps``
+    is that file's text (read here when None); ``unknown`` where it cannot be read."""
+    if maps is None:
+        try:
+            with open("/proc/self/maps") as file:
+                maps = file.read()
+        except OSError:
+            return "unknown"
+    for library, name in ALLOCATORS.items():
+        if f"/{library}" in maps:
+            return name
+    return "glibc malloc" if "/libc.so" in maps or "/libc-" in maps else "system malloc"
 
 
 def _memory_kib(field: str) -> int | None:
@@ -270,11 +311,14 @@ def run(
     # The ceiling matmul is one more participant of every round: measured once at the start, it
     # met a different load than the steps did, and a fraction of it could exceed 1.
     times: dict[str, list[float]] = {name: [] for name in chosen}
+    faults: dict[str, list[int]] = {name: [] for name in chosen}
     ceiling_times = []
     for trial in range(trials):
         order = chosen[trial % len(chosen) :] + chosen[: trial % len(chosen)]  # rotate who goes first
         for name in order:
-            times[name].append(_seconds(steps[name]))
+            seconds, step_faults = _timed_with_faults(steps[name])
+            times[name].append(seconds)
+            faults[name].append(step_faults)
         ceiling_times.append(_seconds(ceiling_run))
     ceiling = 2 * CEILING_SIZE**3 / statistics.median(ceiling_times) / 1e9
 
@@ -305,6 +349,7 @@ def run(
                 "gflops": flops / median / 1e9,
                 "fraction_of_ceiling": flops / median / 1e9 / ceiling,
                 "peak_step_memory_bytes": memory[name],
+                "page_faults_per_step": int(statistics.median(faults[name])),
             }
         )
     return {
@@ -319,6 +364,7 @@ def run(
         "ceiling_gflops": ceiling,
         "ceiling_library": library,
         "threads": os.cpu_count(),
+        "allocator": allocator(),
         "results": rows,
     }
 
