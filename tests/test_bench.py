@@ -132,14 +132,27 @@ def test_the_ceiling_is_the_fastest_installed_matmul():
 
 
 def test_a_missing_vision_reference_says_how_to_install_it(monkeypatch, tmp_path):
-    monkeypatch.setenv("DLZOO_VISION_REFS", str(tmp_path))  # an empty folder: nothing there
     import dlzoo.zoo.reference as reference
 
-    if reference.vision_references_installed():
-        pytest.skip("torchvision and timm are importable from site-packages here")
+    # where they are installed (site-packages or the ci's folder), hide them from the check
+    monkeypatch.setattr(reference, "vision_references_installed", lambda folder=None: False)
     expected = r"not installed: torchvision;.*--target DIR torchvision==0\.28\.0 timm==1\.0\.31.*DLZOO_VISION_REFS=DIR"
     with pytest.raises(ZooError, match=expected):
         run("resnet", "tiny", batch=2, implementations=["torchvision"], trials=3)
+
+
+def test_vision_references_are_found_in_the_folder_named_or_in_site_packages(tmp_path):
+    from dlzoo.zoo.reference import vision_references_installed
+
+    elsewhere = all(importlib.util.find_spec(name) is not None for name in ("torchvision", "timm"))
+    assert vision_references_installed(tmp_path) == elsewhere  # an empty folder adds nothing
+    for name in ("torchvision", "timm"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("")
+    assert vision_references_installed(tmp_path)
+    (tmp_path / "timm" / "__init__.py").unlink()
+    (tmp_path / "timm").rmdir()
+    assert vision_references_installed(tmp_path) == elsewhere
 
 
 def test_page_faults_of_a_step_count_its_fresh_memory():

@@ -28,13 +28,12 @@ held.
 
 Each trial also counts the process's minor page faults (``page_faults_per_step``, median): the
 pages a step touches for the first time (4 KiB each here, or 2 MiB where memory was advised for
-huge pages). glibc's malloc hands every allocation above its mmap
-threshold (32 MiB at most) back to the kernel when it is freed, so a step that allocates its
-activations afresh faults them in, zero-filled, every time: on this 2-core machine, 540-580 thousand
-faults (2.1-2.3 GiB) per GPT-2 124M step in the JAX frameworks and 260-340 thousand in torch,
-up to 40% of a step. A caching
-allocator (tcmalloc, ``LD_PRELOAD``) keeps them, so the report names the allocator in use
-(``allocator``), and docs/bench.md gives the measured difference.
+huge pages). glibc's malloc hands every allocation above its mmap threshold (32 MiB at most)
+back to the kernel when it is freed, so a step that allocates its activations afresh faults them
+in, zero-filled, every time: on this 2-core machine 540-580 thousand faults (2.1-2.3 GiB) per
+GPT-2 124M step in the JAX frameworks and 260-370 thousand in torch, up to 40% of a step. A
+caching allocator (tcmalloc, ``LD_PRELOAD``) keeps them, so the report names the allocator in
+use (``allocator``); docs/bench.md gives the measured difference.
 """
 
 from __future__ import annotations
